@@ -1,0 +1,534 @@
+//! [cold] Validation: file structs → `Snapshot`. Collects every error with its
+//! position; on success everything the hot path needs is precomputed.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use bytes::Bytes;
+use toml::Spanned;
+
+use super::file::{self, FileConfig, IoDriverSetting, WorkersSetting};
+use super::{ConfigError, ConfigErrors, SourceMap};
+use crate::router::{HostMatch, PathMatch, RouteMatcher, Router};
+use crate::snapshot::{
+    Balance, EndpointSpec, HashKey, HeaderEdits, HostRewrite, IoDriver, ListenerSpec, PathRewrite,
+    Route, RouteAction, ServerLimits, Snapshot, UpstreamSpec,
+};
+use crate::upstream::hash::build_ring;
+
+struct Errors<'a> {
+    map: &'a SourceMap<'a>,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.list.push(self.map.error(Some(spanned.span()), message));
+    }
+    fn nowhere(&mut self, message: impl Into<String>) {
+        self.list.push(self.map.error(None, message));
+    }
+}
+
+/// The number of CPUs this process may run on (its affinity mask), which is
+/// what `workers = "auto"` means.
+pub fn allowed_cpu_count() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = Errors { map, list: Vec::new() };
+
+    let workers = match &cfg.workers {
+        None => allowed_cpu_count(),
+        Some(w) => match w.get_ref() {
+            WorkersSetting::Auto(_) => allowed_cpu_count(),
+            WorkersSetting::Count(n) if (1..=1024).contains(n) => *n as usize,
+            WorkersSetting::Count(n) => {
+                errors.at(w, format!("workers must be \"auto\" or between 1 and 1024, got {n}"));
+                1
+            }
+        },
+    };
+    let io_driver = match cfg.io_driver {
+        IoDriverSetting::Auto => IoDriver::Auto,
+        IoDriverSetting::IoUring => IoDriver::IoUring,
+        IoDriverSetting::Epoll => IoDriver::Epoll,
+    };
+    if let Some(level) = &cfg.log_level
+        && !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace")
+    {
+        errors.nowhere(format!(
+            "log_level must be one of error, warn, info, debug, trace; got `{level}`"
+        ));
+    }
+
+    let s = &cfg.server;
+    let limits = ServerLimits {
+        max_header_bytes: s.max_header_bytes.0 as usize,
+        max_headers: s.max_headers,
+        max_body_bytes: s.max_body_bytes.0,
+        header_read_timeout: s.header_read_timeout.0,
+        body_read_timeout: s.body_read_timeout.0,
+        idle_timeout: s.idle_timeout.0,
+        max_requests_per_connection: s.max_requests_per_connection,
+        drain_timeout: s.drain_timeout.0,
+        max_connections_per_worker: s.max_connections_per_worker,
+    };
+    if !(1024..=1 << 20).contains(&limits.max_header_bytes) {
+        errors.nowhere("server.max_header_bytes must be between 1KiB and 1MiB");
+    }
+    if !(1..=1000).contains(&limits.max_headers) {
+        errors.nowhere("server.max_headers must be between 1 and 1000");
+    }
+    if limits.max_connections_per_worker == 0 {
+        errors.nowhere("server.max_connections_per_worker must be at least 1");
+    }
+    for (name, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("idle_timeout", limits.idle_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
+    ] {
+        if d.is_zero() {
+            errors.nowhere(format!("server.{name} must be greater than zero"));
+        }
+    }
+
+    let mut listeners = Vec::new();
+    if cfg.listeners.is_empty() {
+        errors.nowhere("at least one [[listeners]] entry with `bind = \"ADDR:PORT\"` is required");
+    }
+    for l in &cfg.listeners {
+        match l.bind.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => listeners.push(ListenerSpec { addr, backlog: l.backlog.clamp(1, 65535) }),
+            Err(_) => errors.at(
+                &l.bind,
+                format!("bind must be an IP address and port like \"127.0.0.1:8080\" or \"[::]:8080\", got `{}`", l.bind.get_ref()),
+            ),
+        }
+    }
+
+    let upstream_names: Vec<&String> = cfg.upstreams.keys().collect();
+    let mut upstreams = Vec::new();
+    for (name, section) in &cfg.upstreams {
+        upstreams.push(compile_upstream(name, section, &mut errors));
+    }
+
+    let mut routes = Vec::new();
+    let mut matchers = Vec::new();
+    let mut seen_names = HashSet::new();
+    if cfg.routes.is_empty() {
+        errors.nowhere("at least one [[routes]] entry is required");
+    }
+    for (index, spanned) in cfg.routes.iter().enumerate() {
+        let r = spanned.get_ref();
+        let name = r.name.clone().unwrap_or_else(|| format!("route-{index}"));
+        if !seen_names.insert(name.clone()) {
+            errors.at(spanned, format!("route name `{name}` is used twice; names must be unique"));
+        }
+        if let Some((route, matcher)) =
+            compile_route(name, spanned, &upstream_names, &limits, &mut errors)
+        {
+            routes.push(route);
+            matchers.push(matcher);
+        }
+    }
+
+    if !errors.list.is_empty() {
+        return Err(ConfigErrors(errors.list));
+    }
+    Ok(Snapshot {
+        source: map.name.to_string(),
+        workers,
+        io_driver,
+        pin_workers: cfg.pin_workers,
+        log_level: cfg.log_level.clone(),
+        limits,
+        listeners,
+        upstreams,
+        routes,
+        router: Router::new(matchers),
+    })
+}
+
+fn compile_upstream(name: &str, section: &Spanned<file::UpstreamSection>, errors: &mut Errors) -> UpstreamSpec {
+    let u = section.get_ref();
+    let mut endpoints = Vec::new();
+    if u.endpoints.is_empty() {
+        errors.at(section, format!("upstream `{name}` needs at least one endpoint"));
+    }
+    for e in &u.endpoints {
+        let (addr_text, weight) = match e.get_ref() {
+            file::EndpointEntry::Address(a) => (a.as_str(), 1),
+            file::EndpointEntry::Detailed { addr, weight } => (addr.as_str(), *weight),
+        };
+        if !(1..=10_000).contains(&weight) {
+            errors.at(e, "endpoint weight must be between 1 and 10000");
+        }
+        // Host names are resolved once, here, on the control thread.
+        match addr_text.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => endpoints.push(EndpointSpec {
+                addr,
+                weight: weight.max(1),
+                authority: addr_text.as_bytes().into(),
+            }),
+            _ => errors.at(
+                e,
+                format!("endpoint `{addr_text}` is not an address like \"127.0.0.1:9000\" or a resolvable \"host:port\""),
+            ),
+        }
+    }
+    let balance = match u.balance {
+        file::BalanceSetting::RoundRobin => Balance::RoundRobin,
+        file::BalanceSetting::WeightedRoundRobin => Balance::WeightedRoundRobin,
+        file::BalanceSetting::LeastOutstanding => Balance::LeastOutstanding,
+        file::BalanceSetting::PowerOfTwo => Balance::PowerOfTwo,
+        file::BalanceSetting::ConsistentHash => Balance::ConsistentHash,
+    };
+    let hash_key = match &u.hash_on {
+        None => None,
+        Some(h) => match h.get_ref().as_str() {
+            "client_ip" => Some(HashKey::ClientIp),
+            text => match text.strip_prefix("header:") {
+                Some(header) if is_token(header.as_bytes()) => {
+                    Some(HashKey::Header(header.to_ascii_lowercase().into_bytes().into()))
+                }
+                _ => {
+                    errors.at(h, "hash_on must be \"client_ip\" or \"header:NAME\"");
+                    None
+                }
+            },
+        },
+    };
+    if balance == Balance::ConsistentHash && hash_key.is_none() && u.hash_on.is_none() {
+        errors.at(section, format!("upstream `{name}` uses consistent_hash and needs hash_on = \"client_ip\" or \"header:NAME\""));
+    }
+    let ring = if balance == Balance::ConsistentHash {
+        let identities: Vec<(String, u32)> =
+            endpoints.iter().map(|e| (e.addr.to_string(), e.weight)).collect();
+        build_ring(&identities)
+    } else {
+        Vec::new()
+    };
+    if u.connect_timeout.0.is_zero() || u.response_timeout.0.is_zero() {
+        errors.at(section, "connect_timeout and response_timeout must be greater than zero");
+    }
+    UpstreamSpec {
+        name: name.to_string(),
+        endpoints,
+        balance,
+        hash_key,
+        hash_ring: ring,
+        connect_timeout: u.connect_timeout.0,
+        response_timeout: u.response_timeout.0,
+        pool_max_idle: u.pool_max_idle,
+        pool_idle_timeout: u.pool_idle_timeout.0,
+    }
+}
+
+fn compile_route(
+    name: String,
+    spanned: &Spanned<file::RouteSection>,
+    upstream_names: &[&String],
+    limits: &ServerLimits,
+    errors: &mut Errors,
+) -> Option<(Route, RouteMatcher)> {
+    let r = spanned.get_ref();
+    let before = errors.list.len();
+
+    let host = match &r.host {
+        None => HostMatch::Any,
+        Some(h) => {
+            let text = h.get_ref().to_ascii_lowercase();
+            if let Some(suffix) = text.strip_prefix("*.") {
+                if suffix.is_empty() || suffix.contains('*') {
+                    errors.at(h, "a wildcard host looks like \"*.example.com\"");
+                }
+                HostMatch::Suffix(format!(".{suffix}"))
+            } else {
+                if text.is_empty() || text.contains(['*', '/', ' ', ':']) {
+                    errors.at(h, "host must be a name like \"api.example.com\" or \"*.example.com\" (no port)");
+                }
+                HostMatch::Exact(text.trim_end_matches('.').to_string())
+            }
+        }
+    };
+
+    let path = match (&r.path, &r.path_prefix) {
+        (Some(_), Some(p)) => {
+            errors.at(p, "use either path (exact) or path_prefix, not both");
+            PathMatch::Any
+        }
+        (Some(p), None) => {
+            check_path(p, errors);
+            PathMatch::Exact(p.get_ref().clone())
+        }
+        (None, Some(p)) => {
+            check_path(p, errors);
+            PathMatch::Prefix(p.get_ref().clone())
+        }
+        (None, None) => PathMatch::Any,
+    };
+
+    let mut methods = Vec::new();
+    for m in &r.methods {
+        let text = m.get_ref();
+        if !is_token(text.as_bytes()) || text.to_ascii_uppercase() != *text {
+            errors.at(m, format!("method `{text}` must be an upper-case token like \"GET\""));
+        }
+        methods.push(text.as_bytes().into());
+    }
+    let mut headers = Vec::new();
+    for (n, v) in &r.headers {
+        if !is_token(n.as_bytes()) || !is_field_value(v.as_bytes()) {
+            errors.at(spanned, format!("header predicate `{n}` must be a valid header name and value"));
+        }
+        headers.push((n.to_ascii_lowercase().into_bytes().into(), v.as_bytes().into()));
+    }
+
+    let action = match (&r.upstream, &r.respond) {
+        (Some(u), None) => match upstream_names.iter().position(|n| *n == u.get_ref()) {
+            Some(index) => RouteAction::Proxy { upstream: index },
+            None => {
+                let known = upstream_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                errors.at(u, format!("unknown upstream `{}`; defined upstreams: [{known}]", u.get_ref()));
+                RouteAction::Proxy { upstream: 0 }
+            }
+        },
+        (None, Some(resp)) => {
+            let status = *resp.status.get_ref();
+            if !(200..=599).contains(&status) {
+                errors.at(&resp.status, "respond.status must be between 200 and 599");
+            }
+            if !is_field_value(resp.content_type.as_bytes()) {
+                errors.at(spanned, "respond.content_type must be a valid header value");
+            }
+            RouteAction::Respond {
+                status,
+                content_type: Bytes::from(resp.content_type.clone()),
+                body: Bytes::from(resp.body.clone()),
+            }
+        }
+        (Some(u), Some(_)) => {
+            errors.at(u, "a route has either upstream = \"NAME\" or a [routes.respond] table, not both");
+            return None;
+        }
+        (None, None) => {
+            errors.at(spanned, format!("route `{name}` needs upstream = \"NAME\" or a [routes.respond] table"));
+            return None;
+        }
+    };
+
+    let prefix_len = match &path {
+        PathMatch::Prefix(p) => Some(p.len()),
+        _ => None,
+    };
+    let path_rewrite = match (r.strip_prefix, &r.replace_prefix, prefix_len) {
+        (false, None, _) => PathRewrite::None,
+        (true, Some(rp), _) => {
+            errors.at(rp, "use either strip_prefix or replace_prefix, not both");
+            PathRewrite::None
+        }
+        (true, None, Some(len)) => PathRewrite::StripPrefix(len),
+        (false, Some(rp), Some(len)) => {
+            if !rp.get_ref().starts_with('/') || !is_path(rp.get_ref().as_bytes()) {
+                errors.at(rp, "replace_prefix must be a path starting with '/'");
+            }
+            PathRewrite::ReplacePrefix { len, with: rp.get_ref().as_bytes().into() }
+        }
+        (_, _, None) => {
+            errors.at(spanned, "strip_prefix and replace_prefix need a path_prefix to act on");
+            PathRewrite::None
+        }
+    };
+
+    let host_rewrite = match (&r.host_rewrite, r.preserve_host) {
+        (Some(h), _) => {
+            if !is_field_value(h.get_ref().as_bytes()) || h.get_ref().is_empty() {
+                errors.at(h, "host_rewrite must be a host name");
+            }
+            HostRewrite::Fixed(h.get_ref().as_bytes().into())
+        }
+        (None, true) => HostRewrite::Preserve,
+        (None, false) => HostRewrite::Endpoint,
+    };
+
+    let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
+    let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
+
+    if errors.list.len() != before {
+        return None;
+    }
+    let route = Route {
+        name,
+        action,
+        path_rewrite,
+        host_rewrite,
+        request_headers,
+        response_headers,
+        max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes, |b| b.0),
+        allow_upgrade: r.allow_upgrade,
+    };
+    Some((route, RouteMatcher { host, path, methods, headers }))
+}
+
+fn check_path(p: &Spanned<String>, errors: &mut Errors) {
+    let text = p.get_ref();
+    if !text.starts_with('/') || !is_path(text.as_bytes()) || text.contains('?') {
+        errors.at(p, "paths start with '/' and contain no spaces, '?' or control characters");
+    }
+}
+
+/// Headers the gateway itself manages; editing them would break framing.
+const MANAGED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+];
+
+fn compile_edits(
+    edits: &file::HeaderEdits,
+    at: &Spanned<file::RouteSection>,
+    section: &str,
+    errors: &mut Errors,
+) -> HeaderEdits {
+    let mut out = HeaderEdits::default();
+    let check = |name: &str, value: Option<&str>, errors: &mut Errors| -> Box<[u8]> {
+        let lower = name.to_ascii_lowercase();
+        if !is_token(name.as_bytes()) {
+            errors.at(at, format!("{section}: `{name}` is not a valid header name"));
+        } else if MANAGED_HEADERS.contains(&lower.as_str()) {
+            errors.at(at, format!("{section}: `{name}` is managed by the gateway and cannot be edited (use host_rewrite for Host)"));
+        }
+        if let Some(v) = value
+            && !is_field_value(v.as_bytes())
+        {
+            errors.at(at, format!("{section}: the value of `{name}` contains characters not allowed in a header"));
+        }
+        lower.into_bytes().into()
+    };
+    for (n, v) in &edits.add {
+        let name = check(n, Some(v), errors);
+        out.add.push((name, v.as_bytes().into()));
+    }
+    for (n, v) in &edits.set {
+        let name = check(n, Some(v), errors);
+        out.set.push((name, v.as_bytes().into()));
+    }
+    for n in &edits.remove {
+        let name = check(n, None, errors);
+        out.remove.push(name);
+    }
+    out
+}
+
+/// RFC 9110 §5.6.2 token.
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn is_field_value(s: &[u8]) -> bool {
+    s.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && !s.starts_with(b" ")
+        && !s.ends_with(b" ")
+}
+
+fn is_path(s: &[u8]) -> bool {
+    s.iter().all(|&b| b > 0x20 && b != 0x7f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_str;
+
+    const BASE: &str = r#"
+workers = 1
+[[listeners]]
+bind = "127.0.0.1:0"
+[upstreams.api]
+endpoints = ["127.0.0.1:9000", { addr = "127.0.0.1:9001", weight = 3 }]
+"#;
+
+    fn errors_of(extra: &str) -> Vec<String> {
+        match load_str(&format!("{BASE}{extra}"), "t.toml") {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_config() {
+        let errs = errors_of(
+            r#"
+[[routes]]
+host = "*.example.com"
+path_prefix = "/api"
+strip_prefix = true
+methods = ["GET"]
+upstream = "api"
+request_headers = { set = { "x-a" = "1" }, remove = ["x-b"] }
+[[routes]]
+path = "/"
+respond = { status = 200, body = "{}" }
+"#,
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_position() {
+        let errs = errors_of("\n[[routes]]\nupstreem = \"api\"\n");
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("t.toml:9:1: unknown field `upstreem`"), "{errs:?}");
+    }
+
+    #[test]
+    fn every_validation_error_is_reported_with_line_and_column() {
+        let errs = errors_of(
+            r#"
+[[routes]]
+upstream = "nope"
+[[routes]]
+path = "no-slash"
+upstream = "api"
+"#,
+        );
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("t.toml:9:12: unknown upstream `nope`"), "{errs:?}");
+        assert!(errs[1].starts_with("t.toml:11:8: paths start with '/'"), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_units_name_the_value() {
+        let errs = errors_of("[server]\nidle_timeout = \"10 fortnights\"\n[[routes]]\nupstream = \"api\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("t.toml:8:16:"), "{errs:?}");
+        assert!(errs[0].contains("unknown duration unit"), "{errs:?}");
+    }
+
+    #[test]
+    fn managed_headers_cannot_be_edited() {
+        let errs = errors_of("[[routes]]\nupstream = \"api\"\nrequest_headers = { set = { \"Content-Length\" = \"1\" } }\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("managed by the gateway"));
+    }
+
+    #[test]
+    fn consistent_hash_needs_a_key() {
+        let errs = errors_of("[upstreams.h]\nendpoints = [\"127.0.0.1:1\"]\nbalance = \"consistent_hash\"\n[[routes]]\nupstream = \"h\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("needs hash_on"));
+    }
+}

@@ -1,0 +1,239 @@
+//! The config file exactly as written: plain serde structs with
+//! `deny_unknown_fields` and documented defaults. Nothing here is validated
+//! beyond what serde checks; `compile` turns these into a `Snapshot`.
+//!
+//! Every key here is documented in docs/config.md — keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::units::{ByteSize, HumanDuration};
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `"auto"` (one per allowed CPU) or a positive number.
+    #[serde(default)]
+    pub workers: Option<Spanned<WorkersSetting>>,
+    /// `"auto"`, `"io_uring"` or `"epoll"`.
+    #[serde(default)]
+    pub io_driver: IoDriverSetting,
+    /// Pin worker i to the i-th CPU of the allowed set.
+    #[serde(default = "yes")]
+    pub pin_workers: bool,
+    /// Diagnostic log level (error, warn, info, debug, trace).
+    #[serde(default)]
+    pub log_level: Option<String>,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RouteSection>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum WorkersSetting {
+    Count(i64),
+    Auto(AutoWord),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoWord {
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriverSetting {
+    #[default]
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub max_header_bytes: ByteSize,
+    pub max_headers: usize,
+    pub max_body_bytes: ByteSize,
+    pub header_read_timeout: HumanDuration,
+    pub body_read_timeout: HumanDuration,
+    pub idle_timeout: HumanDuration,
+    pub max_requests_per_connection: u64,
+    pub drain_timeout: HumanDuration,
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        use std::time::Duration;
+        ServerSection {
+            max_header_bytes: ByteSize(16 * 1024),
+            max_headers: 100,
+            max_body_bytes: ByteSize(10 * 1024 * 1024),
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            body_read_timeout: HumanDuration(Duration::from_secs(30)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            max_requests_per_connection: 0,
+            drain_timeout: HumanDuration(Duration::from_secs(30)),
+            max_connections_per_worker: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub bind: Spanned<String>,
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    1024
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub endpoints: Vec<Spanned<EndpointEntry>>,
+    #[serde(default)]
+    pub balance: BalanceSetting,
+    /// For `consistent_hash`: `"client_ip"` or `"header:NAME"`.
+    #[serde(default)]
+    pub hash_on: Option<Spanned<String>>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: HumanDuration,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+fn default_response_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+fn default_pool_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(50))
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum EndpointEntry {
+    Address(String),
+    Detailed {
+        addr: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceSetting {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastOutstanding,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Exact host (`api.example.com`) or suffix wildcard (`*.example.com`).
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Exact path match.
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    /// Segment-aware prefix match: `/api` matches `/api` and `/api/x`, not `/apix`.
+    #[serde(default)]
+    pub path_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Header equality predicates (name → exact value).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+
+    #[serde(default)]
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default)]
+    pub respond: Option<RespondSection>,
+
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub replace_prefix: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    #[serde(default)]
+    pub host_rewrite: Option<Spanned<String>>,
+    #[serde(default)]
+    pub allow_upgrade: bool,
+    #[serde(default)]
+    pub max_body_bytes: Option<ByteSize>,
+    #[serde(default)]
+    pub request_headers: HeaderEdits,
+    #[serde(default)]
+    pub response_headers: HeaderEdits,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    #[serde(default = "default_status")]
+    pub status: Spanned<u16>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_status() -> Spanned<u16> {
+    Spanned::new(0..0, 200)
+}
+fn default_content_type() -> String {
+    "application/json".to_string()
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Appended after the forwarded headers.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Replaces any header of the same name.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Removed (case-insensitive).
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

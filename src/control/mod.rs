@@ -1,0 +1,115 @@
+//! [cold] The control thread: owns the process. It binds listeners, spawns
+//! and pins workers, prints where it listens, waits for signals and drives
+//! a graceful drain on SIGTERM/SIGINT. Nothing here is on the request path.
+
+mod listeners;
+pub mod signals;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::unbounded;
+
+use crate::snapshot::Snapshot;
+use crate::worker::{self, Command, Event, WorkerSetup};
+
+/// Runs the gateway until a termination signal has been handled and every
+/// worker has drained. Returns an error message if startup fails.
+pub fn run(snapshot: Snapshot) -> Result<(), String> {
+    signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let snapshot = Arc::new(snapshot);
+    let workers = snapshot.workers;
+    let (mut sockets, bound) = listeners::bind_all(&snapshot.listeners, workers)?;
+
+    // Worker i runs on the i-th CPU this process may use (taskset, cgroup
+    // cpuset and systemd CPUAffinity all shape that set), never blindly CPU i.
+    let cpus = if snapshot.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let (event_tx, event_rx) = unbounded();
+    let mut command_txs = Vec::new();
+    let mut handles = Vec::new();
+    for id in 0..workers {
+        let (tx, rx) = unbounded();
+        command_txs.push(tx);
+        let setup = WorkerSetup {
+            id,
+            cpu: if cpus.is_empty() { None } else { Some(cpus[id % cpus.len()]) },
+            listeners: std::mem::take(&mut sockets[id]),
+            snapshot: snapshot.clone(),
+            commands: rx,
+            events: event_tx.clone(),
+        };
+        handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
+    }
+
+    let mut drivers = Vec::new();
+    let start_deadline = Instant::now() + Duration::from_secs(10);
+    while drivers.len() < workers {
+        let remaining = start_deadline.saturating_duration_since(Instant::now());
+        match event_rx.recv_timeout(remaining) {
+            Ok(Event::Started { worker, driver, cpu }) => {
+                tracing::info!(worker, driver, cpu = ?cpu, "worker started");
+                drivers.push(driver);
+            }
+            Ok(Event::Failed { worker, error }) => return Err(format!("worker {worker} failed to start: {error}")),
+            Ok(Event::Exited { worker, .. }) => return Err(format!("worker {worker} exited during startup")),
+            Err(_) => return Err("workers did not start within 10s".into()),
+        }
+    }
+    let uring = drivers.iter().filter(|d| **d == "io_uring").count();
+    let driver_summary = if uring == workers {
+        "io_uring".to_string()
+    } else if uring == 0 {
+        "epoll".to_string()
+    } else {
+        format!("mixed: {uring} io_uring, {} epoll", workers - uring)
+    };
+    for addr in &bound {
+        // Printed on stdout for people and scripts (tests read the port here).
+        println!("ringgate listening on http://{addr} ({workers} workers, io driver {driver_summary}, config {})", snapshot.source);
+    }
+
+    loop {
+        match signals::wait(Duration::from_millis(200)) {
+            Some(signals::Signal::Terminate) => break,
+            Some(signals::Signal::Reload) => {
+                tracing::warn!("SIGHUP received: hot reload is not implemented yet; keeping the running config");
+            }
+            Some(signals::Signal::Reopen) => {}
+            None => {}
+        }
+        while let Ok(event) = event_rx.try_recv() {
+            if let Event::Failed { worker, error } = event {
+                tracing::error!(worker, %error, "worker failed");
+            }
+        }
+        if let Some(dead) = handles.iter().position(|h| h.is_finished()) {
+            return Err(format!("worker {dead} stopped unexpectedly"));
+        }
+    }
+
+    let drain = snapshot.limits.drain_timeout;
+    tracing::info!(?drain, "draining: no new connections; finishing in-flight requests");
+    for tx in &command_txs {
+        let _ = tx.send(Command::Drain);
+    }
+    let deadline = Instant::now() + drain + Duration::from_secs(2);
+    let mut exited = 0;
+    while exited < workers {
+        match event_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::Exited { worker, requests, panics }) => {
+                tracing::info!(worker, requests, panics, "worker drained");
+                exited += 1;
+            }
+            Ok(_) => {}
+            Err(_) => return Err("workers did not finish draining in time".into()),
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Every way a request can fail, and the one table that turns each into what
+//! the client sees (status, JSON body, whether the connection closes). This
+//! is DESIGN.md's failure table in code; keep the two in step.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::http::{self, ChunkError, ParseError, ResponseError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Malformed or ambiguous request (400, close).
+    BadRequest(&'static str),
+    /// Head larger than `max_header_bytes` or too many header lines (431, close).
+    HeadTooLarge,
+    /// Body larger than the route's limit (413, close).
+    BodyTooLarge,
+    /// Head not received within `header_read_timeout` (408, close).
+    HeaderTimeout,
+    /// No route matched (404).
+    NotFound,
+    /// `Expect` with anything but 100-continue (417, close).
+    ExpectationFailed,
+    /// A method or transfer coding ringgate does not implement (501, close).
+    NotImplemented(&'static str),
+    /// Connection to the upstream refused or failed (502).
+    UpstreamConnect,
+    /// The upstream closed or reset before a complete response head (502).
+    UpstreamReset,
+    /// The upstream's response was malformed or ambiguous (502).
+    UpstreamMalformed(&'static str),
+    /// Connecting to the upstream took longer than `connect_timeout` (504).
+    UpstreamConnectTimeout,
+    /// No response head within `response_timeout` (504).
+    UpstreamTimeout,
+    /// The client stopped sending its body or sent a malformed one (400, close).
+    BadRequestBody(&'static str),
+}
+
+/// Stable indices for per-worker failure counters.
+pub const FAILURE_KINDS: usize = 13;
+
+impl Failure {
+    pub fn status(self) -> u16 {
+        match self {
+            Failure::BadRequest(_) | Failure::BadRequestBody(_) => 400,
+            Failure::HeadTooLarge => 431,
+            Failure::BodyTooLarge => 413,
+            Failure::HeaderTimeout => 408,
+            Failure::NotFound => 404,
+            Failure::ExpectationFailed => 417,
+            Failure::NotImplemented(_) => 501,
+            Failure::UpstreamConnect | Failure::UpstreamReset | Failure::UpstreamMalformed(_) => 502,
+            Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Machine-readable code in the JSON body and in metrics labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Failure::BadRequest(_) => "bad_request",
+            Failure::HeadTooLarge => "header_too_large",
+            Failure::BodyTooLarge => "body_too_large",
+            Failure::HeaderTimeout => "header_timeout",
+            Failure::NotFound => "no_route",
+            Failure::ExpectationFailed => "expectation_failed",
+            Failure::NotImplemented(_) => "not_implemented",
+            Failure::UpstreamConnect => "upstream_connect_failed",
+            Failure::UpstreamReset => "upstream_reset",
+            Failure::UpstreamMalformed(_) => "upstream_malformed_response",
+            Failure::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Failure::UpstreamTimeout => "upstream_timeout",
+            Failure::BadRequestBody(_) => "bad_request_body",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Failure::BadRequest(_) => 0,
+            Failure::HeadTooLarge => 1,
+            Failure::BodyTooLarge => 2,
+            Failure::HeaderTimeout => 3,
+            Failure::NotFound => 4,
+            Failure::ExpectationFailed => 5,
+            Failure::NotImplemented(_) => 6,
+            Failure::UpstreamConnect => 7,
+            Failure::UpstreamReset => 8,
+            Failure::UpstreamMalformed(_) => 9,
+            Failure::UpstreamConnectTimeout => 10,
+            Failure::UpstreamTimeout => 11,
+            Failure::BadRequestBody(_) => 12,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Failure::BadRequest(why) | Failure::BadRequestBody(why) | Failure::NotImplemented(why) => why,
+            Failure::UpstreamMalformed(why) => why,
+            Failure::HeadTooLarge => "request head exceeds the configured limit",
+            Failure::BodyTooLarge => "request body exceeds the route's limit",
+            Failure::HeaderTimeout => "request head not received in time",
+            Failure::NotFound => "no route matches this request",
+            Failure::ExpectationFailed => "only Expect: 100-continue is supported",
+            Failure::UpstreamConnect => "could not connect to the upstream",
+            Failure::UpstreamReset => "the upstream closed the connection before responding",
+            Failure::UpstreamConnectTimeout => "timed out connecting to the upstream",
+            Failure::UpstreamTimeout => "the upstream did not respond in time",
+        }
+    }
+
+    /// Whether the client connection must close after this answer. Client
+    /// errors close (the rest of the stream cannot be trusted); 404 and
+    /// upstream failures leave a healthy client connection open.
+    pub fn closes_connection(self) -> bool {
+        !matches!(
+            self,
+            Failure::NotFound
+                | Failure::UpstreamConnect
+                | Failure::UpstreamReset
+                | Failure::UpstreamMalformed(_)
+                | Failure::UpstreamConnectTimeout
+                | Failure::UpstreamTimeout
+        )
+    }
+
+    /// Appends the complete response. `close` adds `Connection: close`.
+    pub fn write_response(self, out: &mut BytesMut, close: bool) {
+        let message = self.message();
+        let code = self.code();
+        let body_len = br#"{"error":"","status":000,"message":""}"#.len() + code.len() + message.len();
+        http::write::status_line(out, self.status());
+        out.put_slice(b"content-type: application/json\r\n");
+        http::write::content_length(out, body_len as u64);
+        if close {
+            out.put_slice(b"connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        out.put_slice(br#"{"error":""#);
+        out.put_slice(code.as_bytes());
+        out.put_slice(br#"","status":"#);
+        http::write::decimal(out, u64::from(self.status()));
+        out.put_slice(br#","message":""#);
+        out.put_slice(message.as_bytes());
+        out.put_slice(br#""}"#);
+    }
+}
+
+impl From<ParseError> for Failure {
+    fn from(e: ParseError) -> Failure {
+        match e {
+            ParseError::Malformed(why) => Failure::BadRequest(why),
+            ParseError::TooManyHeaders | ParseError::HeadTooLarge => Failure::HeadTooLarge,
+            ParseError::BadHost => Failure::BadRequest("HTTP/1.1 requests need exactly one valid Host header"),
+            ParseError::LengthWithTransferEncoding => {
+                Failure::BadRequest("Content-Length together with Transfer-Encoding is ambiguous")
+            }
+            ParseError::BadContentLength => Failure::BadRequest("invalid or conflicting Content-Length"),
+            ParseError::BadTransferEncoding => Failure::BadRequest("Transfer-Encoding must end in chunked"),
+            ParseError::TransferEncodingInHttp10 => {
+                Failure::BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests")
+            }
+            ParseError::UnsupportedTransferCoding => {
+                Failure::NotImplemented("only the chunked transfer coding is supported")
+            }
+            ParseError::UnsupportedMethod => Failure::NotImplemented("CONNECT is not supported"),
+            ParseError::UnsupportedExpectation => Failure::ExpectationFailed,
+        }
+    }
+}
+
+impl From<ResponseError> for Failure {
+    fn from(e: ResponseError) -> Failure {
+        Failure::UpstreamMalformed(match e {
+            ResponseError::Malformed(_) => "the upstream sent a malformed response head",
+            ResponseError::TooLarge => "the upstream response head is too large",
+            ResponseError::BadContentLength => "the upstream sent an invalid Content-Length",
+            ResponseError::LengthWithTransferEncoding => {
+                "the upstream sent Content-Length with Transfer-Encoding"
+            }
+            ResponseError::BadTransferEncoding => "the upstream sent an unsupported Transfer-Encoding",
+            ResponseError::UnexpectedUpgrade => "the upstream switched protocols without an allowed upgrade",
+        })
+    }
+}
+
+/// A chunked-body error from the client is the client's fault.
+pub fn client_chunk_failure(_e: ChunkError) -> Failure {
+    Failure::BadRequestBody("malformed chunked request body")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_bodies_carry_an_exact_content_length() {
+        for f in [Failure::NotFound, Failure::UpstreamTimeout, Failure::BadRequest("x")] {
+            let mut out = BytesMut::new();
+            f.write_response(&mut out, true);
+            let text = std::str::from_utf8(&out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let cl: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(cl, body.len(), "{text}");
+            assert!(body.contains(f.code()));
+        }
+    }
+
+    #[test]
+    fn indices_are_distinct() {
+        let all = [
+            Failure::BadRequest(""),
+            Failure::HeadTooLarge,
+            Failure::BodyTooLarge,
+            Failure::HeaderTimeout,
+            Failure::NotFound,
+            Failure::ExpectationFailed,
+            Failure::NotImplemented(""),
+            Failure::UpstreamConnect,
+            Failure::UpstreamReset,
+            Failure::UpstreamMalformed(""),
+            Failure::UpstreamConnectTimeout,
+            Failure::UpstreamTimeout,
+            Failure::BadRequestBody(""),
+        ];
+        let mut seen = [false; FAILURE_KINDS];
+        for f in all {
+            assert!(!seen[f.index()]);
+            seen[f.index()] = true;
+        }
+    }
+}

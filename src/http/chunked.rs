@@ -1,0 +1,284 @@
+//! A strict, incremental decoder for the chunked transfer coding
+//! (RFC 9112 §7.1). It never buffers: it walks whatever bytes have arrived
+//! and says what they are, so the relay can re-frame data canonically
+//! (chunk extensions and trailers are dropped, never forwarded).
+//!
+//! Strictness: hex sizes without sign or whitespace, overflow refused, CRLF
+//! required everywhere (a bare LF or CR is an error), bounded extensions and
+//! trailers.
+
+/// Longest chunk-size line (size + extensions) we accept.
+const MAX_LINE: usize = 4096;
+/// Most trailer bytes we accept before the final CRLF.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkError {
+    BadSize,
+    SizeOverflow,
+    BadLineEnding,
+    LineTooLong,
+    BadTrailer,
+}
+
+/// What the next bytes of the input are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The first `n` bytes are framing already accounted for; skip them.
+    Skip(usize),
+    /// A chunk of `size` data bytes begins after `consumed` framing bytes.
+    ChunkStart { consumed: usize, size: u64 },
+    /// The first `n` bytes are body data.
+    Data(usize),
+    /// The CRLF ending a chunk's data (`n` bytes).
+    ChunkEnd(usize),
+    /// The last chunk and trailers ended after `n` bytes: the body is over.
+    End(usize),
+    /// The input is exhausted; read more.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    SizeStart,
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerLineStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkedDecoder {
+    state: State,
+    size: u64,
+    remaining: u64,
+    line_len: usize,
+    trailer_len: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkedDecoder {
+    pub fn new() -> Self {
+        ChunkedDecoder {
+            state: State::SizeStart,
+            size: 0,
+            remaining: 0,
+            line_len: 0,
+            trailer_len: 0,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Classifies the front of `input`. Call again with the unconsumed rest.
+    pub fn step(&mut self, input: &[u8]) -> Result<Step, ChunkError> {
+        if self.state == State::Data {
+            if input.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let n = (input.len() as u64).min(self.remaining) as usize;
+            self.remaining -= n as u64;
+            if self.remaining == 0 {
+                self.state = State::DataCr;
+            }
+            return Ok(Step::Data(n));
+        }
+        for (i, &b) in input.iter().enumerate() {
+            let consumed = i + 1;
+            match self.state {
+                State::SizeStart | State::Size => {
+                    let digit = match b {
+                        b'0'..=b'9' => b - b'0',
+                        b'a'..=b'f' => b - b'a' + 10,
+                        b'A'..=b'F' => b - b'A' + 10,
+                        b';' if self.state == State::Size => {
+                            self.state = State::Extension;
+                            continue;
+                        }
+                        b'\r' if self.state == State::Size => {
+                            self.state = State::SizeLf;
+                            continue;
+                        }
+                        _ => return Err(ChunkError::BadSize),
+                    };
+                    if self.size > (u64::MAX >> 4) {
+                        return Err(ChunkError::SizeOverflow);
+                    }
+                    self.size = (self.size << 4) | u64::from(digit);
+                    self.state = State::Size;
+                    self.bump_line()?;
+                }
+                State::Extension => match b {
+                    b'\r' => self.state = State::SizeLf,
+                    b'\n' => return Err(ChunkError::BadLineEnding),
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => self.bump_line()?,
+                    _ => return Err(ChunkError::BadSize),
+                },
+                State::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::BadLineEnding);
+                    }
+                    self.line_len = 0;
+                    if self.size == 0 {
+                        self.state = State::TrailerLineStart;
+                        continue;
+                    }
+                    self.remaining = self.size;
+                    let size = self.size;
+                    self.size = 0;
+                    self.state = State::Data;
+                    return Ok(Step::ChunkStart { consumed, size });
+                }
+                State::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError::BadLineEnding);
+                    }
+                    self.state = State::DataLf;
+                }
+                State::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::BadLineEnding);
+                    }
+                    self.state = State::SizeStart;
+                    return Ok(Step::ChunkEnd(consumed));
+                }
+                State::TrailerLineStart => match b {
+                    b'\r' => self.state = State::EndLf,
+                    b'\n' => return Err(ChunkError::BadLineEnding),
+                    b':' | b' ' | b'\t' => return Err(ChunkError::BadTrailer),
+                    _ => {
+                        self.bump_trailer()?;
+                        self.state = State::TrailerLine;
+                    }
+                },
+                State::TrailerLine => match b {
+                    b'\r' => self.state = State::TrailerLf,
+                    b'\n' => return Err(ChunkError::BadLineEnding),
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => self.bump_trailer()?,
+                    _ => return Err(ChunkError::BadTrailer),
+                },
+                State::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::BadLineEnding);
+                    }
+                    self.state = State::TrailerLineStart;
+                }
+                State::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError::BadLineEnding);
+                    }
+                    self.state = State::Done;
+                    return Ok(Step::End(consumed));
+                }
+                State::Data | State::Done => unreachable!("handled above / never stepped after End"),
+            }
+        }
+        if input.is_empty() {
+            Ok(Step::NeedMore)
+        } else {
+            Ok(Step::Skip(input.len()))
+        }
+    }
+
+    fn bump_line(&mut self) -> Result<(), ChunkError> {
+        self.line_len += 1;
+        if self.line_len > MAX_LINE {
+            return Err(ChunkError::LineTooLong);
+        }
+        Ok(())
+    }
+
+    fn bump_trailer(&mut self) -> Result<(), ChunkError> {
+        self.trailer_len += 1;
+        if self.trailer_len > MAX_TRAILERS {
+            return Err(ChunkError::BadTrailer);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `input` fed in pieces of `piece` bytes; returns the data.
+    fn decode(input: &[u8], piece: usize) -> Result<(Vec<u8>, Vec<u64>), ChunkError> {
+        let mut dec = ChunkedDecoder::new();
+        let mut data = Vec::new();
+        let mut sizes = Vec::new();
+        for part in input.chunks(piece) {
+            let mut pos = 0;
+            loop {
+                match dec.step(&part[pos..])? {
+                    Step::Skip(n) | Step::ChunkEnd(n) => pos += n,
+                    Step::ChunkStart { consumed, size } => {
+                        pos += consumed;
+                        sizes.push(size);
+                    }
+                    Step::Data(n) => {
+                        data.extend_from_slice(&part[pos..pos + n]);
+                        pos += n;
+                    }
+                    Step::End(n) => {
+                        assert_eq!(pos + n, part.len(), "nothing after the end in these tests");
+                        return Ok((data, sizes));
+                    }
+                    Step::NeedMore => break,
+                }
+                if pos == part.len() {
+                    break;
+                }
+            }
+        }
+        Err(ChunkError::BadSize)
+    }
+
+    #[test]
+    fn decodes_whole_and_split_across_every_boundary() {
+        let body = b"5\r\nhello\r\n1a;ext=\"x\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        for piece in 1..body.len() {
+            let (data, sizes) = decode(body, piece).unwrap();
+            assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
+            assert_eq!(sizes, vec![5, 26]);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_sizes_and_overflow() {
+        assert_eq!(decode(b"-5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
+        assert_eq!(decode(b" 5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
+        assert_eq!(decode(b"5 \r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
+        assert_eq!(decode(b"0x5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
+        assert_eq!(decode(b"fffffffffffffffff\r\n", 64), Err(ChunkError::SizeOverflow));
+    }
+
+    #[test]
+    fn rejects_bare_lf_and_missing_crlf_after_data() {
+        assert_eq!(decode(b"5\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
+        assert_eq!(decode(b"5\r\nhelloX\r\n0\r\n\r\n", 64), Err(ChunkError::BadLineEnding));
+        assert_eq!(decode(b"5\r\nhello\n0\r\n\r\n", 64), Err(ChunkError::BadLineEnding));
+        assert_eq!(decode(b"0\r\n\n", 64), Err(ChunkError::BadLineEnding));
+    }
+
+    #[test]
+    fn bounds_extension_length() {
+        let mut long = b"5;".to_vec();
+        long.resize(MAX_LINE + 10, b'a');
+        long.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+        assert_eq!(decode(&long, 64), Err(ChunkError::LineTooLong));
+    }
+}

@@ -1,0 +1,188 @@
+//! [hot] The HTTP/1.1 codec, with no I/O of its own and no imports from the
+//! rest of the crate, so it can be fuzzed and benchmarked alone.
+//!
+//! Heads are parsed with httparse; header names and values are kept as byte
+//! ranges (`Span`) into the connection's read buffer, never copied. Parsing is
+//! strict wherever RFC 9112 leaves room for two readings of one message
+//! (request smuggling): such messages are rejected, never forwarded.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+pub mod write;
+
+pub use chunked::{ChunkError, ChunkedDecoder, Step};
+pub use request::{BodyFraming, Method, ParseError, RequestHead, parse_request};
+pub use response::{ResponseError, ResponseFraming, ResponseHead, parse_response};
+
+/// Most header lines a head may carry; heads with more are refused (431/502).
+pub const MAX_HEADERS: usize = 256;
+
+/// A byte range into the buffer a head was parsed from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    #[inline]
+    pub fn of(buf: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    #[inline]
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.start as usize..self.end as usize]
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+}
+
+/// One header line as ranges into the head buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeaderSpan {
+    pub name: Span,
+    pub value: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy never forwards, plus
+/// the framing headers the gateway always writes itself.
+#[inline]
+pub fn is_hop_by_hop_or_framing(name: &[u8]) -> bool {
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"trailer") || name.eq_ignore_ascii_case(b"upgrade"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        14 => name.eq_ignore_ascii_case(b"content-length"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// Splits a comma-separated header value into trimmed, non-empty elements.
+#[inline]
+pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows).filter(|e| !e.is_empty())
+}
+
+#[inline]
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Whether the Connection header values in `head` name `name` as hop-by-hop.
+pub fn connection_names(buf: &[u8], headers: &[HeaderSpan], name: &[u8]) -> bool {
+    headers.iter().any(|h| {
+        h.name.get(buf).eq_ignore_ascii_case(b"connection")
+            && list_elements(h.value.get(buf)).any(|t| t.eq_ignore_ascii_case(name))
+    })
+}
+
+/// Parses a Content-Length value, which may be a list of identical values
+/// (RFC 9112 §6.3 item 5). `None` if malformed or the elements differ.
+pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
+    let mut result = None;
+    for element in value.split(|&b| b == b',') {
+        let element = trim_ows(element);
+        if element.is_empty() || element.len() > 18 || !element.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = element.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+        match result {
+            Some(prev) if prev != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
+}
+
+/// Outcome of reading a Transfer-Encoding list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransferCoding {
+    /// Exactly `chunked`.
+    Chunked,
+    /// Ends in `chunked` but applies other codings first (e.g. `gzip, chunked`).
+    OtherThenChunked,
+    /// Final coding is not `chunked`, or `chunked` appears more than once.
+    Invalid,
+}
+
+/// Classifies all Transfer-Encoding values of a message taken together.
+pub(crate) fn classify_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> TransferCoding {
+    let mut count = 0usize;
+    let mut chunked_count = 0usize;
+    let mut last_is_chunked = false;
+    for value in values {
+        for coding in value.split(|&b| b == b',') {
+            let coding = trim_ows(coding);
+            if coding.is_empty() {
+                continue;
+            }
+            count += 1;
+            last_is_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            chunked_count += usize::from(last_is_chunked);
+        }
+    }
+    match (last_is_chunked, chunked_count, count) {
+        (true, 1, 1) => TransferCoding::Chunked,
+        (true, 1, _) => TransferCoding::OtherThenChunked,
+        _ => TransferCoding::Invalid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_lists_must_agree() {
+        assert_eq!(parse_content_length(b"42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 42"), Some(42));
+        assert_eq!(parse_content_length(b"42, 43"), None);
+        assert_eq!(parse_content_length(b"+42"), None);
+        assert_eq!(parse_content_length(b"4 2"), None);
+        assert_eq!(parse_content_length(b""), None);
+        assert_eq!(parse_content_length(b"9999999999999999999999"), None);
+    }
+
+    #[test]
+    fn transfer_encoding_final_coding_must_be_chunked_once() {
+        let one = |v: &'static [u8]| classify_transfer_encoding(std::iter::once(v));
+        assert_eq!(one(b"chunked"), TransferCoding::Chunked);
+        assert_eq!(one(b"Chunked"), TransferCoding::Chunked);
+        assert_eq!(one(b"gzip, chunked"), TransferCoding::OtherThenChunked);
+        assert_eq!(one(b"chunked, gzip"), TransferCoding::Invalid);
+        assert_eq!(one(b"chunked, chunked"), TransferCoding::Invalid);
+        assert_eq!(one(b"xchunked"), TransferCoding::Invalid);
+        assert_eq!(
+            classify_transfer_encoding([&b"chunked"[..], b"chunked"].into_iter()),
+            TransferCoding::Invalid
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Upstream response heads, held to the same standard as requests: anything
+//! ambiguous is refused (the client sees 502), never relayed.
+
+use std::mem::MaybeUninit;
+
+use super::{
+    HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding, list_elements,
+    parse_content_length,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    Malformed(&'static str),
+    TooLarge,
+    BadContentLength,
+    LengthWithTransferEncoding,
+    BadTransferEncoding,
+    /// 101 Switching Protocols where no upgrade was allowed.
+    UnexpectedUpgrade,
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// HEAD, 1xx, 204 and 304 responses: no body whatever the headers say.
+    None,
+    Length(u64),
+    Chunked,
+    /// No length: the body ends when the upstream closes.
+    UntilClose,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub version: Version,
+    pub status: u16,
+    pub reason: Span,
+    pub framing: ResponseFraming,
+    /// Whether the upstream lets us reuse the connection afterwards.
+    pub keep_alive: bool,
+    pub connection_names_others: bool,
+    /// The Content-Length value, kept for HEAD and 304 responses.
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parses a response head; `Ok(None)` when incomplete.
+pub fn parse_response(
+    buf: &[u8],
+    max_header_bytes: usize,
+    max_headers: usize,
+    request_was_head: bool,
+    headers: &mut Vec<HeaderSpan>,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    headers.clear();
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let limit = max_headers.min(MAX_HEADERS);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut raw[..limit],
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > max_header_bytes {
+                Err(ResponseError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
+        Err(_) => return Err(ResponseError::Malformed("invalid status line or header line")),
+    };
+    if len > max_header_bytes {
+        return Err(ResponseError::TooLarge);
+    }
+    let (Some(minor), Some(status)) = (res.version, res.code) else {
+        return Err(ResponseError::Malformed("incomplete status line"));
+    };
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed("status code out of range"));
+    }
+    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let reason = Span::of(buf, res.reason.unwrap_or("").as_bytes());
+
+    let mut content_length: Option<u64> = None;
+    let mut saw_transfer_encoding = false;
+    let mut conn_close = false;
+    let mut conn_keep_alive = false;
+    let mut connection_names_others = false;
+    for h in res.headers.iter() {
+        let name = h.name.as_bytes();
+        headers.push(HeaderSpan {
+            name: Span::of(buf, name),
+            value: Span::of(buf, h.value),
+        });
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in list_elements(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        conn_keep_alive = true;
+                    } else {
+                        connection_names_others = true;
+                    }
+                }
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let n = parse_content_length(h.value).ok_or(ResponseError::BadContentLength)?;
+                if content_length.is_some_and(|prev| prev != n) {
+                    return Err(ResponseError::BadContentLength);
+                }
+                content_length = Some(n);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => saw_transfer_encoding = true,
+            _ => {}
+        }
+    }
+    if status == 101 {
+        return Err(ResponseError::UnexpectedUpgrade);
+    }
+
+    let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let framing = if no_body {
+        ResponseFraming::None
+    } else if saw_transfer_encoding {
+        if content_length.is_some() {
+            return Err(ResponseError::LengthWithTransferEncoding);
+        }
+        let values = res
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .map(|h| h.value);
+        match classify_transfer_encoding(values) {
+            TransferCoding::Chunked => ResponseFraming::Chunked,
+            _ => return Err(ResponseError::BadTransferEncoding),
+        }
+    } else {
+        match content_length {
+            Some(n) => ResponseFraming::Length(n),
+            None => ResponseFraming::UntilClose,
+        }
+    };
+    let keep_alive = match version {
+        Version::Http11 => !conn_close,
+        Version::Http10 => conn_keep_alive && !conn_close,
+    } && framing != ResponseFraming::UntilClose;
+    Ok(Some(ResponseHead {
+        len,
+        version,
+        status,
+        reason,
+        framing,
+        keep_alive,
+        connection_names_others,
+        content_length,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8], head: bool) -> Result<Option<ResponseHead>, ResponseError> {
+        parse_response(raw, 8192, 64, head, &mut Vec::new())
+    }
+
+    #[test]
+    fn framing_follows_rfc9112_section_6_3() {
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::Length(5));
+        assert!(h.keep_alive);
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::None);
+        assert_eq!(h.content_length, Some(5));
+        let h = parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::None);
+        let h = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::Chunked);
+        let h = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!(h.framing, ResponseFraming::UntilClose);
+        assert!(!h.keep_alive);
+        let h = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap();
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn ambiguous_responses_are_refused() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).unwrap_err(),
+            ResponseError::BadContentLength
+        );
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap_err(),
+            ResponseError::LengthWithTransferEncoding
+        );
+        assert!(parse(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+        assert!(parse(b"garbage\r\n\r\n", false).is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn interim_responses_have_no_body() {
+        let h = parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false).unwrap().unwrap();
+        assert!(h.is_interim());
+        assert_eq!(h.framing, ResponseFraming::None);
+    }
+}

@@ -1,0 +1,19 @@
+//! ringgate: a thread-per-core HTTP/1.1 API gateway on io_uring (monoio).
+//!
+//! Module map (see docs/architecture.md): `config` (cold) compiles TOML into
+//! an immutable `snapshot::Snapshot`; `control` (cold) owns the process:
+//! workers, signals, drain; `worker` runs one pinned monoio runtime per core
+//! and its `conn` module is the request loop, which drives `http` (codec, no
+//! I/O), `router` and `upstream` in order. `failure` maps every error to the
+//! answer a client sees, in one place.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+pub mod control;
+pub mod failure;
+pub mod http;
+pub mod router;
+pub mod snapshot;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,164 @@
+//! The immutable, compiled configuration that requests borrow.
+//!
+//! Built by `config::compile` on the control thread, shared with workers as an
+//! `Arc<Snapshot>` that each worker clones once when it receives it (never per
+//! request). Everything a request needs is precomputed here: router tables,
+//! parsed addresses, lower-cased header names, consistent-hash rings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::router::Router;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+impl IoDriver {
+    pub fn name(self) -> &'static str {
+        match self {
+            IoDriver::Auto => "auto",
+            IoDriver::IoUring => "io_uring",
+            IoDriver::Epoll => "epoll",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0 means unlimited.
+    pub max_requests_per_connection: u64,
+    pub drain_timeout: Duration,
+    pub max_connections_per_worker: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub addr: SocketAddr,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastOutstanding,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    /// Lower-case header name.
+    Header(Box<[u8]>),
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// `ip:port` as it appears in a Host header when the route rewrites it.
+    pub authority: Box<[u8]>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub endpoints: Vec<EndpointSpec>,
+    pub balance: Balance,
+    pub hash_key: Option<HashKey>,
+    /// Sorted (point, endpoint index) pairs for consistent hashing.
+    pub hash_ring: Vec<(u64, u32)>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+}
+
+/// Header edits with names already lower-cased.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    pub add: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub set: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub remove: Vec<Box<[u8]>>,
+}
+
+impl HeaderEdits {
+    /// Whether a forwarded header of this name is dropped (removed or replaced).
+    #[inline]
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove.iter().any(|r| name.eq_ignore_ascii_case(r))
+            || self.set.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    None,
+    /// Remove the first `n` bytes of the path (the matched prefix).
+    StripPrefix(usize),
+    /// Replace the first `n` bytes of the path with `with`.
+    ReplacePrefix { len: usize, with: Box<[u8]> },
+}
+
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    /// Forward the client's Host.
+    Preserve,
+    /// Use the chosen endpoint's `ip:port`.
+    Endpoint,
+    /// Use this fixed value.
+    Fixed(Box<[u8]>),
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Proxy { upstream: usize },
+    Respond {
+        status: u16,
+        content_type: Bytes,
+        body: Bytes,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub action: RouteAction,
+    pub path_rewrite: PathRewrite,
+    pub host_rewrite: HostRewrite,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub max_body_bytes: u64,
+    pub allow_upgrade: bool,
+}
+
+pub struct Snapshot {
+    /// Where this snapshot came from (a path, or "<embedded default>").
+    pub source: String,
+    pub workers: usize,
+    pub io_driver: IoDriver,
+    pub pin_workers: bool,
+    pub log_level: Option<String>,
+    pub limits: ServerLimits,
+    pub listeners: Vec<ListenerSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<Route>,
+    pub router: Router,
+}

@@ -1,0 +1,246 @@
+//! [hot] One client connection: read a head, route it, answer it (directly or
+//! through `proxy`), repeat while keep-alive allows. Requests on a connection
+//! are handled strictly in order, so pipelined requests are answered in order.
+//!
+//! This is the one place that runs the feature modules in sequence. Every
+//! failure is turned into the client's answer by `failure::Failure`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, BufMut, BytesMut};
+use monoio::net::TcpStream;
+
+use crate::failure::Failure;
+use crate::http::{self, BodyFraming, HeaderSpan, Method, RequestHead, parse_request};
+use crate::router::RequestFacts;
+use crate::snapshot::{Route, RouteAction, Snapshot};
+
+use super::io::{read_more_cancelable, read_more_timed, write_all_clear, IoFailure};
+use super::proxy::{self, ProxyOutcome};
+use super::shard::{ConnectionGuard, Shard, WorkerStats};
+
+/// Initial capacity of a connection's read and write buffers.
+const INITIAL_BUFFER: usize = 8 * 1024;
+
+/// The client side of a connection, with its reusable buffers.
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The peer IP as text, computed once for X-Forwarded-For.
+    pub peer_ip: PeerIp,
+    pub buf: BytesMut,
+    pub out: BytesMut,
+    pub headers: Vec<HeaderSpan>,
+}
+
+/// An IP address rendered once, stored inline (no allocation per request).
+pub struct PeerIp {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl PeerIp {
+    fn new(addr: &SocketAddr) -> PeerIp {
+        use std::io::Write;
+        let mut text = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(cursor, "{}", addr.ip());
+        let len = cursor.position() as usize;
+        PeerIp { text, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
+/// The router's view of a parsed head.
+pub struct HeadFacts<'a> {
+    pub buf: &'a [u8],
+    pub headers: &'a [HeaderSpan],
+    pub method: &'a [u8],
+}
+
+impl RequestFacts for HeadFacts<'_> {
+    #[inline]
+    fn method(&self) -> &[u8] {
+        self.method
+    }
+
+    #[inline]
+    fn has_header_value(&self, name: &[u8], value: &[u8]) -> bool {
+        self.headers.iter().any(|h| {
+            h.name.get(self.buf).eq_ignore_ascii_case(name) && http::trim_ows(h.value.get(self.buf)) == value
+        })
+    }
+}
+
+enum HeadOutcome {
+    Head(RequestHead),
+    /// The client went away or idled out: close without answering.
+    Closed,
+    Failed(Failure),
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let _guard = ConnectionGuard::new(shard.clone());
+    let _ = stream.set_nodelay(true);
+    let mut client = Client {
+        stream,
+        peer,
+        peer_ip: PeerIp::new(&peer),
+        buf: BytesMut::with_capacity(INITIAL_BUFFER),
+        out: BytesMut::with_capacity(INITIAL_BUFFER),
+        headers: Vec::with_capacity(32),
+    };
+    let mut served: u64 = 0;
+    loop {
+        let snapshot = shard.snapshot();
+        let head = match read_head(&shard, &snapshot, &mut client, served == 0).await {
+            HeadOutcome::Head(head) => head,
+            HeadOutcome::Closed => return,
+            HeadOutcome::Failed(failure) => {
+                answer_failure(&shard, &snapshot, &mut client, failure, true).await;
+                return;
+            }
+        };
+        served += 1;
+        WorkerStats::bump(&shard.stats.requests);
+        let last_allowed = snapshot.limits.max_requests_per_connection != 0
+            && served >= snapshot.limits.max_requests_per_connection;
+        let keep = handle_request(&shard, &snapshot, &mut client, &head, last_allowed).await;
+        if !keep || shard.draining.get() {
+            return;
+        }
+    }
+}
+
+async fn read_head(shard: &Shard, snapshot: &Snapshot, client: &mut Client, first: bool) -> HeadOutcome {
+    let limits = &snapshot.limits;
+    // The head deadline starts at accept for a new connection, and at the
+    // first byte of each later request (before that, idle_timeout applies).
+    let mut deadline = first.then(|| Instant::now() + limits.header_read_timeout);
+    loop {
+        if !client.buf.is_empty() {
+            match parse_request(&client.buf, limits.max_header_bytes, limits.max_headers, &mut client.headers) {
+                Ok(Some(head)) => return HeadOutcome::Head(head),
+                Ok(None) => {}
+                Err(e) => return HeadOutcome::Failed(e.into()),
+            }
+            if deadline.is_none() {
+                deadline = Some(Instant::now() + limits.header_read_timeout);
+            }
+        }
+        match deadline {
+            None => {
+                // Idle between requests: a drain cancels this read.
+                if shard.draining.get() {
+                    return HeadOutcome::Closed;
+                }
+                let read = read_more_cancelable(&mut client.stream, &mut client.buf, shard.idle_cancel_handle());
+                match monoio::time::timeout(limits.idle_timeout, read).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return HeadOutcome::Closed,
+                }
+            }
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return HeadOutcome::Failed(Failure::HeaderTimeout);
+                }
+                match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
+                    Ok(_) => {}
+                    Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                    Err(_) => return HeadOutcome::Closed,
+                }
+            }
+        }
+    }
+}
+
+/// Answers one request; returns whether the connection stays open.
+async fn handle_request(
+    shard: &Rc<Shard>,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    head: &RequestHead,
+    last_allowed: bool,
+) -> bool {
+    let route_index = {
+        let buf = &client.buf[..];
+        let facts = HeadFacts {
+            buf,
+            headers: &client.headers,
+            method: head.method_span.get(buf),
+        };
+        let host = head.host.map_or(&b""[..], |h| h.get(buf));
+        snapshot.router.find(host, head.path.get(buf), &facts)
+    };
+    let has_body = head.framing != BodyFraming::None;
+    let Some(route_index) = route_index else {
+        // The body was not read, so the connection cannot be reused after it.
+        let close = has_body || !head.keep_alive || shard.draining.get();
+        client.buf.advance(head.len);
+        answer_failure(shard, snapshot, client, Failure::NotFound, close).await;
+        return !close;
+    };
+    let route = &snapshot.routes[route_index as usize];
+    if let BodyFraming::Length(n) = head.framing
+        && n > route.max_body_bytes
+    {
+        answer_failure(shard, snapshot, client, Failure::BodyTooLarge, true).await;
+        return false;
+    }
+    let close_after = !head.keep_alive || last_allowed || shard.draining.get();
+    match &route.action {
+        RouteAction::Respond { status, content_type, body } => {
+            let close = close_after || has_body;
+            client.out.clear();
+            http::write::status_line(&mut client.out, *status);
+            client.out.put_slice(b"content-type: ");
+            client.out.put_slice(content_type);
+            client.out.put_slice(b"\r\n");
+            http::write::content_length(&mut client.out, body.len() as u64);
+            write_route_headers(&mut client.out, route);
+            client.out.put_slice(if close { &b"connection: close\r\n\r\n"[..] } else { b"\r\n" });
+            if head.method != Method::Head {
+                client.out.put_slice(body);
+            }
+            client.buf.advance(head.len);
+            shard.stats.response(*status);
+            let timeout = snapshot.limits.idle_timeout;
+            write_all_clear(&mut client.stream, &mut client.out, timeout).await.is_ok() && !close
+        }
+        RouteAction::Proxy { upstream } => {
+            match proxy::forward(shard, snapshot, route, *upstream, client, head, close_after).await {
+                ProxyOutcome::Done { keep_client } => keep_client,
+                ProxyOutcome::Failed { failure, client_body_consumed } => {
+                    let close = close_after || !client_body_consumed || failure.closes_connection();
+                    answer_failure(shard, snapshot, client, failure, close).await;
+                    !close
+                }
+                ProxyOutcome::Aborted => false,
+            }
+        }
+    }
+}
+
+/// Route-level response header edits for direct responses (set and add).
+fn write_route_headers(out: &mut BytesMut, route: &Route) {
+    for (name, value) in route.response_headers.set.iter().chain(&route.response_headers.add) {
+        http::write::header(out, name, value);
+    }
+}
+
+/// Writes a failure answer, counting it. The request's bytes are discarded.
+pub async fn answer_failure(shard: &Shard, snapshot: &Snapshot, client: &mut Client, failure: Failure, close: bool) {
+    shard.stats.failure(failure);
+    shard.stats.response(failure.status());
+    tracing::debug!(worker = shard.id, peer = %client.peer, code = failure.code(), "request failed");
+    client.out.clear();
+    failure.write_response(&mut client.out, close);
+    let _ = write_all_clear(&mut client.stream, &mut client.out, snapshot.limits.idle_timeout).await;
+}

@@ -1,0 +1,213 @@
+//! [warm] Worker threads: each pinned to one CPU of the process's allowed
+//! set, running its own monoio runtime (io_uring, or epoll as a fallback)
+//! with its own SO_REUSEPORT listener sockets and its own `Shard`.
+//!
+//! Workers hear from the control thread only through a crossbeam channel of
+//! `Command`s, polled without blocking on a short timer, and report back
+//! through `Event`s.
+
+mod catch;
+pub mod conn;
+mod io;
+pub mod proxy;
+pub mod shard;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use monoio::net::TcpListener;
+
+use crate::snapshot::{IoDriver, Snapshot};
+use shard::{Shard, WorkerStats};
+
+/// How often a worker looks at its command channel.
+const COMMAND_POLL: Duration = Duration::from_millis(20);
+/// How often idle upstream connections past their timeout are closed.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
+
+/// Messages from the control thread to a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop accepting, finish in-flight requests (answering with
+    /// `Connection: close`), close idle connections, exit when none are left
+    /// or `drain_timeout` has passed.
+    Drain,
+}
+
+/// Messages from a worker to the control thread.
+#[derive(Debug)]
+pub enum Event {
+    /// The worker's runtime is up and its listeners accept connections.
+    Started { worker: usize, driver: &'static str, cpu: Option<usize> },
+    /// The worker could not start (no runtime could be built).
+    Failed { worker: usize, error: String },
+    /// The worker finished draining and its thread is ending.
+    Exited { worker: usize, requests: u64, panics: u64 },
+}
+
+/// Everything a worker thread needs, moved into it at spawn.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub cpu: Option<core_affinity::CoreId>,
+    pub listeners: Vec<std::net::TcpListener>,
+    pub snapshot: Arc<Snapshot>,
+    pub commands: Receiver<Command>,
+    pub events: Sender<Event>,
+}
+
+pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("ringgate-w{}", setup.id))
+        .spawn(move || run_thread(setup))
+}
+
+fn run_thread(setup: WorkerSetup) {
+    let cpu = setup.cpu.and_then(|core| core_affinity::set_for_current(core).then_some(core.id));
+    let id = setup.id;
+    let events = setup.events.clone();
+    let driver = setup.snapshot.io_driver;
+    let entries = 1024;
+    let result = match driver {
+        IoDriver::Epoll => run_epoll(setup, cpu),
+        IoDriver::IoUring => run_uring(setup, cpu, entries),
+        IoDriver::Auto => match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .with_entries(entries)
+            .build()
+        {
+            Ok(mut rt) => {
+                rt.block_on(worker_main(setup, "io_uring", cpu));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    worker = id,
+                    error = %e,
+                    "io_uring is unavailable (seccomp, kernel or RLIMIT_MEMLOCK); FALLING BACK TO EPOLL"
+                );
+                run_epoll(setup, cpu)
+            }
+        },
+    };
+    if let Err(error) = result {
+        let _ = events.send(Event::Failed { worker: id, error });
+    }
+}
+
+fn run_uring(setup: WorkerSetup, cpu: Option<usize>, entries: u32) -> Result<(), String> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .with_entries(entries)
+        .build()
+        .map_err(|e| format!("cannot start an io_uring runtime (io_driver = \"io_uring\"): {e}"))?;
+    rt.block_on(worker_main(setup, "io_uring", cpu));
+    Ok(())
+}
+
+fn run_epoll(setup: WorkerSetup, cpu: Option<usize>) -> Result<(), String> {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|e| format!("cannot start an epoll runtime: {e}"))?;
+    rt.block_on(worker_main(setup, "epoll", cpu));
+    Ok(())
+}
+
+async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize>) {
+    let shard = Rc::new(Shard::new(setup.id, setup.snapshot.clone()));
+    let mut listeners = Vec::new();
+    for std_listener in setup.listeners {
+        match TcpListener::from_std(std_listener) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let _ = setup.events.send(Event::Failed {
+                    worker: setup.id,
+                    error: format!("cannot register listener: {e}"),
+                });
+                return;
+            }
+        }
+    }
+    for listener in listeners {
+        monoio::spawn(accept_loop(shard.clone(), listener));
+    }
+    let _ = setup.events.send(Event::Started { worker: setup.id, driver, cpu });
+
+    let mut drain_deadline: Option<Instant> = None;
+    let mut last_sweep = Instant::now();
+    loop {
+        monoio::time::sleep(COMMAND_POLL).await;
+        while let Ok(command) = setup.commands.try_recv() {
+            match command {
+                Command::Drain => {
+                    if drain_deadline.is_none() {
+                        drain_deadline = Some(Instant::now() + shard.snapshot().limits.drain_timeout);
+                        shard.begin_drain();
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if let Some(deadline) = drain_deadline {
+            if shard.active_connections.get() == 0 || now >= deadline {
+                if shard.active_connections.get() > 0 {
+                    tracing::warn!(
+                        worker = shard.id,
+                        open = shard.active_connections.get(),
+                        "drain_timeout reached; closing remaining connections"
+                    );
+                }
+                break;
+            }
+        } else if now.duration_since(last_sweep) >= POOL_SWEEP {
+            last_sweep = now;
+            for u in shard.upstreams.borrow_mut().iter_mut() {
+                u.evict_expired(now);
+            }
+        }
+    }
+    let _ = setup.events.send(Event::Exited {
+        worker: shard.id,
+        requests: shard.stats.requests.get(),
+        panics: shard.stats.panics.get(),
+    });
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        if shard.draining.get() {
+            return;
+        }
+        let accepted = listener.cancelable_accept(shard.idle_cancel_handle()).await;
+        match accepted {
+            Ok((stream, peer)) => {
+                WorkerStats::bump(&shard.stats.connections_accepted);
+                let max = shard.snapshot().limits.max_connections_per_worker;
+                if shard.active_connections.get() >= max {
+                    // Refuse early: existing connections are unharmed.
+                    WorkerStats::bump(&shard.stats.connections_refused);
+                    drop(stream);
+                    continue;
+                }
+                let conn_shard = shard.clone();
+                monoio::spawn(async move {
+                    let stats_shard = conn_shard.clone();
+                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer)).await.is_err() {
+                        WorkerStats::bump(&stats_shard.stats.panics);
+                        tracing::error!(worker = stats_shard.id, %peer, "connection task panicked; connection dropped");
+                    }
+                });
+            }
+            Err(e) => {
+                if shard.draining.get() {
+                    return;
+                }
+                tracing::warn!(worker = shard.id, error = %e, "accept failed");
+                // Out of file descriptors and similar: back off instead of spinning.
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
