@@ -49,7 +49,9 @@ impl Failure {
             Failure::NotFound => 404,
             Failure::ExpectationFailed => 417,
             Failure::NotImplemented(_) => 501,
-            Failure::UpstreamConnect | Failure::UpstreamReset | Failure::UpstreamMalformed(_) => 502,
+            Failure::UpstreamConnect | Failure::UpstreamReset | Failure::UpstreamMalformed(_) => {
+                502
+            }
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
         }
     }
@@ -93,7 +95,9 @@ impl Failure {
 
     fn message(self) -> &'static str {
         match self {
-            Failure::BadRequest(why) | Failure::BadRequestBody(why) | Failure::NotImplemented(why) => why,
+            Failure::BadRequest(why)
+            | Failure::BadRequestBody(why)
+            | Failure::NotImplemented(why) => why,
             Failure::UpstreamMalformed(why) => why,
             Failure::HeadTooLarge => "request head exceeds the configured limit",
             Failure::BodyTooLarge => "request body exceeds the route's limit",
@@ -126,7 +130,8 @@ impl Failure {
     pub fn write_response(self, out: &mut BytesMut, close: bool) {
         let message = self.message();
         let code = self.code();
-        let body_len = br#"{"error":"","status":000,"message":""}"#.len() + code.len() + message.len();
+        let body_len =
+            br#"{"error":"","status":000,"message":""}"#.len() + code.len() + message.len();
         http::write::status_line(out, self.status());
         out.put_slice(b"content-type: application/json\r\n");
         http::write::content_length(out, body_len as u64);
@@ -149,12 +154,18 @@ impl From<ParseError> for Failure {
         match e {
             ParseError::Malformed(why) => Failure::BadRequest(why),
             ParseError::TooManyHeaders | ParseError::HeadTooLarge => Failure::HeadTooLarge,
-            ParseError::BadHost => Failure::BadRequest("HTTP/1.1 requests need exactly one valid Host header"),
+            ParseError::BadHost => {
+                Failure::BadRequest("HTTP/1.1 requests need exactly one valid Host header")
+            }
             ParseError::LengthWithTransferEncoding => {
                 Failure::BadRequest("Content-Length together with Transfer-Encoding is ambiguous")
             }
-            ParseError::BadContentLength => Failure::BadRequest("invalid or conflicting Content-Length"),
-            ParseError::BadTransferEncoding => Failure::BadRequest("Transfer-Encoding must end in chunked"),
+            ParseError::BadContentLength => {
+                Failure::BadRequest("invalid or conflicting Content-Length")
+            }
+            ParseError::BadTransferEncoding => {
+                Failure::BadRequest("Transfer-Encoding must end in chunked")
+            }
             ParseError::TransferEncodingInHttp10 => {
                 Failure::BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests")
             }
@@ -176,8 +187,12 @@ impl From<ResponseError> for Failure {
             ResponseError::LengthWithTransferEncoding => {
                 "the upstream sent Content-Length with Transfer-Encoding"
             }
-            ResponseError::BadTransferEncoding => "the upstream sent an unsupported Transfer-Encoding",
-            ResponseError::UnexpectedUpgrade => "the upstream switched protocols without an allowed upgrade",
+            ResponseError::BadTransferEncoding => {
+                "the upstream sent an unsupported Transfer-Encoding"
+            }
+            ResponseError::UnexpectedUpgrade => {
+                "the upstream switched protocols without an allowed upgrade"
+            }
         })
     }
 }
@@ -193,7 +208,11 @@ mod tests {
 
     #[test]
     fn failure_bodies_carry_an_exact_content_length() {
-        for f in [Failure::NotFound, Failure::UpstreamTimeout, Failure::BadRequest("x")] {
+        for f in [
+            Failure::NotFound,
+            Failure::UpstreamTimeout,
+            Failure::BadRequest("x"),
+        ] {
             let mut out = BytesMut::new();
             f.write_response(&mut out, true);
             let text = std::str::from_utf8(&out).unwrap();

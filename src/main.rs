@@ -97,12 +97,16 @@ fn parse_args() -> Result<Option<Args>, String> {
                     v.parse::<usize>()
                         .ok()
                         .filter(|n| (1..=1024).contains(n))
-                        .ok_or_else(|| format!("--workers must be a number from 1 to 1024, got `{v}`"))?,
+                        .ok_or_else(|| {
+                            format!("--workers must be a number from 1 to 1024, got `{v}`")
+                        })?,
                 );
             }
             "--log-level" => args.log_level = Some(value("--log-level")?),
             "-H" | "--header" => args.headers.push(value("--header")?),
-            other if other.starts_with('-') => return Err(format!("unknown option `{other}` (see --help)")),
+            other if other.starts_with('-') => {
+                return Err(format!("unknown option `{other}` (see --help)"));
+            }
             other => args.positional.push(other.to_string()),
         }
     }
@@ -149,7 +153,10 @@ fn main() -> ExitCode {
         Mode::Route => explain_route(&snapshot, &args),
         Mode::Run => {
             if !args.positional.is_empty() {
-                eprintln!("ringgate: unexpected argument `{}` (see --help)", args.positional[0]);
+                eprintln!(
+                    "ringgate: unexpected argument `{}` (see --help)",
+                    args.positional[0]
+                );
                 return ExitCode::from(2);
             }
             if let Some(n) = args.workers {
@@ -233,13 +240,18 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
         method: method.as_bytes(),
         headers: &headers,
     };
-    let explanation = snapshot.router.explain(host.as_bytes(), path.as_bytes(), &facts);
+    let explanation = snapshot
+        .router
+        .explain(host.as_bytes(), path.as_bytes(), &facts);
     println!("request: {method} host={host:?} path={path:?}");
     for (index, verdict) in &explanation.steps {
         let name = &snapshot.routes[*index as usize].name;
         let m = &snapshot.router.matchers()[*index as usize];
         match verdict {
-            Verdict::Matched => println!("  MATCH  #{index} {name} (host {:?}, path {:?})", m.host, m.path),
+            Verdict::Matched => println!(
+                "  MATCH  #{index} {name} (host {:?}, path {:?})",
+                m.host, m.path
+            ),
             Verdict::PredicateFailed(why) => println!("  skip   #{index} {name}: {why}"),
             Verdict::NotApplicable(why) => println!("  -      #{index} {name}: {why}"),
         }
@@ -251,7 +263,11 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
     let route = &snapshot.routes[winner as usize];
     match &route.action {
         RouteAction::Respond { status, body, .. } => {
-            println!("result: route {} answers directly: {status} ({} byte body)", route.name, body.len());
+            println!(
+                "result: route {} answers directly: {status} ({} byte body)",
+                route.name,
+                body.len()
+            );
         }
         RouteAction::Proxy { upstream } => {
             let spec = &snapshot.upstreams[*upstream];
@@ -259,13 +275,24 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
                 PathRewrite::None => path.to_string(),
                 PathRewrite::StripPrefix(len) => {
                     let rest = &path[(*len).min(path.len())..];
-                    if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") }
+                    if rest.starts_with('/') {
+                        rest.to_string()
+                    } else {
+                        format!("/{rest}")
+                    }
                 }
                 PathRewrite::ReplacePrefix { len, with } => {
-                    format!("{}{}", String::from_utf8_lossy(with), &path[(*len).min(path.len())..])
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(with),
+                        &path[(*len).min(path.len())..]
+                    )
                 }
             };
-            println!("result: route {} → upstream {} ({:?})", route.name, spec.name, spec.balance);
+            println!(
+                "result: route {} → upstream {} ({:?})",
+                route.name, spec.name, spec.balance
+            );
             for e in &spec.endpoints {
                 println!("  endpoint {} weight {}", e.addr, e.weight);
             }
@@ -273,10 +300,18 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
             println!("  host: {:?}", route.host_rewrite);
             let edits = &route.request_headers;
             for (n, v) in &edits.set {
-                println!("  request header set: {}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v));
+                println!(
+                    "  request header set: {}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                );
             }
             for (n, v) in &edits.add {
-                println!("  request header add: {}: {}", String::from_utf8_lossy(n), String::from_utf8_lossy(v));
+                println!(
+                    "  request header add: {}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                );
             }
             for n in &edits.remove {
                 println!("  request header remove: {}", String::from_utf8_lossy(n));

@@ -114,7 +114,10 @@ pub enum PathRewrite {
     /// Remove the first `n` bytes of the path (the matched prefix).
     StripPrefix(usize),
     /// Replace the first `n` bytes of the path with `with`.
-    ReplacePrefix { len: usize, with: Box<[u8]> },
+    ReplacePrefix {
+        len: usize,
+        with: Box<[u8]>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +132,9 @@ pub enum HostRewrite {
 
 #[derive(Debug, Clone)]
 pub enum RouteAction {
-    Proxy { upstream: usize },
+    Proxy {
+        upstream: usize,
+    },
     Respond {
         status: u16,
         content_type: Bytes,

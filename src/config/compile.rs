@@ -23,7 +23,8 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
-        self.list.push(self.map.error(Some(spanned.span()), message));
+        self.list
+            .push(self.map.error(Some(spanned.span()), message));
     }
     fn nowhere(&mut self, message: impl Into<String>) {
         self.list.push(self.map.error(None, message));
@@ -40,7 +41,10 @@ pub fn allowed_cpu_count() -> usize {
 }
 
 pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, ConfigErrors> {
-    let mut errors = Errors { map, list: Vec::new() };
+    let mut errors = Errors {
+        map,
+        list: Vec::new(),
+    };
 
     let workers = match &cfg.workers {
         None => allowed_cpu_count(),
@@ -48,7 +52,10 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
             WorkersSetting::Auto(_) => allowed_cpu_count(),
             WorkersSetting::Count(n) if (1..=1024).contains(n) => *n as usize,
             WorkersSetting::Count(n) => {
-                errors.at(w, format!("workers must be \"auto\" or between 1 and 1024, got {n}"));
+                errors.at(
+                    w,
+                    format!("workers must be \"auto\" or between 1 and 1024, got {n}"),
+                );
                 1
             }
         },
@@ -59,7 +66,10 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         IoDriverSetting::Epoll => IoDriver::Epoll,
     };
     if let Some(level) = &cfg.log_level
-        && !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace")
+        && !matches!(
+            level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        )
     {
         errors.nowhere(format!(
             "log_level must be one of error, warn, info, debug, trace; got `{level}`"
@@ -127,7 +137,10 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         let r = spanned.get_ref();
         let name = r.name.clone().unwrap_or_else(|| format!("route-{index}"));
         if !seen_names.insert(name.clone()) {
-            errors.at(spanned, format!("route name `{name}` is used twice; names must be unique"));
+            errors.at(
+                spanned,
+                format!("route name `{name}` is used twice; names must be unique"),
+            );
         }
         if let Some((route, matcher)) =
             compile_route(name, spanned, &upstream_names, &limits, &mut errors)
@@ -154,11 +167,18 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     })
 }
 
-fn compile_upstream(name: &str, section: &Spanned<file::UpstreamSection>, errors: &mut Errors) -> UpstreamSpec {
+fn compile_upstream(
+    name: &str,
+    section: &Spanned<file::UpstreamSection>,
+    errors: &mut Errors,
+) -> UpstreamSpec {
     let u = section.get_ref();
     let mut endpoints = Vec::new();
     if u.endpoints.is_empty() {
-        errors.at(section, format!("upstream `{name}` needs at least one endpoint"));
+        errors.at(
+            section,
+            format!("upstream `{name}` needs at least one endpoint"),
+        );
     }
     for e in &u.endpoints {
         let (addr_text, weight) = match e.get_ref() {
@@ -193,9 +213,9 @@ fn compile_upstream(name: &str, section: &Spanned<file::UpstreamSection>, errors
         Some(h) => match h.get_ref().as_str() {
             "client_ip" => Some(HashKey::ClientIp),
             text => match text.strip_prefix("header:") {
-                Some(header) if is_token(header.as_bytes()) => {
-                    Some(HashKey::Header(header.to_ascii_lowercase().into_bytes().into()))
-                }
+                Some(header) if is_token(header.as_bytes()) => Some(HashKey::Header(
+                    header.to_ascii_lowercase().into_bytes().into(),
+                )),
                 _ => {
                     errors.at(h, "hash_on must be \"client_ip\" or \"header:NAME\"");
                     None
@@ -207,14 +227,19 @@ fn compile_upstream(name: &str, section: &Spanned<file::UpstreamSection>, errors
         errors.at(section, format!("upstream `{name}` uses consistent_hash and needs hash_on = \"client_ip\" or \"header:NAME\""));
     }
     let ring = if balance == Balance::ConsistentHash {
-        let identities: Vec<(String, u32)> =
-            endpoints.iter().map(|e| (e.addr.to_string(), e.weight)).collect();
+        let identities: Vec<(String, u32)> = endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight))
+            .collect();
         build_ring(&identities)
     } else {
         Vec::new()
     };
     if u.connect_timeout.0.is_zero() || u.response_timeout.0.is_zero() {
-        errors.at(section, "connect_timeout and response_timeout must be greater than zero");
+        errors.at(
+            section,
+            "connect_timeout and response_timeout must be greater than zero",
+        );
     }
     UpstreamSpec {
         name: name.to_string(),
@@ -277,24 +302,43 @@ fn compile_route(
     for m in &r.methods {
         let text = m.get_ref();
         if !is_token(text.as_bytes()) || text.to_ascii_uppercase() != *text {
-            errors.at(m, format!("method `{text}` must be an upper-case token like \"GET\""));
+            errors.at(
+                m,
+                format!("method `{text}` must be an upper-case token like \"GET\""),
+            );
         }
         methods.push(text.as_bytes().into());
     }
     let mut headers = Vec::new();
     for (n, v) in &r.headers {
         if !is_token(n.as_bytes()) || !is_field_value(v.as_bytes()) {
-            errors.at(spanned, format!("header predicate `{n}` must be a valid header name and value"));
+            errors.at(
+                spanned,
+                format!("header predicate `{n}` must be a valid header name and value"),
+            );
         }
-        headers.push((n.to_ascii_lowercase().into_bytes().into(), v.as_bytes().into()));
+        headers.push((
+            n.to_ascii_lowercase().into_bytes().into(),
+            v.as_bytes().into(),
+        ));
     }
 
     let action = match (&r.upstream, &r.respond) {
         (Some(u), None) => match upstream_names.iter().position(|n| *n == u.get_ref()) {
             Some(index) => RouteAction::Proxy { upstream: index },
             None => {
-                let known = upstream_names.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-                errors.at(u, format!("unknown upstream `{}`; defined upstreams: [{known}]", u.get_ref()));
+                let known = upstream_names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                errors.at(
+                    u,
+                    format!(
+                        "unknown upstream `{}`; defined upstreams: [{known}]",
+                        u.get_ref()
+                    ),
+                );
                 RouteAction::Proxy { upstream: 0 }
             }
         },
@@ -313,11 +357,17 @@ fn compile_route(
             }
         }
         (Some(u), Some(_)) => {
-            errors.at(u, "a route has either upstream = \"NAME\" or a [routes.respond] table, not both");
+            errors.at(
+                u,
+                "a route has either upstream = \"NAME\" or a [routes.respond] table, not both",
+            );
             return None;
         }
         (None, None) => {
-            errors.at(spanned, format!("route `{name}` needs upstream = \"NAME\" or a [routes.respond] table"));
+            errors.at(
+                spanned,
+                format!("route `{name}` needs upstream = \"NAME\" or a [routes.respond] table"),
+            );
             return None;
         }
     };
@@ -337,10 +387,16 @@ fn compile_route(
             if !rp.get_ref().starts_with('/') || !is_path(rp.get_ref().as_bytes()) {
                 errors.at(rp, "replace_prefix must be a path starting with '/'");
             }
-            PathRewrite::ReplacePrefix { len, with: rp.get_ref().as_bytes().into() }
+            PathRewrite::ReplacePrefix {
+                len,
+                with: rp.get_ref().as_bytes().into(),
+            }
         }
         (_, _, None) => {
-            errors.at(spanned, "strip_prefix and replace_prefix need a path_prefix to act on");
+            errors.at(
+                spanned,
+                "strip_prefix and replace_prefix need a path_prefix to act on",
+            );
             PathRewrite::None
         }
     };
@@ -372,13 +428,24 @@ fn compile_route(
         max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes, |b| b.0),
         allow_upgrade: r.allow_upgrade,
     };
-    Some((route, RouteMatcher { host, path, methods, headers }))
+    Some((
+        route,
+        RouteMatcher {
+            host,
+            path,
+            methods,
+            headers,
+        },
+    ))
 }
 
 fn check_path(p: &Spanned<String>, errors: &mut Errors) {
     let text = p.get_ref();
     if !text.starts_with('/') || !is_path(text.as_bytes()) || text.contains('?') {
-        errors.at(p, "paths start with '/' and contain no spaces, '?' or control characters");
+        errors.at(
+            p,
+            "paths start with '/' and contain no spaces, '?' or control characters",
+        );
     }
 }
 
@@ -405,14 +472,22 @@ fn compile_edits(
     let check = |name: &str, value: Option<&str>, errors: &mut Errors| -> Box<[u8]> {
         let lower = name.to_ascii_lowercase();
         if !is_token(name.as_bytes()) {
-            errors.at(at, format!("{section}: `{name}` is not a valid header name"));
+            errors.at(
+                at,
+                format!("{section}: `{name}` is not a valid header name"),
+            );
         } else if MANAGED_HEADERS.contains(&lower.as_str()) {
             errors.at(at, format!("{section}: `{name}` is managed by the gateway and cannot be edited (use host_rewrite for Host)"));
         }
         if let Some(v) = value
             && !is_field_value(v.as_bytes())
         {
-            errors.at(at, format!("{section}: the value of `{name}` contains characters not allowed in a header"));
+            errors.at(
+                at,
+                format!(
+                    "{section}: the value of `{name}` contains characters not allowed in a header"
+                ),
+            );
         }
         lower.into_bytes().into()
     };
@@ -434,9 +509,8 @@ fn compile_edits(
 /// RFC 9110 §5.6.2 token.
 pub(crate) fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_field_value(s: &[u8]) -> bool {
@@ -491,7 +565,10 @@ respond = { status = 200, body = "{}" }
     fn unknown_keys_are_rejected_with_position() {
         let errs = errors_of("\n[[routes]]\nupstreem = \"api\"\n");
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("t.toml:9:1: unknown field `upstreem`"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml:9:1: unknown field `upstreem`"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -506,13 +583,21 @@ upstream = "api"
 "#,
         );
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].starts_with("t.toml:9:12: unknown upstream `nope`"), "{errs:?}");
-        assert!(errs[1].starts_with("t.toml:11:8: paths start with '/'"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("t.toml:9:12: unknown upstream `nope`"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("t.toml:11:8: paths start with '/'"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn bad_units_name_the_value() {
-        let errs = errors_of("[server]\nidle_timeout = \"10 fortnights\"\n[[routes]]\nupstream = \"api\"\n");
+        let errs = errors_of(
+            "[server]\nidle_timeout = \"10 fortnights\"\n[[routes]]\nupstream = \"api\"\n",
+        );
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].starts_with("t.toml:8:16:"), "{errs:?}");
         assert!(errs[0].contains("unknown duration unit"), "{errs:?}");
@@ -520,14 +605,18 @@ upstream = "api"
 
     #[test]
     fn managed_headers_cannot_be_edited() {
-        let errs = errors_of("[[routes]]\nupstream = \"api\"\nrequest_headers = { set = { \"Content-Length\" = \"1\" } }\n");
+        let errs = errors_of(
+            "[[routes]]\nupstream = \"api\"\nrequest_headers = { set = { \"Content-Length\" = \"1\" } }\n",
+        );
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("managed by the gateway"));
     }
 
     #[test]
     fn consistent_hash_needs_a_key() {
-        let errs = errors_of("[upstreams.h]\nendpoints = [\"127.0.0.1:1\"]\nbalance = \"consistent_hash\"\n[[routes]]\nupstream = \"h\"\n");
+        let errs = errors_of(
+            "[upstreams.h]\nendpoints = [\"127.0.0.1:1\"]\nbalance = \"consistent_hash\"\n[[routes]]\nupstream = \"h\"\n",
+        );
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("needs hash_on"));
     }

@@ -32,7 +32,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -62,12 +66,19 @@ pub(crate) struct SourceMap<'a> {
 }
 
 impl SourceMap<'_> {
-    pub fn error(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+    pub fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = match span {
             Some(span) if span.start <= self.text.len() && !(span.start == 0 && span.end == 0) => {
                 let before = &self.text[..span.start];
                 let line = before.matches('\n').count() + 1;
-                let column = before.rfind('\n').map_or(span.start, |nl| span.start - nl - 1) + 1;
+                let column = before
+                    .rfind('\n')
+                    .map_or(span.start, |nl| span.start - nl - 1)
+                    + 1;
                 (line, column)
             }
             _ => (0, 0),

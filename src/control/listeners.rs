@@ -16,12 +16,14 @@ pub fn bind_all(
     specs: &[ListenerSpec],
     workers: usize,
 ) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), String> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for spec in specs {
         let mut addr = spec.addr;
         for sockets in per_worker.iter_mut() {
-            let socket = bind_one(addr, spec.backlog).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let socket = bind_one(addr, spec.backlog)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             // With port 0 the first bind picks a port; the rest join it.
             addr = socket.local_addr().map_err(|e| e.to_string())?;
             sockets.push(socket);

@@ -8,7 +8,9 @@ pub mod signals;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
 
 use crate::snapshot::Snapshot;
 use crate::worker::{self, Command, Event, WorkerSetup};
@@ -17,6 +19,30 @@ use crate::worker::{self, Command, Event, WorkerSetup};
 /// worker has drained. Returns an error message if startup fails.
 pub fn run(snapshot: Snapshot) -> Result<(), String> {
     signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    let running = start(snapshot)?;
+    for addr in &running.bound {
+        // Printed on stdout for people and scripts (tests read the port here).
+        println!(
+            "ringgate listening on http://{addr} ({} workers, io driver {}, config {})",
+            running.snapshot.workers, running.driver_summary, running.snapshot.source
+        );
+    }
+    running.serve_until_signal()
+}
+
+/// A started gateway: workers running, listeners accepting.
+pub struct Running {
+    snapshot: Arc<Snapshot>,
+    bound: Vec<SocketAddr>,
+    driver_summary: String,
+    command_txs: Vec<Sender<Command>>,
+    event_rx: Receiver<Event>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+/// Binds listeners and starts every worker; returns once all accept.
+/// Signals are not touched here (embedders and tests call this directly).
+pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     let snapshot = Arc::new(snapshot);
     let workers = snapshot.workers;
     let (mut sockets, bound) = listeners::bind_all(&snapshot.listeners, workers)?;
@@ -36,7 +62,11 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
         command_txs.push(tx);
         let setup = WorkerSetup {
             id,
-            cpu: if cpus.is_empty() { None } else { Some(cpus[id % cpus.len()]) },
+            cpu: if cpus.is_empty() {
+                None
+            } else {
+                Some(cpus[id % cpus.len()])
+            },
             listeners: std::mem::take(&mut sockets[id]),
             snapshot: snapshot.clone(),
             commands: rx,
@@ -50,12 +80,20 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
     while drivers.len() < workers {
         let remaining = start_deadline.saturating_duration_since(Instant::now());
         match event_rx.recv_timeout(remaining) {
-            Ok(Event::Started { worker, driver, cpu }) => {
+            Ok(Event::Started {
+                worker,
+                driver,
+                cpu,
+            }) => {
                 tracing::info!(worker, driver, cpu = ?cpu, "worker started");
                 drivers.push(driver);
             }
-            Ok(Event::Failed { worker, error }) => return Err(format!("worker {worker} failed to start: {error}")),
-            Ok(Event::Exited { worker, .. }) => return Err(format!("worker {worker} exited during startup")),
+            Ok(Event::Failed { worker, error }) => {
+                return Err(format!("worker {worker} failed to start: {error}"));
+            }
+            Ok(Event::Exited { worker, .. }) => {
+                return Err(format!("worker {worker} exited during startup"));
+            }
             Err(_) => return Err("workers did not start within 10s".into()),
         }
     }
@@ -67,49 +105,85 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
     } else {
         format!("mixed: {uring} io_uring, {} epoll", workers - uring)
     };
-    for addr in &bound {
-        // Printed on stdout for people and scripts (tests read the port here).
-        println!("ringgate listening on http://{addr} ({workers} workers, io driver {driver_summary}, config {})", snapshot.source);
+    Ok(Running {
+        snapshot,
+        bound,
+        driver_summary,
+        command_txs,
+        event_rx,
+        handles,
+    })
+}
+
+impl Running {
+    /// The bound listener addresses, port 0 resolved.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.bound
     }
 
-    loop {
-        match signals::wait(Duration::from_millis(200)) {
-            Some(signals::Signal::Terminate) => break,
-            Some(signals::Signal::Reload) => {
-                tracing::warn!("SIGHUP received: hot reload is not implemented yet; keeping the running config");
-            }
-            Some(signals::Signal::Reopen) => {}
-            None => {}
-        }
-        while let Ok(event) = event_rx.try_recv() {
-            if let Event::Failed { worker, error } = event {
-                tracing::error!(worker, %error, "worker failed");
-            }
-        }
-        if let Some(dead) = handles.iter().position(|h| h.is_finished()) {
-            return Err(format!("worker {dead} stopped unexpectedly"));
-        }
+    /// `io_uring`, `epoll` or a mix, as the workers reported.
+    pub fn driver_summary(&self) -> &str {
+        &self.driver_summary
     }
 
-    let drain = snapshot.limits.drain_timeout;
-    tracing::info!(?drain, "draining: no new connections; finishing in-flight requests");
-    for tx in &command_txs {
-        let _ = tx.send(Command::Drain);
-    }
-    let deadline = Instant::now() + drain + Duration::from_secs(2);
-    let mut exited = 0;
-    while exited < workers {
-        match event_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Event::Exited { worker, requests, panics }) => {
-                tracing::info!(worker, requests, panics, "worker drained");
-                exited += 1;
+    /// Waits for SIGTERM/SIGINT (blocked by `signals::block`), then drains.
+    pub fn serve_until_signal(self) -> Result<(), String> {
+        loop {
+            match signals::wait(Duration::from_millis(200)) {
+                Some(signals::Signal::Terminate) => break,
+                Some(signals::Signal::Reload) => {
+                    tracing::warn!(
+                        "SIGHUP received: hot reload is not implemented yet; keeping the running config"
+                    );
+                }
+                Some(signals::Signal::Reopen) => {}
+                None => {}
             }
-            Ok(_) => {}
-            Err(_) => return Err("workers did not finish draining in time".into()),
+            while let Ok(event) = self.event_rx.try_recv() {
+                if let Event::Failed { worker, error } = event {
+                    tracing::error!(worker, %error, "worker failed");
+                }
+            }
+            if let Some(dead) = self.handles.iter().position(|h| h.is_finished()) {
+                return Err(format!("worker {dead} stopped unexpectedly"));
+            }
         }
+        self.drain()
     }
-    for h in handles {
-        let _ = h.join();
+
+    /// Drains every worker (see `Command::Drain`) and joins their threads.
+    pub fn drain(self) -> Result<(), String> {
+        let workers = self.handles.len();
+        let drain = self.snapshot.limits.drain_timeout;
+        tracing::info!(
+            ?drain,
+            "draining: no new connections; finishing in-flight requests"
+        );
+        for tx in &self.command_txs {
+            let _ = tx.send(Command::Drain);
+        }
+        let deadline = Instant::now() + drain + Duration::from_secs(2);
+        let mut exited = 0;
+        while exited < workers {
+            match self
+                .event_rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(Event::Exited {
+                    worker,
+                    requests,
+                    panics,
+                }) => {
+                    tracing::info!(worker, requests, panics, "worker drained");
+                    exited += 1;
+                }
+                Ok(_) => {}
+                Err(_) => return Err("workers did not finish draining in time".into()),
+            }
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -184,7 +184,9 @@ impl ChunkedDecoder {
                     self.state = State::Done;
                     return Ok(Step::End(consumed));
                 }
-                State::Data | State::Done => unreachable!("handled above / never stepped after End"),
+                State::Data | State::Done => {
+                    unreachable!("handled above / never stepped after End")
+                }
             }
         }
         if input.is_empty() {
@@ -249,7 +251,8 @@ mod tests {
 
     #[test]
     fn decodes_whole_and_split_across_every_boundary() {
-        let body = b"5\r\nhello\r\n1a;ext=\"x\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
+        let body =
+            b"5\r\nhello\r\n1a;ext=\"x\"\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-T: 1\r\n\r\n";
         for piece in 1..body.len() {
             let (data, sizes) = decode(body, piece).unwrap();
             assert_eq!(data, b"helloabcdefghijklmnopqrstuvwxyz");
@@ -259,18 +262,42 @@ mod tests {
 
     #[test]
     fn rejects_bad_sizes_and_overflow() {
-        assert_eq!(decode(b"-5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
-        assert_eq!(decode(b" 5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
-        assert_eq!(decode(b"5 \r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
-        assert_eq!(decode(b"0x5\r\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
-        assert_eq!(decode(b"fffffffffffffffff\r\n", 64), Err(ChunkError::SizeOverflow));
+        assert_eq!(
+            decode(b"-5\r\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode(b" 5\r\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode(b"5 \r\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode(b"0x5\r\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode(b"fffffffffffffffff\r\n", 64),
+            Err(ChunkError::SizeOverflow)
+        );
     }
 
     #[test]
     fn rejects_bare_lf_and_missing_crlf_after_data() {
-        assert_eq!(decode(b"5\nhello\r\n0\r\n\r\n", 64), Err(ChunkError::BadSize));
-        assert_eq!(decode(b"5\r\nhelloX\r\n0\r\n\r\n", 64), Err(ChunkError::BadLineEnding));
-        assert_eq!(decode(b"5\r\nhello\n0\r\n\r\n", 64), Err(ChunkError::BadLineEnding));
+        assert_eq!(
+            decode(b"5\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize)
+        );
+        assert_eq!(
+            decode(b"5\r\nhelloX\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadLineEnding)
+        );
+        assert_eq!(
+            decode(b"5\r\nhello\n0\r\n\r\n", 64),
+            Err(ChunkError::BadLineEnding)
+        );
         assert_eq!(decode(b"0\r\n\n", 64), Err(ChunkError::BadLineEnding));
     }
 

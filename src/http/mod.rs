@@ -82,7 +82,10 @@ pub fn is_hop_by_hop_or_framing(name: &[u8]) -> bool {
 /// Splits a comma-separated header value into trimmed, non-empty elements.
 #[inline]
 pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim_ows).filter(|e| !e.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
+        .filter(|e| !e.is_empty())
 }
 
 #[inline]
@@ -113,7 +116,9 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Option<u64> {
         if element.is_empty() || element.len() > 18 || !element.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        let n = element.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
+        let n = element
+            .iter()
+            .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0'));
         match result {
             Some(prev) if prev != n => return None,
             _ => result = Some(n),
@@ -134,7 +139,9 @@ pub(crate) enum TransferCoding {
 }
 
 /// Classifies all Transfer-Encoding values of a message taken together.
-pub(crate) fn classify_transfer_encoding<'a>(values: impl Iterator<Item = &'a [u8]>) -> TransferCoding {
+pub(crate) fn classify_transfer_encoding<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+) -> TransferCoding {
     let mut count = 0usize;
     let mut chunked_count = 0usize;
     let mut last_is_chunked = false;

@@ -3,8 +3,8 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding, list_elements,
-    parse_content_length, trim_ows,
+    HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding,
+    list_elements, parse_content_length, trim_ows,
 };
 
 /// Why a request head was refused. The worker maps each to the answer in
@@ -76,7 +76,12 @@ impl Method {
     pub fn is_idempotent(self) -> bool {
         matches!(
             self,
-            Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace
+            Method::Get
+                | Method::Head
+                | Method::Put
+                | Method::Delete
+                | Method::Options
+                | Method::Trace
         )
     }
 }
@@ -121,7 +126,8 @@ pub fn parse_request(
     headers: &mut Vec<HeaderSpan>,
 ) -> Result<Option<RequestHead>, ParseError> {
     headers.clear();
-    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let limit = max_headers.min(MAX_HEADERS);
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut raw[..limit]) {
@@ -142,7 +148,11 @@ pub fn parse_request(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(ParseError::Malformed("incomplete request line"));
     };
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
     let method_span = Span::of(buf, method.as_bytes());
     let method = Method::classify(method.as_bytes());
 
@@ -265,7 +275,11 @@ pub fn parse_request(
 }
 
 /// Splits the request target into (path, query, authority-if-absolute-form).
-fn split_target(buf: &[u8], target: &[u8], method: Method) -> Result<(Span, Span, Option<Span>), ParseError> {
+fn split_target(
+    buf: &[u8],
+    target: &[u8],
+    method: Method,
+) -> Result<(Span, Span, Option<Span>), ParseError> {
     let (authority, rest) = if target.first() == Some(&b'/') {
         (None, target)
     } else if target == b"*" {
@@ -282,13 +296,17 @@ fn split_target(buf: &[u8], target: &[u8], method: Method) -> Result<(Span, Span
             .unwrap_or(after_scheme.len());
         let authority = &after_scheme[..end];
         if authority.is_empty() || authority.contains(&b'@') || !is_valid_host(authority) {
-            return Err(ParseError::Malformed("invalid authority in absolute-form target"));
+            return Err(ParseError::Malformed(
+                "invalid authority in absolute-form target",
+            ));
         }
         (Some(Span::of(buf, authority)), &after_scheme[end..])
     } else if method == Method::Other && buf.starts_with(b"CONNECT ") {
         return Err(ParseError::UnsupportedMethod);
     } else {
-        return Err(ParseError::Malformed("request target must be origin-form or absolute-form"));
+        return Err(ParseError::Malformed(
+            "request target must be origin-form or absolute-form",
+        ));
     };
     let query_at = rest.iter().position(|&b| b == b'?').unwrap_or(rest.len());
     Ok((
@@ -309,7 +327,28 @@ fn strip_prefix_ignore_case<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> 
 /// RFC 3986 host[:port] characters: reg-name, IPv4 or a bracketed IPv6 literal.
 fn is_valid_host(h: &[u8]) -> bool {
     h.iter().all(|&b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'[' | b']' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=')
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
     })
 }
 
@@ -353,7 +392,12 @@ mod tests {
 
     #[test]
     fn partial_heads_wait_and_oversized_heads_are_refused() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().map(|h| h.len), None);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n")
+                .unwrap()
+                .map(|h| h.len),
+            None
+        );
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
         big.resize(9000, b'a');
         assert_eq!(parse(&big).unwrap_err(), ParseError::HeadTooLarge);
@@ -368,15 +412,18 @@ mod tests {
 
     #[test]
     fn rejects_differing_duplicate_content_length() {
-        let r = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        let r =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
         assert_eq!(r.unwrap_err(), ParseError::BadContentLength);
-        let same = head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        let same =
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(same.framing, BodyFraming::Length(5));
     }
 
     #[test]
     fn rejects_transfer_encoding_not_ending_in_chunked() {
-        let r = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n");
+        let r =
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n");
         assert_eq!(r.unwrap_err(), ParseError::BadTransferEncoding);
         let r = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(r.unwrap_err(), ParseError::UnsupportedTransferCoding);
@@ -404,21 +451,42 @@ mod tests {
 
     #[test]
     fn rejects_control_characters_and_bare_cr() {
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n"), Err(ParseError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n"), Err(ParseError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
     }
 
     #[test]
     fn rejects_invalid_method_tokens() {
-        assert!(matches!(parse(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse(b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
     }
 
     #[test]
     fn requires_exactly_one_host_in_http11() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(), ParseError::BadHost);
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), ParseError::BadHost);
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n").unwrap_err(), ParseError::BadHost);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            ParseError::BadHost
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
+            ParseError::BadHost
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n").unwrap_err(),
+            ParseError::BadHost
+        );
         let h = head(b"GET / HTTP/1.0\r\n\r\n");
         assert!(h.host.is_none());
         assert!(!h.keep_alive);
@@ -440,25 +508,40 @@ mod tests {
     fn connection_header_decides_keep_alive() {
         assert!(!head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
-        assert!(head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n").connection_names_others);
+        assert!(
+            head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: x-secret\r\n\r\n")
+                .connection_names_others
+        );
     }
 
     #[test]
     fn expect_other_than_continue_is_refused() {
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\n").unwrap_err(),
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nContent-Length: 1\r\n\r\n")
+                .unwrap_err(),
             ParseError::UnsupportedExpectation
         );
-        assert!(head(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
+        assert!(
+            head(
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+            )
+            .expect_continue
+        );
     }
 
     #[test]
     fn connect_is_not_implemented() {
-        assert_eq!(parse(b"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n").unwrap_err(), ParseError::UnsupportedMethod);
+        assert_eq!(
+            parse(b"CONNECT a.com:443 HTTP/1.1\r\nHost: a.com:443\r\n\r\n").unwrap_err(),
+            ParseError::UnsupportedMethod
+        );
     }
 
     #[test]
     fn fragments_in_targets_are_refused() {
-        assert!(matches!(parse(b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse(b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(ParseError::Malformed(_))
+        ));
     }
 }

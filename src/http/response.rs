@@ -4,8 +4,8 @@
 use std::mem::MaybeUninit;
 
 use super::{
-    HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding, list_elements,
-    parse_content_length,
+    HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding,
+    list_elements, parse_content_length,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,8 @@ pub fn parse_response(
     headers: &mut Vec<HeaderSpan>,
 ) -> Result<Option<ResponseHead>, ResponseError> {
     headers.clear();
-    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let limit = max_headers.min(MAX_HEADERS);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -76,7 +77,11 @@ pub fn parse_response(
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
-        Err(_) => return Err(ResponseError::Malformed("invalid status line or header line")),
+        Err(_) => {
+            return Err(ResponseError::Malformed(
+                "invalid status line or header line",
+            ));
+        }
     };
     if len > max_header_bytes {
         return Err(ResponseError::TooLarge);
@@ -87,7 +92,11 @@ pub fn parse_response(
     if !(100..=599).contains(&status) {
         return Err(ResponseError::Malformed("status code out of range"));
     }
-    let version = if minor == 1 { Version::Http11 } else { Version::Http10 };
+    let version = if minor == 1 {
+        Version::Http11
+    } else {
+        Version::Http10
+    };
     let reason = Span::of(buf, res.reason.unwrap_or("").as_bytes());
 
     let mut content_length: Option<u64> = None;
@@ -128,7 +137,8 @@ pub fn parse_response(
         return Err(ResponseError::UnexpectedUpgrade);
     }
 
-    let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let no_body =
+        request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         ResponseFraming::None
     } else if saw_transfer_encoding {
@@ -176,31 +186,55 @@ mod tests {
 
     #[test]
     fn framing_follows_rfc9112_section_6_3() {
-        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap().unwrap();
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, ResponseFraming::Length(5));
         assert!(h.keep_alive);
-        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
+        let h = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.framing, ResponseFraming::None);
         assert_eq!(h.content_length, Some(5));
-        let h = parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", false).unwrap().unwrap();
+        let h = parse(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.framing, ResponseFraming::None);
-        let h = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap().unwrap();
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.framing, ResponseFraming::Chunked);
         let h = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
         assert_eq!(h.framing, ResponseFraming::UntilClose);
         assert!(!h.keep_alive);
-        let h = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap().unwrap();
+        let h = parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
     }
 
     #[test]
     fn ambiguous_responses_are_refused() {
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).unwrap_err(),
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
             ResponseError::BadContentLength
         );
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false).unwrap_err(),
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            )
+            .unwrap_err(),
             ResponseError::LengthWithTransferEncoding
         );
         assert!(parse(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
@@ -210,7 +244,9 @@ mod tests {
 
     #[test]
     fn interim_responses_have_no_body() {
-        let h = parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false).unwrap().unwrap();
+        let h = parse(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
         assert!(h.is_interim());
         assert_eq!(h.framing, ResponseFraming::None);
     }

@@ -50,8 +50,14 @@ impl Router {
                 (Some(h), Some((tier, distance))) => {
                     candidates.push(((tier, distance, h), i));
                 }
-                (None, _) => others.push((i, Verdict::NotApplicable(format!("host {:?} does not match", m.host)))),
-                (_, None) => others.push((i, Verdict::NotApplicable(format!("path {:?} does not match", m.path)))),
+                (None, _) => others.push((
+                    i,
+                    Verdict::NotApplicable(format!("host {:?} does not match", m.host)),
+                )),
+                (_, None) => others.push((
+                    i,
+                    Verdict::NotApplicable(format!("path {:?} does not match", m.path)),
+                )),
             }
         }
         // Host tier first, then path tier, then file order.
@@ -60,32 +66,38 @@ impl Router {
         let mut winner = None;
         for (_, i) in candidates {
             if winner.is_some() {
-                steps.push((i, Verdict::NotApplicable("a more specific route matched first".into())));
+                steps.push((
+                    i,
+                    Verdict::NotApplicable("a more specific route matched first".into()),
+                ));
                 continue;
             }
             let m = &self.matchers[i as usize];
-            let verdict = if !m.methods.is_empty() && !m.methods.iter().any(|x| &**x == facts.method()) {
-                Verdict::PredicateFailed(format!(
-                    "method {} not in [{}]",
-                    String::from_utf8_lossy(facts.method()),
-                    m.methods
-                        .iter()
-                        .map(|x| String::from_utf8_lossy(x).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            } else if let Some((name, value)) =
-                m.headers.iter().find(|(n, v)| !facts.has_header_value(n, v))
-            {
-                Verdict::PredicateFailed(format!(
-                    "header {}: {} not present",
-                    String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(value)
-                ))
-            } else {
-                winner = Some(i);
-                Verdict::Matched
-            };
+            let verdict =
+                if !m.methods.is_empty() && !m.methods.iter().any(|x| &**x == facts.method()) {
+                    Verdict::PredicateFailed(format!(
+                        "method {} not in [{}]",
+                        String::from_utf8_lossy(facts.method()),
+                        m.methods
+                            .iter()
+                            .map(|x| String::from_utf8_lossy(x).into_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                } else if let Some((name, value)) = m
+                    .headers
+                    .iter()
+                    .find(|(n, v)| !facts.has_header_value(n, v))
+                {
+                    Verdict::PredicateFailed(format!(
+                        "header {}: {} not present",
+                        String::from_utf8_lossy(name),
+                        String::from_utf8_lossy(value)
+                    ))
+                } else {
+                    winner = Some(i);
+                    Verdict::Matched
+                };
             steps.push((i, verdict));
         }
         steps.extend(others);
@@ -101,7 +113,11 @@ mod tests {
     /// The explanation's winner must always be the fast matcher's answer.
     #[test]
     fn explain_agrees_with_find() {
-        let hosts = [HostMatch::Any, HostMatch::Exact("a.example.com".into()), HostMatch::Suffix(".example.com".into())];
+        let hosts = [
+            HostMatch::Any,
+            HostMatch::Exact("a.example.com".into()),
+            HostMatch::Suffix(".example.com".into()),
+        ];
         let paths = [
             PathMatch::Any,
             PathMatch::Exact("/a/b".into()),

@@ -97,7 +97,12 @@ impl PathTable {
         }
     }
 
-    fn find<F: RequestFacts>(&self, routes: &[RouteMatcher], path: &[u8], facts: &F) -> Option<u32> {
+    fn find<F: RequestFacts>(
+        &self,
+        routes: &[RouteMatcher],
+        path: &[u8],
+        facts: &F,
+    ) -> Option<u32> {
         let first_holding = |candidates: &Vec<u32>| {
             candidates
                 .iter()
@@ -294,9 +299,15 @@ mod tests {
             route(HostMatch::Any, PathMatch::Any),
             route(HostMatch::Suffix(".example.com".into()), PathMatch::Any),
             route(HostMatch::Suffix(".eu.example.com".into()), PathMatch::Any),
-            route(HostMatch::Exact("api.example.com".into()), PathMatch::Exact("/only".into())),
+            route(
+                HostMatch::Exact("api.example.com".into()),
+                PathMatch::Exact("/only".into()),
+            ),
         ]);
-        assert_eq!(router.find(b"API.Example.com:8080", b"/only", &get()), Some(3));
+        assert_eq!(
+            router.find(b"API.Example.com:8080", b"/only", &get()),
+            Some(3)
+        );
         // Exact host without a matching path falls through to the suffix tier.
         assert_eq!(router.find(b"api.example.com", b"/other", &get()), Some(1));
         assert_eq!(router.find(b"x.eu.example.com", b"/", &get()), Some(2));

@@ -45,7 +45,12 @@ impl Balancer {
     /// request carried one (otherwise consistent hashing falls back to round
     /// robin).
     #[inline]
-    pub fn pick(&mut self, spec: &UpstreamSpec, outstanding: &[u32], key_hash: Option<u64>) -> usize {
+    pub fn pick(
+        &mut self,
+        spec: &UpstreamSpec,
+        outstanding: &[u32],
+        key_hash: Option<u64>,
+    ) -> usize {
         let n = spec.endpoints.len();
         if n <= 1 {
             return 0;
@@ -84,9 +89,14 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                if outstanding[b] < outstanding[a] { b } else { a }
+                if outstanding[b] < outstanding[a] {
+                    b
+                } else {
+                    a
+                }
             }
-            Balance::ConsistentHash => match key_hash.and_then(|h| ring_lookup(&spec.hash_ring, h)) {
+            Balance::ConsistentHash => match key_hash.and_then(|h| ring_lookup(&spec.hash_ring, h))
+            {
                 Some(i) => i as usize,
                 None => self.round_robin(n),
             },
@@ -118,7 +128,12 @@ mod tests {
                 authority: b"x".as_slice().into(),
             })
             .collect();
-        let ring = build_ring(&endpoints.iter().map(|e| (e.addr.to_string(), e.weight)).collect::<Vec<_>>());
+        let ring = build_ring(
+            &endpoints
+                .iter()
+                .map(|e| (e.addr.to_string(), e.weight))
+                .collect::<Vec<_>>(),
+        );
         UpstreamSpec {
             name: "t".into(),
             endpoints,
@@ -144,7 +159,10 @@ mod tests {
 
     #[test]
     fn round_robin_is_exactly_even() {
-        assert_eq!(counts(&spec(Balance::RoundRobin, &[1, 1, 1]), 300), vec![100, 100, 100]);
+        assert_eq!(
+            counts(&spec(Balance::RoundRobin, &[1, 1, 1]), 300),
+            vec![100, 100, 100]
+        );
     }
 
     #[test]

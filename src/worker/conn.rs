@@ -17,7 +17,7 @@ use crate::http::{self, BodyFraming, HeaderSpan, Method, RequestHead, parse_requ
 use crate::router::RequestFacts;
 use crate::snapshot::{Route, RouteAction, Snapshot};
 
-use super::io::{read_more_cancelable, read_more_timed, write_all_clear, IoFailure};
+use super::io::{IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::proxy::{self, ProxyOutcome};
 use super::shard::{ConnectionGuard, Shard, WorkerStats};
 
@@ -72,7 +72,8 @@ impl RequestFacts for HeadFacts<'_> {
     #[inline]
     fn has_header_value(&self, name: &[u8], value: &[u8]) -> bool {
         self.headers.iter().any(|h| {
-            h.name.get(self.buf).eq_ignore_ascii_case(name) && http::trim_ows(h.value.get(self.buf)) == value
+            h.name.get(self.buf).eq_ignore_ascii_case(name)
+                && http::trim_ows(h.value.get(self.buf)) == value
         })
     }
 }
@@ -118,14 +119,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-async fn read_head(shard: &Shard, snapshot: &Snapshot, client: &mut Client, first: bool) -> HeadOutcome {
+async fn read_head(
+    shard: &Shard,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    first: bool,
+) -> HeadOutcome {
     let limits = &snapshot.limits;
     // The head deadline starts at accept for a new connection, and at the
     // first byte of each later request (before that, idle_timeout applies).
     let mut deadline = first.then(|| Instant::now() + limits.header_read_timeout);
     loop {
         if !client.buf.is_empty() {
-            match parse_request(&client.buf, limits.max_header_bytes, limits.max_headers, &mut client.headers) {
+            match parse_request(
+                &client.buf,
+                limits.max_header_bytes,
+                limits.max_headers,
+                &mut client.headers,
+            ) {
                 Ok(Some(head)) => return HeadOutcome::Head(head),
                 Ok(None) => {}
                 Err(e) => return HeadOutcome::Failed(e.into()),
@@ -140,7 +151,11 @@ async fn read_head(shard: &Shard, snapshot: &Snapshot, client: &mut Client, firs
                 if shard.draining.get() {
                     return HeadOutcome::Closed;
                 }
-                let read = read_more_cancelable(&mut client.stream, &mut client.buf, shard.idle_cancel_handle());
+                let read = read_more_cancelable(
+                    &mut client.stream,
+                    &mut client.buf,
+                    shard.idle_cancel_handle(),
+                );
                 match monoio::time::timeout(limits.idle_timeout, read).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return HeadOutcome::Closed,
@@ -196,7 +211,11 @@ async fn handle_request(
     }
     let close_after = !head.keep_alive || last_allowed || shard.draining.get();
     match &route.action {
-        RouteAction::Respond { status, content_type, body } => {
+        RouteAction::Respond {
+            status,
+            content_type,
+            body,
+        } => {
             let close = close_after || has_body;
             client.out.clear();
             http::write::status_line(&mut client.out, *status);
@@ -205,19 +224,30 @@ async fn handle_request(
             client.out.put_slice(b"\r\n");
             http::write::content_length(&mut client.out, body.len() as u64);
             write_route_headers(&mut client.out, route);
-            client.out.put_slice(if close { &b"connection: close\r\n\r\n"[..] } else { b"\r\n" });
+            client.out.put_slice(if close {
+                &b"connection: close\r\n\r\n"[..]
+            } else {
+                b"\r\n"
+            });
             if head.method != Method::Head {
                 client.out.put_slice(body);
             }
             client.buf.advance(head.len);
             shard.stats.response(*status);
             let timeout = snapshot.limits.idle_timeout;
-            write_all_clear(&mut client.stream, &mut client.out, timeout).await.is_ok() && !close
+            write_all_clear(&mut client.stream, &mut client.out, timeout)
+                .await
+                .is_ok()
+                && !close
         }
         RouteAction::Proxy { upstream } => {
-            match proxy::forward(shard, snapshot, route, *upstream, client, head, close_after).await {
+            match proxy::forward(shard, snapshot, route, *upstream, client, head, close_after).await
+            {
                 ProxyOutcome::Done { keep_client } => keep_client,
-                ProxyOutcome::Failed { failure, client_body_consumed } => {
+                ProxyOutcome::Failed {
+                    failure,
+                    client_body_consumed,
+                } => {
                     let close = close_after || !client_body_consumed || failure.closes_connection();
                     answer_failure(shard, snapshot, client, failure, close).await;
                     !close
@@ -230,17 +260,33 @@ async fn handle_request(
 
 /// Route-level response header edits for direct responses (set and add).
 fn write_route_headers(out: &mut BytesMut, route: &Route) {
-    for (name, value) in route.response_headers.set.iter().chain(&route.response_headers.add) {
+    for (name, value) in route
+        .response_headers
+        .set
+        .iter()
+        .chain(&route.response_headers.add)
+    {
         http::write::header(out, name, value);
     }
 }
 
 /// Writes a failure answer, counting it. The request's bytes are discarded.
-pub async fn answer_failure(shard: &Shard, snapshot: &Snapshot, client: &mut Client, failure: Failure, close: bool) {
+pub async fn answer_failure(
+    shard: &Shard,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    failure: Failure,
+    close: bool,
+) {
     shard.stats.failure(failure);
     shard.stats.response(failure.status());
     tracing::debug!(worker = shard.id, peer = %client.peer, code = failure.code(), "request failed");
     client.out.clear();
     failure.write_response(&mut client.out, close);
-    let _ = write_all_clear(&mut client.stream, &mut client.out, snapshot.limits.idle_timeout).await;
+    let _ = write_all_clear(
+        &mut client.stream,
+        &mut client.out,
+        snapshot.limits.idle_timeout,
+    )
+    .await;
 }

@@ -49,13 +49,19 @@ pub async fn read_more_cancelable(
     }
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
-    let (result, slice) = stream.cancelable_read(owned.slice_mut(len..cap), cancel).await;
+    let (result, slice) = stream
+        .cancelable_read(owned.slice_mut(len..cap), cancel)
+        .await;
     *buf = slice.into_inner();
     result
 }
 
 /// `read_more` bounded by `limit`; end of stream is `IoFailure::Closed`.
-pub async fn read_more_timed(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Result<usize, IoFailure> {
+pub async fn read_more_timed(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<usize, IoFailure> {
     match monoio::time::timeout(limit, read_more(stream, buf)).await {
         Err(_) => Err(IoFailure::TimedOut),
         Ok(Ok(0)) => Err(IoFailure::Closed),
@@ -65,14 +71,22 @@ pub async fn read_more_timed(stream: &mut TcpStream, buf: &mut BytesMut, limit: 
 }
 
 /// Writes all of `buf` and clears it (capacity kept).
-pub async fn write_all_clear(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Result<(), IoFailure> {
+pub async fn write_all_clear(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFailure> {
     write_all_keep(stream, buf, limit).await?;
     buf.clear();
     Ok(())
 }
 
 /// Writes all of `buf`, leaving its contents in place (for a possible retry).
-pub async fn write_all_keep(stream: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Result<(), IoFailure> {
+pub async fn write_all_keep(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFailure> {
     if buf.is_empty() {
         return Ok(());
     }
@@ -87,7 +101,12 @@ pub async fn write_all_keep(stream: &mut TcpStream, buf: &mut BytesMut, limit: D
 }
 
 /// Writes the first `n` bytes of `buf` and consumes them, without copying.
-pub async fn write_front(stream: &mut TcpStream, buf: &mut BytesMut, n: usize, limit: Duration) -> Result<(), IoFailure> {
+pub async fn write_front(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    n: usize,
+    limit: Duration,
+) -> Result<(), IoFailure> {
     let owned = std::mem::take(buf);
     match monoio::time::timeout(limit, stream.write_all(owned.slice(0..n))).await {
         Err(_) => Err(IoFailure::TimedOut),

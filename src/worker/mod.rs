@@ -40,11 +40,19 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Event {
     /// The worker's runtime is up and its listeners accept connections.
-    Started { worker: usize, driver: &'static str, cpu: Option<usize> },
+    Started {
+        worker: usize,
+        driver: &'static str,
+        cpu: Option<usize>,
+    },
     /// The worker could not start (no runtime could be built).
     Failed { worker: usize, error: String },
     /// The worker finished draining and its thread is ending.
-    Exited { worker: usize, requests: u64, panics: u64 },
+    Exited {
+        worker: usize,
+        requests: u64,
+        panics: u64,
+    },
 }
 
 /// Everything a worker thread needs, moved into it at spawn.
@@ -64,7 +72,9 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
 }
 
 fn run_thread(setup: WorkerSetup) {
-    let cpu = setup.cpu.and_then(|core| core_affinity::set_for_current(core).then_some(core.id));
+    let cpu = setup
+        .cpu
+        .and_then(|core| core_affinity::set_for_current(core).then_some(core.id));
     let id = setup.id;
     let events = setup.events.clone();
     let driver = setup.snapshot.io_driver;
@@ -133,7 +143,11 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     for listener in listeners {
         monoio::spawn(accept_loop(shard.clone(), listener));
     }
-    let _ = setup.events.send(Event::Started { worker: setup.id, driver, cpu });
+    let _ = setup.events.send(Event::Started {
+        worker: setup.id,
+        driver,
+        cpu,
+    });
 
     let mut drain_deadline: Option<Instant> = None;
     let mut last_sweep = Instant::now();
@@ -143,7 +157,8 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             match command {
                 Command::Drain => {
                     if drain_deadline.is_none() {
-                        drain_deadline = Some(Instant::now() + shard.snapshot().limits.drain_timeout);
+                        drain_deadline =
+                            Some(Instant::now() + shard.snapshot().limits.drain_timeout);
                         shard.begin_drain();
                     }
                 }
@@ -194,7 +209,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let conn_shard = shard.clone();
                 monoio::spawn(async move {
                     let stats_shard = conn_shard.clone();
-                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer)).await.is_err() {
+                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer))
+                        .await
+                        .is_err()
+                    {
                         WorkerStats::bump(&stats_shard.stats.panics);
                         tracing::error!(worker = stats_shard.id, %peer, "connection task panicked; connection dropped");
                     }

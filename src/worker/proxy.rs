@@ -17,10 +17,12 @@ use monoio::net::TcpStream;
 
 use crate::failure::{Failure, client_chunk_failure};
 use crate::http::{
-    self, BodyFraming, ChunkedDecoder, HeaderSpan, MAX_HEADERS, Method, RequestHead, ResponseFraming, ResponseHead,
-    Step, Version, parse_response,
+    self, BodyFraming, ChunkedDecoder, HeaderSpan, MAX_HEADERS, Method, RequestHead,
+    ResponseFraming, ResponseHead, Step, Version, parse_response,
 };
-use crate::snapshot::{Balance, EndpointSpec, HashKey, HostRewrite, PathRewrite, Route, Snapshot, UpstreamSpec};
+use crate::snapshot::{
+    Balance, EndpointSpec, HashKey, HostRewrite, PathRewrite, Route, Snapshot, UpstreamSpec,
+};
 use crate::upstream::hash::stable_hash;
 
 use super::conn::Client;
@@ -46,7 +48,10 @@ pub enum ProxyOutcome {
     Done { keep_client: bool },
     /// Nothing was sent to the client yet: answer with `failure`. If the
     /// request body was not fully read, the connection must close.
-    Failed { failure: Failure, client_body_consumed: bool },
+    Failed {
+        failure: Failure,
+        client_body_consumed: bool,
+    },
     /// Part of a response was sent and the exchange broke: close.
     Aborted,
 }
@@ -85,7 +90,11 @@ pub async fn forward(
         state.outstanding[e] += 1;
         e
     };
-    let _outstanding = Outstanding { shard, upstream, endpoint };
+    let _outstanding = Outstanding {
+        shard,
+        upstream,
+        endpoint,
+    };
 
     let mut out = std::mem::take(&mut client.out);
     out.clear();
@@ -105,15 +114,24 @@ pub async fn forward(
 
     let mut attempt = 0;
     let (mut conn, response) = loop {
-        let (mut conn, reused) = match acquire(shard, spec, upstream, endpoint, attempt == 0).await {
+        let (mut conn, reused) = match acquire(shard, spec, upstream, endpoint, attempt == 0).await
+        {
             Ok(c) => c,
-            Err(failure) => return ProxyOutcome::Failed { failure, client_body_consumed: body_in_hand },
+            Err(failure) => {
+                return ProxyOutcome::Failed {
+                    failure,
+                    client_body_consumed: body_in_hand,
+                };
+            }
         };
         let may_retry = reused && attempt == 0 && body_in_hand;
         match write_all_keep(&mut conn.stream, &mut client.out, write_timeout).await {
             Ok(()) => {}
             Err(IoFailure::TimedOut) => {
-                return ProxyOutcome::Failed { failure: Failure::UpstreamTimeout, client_body_consumed: body_in_hand };
+                return ProxyOutcome::Failed {
+                    failure: Failure::UpstreamTimeout,
+                    client_body_consumed: body_in_hand,
+                };
             }
             Err(_) if may_retry => {
                 attempt += 1;
@@ -121,13 +139,20 @@ pub async fn forward(
                 continue;
             }
             Err(_) => {
-                return ProxyOutcome::Failed { failure: Failure::UpstreamReset, client_body_consumed: body_in_hand };
+                return ProxyOutcome::Failed {
+                    failure: Failure::UpstreamReset,
+                    client_body_consumed: body_in_hand,
+                };
             }
         }
         client.out.clear();
         if !body_in_hand {
-            if let Err(failure) = send_request_body(snapshot, route, client, &mut conn, head).await {
-                return ProxyOutcome::Failed { failure, client_body_consumed: false };
+            if let Err(failure) = send_request_body(snapshot, route, client, &mut conn, head).await
+            {
+                return ProxyOutcome::Failed {
+                    failure,
+                    client_body_consumed: false,
+                };
             }
         }
         match read_response_head(&mut conn, client, head, spec, snapshot).await {
@@ -138,7 +163,10 @@ pub async fn forward(
                 tracing::debug!(worker = shard.id, upstream = %spec.name, "stale pooled connection; retrying once");
             }
             Err(e) => {
-                return ProxyOutcome::Failed { failure: e.failure(), client_body_consumed: true };
+                return ProxyOutcome::Failed {
+                    failure: e.failure(),
+                    client_body_consumed: true,
+                };
             }
         }
     };
@@ -148,12 +176,23 @@ pub async fn forward(
     let (out_framing, close_for_framing) = match response.framing {
         ResponseFraming::None => (OutFraming::None, false),
         ResponseFraming::Length(n) => (OutFraming::Length(n), false),
-        ResponseFraming::Chunked | ResponseFraming::UntilClose if client_http10 => (OutFraming::Raw, true),
+        ResponseFraming::Chunked | ResponseFraming::UntilClose if client_http10 => {
+            (OutFraming::Raw, true)
+        }
         ResponseFraming::Chunked | ResponseFraming::UntilClose => (OutFraming::Chunked, false),
     };
     let close = close_after || close_for_framing || shard.draining.get();
     client.out.clear();
-    build_response_head(&mut client.out, &conn, &response, head, route, out_framing, close, client_http10);
+    build_response_head(
+        &mut client.out,
+        &conn,
+        &response,
+        head,
+        route,
+        out_framing,
+        close,
+        client_http10,
+    );
     shard.stats.response(response.status);
     conn.buf.advance(response.len);
 
@@ -178,7 +217,9 @@ pub async fn forward(
     if reusable {
         shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkin(conn, Instant::now());
     }
-    ProxyOutcome::Done { keep_client: !close }
+    ProxyOutcome::Done {
+        keep_client: !close,
+    }
 }
 
 fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
@@ -203,7 +244,8 @@ async fn acquire(
     allow_pooled: bool,
 ) -> Result<(UpstreamConn, bool), Failure> {
     if allow_pooled {
-        let pooled = shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
+        let pooled =
+            shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
         if let Some(conn) = pooled {
             WorkerStats::bump(&shard.stats.upstream_reuses);
             return Ok((conn, true));
@@ -240,7 +282,10 @@ async fn send_request_body(
     head: &RequestHead,
 ) -> Result<(), Failure> {
     if head.expect_continue && client.buf.is_empty() {
-        let (result, _) = client.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+        let (result, _) = client
+            .stream
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+            .await;
         result.map_err(|_| Failure::BadRequestBody("client went away"))?;
     }
     let mut relay = Relay {
@@ -260,7 +305,9 @@ async fn send_request_body(
         RelayError::TooLarge => Failure::BodyTooLarge,
         RelayError::Malformed(c) => client_chunk_failure(c),
         RelayError::SourceTimedOut => Failure::BadRequestBody("request body not received in time"),
-        RelayError::SourceClosed => Failure::BadRequestBody("client closed before sending its whole body"),
+        RelayError::SourceClosed => {
+            Failure::BadRequestBody("client closed before sending its whole body")
+        }
         RelayError::Destination => Failure::UpstreamReset,
     })
 }
@@ -307,9 +354,15 @@ async fn read_response_head(
                     if response.status != 100 && head.version == Version::Http11 {
                         client.out.clear();
                         write_interim(&mut client.out, conn, &response);
-                        write_all_clear(&mut client.stream, &mut client.out, snapshot.limits.idle_timeout)
-                            .await
-                            .map_err(|_| HeadError::Failed(Failure::BadRequestBody("client went away")))?;
+                        write_all_clear(
+                            &mut client.stream,
+                            &mut client.out,
+                            snapshot.limits.idle_timeout,
+                        )
+                        .await
+                        .map_err(|_| {
+                            HeadError::Failed(Failure::BadRequestBody("client went away"))
+                        })?;
                     }
                     conn.buf.advance(response.len);
                     continue;
@@ -326,7 +379,9 @@ async fn read_response_head(
         match read_more_timed(&mut conn.stream, &mut conn.buf, remaining).await {
             Ok(_) => {}
             Err(IoFailure::TimedOut) => return Err(HeadError::Failed(Failure::UpstreamTimeout)),
-            Err(_) if !received_any && conn.buf.is_empty() => return Err(HeadError::ClosedBeforeResponse),
+            Err(_) if !received_any && conn.buf.is_empty() => {
+                return Err(HeadError::ClosedBeforeResponse);
+            }
             Err(_) => return Err(HeadError::Failed(Failure::UpstreamReset)),
         }
     }
@@ -348,7 +403,13 @@ fn write_interim(out: &mut BytesMut, conn: &UpstreamConn, response: &ResponseHea
 }
 
 /// Writes the request line and headers sent upstream.
-fn build_request_head(out: &mut BytesMut, client: &Client, head: &RequestHead, route: &Route, endpoint: &EndpointSpec) {
+fn build_request_head(
+    out: &mut BytesMut,
+    client: &Client,
+    head: &RequestHead,
+    route: &Route,
+    endpoint: &EndpointSpec,
+) {
     let buf = &client.buf[..];
     out.put_slice(head.method_span.get(buf));
     out.put_u8(b' ');
@@ -466,7 +527,8 @@ fn build_response_head(
     for h in &conn.headers {
         let name = h.name.get(buf);
         let skip = http::is_hop_by_hop_or_framing(name)
-            || (response.connection_names_others && http::connection_names(buf, &conn.headers, name))
+            || (response.connection_names_others
+                && http::connection_names(buf, &conn.headers, name))
             || (check_edits && edits.drops(name));
         if !skip {
             http::write::header(out, name, h.value.get(buf));
@@ -567,7 +629,10 @@ impl Relay<'_> {
         let mut decoder = ChunkedDecoder::new();
         let mut total: u64 = 0;
         loop {
-            match decoder.step(&self.src_buf[..]).map_err(RelayError::Malformed)? {
+            match decoder
+                .step(&self.src_buf[..])
+                .map_err(RelayError::Malformed)?
+            {
                 Step::Skip(n) => self.src_buf.advance(n),
                 Step::ChunkStart { consumed, size } => {
                     self.src_buf.advance(consumed);

@@ -105,13 +105,17 @@ pub struct ConnectionGuard(Rc<Shard>);
 
 impl ConnectionGuard {
     pub fn new(shard: Rc<Shard>) -> ConnectionGuard {
-        shard.active_connections.set(shard.active_connections.get() + 1);
+        shard
+            .active_connections
+            .set(shard.active_connections.get() + 1);
         ConnectionGuard(shard)
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.active_connections.set(self.0.active_connections.get() - 1);
+        self.0
+            .active_connections
+            .set(self.0.active_connections.get() - 1);
     }
 }

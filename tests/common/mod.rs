@@ -1,0 +1,660 @@
+//! End-to-end test harness: starts the real `ringgate` binary on loopback,
+//! a recording upstream that keeps exactly what it received, and a raw-socket
+//! client that checks bytes on the wire.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- drivers
+
+/// The io drivers to run each scenario under: epoll always, io_uring where
+/// the kernel and sandbox allow it. `RINGGATE_TEST_DRIVERS=epoll` narrows it.
+pub fn drivers() -> Vec<&'static str> {
+    if let Ok(list) = std::env::var("RINGGATE_TEST_DRIVERS") {
+        return ["epoll", "io_uring"]
+            .into_iter()
+            .filter(|d| list.split(',').any(|x| x == *d))
+            .collect();
+    }
+    let mut d = vec!["epoll"];
+    if io_uring_available() {
+        d.push("io_uring");
+    } else {
+        eprintln!("note: io_uring unavailable here; running the epoll driver only");
+    }
+    d
+}
+
+fn io_uring_available() -> bool {
+    // io_uring_setup(2) with 4 entries; a valid fd back means it works.
+    let mut params = [0u8; 120];
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+        true
+    } else {
+        false
+    }
+}
+
+/// A config with one loopback listener on an ephemeral port.
+pub fn config(driver: &str, rest: &str) -> String {
+    format!(
+        "workers = 1\nio_driver = \"{driver}\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\n{rest}"
+    )
+}
+
+// ---------------------------------------------------------------- gateway
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringgate-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: std::path::PathBuf,
+}
+
+impl Gateway {
+    pub fn start(config: &str) -> Gateway {
+        Self::start_args(config, &[])
+    }
+
+    pub fn start_args(config: &str, extra: &[&str]) -> Gateway {
+        let path = temp_path("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = path.with_file_name("gateway.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&path)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn ringgate");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Gateway {
+                child,
+                addr: addr.parse().unwrap(),
+                log,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not start:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::open(self.addr)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub version: u8,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Whether the body was chunked on the wire.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection that keeps unread bytes between responses, so
+/// pipelined responses can be read one after another.
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends, tolerating a peer that already closed.
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                n
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("timed out waiting for the gateway")
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Reads interim (1xx) and final responses; returns all of them in order.
+    pub fn read_responses_until_final(&mut self, head_request: bool) -> Vec<Response> {
+        let mut all = Vec::new();
+        loop {
+            let r = self.read_response(head_request);
+            let interim = (100..200).contains(&r.status);
+            all.push(r);
+            if !interim {
+                return all;
+            }
+        }
+    }
+
+    pub fn read_response(&mut self, head_request: bool) -> Response {
+        self.try_read_response(head_request)
+            .expect("connection closed before a complete response")
+    }
+
+    pub fn try_read_response(&mut self, head_request: bool) -> Option<Response> {
+        let (status, version, headers, head_len) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 128];
+            let mut res = httparse::Response::new(&mut hs);
+            match res
+                .parse(&self.buf)
+                .expect("valid response head from the gateway")
+            {
+                httparse::Status::Complete(len) => {
+                    let headers = res
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect::<Vec<_>>();
+                    break (res.code.unwrap(), res.version.unwrap(), headers, len);
+                }
+                httparse::Status::Partial => {
+                    if self.fill() == 0 {
+                        return None;
+                    }
+                }
+            }
+        };
+        self.buf.drain(..head_len);
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
+        let mut chunked = false;
+        let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+        {
+            Vec::new()
+        } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            chunked = true;
+            self.read_chunked()
+        } else if let Some(cl) = find("content-length") {
+            let n: usize = cl.trim().parse().unwrap();
+            while self.buf.len() < n {
+                assert!(self.fill() > 0, "closed inside a content-length body");
+            }
+            self.buf.drain(..n).collect()
+        } else {
+            while self.fill() > 0 {}
+            std::mem::take(&mut self.buf)
+        };
+        Some(Response {
+            status,
+            version,
+            headers,
+            body,
+            chunked,
+        })
+    }
+
+    fn read_line(&mut self) -> Vec<u8> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..i].to_vec();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            assert!(self.fill() > 0, "closed inside chunked framing");
+        }
+    }
+
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line();
+            let size_text = String::from_utf8(line).unwrap();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                loop {
+                    if self.read_line().is_empty() {
+                        return body;
+                    }
+                }
+            }
+            while self.buf.len() < size + 2 {
+                assert!(self.fill() > 0, "closed inside a chunk");
+            }
+            body.extend(self.buf.drain(..size));
+            assert_eq!(&self.buf[..2], b"\r\n");
+            self.buf.drain(..2);
+        }
+    }
+
+    /// True if the gateway closed the connection (EOF or reset) within 5s.
+    pub fn is_closed(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    pub fn close_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// One request on a fresh connection.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut c = Conn::open(addr);
+    c.send(raw);
+    c.read_response(raw.starts_with(b"HEAD "))
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+}
+
+// ---------------------------------------------------------------- upstream
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub version: u8,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub chunked: bool,
+    /// Which upstream connection (0-based, in accept order) carried it.
+    pub connection: usize,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+pub enum Reply {
+    /// A normal response with Content-Length.
+    Ok(u16, Vec<(String, String)>, Vec<u8>),
+    /// A chunked response with these chunks.
+    Chunked(u16, Vec<Vec<u8>>),
+    /// A response delimited by closing the connection.
+    UntilClose(u16, Vec<u8>),
+    /// These exact bytes, then keep reading requests.
+    Raw(Vec<u8>),
+    /// These exact bytes, then close.
+    RawClose(Vec<u8>),
+    /// Close without answering.
+    Close,
+    /// Wait, then reply.
+    Delay(Duration, Box<Reply>),
+}
+
+pub fn ok(body: &str) -> Reply {
+    Reply::Ok(200, vec![], body.as_bytes().to_vec())
+}
+
+type Handler = dyn Fn(&Recorded) -> Reply + Send + Sync;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    state: Arc<UpstreamState>,
+}
+
+struct UpstreamState {
+    requests: Mutex<Vec<Recorded>>,
+    connections: AtomicUsize,
+    stop: AtomicBool,
+    handler: Box<Handler>,
+}
+
+impl Upstream {
+    /// An upstream answering `200` with its own name as the body.
+    pub fn named(name: &str) -> Upstream {
+        let n = name.to_string();
+        Self::start(name, move |_| ok(&n))
+    }
+
+    pub fn start(
+        name: &str,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState {
+            requests: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            handler: Box::new(handler),
+        });
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let id = s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                std::thread::spawn(move || serve_upstream(s, stream, id));
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            state,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.requests.lock().unwrap().len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: usize) {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    loop {
+        // Head.
+        let (recorded_head, head_len, framing) = loop {
+            let mut hs = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut hs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let te = headers.iter().any(|(n, v)| {
+                        n.eq_ignore_ascii_case("transfer-encoding")
+                            && v.eq_ignore_ascii_case("chunked")
+                    });
+                    let cl = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map(|(_, v)| v.trim().parse::<usize>().unwrap());
+                    let rec = Recorded {
+                        method: req.method.unwrap().to_string(),
+                        target: req.path.unwrap().to_string(),
+                        version: req.version.unwrap(),
+                        headers,
+                        body: Vec::new(),
+                        chunked: te,
+                        connection,
+                    };
+                    break (rec, len, (te, cl));
+                }
+                Ok(httparse::Status::Partial) => match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                },
+                Err(_) => {
+                    let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    return;
+                }
+            }
+        };
+        buf.drain(..head_len);
+        let mut rec = recorded_head;
+        // Body.
+        match framing {
+            (true, _) => {
+                // Chunked: decode strictly enough for tests.
+                loop {
+                    let line_end = loop {
+                        if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                            break i;
+                        }
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let size = usize::from_str_radix(
+                        std::str::from_utf8(&buf[..line_end])
+                            .unwrap()
+                            .split(';')
+                            .next()
+                            .unwrap(),
+                        16,
+                    )
+                    .unwrap();
+                    buf.drain(..line_end + 2);
+                    if size == 0 {
+                        while buf.len() < 2 {
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        assert_eq!(&buf[..2], b"\r\n", "gateway must not forward trailers");
+                        buf.drain(..2);
+                        break;
+                    }
+                    while buf.len() < size + 2 {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    rec.body.extend(buf.drain(..size));
+                    buf.drain(..2);
+                }
+            }
+            (false, Some(n)) => {
+                while buf.len() < n {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                rec.body = buf.drain(..n).collect();
+            }
+            (false, None) => {}
+        }
+        state.requests.lock().unwrap().push(rec.clone());
+        let reply = (state.handler)(&rec);
+        if !write_reply(&mut stream, reply, rec.method == "HEAD") {
+            return;
+        }
+    }
+}
+
+/// Writes a reply; returns whether the connection stays open.
+fn write_reply(stream: &mut TcpStream, reply: Reply, head: bool) -> bool {
+    match reply {
+        Reply::Ok(status, headers, body) => {
+            let mut out =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len()).into_bytes();
+            for (n, v) in headers {
+                out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            if !head {
+                out.extend_from_slice(&body);
+            }
+            stream.write_all(&out).is_ok()
+        }
+        Reply::Chunked(status, chunks) => {
+            let mut out =
+                format!("HTTP/1.1 {status} X\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+            for c in chunks {
+                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                out.extend_from_slice(&c);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            stream.write_all(&out).is_ok()
+        }
+        Reply::UntilClose(status, body) => {
+            let mut out = format!("HTTP/1.1 {status} X\r\nconnection: close\r\n\r\n").into_bytes();
+            out.extend_from_slice(&body);
+            let _ = stream.write_all(&out);
+            false
+        }
+        Reply::Raw(bytes) => stream.write_all(&bytes).is_ok(),
+        Reply::RawClose(bytes) => {
+            let _ = stream.write_all(&bytes);
+            false
+        }
+        Reply::Close => false,
+        Reply::Delay(d, inner) => {
+            std::thread::sleep(d);
+            write_reply(stream, *inner, head)
+        }
+    }
+}
+
+/// A port nothing listens on (bound then released).
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
