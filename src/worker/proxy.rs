@@ -145,8 +145,9 @@ pub async fn forward(
                 };
             }
         }
-        client.out.clear();
         if !body_in_hand {
+            // The request cannot be replayed, so its bytes need not be kept.
+            client.out.clear();
             if let Err(failure) = send_request_body(snapshot, route, client, &mut conn, head).await
             {
                 return ProxyOutcome::Failed {

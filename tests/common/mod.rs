@@ -81,6 +81,11 @@ impl Gateway {
             .arg("-c")
             .arg(&path)
             .args(extra)
+            .args(
+                std::env::var("RINGGATE_TEST_LOG")
+                    .map(|l| vec!["--log-level".to_string(), l])
+                    .unwrap_or_default(),
+            )
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -204,7 +209,7 @@ impl Conn {
 
     fn fill(&mut self) -> usize {
         let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
+        match retry_interrupted(|| self.stream.read(&mut chunk)) {
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 n
@@ -339,7 +344,7 @@ impl Conn {
             .unwrap();
         let mut b = [0u8; 1024];
         loop {
-            match self.stream.read(&mut b) {
+            match retry_interrupted(|| self.stream.read(&mut b)) {
                 Ok(0) => return true,
                 Ok(_) => continue,
                 Err(e)
@@ -355,6 +360,17 @@ impl Conn {
 
     pub fn close_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Retries a read that a signal interrupted (EINTR). Plain `read` does not,
+/// and io_uring teardown in this process can interrupt blocking calls.
+pub fn retry_interrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 
@@ -532,10 +548,12 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
                     };
                     break (rec, len, (te, cl));
                 }
-                Ok(httparse::Status::Partial) => match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                },
+                Ok(httparse::Status::Partial) => {
+                    match retry_interrupted(|| stream.read(&mut chunk)) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
                 Err(_) => {
                     let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                     return;
@@ -553,7 +571,7 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
                         if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
                             break i;
                         }
-                        match stream.read(&mut chunk) {
+                        match retry_interrupted(|| stream.read(&mut chunk)) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
@@ -570,7 +588,7 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
                     buf.drain(..line_end + 2);
                     if size == 0 {
                         while buf.len() < 2 {
-                            match stream.read(&mut chunk) {
+                            match retry_interrupted(|| stream.read(&mut chunk)) {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
@@ -580,7 +598,7 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
                         break;
                     }
                     while buf.len() < size + 2 {
-                        match stream.read(&mut chunk) {
+                        match retry_interrupted(|| stream.read(&mut chunk)) {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
@@ -591,7 +609,7 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
             }
             (false, Some(n)) => {
                 while buf.len() < n {
-                    match stream.read(&mut chunk) {
+                    match retry_interrupted(|| stream.read(&mut chunk)) {
                         Ok(0) | Err(_) => return,
                         Ok(k) => buf.extend_from_slice(&chunk[..k]),
                     }

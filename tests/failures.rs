@@ -1,0 +1,218 @@
+//! DESIGN.md's failure table against the real binary: what a client sees
+//! when the client, the upstream or the gateway's limits go wrong, and the
+//! one safe retry for stale pooled connections.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn gw_for(driver: &str, endpoints: &str, server: &str, upstream_extra: &str) -> Gateway {
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "[server]\n{server}\n[upstreams.app]\nendpoints = [{endpoints}]\n{upstream_extra}\n[[routes]]\nupstream = \"app\"\n"
+        ),
+    ))
+}
+
+#[test]
+fn refused_upstream_gives_502_and_keeps_the_client_connection() {
+    for driver in drivers() {
+        let gw = gw_for(driver, &format!("\"{}\"", closed_port()), "", "");
+        let mut c = gw.conn();
+        for _ in 0..2 {
+            c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let r = c.read_response(false);
+            assert_eq!(r.status, 502, "{driver}");
+            assert!(r.text().contains("upstream_connect_failed"));
+        }
+    }
+}
+
+#[test]
+fn upstream_reset_before_response_gives_502() {
+    for driver in drivers() {
+        let up = Upstream::start("app", |_| Reply::Close);
+        let gw = gw_for(driver, &format!("\"{}\"", up.addr), "", "");
+        let r = get(gw.addr, "/");
+        assert_eq!(r.status, 502, "{driver}");
+        assert!(r.text().contains("upstream_reset"), "{}", r.text());
+    }
+}
+
+#[test]
+fn silent_upstream_gives_504_after_response_timeout() {
+    for driver in drivers() {
+        let up = Upstream::start("app", |_| {
+            Reply::Delay(Duration::from_secs(3), Box::new(ok("late")))
+        });
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "",
+            "response_timeout = \"300ms\"",
+        );
+        let start = Instant::now();
+        let r = get(gw.addr, "/");
+        let took = start.elapsed();
+        assert_eq!(r.status, 504, "{driver}");
+        assert!(r.text().contains("upstream_timeout"));
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "{driver}: {took:?}"
+        );
+    }
+}
+
+#[test]
+fn slow_client_head_is_closed_after_header_read_timeout() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "header_read_timeout = \"300ms\"",
+            "",
+        );
+        // Nothing sent at all: 408 and close.
+        let mut c = gw.conn();
+        let r = c.read_response(false);
+        assert_eq!(r.status, 408, "{driver}");
+        assert!(c.is_closed());
+        // Half a head, then silence: closed too.
+        let mut c = gw.conn();
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ");
+        let start = Instant::now();
+        let r = c.read_response(false);
+        assert_eq!(r.status, 408);
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(c.is_closed());
+        assert_eq!(up.request_count(), 0);
+    }
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_once_and_never_reaches_the_client() {
+    for driver in drivers() {
+        // The upstream answers with keep-alive, then closes the connection
+        // shortly after: the classic keep-alive race.
+        let up = Upstream::start("app", |_| {
+            Reply::RawClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+        });
+        let gw = gw_for(driver, &format!("\"{}\"", up.addr), "", "");
+        let mut c = gw.conn();
+        for i in 0..5 {
+            c.send(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n");
+            let r = c.read_response(false);
+            assert_eq!(r.status, 200, "{driver} request {i}: {}", r.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(up.request_count(), 5);
+        assert!(
+            up.connections() >= 5,
+            "each request needed a fresh connection"
+        );
+    }
+}
+
+#[test]
+fn stale_connection_is_not_retried_for_non_idempotent_requests() {
+    for driver in drivers() {
+        // First response keeps the connection "open" then the upstream drops
+        // it; a POST on it must fail with 502 rather than be sent twice.
+        let up = Upstream::start("app", |_| {
+            Reply::RawClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())
+        });
+        let gw = gw_for(driver, &format!("\"{}\"", up.addr), "", "");
+        let mut c = gw.conn();
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx");
+        let r = c.read_response(false);
+        assert_eq!(r.status, 502, "{driver}");
+        assert_eq!(
+            up.request_count(),
+            1,
+            "the POST was never seen twice (nor once)"
+        );
+    }
+}
+
+#[test]
+fn connection_cap_refuses_new_connections_and_spares_existing_ones() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "max_connections_per_worker = 2",
+            "",
+        );
+        let mut a = gw.conn();
+        let mut b = gw.conn();
+        a.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(a.read_response(false).status, 200);
+        b.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(b.read_response(false).status, 200);
+        let mut third = gw.conn();
+        let _ = third.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            third.try_read_response(false).is_none(),
+            "{driver}: third connection must be refused"
+        );
+        for c in [&mut a, &mut b] {
+            c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                c.read_response(false).status,
+                200,
+                "{driver}: existing connections unharmed"
+            );
+        }
+        drop(a);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(get(gw.addr, "/").status, 200, "{driver}: capacity returns");
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_close_after_idle_timeout() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "idle_timeout = \"300ms\"",
+            "",
+        );
+        let mut c = gw.conn();
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+        let start = Instant::now();
+        assert!(c.is_closed(), "{driver}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn max_requests_per_connection_closes_after_the_last() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "max_requests_per_connection = 2",
+            "",
+        );
+        let mut c = gw.conn();
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).header("connection"), None);
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            c.read_response(false).header("connection"),
+            Some("close"),
+            "{driver}"
+        );
+        assert!(c.is_closed());
+    }
+}
