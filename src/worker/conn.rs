@@ -145,32 +145,34 @@ async fn read_head(
                 deadline = Some(Instant::now() + limits.header_read_timeout);
             }
         }
-        match deadline {
-            None => {
-                // Idle between requests: a drain cancels this read.
-                if shard.draining.get() {
-                    return HeadOutcome::Closed;
-                }
-                let read = read_more_cancelable(
-                    &mut client.stream,
-                    &mut client.buf,
-                    shard.idle_cancel_handle(),
-                );
-                match monoio::time::timeout(limits.idle_timeout, read).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => return HeadOutcome::Closed,
-                }
+        if client.buf.is_empty() {
+            // Nothing of this request yet: the connection is idle, and a
+            // drain cancels this read. A new connection waits under its head
+            // deadline (408 when it passes), a kept-alive one under
+            // idle_timeout (closed quietly).
+            if shard.draining.get() {
+                return HeadOutcome::Closed;
             }
-            Some(deadline) => {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return HeadOutcome::Failed(Failure::HeaderTimeout);
-                }
-                match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
-                    Ok(_) => {}
-                    Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
-                    Err(_) => return HeadOutcome::Closed,
-                }
+            let limit = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => limits.idle_timeout,
+            };
+            let read = read_more_cancelable(&mut client.stream, &mut client.buf, shard.idle_cancel_handle());
+            match monoio::time::timeout(limit, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Err(_) if deadline.is_some() => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                _ => return HeadOutcome::Closed,
+            }
+        } else {
+            let deadline = deadline.unwrap_or_else(Instant::now);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return HeadOutcome::Failed(Failure::HeaderTimeout);
+            }
+            match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
+                Ok(_) => {}
+                Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                Err(_) => return HeadOutcome::Closed,
             }
         }
     }

@@ -1,0 +1,167 @@
+//! Heap allocations per proxied keep-alive request in steady state, counted
+//! by a global allocator. The gateway runs in this process (through
+//! `control::start`); the client and upstream here use fixed buffers only,
+//! so every allocation counted inside the window is the gateway's.
+//!
+//! This file holds one test so that no other test's threads allocate while
+//! it measures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+
+/// An upstream that answers every request head with `RESPONSE`, using one
+/// fixed buffer per connection.
+fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_nodelay(true);
+                let mut buf = [0u8; 8192];
+                let mut filled = 0;
+                loop {
+                    match stream.read(&mut buf[filled..]) {
+                        Ok(0) => return,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => return,
+                    }
+                    // Answer each complete head (GET requests, no bodies).
+                    while let Some(end) = find(&buf[..filled], b"\r\n\r\n") {
+                        if stream.write_all(RESPONSE).is_err() {
+                            return;
+                        }
+                        buf.copy_within(end + 4..filled, 0);
+                        filled -= end + 4;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `n` keep-alive requests and reads each response completely, with
+/// fixed buffers. Returns the status code of the last one.
+fn run_requests(stream: &mut TcpStream, request: &[u8], n: usize) {
+    let mut buf = [0u8; 8192];
+    for _ in 0..n {
+        stream.write_all(request).unwrap();
+        let mut filled = 0;
+        loop {
+            match stream.read(&mut buf[filled..]) {
+                Ok(0) => panic!("gateway closed the connection"),
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("read: {e}"),
+            }
+            if let Some(end) = find(&buf[..filled], b"\r\n\r\n") {
+                assert!(buf.starts_with(b"HTTP/1.1 200"), "unexpected response");
+                let head = &buf[..end];
+                let at = find(head, b"content-length: ").expect("content-length") + 16;
+                let mut len = 0usize;
+                for &d in head[at..].iter().take_while(|d| d.is_ascii_digit()) {
+                    len = len * 10 + usize::from(d - b'0');
+                }
+                if filled >= end + 4 + len {
+                    assert_eq!(filled, end + 4 + len, "no pipelining here");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn allocations_per_request(driver: &str, upstream: SocketAddr, path: &str) -> f64 {
+    let config = format!(
+        r#"workers = 1
+io_driver = "{driver}"
+[[listeners]]
+bind = "127.0.0.1:0"
+[upstreams.app]
+endpoints = ["{upstream}"]
+[[routes]]
+path = "/direct"
+respond = {{ status = 200, body = "hello" }}
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
+"#
+    );
+    let snapshot = ringgate::config::load_str(&config, "alloc-test").unwrap();
+    let running = ringgate::control::start(snapshot).unwrap();
+    let addr = running.addrs()[0];
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+    )
+    .into_bytes();
+
+    // Warm up: buffers reach their working size, pools fill, timers settle.
+    run_requests(&mut stream, &request, 3_000);
+    let measured = 20_000;
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    run_requests(&mut stream, &request, measured);
+    let after = ALLOCATIONS.load(Ordering::SeqCst);
+    drop(stream);
+    running.drain().unwrap();
+    (after - before) as f64 / measured as f64
+}
+
+fn drivers() -> Vec<&'static str> {
+    let mut params = [0u8; 120];
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+        vec!["epoll", "io_uring"]
+    } else {
+        vec!["epoll"]
+    }
+}
+
+#[test]
+fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
+    let upstream = start_upstream();
+    for driver in drivers() {
+        let proxied = allocations_per_request(driver, upstream, "/api/items");
+        let direct = allocations_per_request(driver, upstream, "/direct");
+        eprintln!("{driver}: heap allocations per request: proxied {proxied:.4}, direct response {direct:.4}");
+        assert_eq!(proxied, 0.0, "{driver}: proxied requests allocate");
+        assert_eq!(direct, 0.0, "{driver}: direct responses allocate");
+    }
+}
