@@ -87,11 +87,14 @@ pub struct UpstreamSpec {
     pub pool_idle_timeout: Duration,
 }
 
+/// (lower-case name, value).
+pub type HeaderPair = (Box<[u8]>, Box<[u8]>);
+
 /// Header edits with names already lower-cased.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderEdits {
-    pub add: Vec<(Box<[u8]>, Box<[u8]>)>,
-    pub set: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub add: Vec<HeaderPair>,
+    pub set: Vec<HeaderPair>,
     pub remove: Vec<Box<[u8]>>,
 }
 
@@ -151,7 +154,6 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub max_body_bytes: u64,
-    pub allow_upgrade: bool,
 }
 
 pub struct Snapshot {

@@ -426,7 +426,6 @@ fn compile_route(
         request_headers,
         response_headers,
         max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes, |b| b.0),
-        allow_upgrade: r.allow_upgrade,
     };
     Some((
         route,

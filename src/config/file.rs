@@ -197,8 +197,6 @@ pub struct RouteSection {
     #[serde(default)]
     pub host_rewrite: Option<Spanned<String>>,
     #[serde(default)]
-    pub allow_upgrade: bool,
-    #[serde(default)]
     pub max_body_bytes: Option<ByteSize>,
     #[serde(default)]
     pub request_headers: HeaderEdits,

@@ -39,7 +39,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 365.0 * 86400.0 {
+    if !seconds.is_finite() || !(0.0..=365.0 * 86400.0).contains(&seconds) {
         return Err(format!("duration `{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -45,6 +45,9 @@ pub enum PathMatch {
     Prefix(String),
 }
 
+/// (lower-case name, exact value) a request header must have.
+pub type HeaderPredicate = (Box<[u8]>, Box<[u8]>);
+
 /// The match conditions of one route, in file order.
 #[derive(Debug, Clone)]
 pub struct RouteMatcher {
@@ -53,7 +56,7 @@ pub struct RouteMatcher {
     /// Empty means any method.
     pub methods: Vec<Box<[u8]>>,
     /// (lower-case name, exact value)
-    pub headers: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub headers: Vec<HeaderPredicate>,
 }
 
 impl RouteMatcher {

@@ -48,7 +48,9 @@ impl WorkerStats {
 
 pub struct Shard {
     pub id: usize,
-    /// `Rc<Arc<_>>`: requests clone the Rc (a plain increment), never the Arc.
+    /// `Rc<Arc<_>>`: requests clone the Rc (a plain increment), never the
+    /// Arc (an atomic read-modify-write shared with other cores).
+    #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
     pub stats: WorkerStats,
@@ -77,6 +79,7 @@ impl Shard {
     }
 
     #[inline]
+    #[allow(clippy::redundant_allocation)]
     pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
         self.snapshot.borrow().clone()
     }

@@ -2,7 +2,7 @@
 //! a recording upstream that keeps exactly what it received, and a raw-socket
 //! client that checks bytes on the wire.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
