@@ -248,10 +248,7 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
         let name = &snapshot.routes[*index as usize].name;
         let m = &snapshot.router.matchers()[*index as usize];
         match verdict {
-            Verdict::Matched => println!(
-                "  MATCH  #{index} {name} (host {:?}, path {:?})",
-                m.host, m.path
-            ),
+            Verdict::Matched => println!("  MATCH  #{index} {name} ({}, {})", m.host, m.path),
             Verdict::PredicateFailed(why) => println!("  skip   #{index} {name}: {why}"),
             Verdict::NotApplicable(why) => println!("  -      #{index} {name}: {why}"),
         }

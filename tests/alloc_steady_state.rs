@@ -33,7 +33,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 
 /// An upstream that answers every request head with `RESPONSE`, using one
 /// fixed buffer per connection.
@@ -126,7 +127,9 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
     let addr = running.addrs()[0];
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let request = format!(
         "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
     )
@@ -160,7 +163,9 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
     for driver in drivers() {
         let proxied = allocations_per_request(driver, upstream, "/api/items");
         let direct = allocations_per_request(driver, upstream, "/direct");
-        eprintln!("{driver}: heap allocations per request: proxied {proxied:.4}, direct response {direct:.4}");
+        eprintln!(
+            "{driver}: heap allocations per request: proxied {proxied:.4}, direct response {direct:.4}"
+        );
         assert_eq!(proxied, 0.0, "{driver}: proxied requests allocate");
         assert_eq!(direct, 0.0, "{driver}: direct responses allocate");
     }

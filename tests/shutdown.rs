@@ -19,7 +19,9 @@ fn gateway(driver: &str, up: &Upstream, drain: &str) -> Gateway {
 #[test]
 fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     for driver in drivers() {
-        let up = Upstream::start("app", |_| Reply::Delay(Duration::from_millis(700), Box::new(ok("finished"))));
+        let up = Upstream::start("app", |_| {
+            Reply::Delay(Duration::from_millis(700), Box::new(ok("finished")))
+        });
         let mut gw = gateway(driver, &up, "10s");
         let mut idle = gw.conn();
         let mut busy = gw.conn();
@@ -29,7 +31,10 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 
         // The idle keep-alive connection is closed promptly.
         let start = Instant::now();
-        assert!(idle.is_closed(), "{driver}: idle connection closed on drain");
+        assert!(
+            idle.is_closed(),
+            "{driver}: idle connection closed on drain"
+        );
         assert!(start.elapsed() < Duration::from_secs(2));
 
         // The in-flight request completes, told that the connection closes.
@@ -39,7 +44,9 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         assert_eq!(r.header("connection"), Some("close"), "{driver}");
         assert!(busy.is_closed());
 
-        let status = gw.wait_exit(Duration::from_secs(5)).expect("gateway exits after draining");
+        let status = gw
+            .wait_exit(Duration::from_secs(5))
+            .expect("gateway exits after draining");
         assert!(status.success(), "{driver}: exit status {status:?}");
         // Nothing listens any more.
         assert!(std::net::TcpStream::connect(gw.addr).is_err(), "{driver}");
@@ -49,7 +56,9 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 #[test]
 fn drain_timeout_bounds_the_wait_for_stuck_requests() {
     for driver in drivers() {
-        let up = Upstream::start("app", |_| Reply::Delay(Duration::from_secs(20), Box::new(ok("never"))));
+        let up = Upstream::start("app", |_| {
+            Reply::Delay(Duration::from_secs(20), Box::new(ok("never")))
+        });
         let mut gw = gateway(driver, &up, "500ms");
         let mut stuck = gw.conn();
         stuck.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -58,7 +67,11 @@ fn drain_timeout_bounds_the_wait_for_stuck_requests() {
         gw.signal(libc::SIGTERM);
         let status = gw.wait_exit(Duration::from_secs(5)).expect("gateway exits");
         assert!(status.success(), "{driver}");
-        assert!(start.elapsed() < Duration::from_secs(3), "{driver}: {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{driver}: {:?}",
+            start.elapsed()
+        );
         assert!(stuck.is_closed());
     }
 }

@@ -52,11 +52,11 @@ impl Router {
                 }
                 (None, _) => others.push((
                     i,
-                    Verdict::NotApplicable(format!("host {:?} does not match", m.host)),
+                    Verdict::NotApplicable(format!("{} does not match", m.host)),
                 )),
                 (_, None) => others.push((
                     i,
-                    Verdict::NotApplicable(format!("path {:?} does not match", m.path)),
+                    Verdict::NotApplicable(format!("{} does not match", m.path)),
                 )),
             }
         }

@@ -48,6 +48,26 @@ pub enum PathMatch {
 /// (lower-case name, exact value) a request header must have.
 pub type HeaderPredicate = (Box<[u8]>, Box<[u8]>);
 
+impl std::fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("any host"),
+            HostMatch::Exact(h) => write!(f, "host {h}"),
+            HostMatch::Suffix(s) => write!(f, "host *{s}"),
+        }
+    }
+}
+
+impl std::fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathMatch::Any => f.write_str("any path"),
+            PathMatch::Exact(p) => write!(f, "path = {p}"),
+            PathMatch::Prefix(p) => write!(f, "path prefix {p}"),
+        }
+    }
+}
+
 /// The match conditions of one route, in file order.
 #[derive(Debug, Clone)]
 pub struct RouteMatcher {

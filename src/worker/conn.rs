@@ -157,7 +157,11 @@ async fn read_head(
                 Some(d) => d.saturating_duration_since(Instant::now()),
                 None => limits.idle_timeout,
             };
-            let read = read_more_cancelable(&mut client.stream, &mut client.buf, shard.idle_cancel_handle());
+            let read = read_more_cancelable(
+                &mut client.stream,
+                &mut client.buf,
+                shard.idle_cancel_handle(),
+            );
             match monoio::time::timeout(limit, read).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Err(_) if deadline.is_some() => return HeadOutcome::Failed(Failure::HeaderTimeout),
