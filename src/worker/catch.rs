@@ -34,3 +34,28 @@ impl<F: Future> Future for CatchUnwind<F> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_task_is_contained_and_the_runtime_goes_on() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let crashed = monoio::spawn(CatchUnwind::new(async {
+                monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+                panic!("deliberate panic in a connection task");
+            }));
+            let healthy = monoio::spawn(CatchUnwind::new(async {
+                monoio::time::sleep(std::time::Duration::from_millis(5)).await;
+                7
+            }));
+            assert!(crashed.await.is_err());
+            assert_eq!(healthy.await, Ok(7));
+        });
+    }
+}
