@@ -28,18 +28,30 @@ fn parse(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(REQUEST.len() as u64));
     let mut headers = Vec::with_capacity(64);
     group.bench_function("request_head_9_headers", |b| {
-        b.iter(|| parse_request(black_box(REQUEST), 16 * 1024, 100, &mut headers).unwrap().unwrap().len)
+        b.iter(|| {
+            parse_request(black_box(REQUEST), 16 * 1024, 100, &mut headers)
+                .unwrap()
+                .unwrap()
+                .len
+        })
     });
     group.throughput(Throughput::Bytes(RESPONSE.len() as u64));
     group.bench_function("response_head_6_headers", |b| {
-        b.iter(|| parse_response(black_box(RESPONSE), 16 * 1024, 100, false, &mut headers).unwrap().unwrap().len)
+        b.iter(|| {
+            parse_response(black_box(RESPONSE), 16 * 1024, 100, false, &mut headers)
+                .unwrap()
+                .unwrap()
+                .len
+        })
     });
     group.finish();
 }
 
 fn serialize(c: &mut Criterion) {
     let mut headers = Vec::with_capacity(64);
-    let head = parse_response(RESPONSE, 16 * 1024, 100, false, &mut headers).unwrap().unwrap();
+    let head = parse_response(RESPONSE, 16 * 1024, 100, false, &mut headers)
+        .unwrap()
+        .unwrap();
     let mut out = BytesMut::with_capacity(4096);
     c.bench_function("serialize/response_head", |b| {
         b.iter(|| {

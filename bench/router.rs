@@ -66,15 +66,35 @@ fn route_match(c: &mut Criterion) {
     let router = thousand_routes();
     let mut group = c.benchmark_group("route_match_1000_routes");
     group.bench_function("exact_host_prefix", |b| {
-        b.iter(|| router.find(black_box(b"svc42.example.com"), black_box(b"/svc42/v3/users/17"), &Facts))
+        b.iter(|| {
+            router.find(
+                black_box(b"svc42.example.com"),
+                black_box(b"/svc42/v3/users/17"),
+                &Facts,
+            )
+        })
     });
     group.bench_function("wildcard_host_prefix", |b| {
-        b.iter(|| router.find(black_box(b"eu.svc43.example.com"), black_box(b"/svc43/v1/items"), &Facts))
+        b.iter(|| {
+            router.find(
+                black_box(b"eu.svc43.example.com"),
+                black_box(b"/svc43/v1/items"),
+                &Facts,
+            )
+        })
     });
     group.bench_function("any_host_exact_path", |b| {
-        b.iter(|| router.find(black_box(b"whatever.org"), black_box(b"/svc44/v2/health"), &Facts))
+        b.iter(|| {
+            router.find(
+                black_box(b"whatever.org"),
+                black_box(b"/svc44/v2/health"),
+                &Facts,
+            )
+        })
     });
-    group.bench_function("no_match", |b| b.iter(|| router.find(black_box(b"x.org"), black_box(b"/nothing/here"), &Facts)));
+    group.bench_function("no_match", |b| {
+        b.iter(|| router.find(black_box(b"x.org"), black_box(b"/nothing/here"), &Facts))
+    });
     group.finish();
 }
 
@@ -86,7 +106,12 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
             authority: b"x".as_slice().into(),
         })
         .collect();
-    let ring = build_ring(&endpoints.iter().map(|e| (e.addr.to_string(), e.weight)).collect::<Vec<_>>());
+    let ring = build_ring(
+        &endpoints
+            .iter()
+            .map(|e| (e.addr.to_string(), e.weight))
+            .collect::<Vec<_>>(),
+    );
     UpstreamSpec {
         name: "b".into(),
         endpoints,
@@ -113,7 +138,9 @@ fn balancing(c: &mut Criterion) {
         let spec = upstream(8, policy);
         let mut balancer = Balancer::new(&spec, 1);
         let key = stable_hash(b"user-12345");
-        group.bench_function(name, |b| b.iter(|| balancer.pick(&spec, black_box(&outstanding), Some(key))));
+        group.bench_function(name, |b| {
+            b.iter(|| balancer.pick(&spec, black_box(&outstanding), Some(key)))
+        });
     }
     group.finish();
 }

@@ -330,16 +330,28 @@ fn head_and_304_responses_carry_no_body() {
 #[test]
 fn upstream_connection_close_is_honoured() {
     for driver in drivers() {
-        let up = Upstream::start("app", |_| Reply::RawClose(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec()));
+        let up = Upstream::start("app", |_| {
+            Reply::RawClose(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            )
+        });
         let gw = Gateway::start(&proxy_config(driver, &up, ""));
         let mut c = gw.conn();
         for _ in 0..3 {
             c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
             let r = c.read_response(false);
             assert_eq!(r.text(), "ok");
-            assert_eq!(r.header("connection"), None, "the upstream's Connection header is hop-by-hop");
+            assert_eq!(
+                r.header("connection"),
+                None,
+                "the upstream's Connection header is hop-by-hop"
+            );
         }
-        assert_eq!(up.connections(), 3, "{driver}: a closed upstream connection is never pooled");
+        assert_eq!(
+            up.connections(),
+            3,
+            "{driver}: a closed upstream connection is never pooled"
+        );
         assert_eq!(up.request_count(), 3, "{driver}: and never retried");
     }
 }
