@@ -93,7 +93,9 @@ fn slow_fast_counts(driver: &str, policy: &str) -> (usize, usize) {
     for t in threads {
         t.join().unwrap();
     }
-    (slow.request_count(), fast.request_count())
+    let counts = (slow.request_count(), fast.request_count());
+    eprintln!("{driver} {policy}: slow {} fast {}", counts.0, counts.1);
+    counts
 }
 
 #[test]
