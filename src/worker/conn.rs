@@ -33,6 +33,8 @@ pub struct Client {
     pub buf: BytesMut,
     pub out: BytesMut,
     pub headers: Vec<HeaderSpan>,
+    /// iovec room for vectored writes, allocated on first use.
+    pub iov: Option<super::io::IoVecPair>,
 }
 
 /// An IP address rendered once, stored inline (no allocation per request).
@@ -96,6 +98,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         buf: BytesMut::with_capacity(INITIAL_BUFFER),
         out: BytesMut::with_capacity(INITIAL_BUFFER),
         headers: Vec::with_capacity(32),
+        iov: None,
     };
     let mut served: u64 = 0;
     loop {

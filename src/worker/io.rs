@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
 use monoio::net::TcpStream;
 
 /// Bytes of free space we ask for before each read.
@@ -117,4 +119,86 @@ pub async fn write_front(
             Ok(())
         }
     }
+}
+
+/// Room for one two-part vectored write, kept per connection so vectored
+/// writes allocate nothing after the first.
+pub type IoVecPair = Box<[libc::iovec; 2]>;
+
+/// Two buffers handed to the kernel together for one `writev`. Owning both
+/// (and the iovec array, on the heap so its address survives moves of this
+/// value) keeps the memory alive even if the write is abandoned on timeout.
+struct TwoPart {
+    first: BytesMut,
+    second: BytesMut,
+    iov: IoVecPair,
+    count: usize,
+}
+
+// SAFETY: the iovecs point into `first`/`second`, whose heap storage does not
+// move when `TwoPart` moves, and which live as long as the value the kernel
+// is handed.
+unsafe impl monoio::buf::IoVecBuf for TwoPart {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.count
+    }
+}
+
+/// Writes all of `first`, then the first `second_len` bytes of `second`, in
+/// as few `writev` calls as the socket allows. `first` ends up empty and the
+/// written part of `second` is consumed, without copying either.
+pub async fn write_two(
+    stream: &mut TcpStream,
+    first: &mut BytesMut,
+    second: &mut BytesMut,
+    mut second_len: usize,
+    iov_slot: &mut Option<IoVecPair>,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    while !first.is_empty() || second_len > 0 {
+        let mut iov = iov_slot.take().unwrap_or_else(|| Box::new([empty, empty]));
+        let mut count = 0;
+        for part in [&first[..], &second[..second_len]] {
+            if !part.is_empty() {
+                iov[count] = libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                };
+                count += 1;
+            }
+        }
+        let parts = TwoPart {
+            first: std::mem::take(first),
+            second: std::mem::take(second),
+            iov,
+            count,
+        };
+        let (result, parts) = match monoio::time::timeout(limit, stream.writev(parts)).await {
+            Err(_) => return Err(IoFailure::TimedOut),
+            Ok(done) => done,
+        };
+        *first = parts.first;
+        *second = parts.second;
+        *iov_slot = Some(parts.iov);
+        let mut written = match result {
+            Ok(0) => return Err(IoFailure::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(IoFailure::Io(e)),
+        };
+        let from_first = written.min(first.len());
+        first.advance(from_first);
+        written -= from_first;
+        second.advance(written);
+        second_len -= written;
+    }
+    first.clear();
+    Ok(())
 }

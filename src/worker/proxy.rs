@@ -26,7 +26,9 @@ use crate::snapshot::{
 use crate::upstream::hash::stable_hash;
 
 use super::conn::Client;
-use super::io::{IoFailure, read_more_timed, write_all_clear, write_all_keep, write_front};
+use super::io::{
+    IoFailure, IoVecPair, read_more_timed, write_all_clear, write_all_keep, write_front, write_two,
+};
 use super::shard::{Shard, WorkerStats};
 
 /// Request bodies up to this size that already sit in the read buffer are
@@ -202,6 +204,7 @@ pub async fn forward(
         src_buf: &mut conn.buf,
         dst: &mut client.stream,
         out: &mut client.out,
+        iov: &mut client.iov,
         read_timeout: spec.response_timeout,
         write_timeout,
     };
@@ -294,6 +297,7 @@ async fn send_request_body(
         src_buf: &mut client.buf,
         dst: &mut conn.stream,
         out: &mut client.out,
+        iov: &mut client.iov,
         read_timeout: snapshot.limits.body_read_timeout,
         write_timeout: snapshot.limits.idle_timeout,
     };
@@ -576,6 +580,8 @@ struct Relay<'a> {
     src_buf: &'a mut BytesMut,
     dst: &'a mut TcpStream,
     out: &'a mut BytesMut,
+    /// Reused iovec room for head + body `writev`s.
+    iov: &'a mut Option<IoVecPair>,
     read_timeout: Duration,
     write_timeout: Duration,
 }
@@ -601,11 +607,22 @@ impl Relay<'_> {
             self.out.extend_from_slice(&self.src_buf[..n]);
             self.src_buf.advance(n);
             Ok(())
-        } else {
-            self.flush().await?;
+        } else if self.out.is_empty() {
             write_front(self.dst, self.src_buf, n, self.write_timeout)
                 .await
                 .map_err(|_| RelayError::Destination)
+        } else {
+            // Pending head or framing plus a large piece: one writev, no copy.
+            write_two(
+                self.dst,
+                self.out,
+                self.src_buf,
+                n,
+                self.iov,
+                self.write_timeout,
+            )
+            .await
+            .map_err(|_| RelayError::Destination)
         }
     }
 

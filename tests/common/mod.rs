@@ -145,6 +145,12 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Keep the config and log of a failing test for diagnosis.
+        if !std::thread::panicking() && std::env::var_os("RINGGATE_TEST_KEEP").is_none() {
+            if let Some(dir) = self.log.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
 }
 
