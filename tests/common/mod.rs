@@ -146,10 +146,11 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Keep the config and log of a failing test for diagnosis.
-        if !std::thread::panicking() && std::env::var_os("RINGGATE_TEST_KEEP").is_none() {
-            if let Some(dir) = self.log.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+        if !std::thread::panicking()
+            && std::env::var_os("RINGGATE_TEST_KEEP").is_none()
+            && let Some(dir) = self.log.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
