@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# ringgate's bundled load-test suite: ringgate side by side with nginx,
+# HAProxy (http), a pure L4 relay (HAProxy mode tcp) and the upstream alone
+# (direct), scenarios interleaved over several rounds, every figure reported
+# as a ratio taken in the same run. See docs/benchmarks.md.
+#
+#   loadtest/run.sh [--duration 10s] [--rounds 3] [--workers 1]
+#                   [--scenarios small-get,latency,...] [--peers nginx,haproxy]
+#                   [--rate 20000] [--idle 10000] [--driver auto|io_uring|epoll]
+#                   [--quick] [--scaling 1,2,4,8] [--no-install]
+#
+# CPU layout (documented in docs/benchmarks.md): the gateway under test gets
+# CPUs [0, W); the upstream stub and the load generator split the rest. On a
+# 2-core machine with W=1: gateway on CPU 0, stub and generator share CPU 1.
+# All targets run at once, pinned to the same gateway CPUs; only the one under
+# load uses them.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+OHA_VERSION=1.14.0
+
+DURATION=10s ROUNDS=3 WORKERS=1 SCENARIOS=all PEERS=nginx,haproxy RATE=20000 IDLE=10000
+DRIVER=auto QUICK=0 SCALING="" INSTALL=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --workers) WORKERS=$2; shift 2 ;;
+        --scenarios) SCENARIOS=$2; shift 2 ;;
+        --peers) PEERS=$2; shift 2 ;;
+        --rate) RATE=$2; shift 2 ;;
+        --idle) IDLE=$2; shift 2 ;;
+        --driver) DRIVER=$2; shift 2 ;;
+        --quick) QUICK=1; shift ;;
+        --scaling) SCALING=$2; shift 2 ;;
+        --no-install) INSTALL=0; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+if [ "$QUICK" = 1 ]; then
+    # CI mode: correctness under load, never speed. ringgate only.
+    DURATION=3s ROUNDS=1 PEERS="" RATE=2000 IDLE=1000
+fi
+if [ "$SCENARIOS" = all ]; then
+    # The documented order first, then any scenario file added since.
+    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed
+    for f in "$HERE"/scenarios/*.sh; do
+        s=$(basename "$f" .sh)
+        [[ ",$SCENARIOS," == *",$s,"* ]] || SCENARIOS="$SCENARIOS,$s"
+    done
+fi
+
+log() { echo "[loadtest] $*" >&2; }
+
+# ------------------------------------------------------------ tools
+TOOLS_BIN="$ROOT/target/loadtest-tools/bin"
+export PATH="$TOOLS_BIN:$PATH"
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v python3 >/dev/null || need_apt+=(python3)
+[[ ",$PEERS," == *",nginx,"* ]] && ! command -v nginx >/dev/null && need_apt+=(nginx-light)
+[[ ",$PEERS," == *",haproxy,"* ]] && ! command -v haproxy >/dev/null && need_apt+=(haproxy)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    [ "$INSTALL" = 1 ] || { log "missing: ${need_apt[*]} (and --no-install given)"; exit 2; }
+    log "installing ${need_apt[*]} from Debian's packages"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+needs_oha=0
+for s in ${SCENARIOS//,/ }; do
+    grep -q '^TOOL=oha' "$HERE/scenarios/$s.sh" 2>/dev/null && needs_oha=1
+done
+if [ "$needs_oha" = 1 ] && ! command -v oha >/dev/null; then
+    [ "$INSTALL" = 1 ] || { log "oha missing (and --no-install given)"; exit 2; }
+    log "installing oha $OHA_VERSION with cargo install --locked (once, into target/loadtest-tools)"
+    cargo install --locked --quiet "oha@$OHA_VERSION" --root "$ROOT/target/loadtest-tools"
+fi
+
+log "building ringgate and ringgate-stub (release)"
+(cd "$ROOT" && cargo build --release --quiet --bin ringgate --bin ringgate-stub)
+RINGGATE="$ROOT/target/release/ringgate"
+STUB="$ROOT/target/release/ringgate-stub"
+
+# ------------------------------------------------------------ run state
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+OUT="$HERE/results/$STAMP"
+RAW="$OUT/raw"
+RUN="$OUT/run"
+mkdir -p "$RAW" "$RUN"
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    local i alive
+    for i in $(seq 1 50); do
+        alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+NCPU=$(nproc)
+cpu_range() { # first count
+    local first=$1 count=$2
+    [ "$count" -le 1 ] && { echo "$first"; return; }
+    echo "$first-$((first + count - 1))"
+}
+layout() { # sets GW_CPUS STUB_CPUS GEN_CPUS GEN_THREADS STUB_THREADS for $1 workers
+    local w=$1 rest
+    rest=$((NCPU - w))
+    GW_CPUS=$(cpu_range 0 "$w")
+    if [ "$rest" -le 0 ]; then
+        GW_CPUS=$(cpu_range 0 "$NCPU"); STUB_CPUS=$GW_CPUS; GEN_CPUS=$GW_CPUS; STUB_THREADS=1; GEN_THREADS=1
+    elif [ "$rest" -eq 1 ]; then
+        STUB_CPUS=$w; GEN_CPUS=$w; STUB_THREADS=1; GEN_THREADS=1
+    else
+        local stub=$((rest / 2)) gen=$((rest - rest / 2))
+        STUB_CPUS=$(cpu_range "$w" "$stub"); GEN_CPUS=$(cpu_range $((w + stub)) "$gen")
+        STUB_THREADS=$stub; GEN_THREADS=$gen
+    fi
+}
+
+render() { # template output port
+    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
+        -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" "$1" > "$3"
+}
+
+wait_port() { # port
+    local i
+    for i in $(seq 1 100); do
+        curl -sf -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    log "port $1 did not start serving"; exit 1
+}
+
+STUB_PORT=19000
+declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004)
+declare -A TPID=()
+
+start_targets() {
+    layout "$WORKERS"
+    log "layout: $NCPU CPUs; gateway CPUs $GW_CPUS, stub CPUs $STUB_CPUS ($STUB_THREADS threads), load generator CPUs $GEN_CPUS ($GEN_THREADS threads)"
+    taskset -c "$STUB_CPUS" "$STUB" --listen "127.0.0.1:$STUB_PORT" --threads "$STUB_THREADS" > "$RUN/stub.log" 2>&1 &
+    PIDS+=($!); TPID[direct]=$!
+    wait_port "$STUB_PORT"
+    render "$HERE/gateway.toml" "${PORT[ringgate]}" "$RUN/ringgate.toml"
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate.toml" > "$RUN/ringgate.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate]=$!
+    wait_port "${PORT[ringgate]}"
+    if [[ ",$PEERS," == *",nginx,"* ]]; then
+        mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
+        render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
+        taskset -c "$GW_CPUS" nginx -c "$RUN/nginx.conf" > "$RUN/nginx.log" 2>&1 &
+        PIDS+=($!); TPID[nginx]=$!
+        wait_port "${PORT[nginx]}"
+    fi
+    if [[ ",$PEERS," == *",haproxy,"* ]]; then
+        render "$HERE/peers/haproxy-http.cfg" "${PORT[haproxy]}" "$RUN/haproxy-http.cfg"
+        taskset -c "$GW_CPUS" haproxy -db -f "$RUN/haproxy-http.cfg" > "$RUN/haproxy.log" 2>&1 &
+        PIDS+=($!); TPID[haproxy]=$!
+        render "$HERE/peers/haproxy-tcp.cfg" "${PORT[l4]}" "$RUN/haproxy-tcp.cfg"
+        taskset -c "$GW_CPUS" haproxy -db -f "$RUN/haproxy-tcp.cfg" > "$RUN/l4.log" 2>&1 &
+        PIDS+=($!); TPID[l4]=$!
+        wait_port "${PORT[haproxy]}"
+        wait_port "${PORT[l4]}"
+    fi
+}
+
+stop_targets() {
+    cleanup
+    PIDS=()
+    TPID=()
+    sleep 0.5
+}
+
+# Sum of user+system CPU ticks of a process and its children (nginx workers).
+cpu_ticks() {
+    local pid=$1 total=0 p
+    for p in $pid $(pgrep -P "$pid" || true); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+rss_kib() {
+    local pid=$1 total=0 p
+    for p in $pid $(pgrep -P "$pid" || true); do
+        [ -r "/proc/$p/status" ] || continue
+        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
+    done
+    echo "$total"
+}
+
+run_one() { # scenario target round
+    local scenario=$1 target=$2 round=$3
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0
+    # shellcheck disable=SC1090
+    source "$HERE/scenarios/$scenario.sh"
+    local url="http://127.0.0.1:${PORT[$target]}$REQUEST_PATH"
+    local raw="$RAW/$scenario.$target.$round"
+    local pid=${TPID[$target]}
+    local holder="" rss_before="" rss_after=""
+    if [ "$HOLD_IDLE" = 1 ]; then
+        rss_before=$(rss_kib "$pid")
+        mkfifo "$raw.hold"
+        python3 "$HERE/idle_conns.py" 127.0.0.1 "${PORT[$target]}" "$IDLE" < "$raw.hold" > "$raw.holder" 2>&1 &
+        holder=$!
+        exec {HOLDFD}>"$raw.hold"
+        local i
+        for i in $(seq 1 600); do grep -q ready "$raw.holder" 2>/dev/null && break; sleep 0.1; done
+        grep -q ready "$raw.holder" || { log "idle holder failed: $(cat "$raw.holder")"; exit 1; }
+        sleep 0.5
+        rss_after=$(rss_kib "$pid")
+    fi
+    local ticks_before ticks_after
+    ticks_before=$(cpu_ticks "$pid")
+    if [ "$TOOL" = oha ]; then
+        taskset -c "$GEN_CPUS" oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" \
+            -q "$RATE" --latency-correction "$url" > "$raw.json" 2> "$raw.err" || true
+    else
+        local args=(-t "$GEN_THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
+        [ -n "$WRK_SCRIPT" ] && args+=(-s "$HERE/lua/$WRK_SCRIPT")
+        [ -n "$HEADER" ] && args+=(-H "$HEADER")
+        taskset -c "$GEN_CPUS" wrk "${args[@]}" "$url" > "$raw.txt" 2> "$raw.err" || true
+    fi
+    ticks_after=$(cpu_ticks "$pid")
+    if [ -n "$holder" ]; then
+        exec {HOLDFD}>&-
+        wait "$holder" 2>/dev/null || true
+        rm -f "$raw.hold"
+    fi
+    {
+        echo "scenario=$scenario"; echo "target=$target"; echo "round=$round"; echo "tool=$TOOL"
+        echo "cpu_ticks=$((ticks_after - ticks_before))"; echo "clk_tck=$(getconf CLK_TCK)"
+        echo "workers=$WORKERS"; echo "idle_connections=$([ "$HOLD_IDLE" = 1 ] && echo "$IDLE" || echo 0)"
+        echo "rss_before_kib=$rss_before"; echo "rss_after_kib=$rss_after"
+        echo "description=$DESCRIPTION"
+    } > "$raw.meta"
+    log "$scenario $target round $round done"
+}
+
+TARGETS=(ringgate)
+[[ ",$PEERS," == *",nginx,"* ]] && TARGETS+=(nginx)
+[[ ",$PEERS," == *",haproxy,"* ]] && TARGETS+=(haproxy l4)
+[ "$QUICK" = 1 ] || TARGETS+=(direct)
+
+run_suite() {
+    start_targets
+    local round scenario target
+    for round in $(seq 1 "$ROUNDS"); do
+        for scenario in ${SCENARIOS//,/ }; do
+            [ -f "$HERE/scenarios/$scenario.sh" ] || { log "unknown scenario $scenario"; exit 2; }
+            for target in "${TARGETS[@]}"; do
+                # The upstream alone has no idle-connection figure worth holding 10k for.
+                [ "$target" = direct ] && [ "$scenario" = idle-10k ] && continue
+                run_one "$scenario" "$target" "$round"
+            done
+        done
+    done
+    stop_targets
+}
+
+{
+    echo "date=$(date -u +%FT%TZ)"; echo "host=$(hostname)"; echo "cpus=$NCPU"
+    echo "kernel=$(uname -r)"; echo "duration=$DURATION"; echo "rounds=$ROUNDS"; echo "rate=$RATE"
+    echo "ringgate=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///' || true)"; echo "haproxy=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)"
+    echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"; echo "oha=$OHA_VERSION"
+} > "$OUT/environment.txt"
+
+if [ -n "$SCALING" ]; then
+    for w in ${SCALING//,/ }; do
+        WORKERS=$w
+        RAW="$OUT/raw/workers-$w"; RUN="$OUT/run/workers-$w"; mkdir -p "$RAW" "$RUN"
+        log "scaling run with $w workers"
+        run_suite
+    done
+    RAW="$OUT/raw"
+else
+    run_suite
+fi
+
+python3 "$HERE/report.py" "$OUT" $([ "$QUICK" = 1 ] && echo --check)
+log "results in $OUT"

@@ -1,0 +1,4 @@
+DESCRIPTION="16 KiB response, keep-alive"
+TOOL=wrk
+REQUEST_PATH=/bytes/16384
+CONNECTIONS=64
