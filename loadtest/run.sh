@@ -7,7 +7,10 @@
 #   loadtest/run.sh [--duration 10s] [--rounds 3] [--workers 1]
 #                   [--scenarios small-get,latency,...] [--peers nginx,haproxy]
 #                   [--rate 20000] [--idle 10000] [--driver auto|io_uring|epoll]
-#                   [--quick] [--scaling 1,2,4,8] [--no-install]
+#                   [--quick] [--scaling 1,2,4,8] [--no-install] [--prebuilt DIR]
+#
+# --prebuilt DIR uses the programs packed by loadtest/pack-offline.sh (no
+# cargo, no apt, no network): for a many-core machine without a network.
 #
 # CPU layout (documented in docs/benchmarks.md): the gateway under test gets
 # CPUs [0, W); the upstream stub and the load generator split the rest. On a
@@ -21,7 +24,7 @@ ROOT=$(dirname "$HERE")
 OHA_VERSION=1.14.0
 
 DURATION=10s ROUNDS=3 WORKERS=1 SCENARIOS=all PEERS=nginx,haproxy RATE=20000 IDLE=10000
-DRIVER=auto QUICK=0 SCALING="" INSTALL=1
+DRIVER=auto QUICK=0 SCALING="" INSTALL=1 PREBUILT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
@@ -35,7 +38,8 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; shift ;;
         --scaling) SCALING=$2; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --prebuilt) PREBUILT=$(cd "$2" && pwd); INSTALL=0; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +61,7 @@ log() { echo "[loadtest] $*" >&2; }
 # ------------------------------------------------------------ tools
 TOOLS_BIN="$ROOT/target/loadtest-tools/bin"
 export PATH="$TOOLS_BIN:$PATH"
+[ -n "$PREBUILT" ] && export PATH="$PREBUILT/bin:$PATH"
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v python3 >/dev/null || need_apt+=(python3)
@@ -79,10 +84,15 @@ if [ "$needs_oha" = 1 ] && ! command -v oha >/dev/null; then
     cargo install --locked --quiet "oha@$OHA_VERSION" --root "$ROOT/target/loadtest-tools"
 fi
 
-log "building ringgate and ringgate-stub (release)"
-(cd "$ROOT" && cargo build --release --quiet --bin ringgate --bin ringgate-stub)
-RINGGATE="$ROOT/target/release/ringgate"
-STUB="$ROOT/target/release/ringgate-stub"
+if [ -n "$PREBUILT" ]; then
+    RINGGATE="$PREBUILT/bin/ringgate"
+    STUB="$PREBUILT/bin/ringgate-stub"
+else
+    log "building ringgate and ringgate-stub (release)"
+    (cd "$ROOT" && cargo build --release --quiet --bin ringgate --bin ringgate-stub)
+    RINGGATE="$ROOT/target/release/ringgate"
+    STUB="$ROOT/target/release/ringgate-stub"
+fi
 
 # ------------------------------------------------------------ run state
 STAMP=$(date -u +%Y%m%d-%H%M%S)
@@ -105,7 +115,17 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Idle-connection scenarios need tens of thousands of descriptors (an L4
+# relay holds two per connection); root may raise the hard limit.
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+# HAProxy reserves two descriptors per connection; an L4 relay really uses two.
+MAXCONN=$(( (FD_LIMIT - 200) / 2 ))
+IDLE_CAP=$(( (FD_LIMIT - 1000) / 2 ))
+if [ "$IDLE" -gt "$IDLE_CAP" ]; then
+    log "descriptor limit $FD_LIMIT: holding $IDLE_CAP idle connections instead of $IDLE (a relay needs two descriptors each)"
+    IDLE=$IDLE_CAP
+fi
 
 NCPU=$(nproc)
 cpu_range() { # first count
@@ -130,13 +150,15 @@ layout() { # sets GW_CPUS STUB_CPUS GEN_CPUS GEN_THREADS STUB_THREADS for $1 wor
 
 render() { # template output port
     sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
-        -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" "$1" > "$3"
+        -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" -e "s|@MAXCONN@|$MAXCONN|g" \
+        -e "s|@FDLIMIT@|$FD_LIMIT|g" "$1" > "$3"
 }
 
 wait_port() { # port
     local i
     for i in $(seq 1 100); do
-        curl -sf -o /dev/null "http://127.0.0.1:$1/" && return 0
+        # bash's /dev/tcp: no curl needed on a bare machine.
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
     log "port $1 did not start serving"; exit 1
@@ -159,7 +181,7 @@ start_targets() {
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
-        taskset -c "$GW_CPUS" nginx -c "$RUN/nginx.conf" > "$RUN/nginx.log" 2>&1 &
+        taskset -c "$GW_CPUS" nginx -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" > "$RUN/nginx.log" 2>&1 &
         PIDS+=($!); TPID[nginx]=$!
         wait_port "${PORT[nginx]}"
     fi

@@ -188,3 +188,33 @@ fn malformed_upstream_responses_become_502() {
         }
     }
 }
+
+#[test]
+fn refusal_survives_an_unread_body_thanks_to_lingering_close() {
+    // The client sends its whole oversized body at once. Closing with those
+    // bytes unread would reset the connection and could destroy the 413
+    // before the client reads it (RFC 9112 §9.6: half-close, then drain).
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gateway(driver, &up);
+        let mut c = gw.conn();
+        let mut raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n".to_vec();
+        raw.resize(raw.len() + 2_000_000, b'b');
+        let mut writer = c.stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = writer.write_all(&raw);
+        });
+        let r = c.read_response(false);
+        assert_eq!(r.status, 413, "{driver}");
+        assert!(c.closed_cleanly(), "{driver}: orderly FIN, not a reset");
+        sender.join().unwrap();
+        // Pipelined requests behind a refused one are not answered, and the
+        // refusal itself arrives intact.
+        let mut c = gw.conn();
+        c.send(b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 400, "{driver}");
+        assert!(c.closed_cleanly(), "{driver}: orderly FIN, not a reset");
+        assert_eq!(up.request_count(), 0);
+    }
+}

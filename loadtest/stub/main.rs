@@ -80,7 +80,11 @@ fn main() {
             }
         }));
     }
-    println!("ringgate-stub listening on http://{} ({} threads)", options.listen, options.threads.max(1));
+    println!(
+        "ringgate-stub listening on http://{} ({} threads)",
+        options.listen,
+        options.threads.max(1)
+    );
     for h in handles {
         let _ = h.join();
     }
@@ -105,7 +109,11 @@ fn response(size: usize) -> Bytes {
 }
 
 fn small_response() -> Bytes {
-    let mut r = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n", SMALL.len()).into_bytes();
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+        SMALL.len()
+    )
+    .into_bytes();
     r.extend_from_slice(SMALL);
     Bytes::from(r)
 }
@@ -137,7 +145,9 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
             };
             let path = head.path.get(&buf);
             let post = head.method_span.get(&buf) == b"POST";
-            let size = path.strip_prefix(b"/bytes/").and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+            let size = path
+                .strip_prefix(b"/bytes/")
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
             let keep = head.keep_alive;
             buf.advance(head.len);
             match head.framing {
@@ -179,7 +189,11 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
             let body = if post {
                 ok_response.clone()
             } else if let Some(n) = size.filter(|&n| n <= MAX_BODY) {
-                cache.borrow_mut().entry(n).or_insert_with(|| response(n)).clone()
+                cache
+                    .borrow_mut()
+                    .entry(n)
+                    .or_insert_with(|| response(n))
+                    .clone()
             } else {
                 small_response.clone()
             };
@@ -199,7 +213,14 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
                 out.extend_from_slice(&body);
             }
             if !keep {
+                // Lingering close, as a real server does: half-close, then
+                // wait for the client's close so no reset races our answer.
                 let _ = stream.write_all(out).await;
+                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+                let mut sink = BytesMut::with_capacity(1024);
+                while read_more(&mut stream, &mut sink).await > 0 {
+                    sink.clear();
+                }
                 return;
             }
         }

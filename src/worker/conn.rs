@@ -108,6 +108,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             HeadOutcome::Closed => return,
             HeadOutcome::Failed(failure) => {
                 answer_failure(&shard, &snapshot, &mut client, failure, true).await;
+                linger_close(client).await;
                 return;
             }
         };
@@ -117,6 +118,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             && served >= snapshot.limits.max_requests_per_connection;
         let keep = handle_request(&shard, &snapshot, &mut client, &head, last_allowed).await;
         if !keep || shard.draining.get() {
+            linger_close(client).await;
             return;
         }
     }
@@ -276,6 +278,32 @@ fn write_route_headers(out: &mut BytesMut, route: &Route) {
         .chain(&route.response_headers.add)
     {
         http::write::header(out, name, value);
+    }
+}
+
+/// How long, and how many bytes, a closing connection is drained for.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes after an answer that said `Connection: close` (RFC 9112 §9.6):
+/// half-close, then read and discard what the client still sends for a
+/// moment. Closing with unread bytes makes the kernel send a reset, which
+/// can destroy the answer before the client reads it (a 413 whose body was
+/// never read, a 400 followed by pipelined requests).
+async fn linger_close(mut client: Client) {
+    use monoio::io::AsyncWriteRent;
+    if client.stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        client.buf.clear();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
+            Ok(n) if !remaining.is_zero() => drained += n,
+            _ => return,
+        }
     }
 }
 

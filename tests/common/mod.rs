@@ -365,6 +365,22 @@ impl Conn {
         }
     }
 
+    /// True only for an orderly close (FIN, read returns 0) within 5s; a
+    /// reset or a timeout is false.
+    pub fn closed_cleanly(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1024];
+        loop {
+            match retry_interrupted(|| self.stream.read(&mut b)) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
     pub fn close_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
     }
