@@ -17,12 +17,14 @@ use crate::http::{self, BodyFraming, HeaderSpan, Method, RequestHead, parse_requ
 use crate::router::RequestFacts;
 use crate::snapshot::{Route, RouteAction, Snapshot};
 
-use super::io::{IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
+use super::io::{HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::proxy::{self, ProxyOutcome};
 use super::shard::{ConnectionGuard, Shard, WorkerStats};
 
-/// Initial capacity of a connection's read and write buffers.
-const INITIAL_BUFFER: usize = 8 * 1024;
+/// Initial capacity of a connection's read buffer. It lives as long as the
+/// connection, idle or not, so it starts small and grows only if a request
+/// needs more (it then keeps its size: no allocation per request).
+const INITIAL_READ_BUFFER: usize = 2 * 1024;
 
 /// The client side of a connection, with its reusable buffers.
 pub struct Client {
@@ -95,8 +97,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         stream,
         peer,
         peer_ip: PeerIp::new(&peer),
-        buf: BytesMut::with_capacity(INITIAL_BUFFER),
-        out: BytesMut::with_capacity(INITIAL_BUFFER),
+        buf: BytesMut::with_capacity(INITIAL_READ_BUFFER),
+        // Lent from the worker's pool for each exchange (see BufferPool).
+        out: BytesMut::new(),
         headers: Vec::with_capacity(32),
         iov: None,
     };
@@ -107,7 +110,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             HeadOutcome::Head(head) => head,
             HeadOutcome::Closed => return,
             HeadOutcome::Failed(failure) => {
+                client.out = shard.out_buffers.take();
                 answer_failure(&shard, &snapshot, &mut client, failure, true).await;
+                shard.out_buffers.give(std::mem::take(&mut client.out));
                 linger_close(client).await;
                 return;
             }
@@ -116,7 +121,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         WorkerStats::bump(&shard.stats.requests);
         let last_allowed = snapshot.limits.max_requests_per_connection != 0
             && served >= snapshot.limits.max_requests_per_connection;
+        client.out = shard.out_buffers.take();
         let keep = handle_request(&shard, &snapshot, &mut client, &head, last_allowed).await;
+        shard.out_buffers.give(std::mem::take(&mut client.out));
         if !keep || shard.draining.get() {
             linger_close(client).await;
             return;
@@ -178,7 +185,7 @@ async fn read_head(
             if remaining.is_zero() {
                 return HeadOutcome::Failed(Failure::HeaderTimeout);
             }
-            match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
+            match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, remaining).await {
                 Ok(_) => {}
                 Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
                 Err(_) => return HeadOutcome::Closed,
@@ -300,7 +307,7 @@ async fn linger_close(mut client: Client) {
     while drained < LINGER_BYTES {
         client.buf.clear();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match read_more_timed(&mut client.stream, &mut client.buf, remaining).await {
+        match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, remaining).await {
             Ok(n) if !remaining.is_zero() => drained += n,
             _ => return,
         }

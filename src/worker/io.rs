@@ -15,8 +15,11 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-/// Bytes of free space we ask for before each read.
-pub const READ_CHUNK: usize = 16 * 1024;
+/// Free space wanted before reading a head: small, because a connection's
+/// read buffer lives as long as the connection (idle ones included).
+pub const HEAD_READ: usize = 2 * 1024;
+/// Free space wanted before reading body bytes: large, for fewer syscalls.
+pub const BODY_READ: usize = 16 * 1024;
 
 /// Why a timed I/O operation did not complete.
 #[derive(Debug)]
@@ -27,10 +30,15 @@ pub enum IoFailure {
     Io(#[allow(dead_code)] io::Error),
 }
 
-/// Appends whatever the peer sends next to `buf`; `Ok(0)` is end of stream.
-pub async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+/// Appends whatever the peer sends next to `buf`, first growing it if less
+/// than a quarter of `want` is free; `Ok(0)` is end of stream.
+pub async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
     }
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
@@ -46,8 +54,8 @@ pub async fn read_more_cancelable(
     buf: &mut BytesMut,
     cancel: CancelHandle,
 ) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < HEAD_READ / 4 {
+        buf.reserve(HEAD_READ);
     }
     let owned = std::mem::take(buf);
     let (len, cap) = (owned.len(), owned.capacity());
@@ -62,9 +70,10 @@ pub async fn read_more_cancelable(
 pub async fn read_more_timed(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
+    want: usize,
     limit: Duration,
 ) -> Result<usize, IoFailure> {
-    match monoio::time::timeout(limit, read_more(stream, buf)).await {
+    match monoio::time::timeout(limit, read_more(stream, buf, want)).await {
         Err(_) => Err(IoFailure::TimedOut),
         Ok(Ok(0)) => Err(IoFailure::Closed),
         Ok(Ok(n)) => Ok(n),

@@ -27,7 +27,8 @@ use crate::upstream::hash::stable_hash;
 
 use super::conn::Client;
 use super::io::{
-    IoFailure, IoVecPair, read_more_timed, write_all_clear, write_all_keep, write_front, write_two,
+    BODY_READ, IoFailure, IoVecPair, read_more_timed, write_all_clear, write_all_keep, write_front,
+    write_two,
 };
 use super::shard::{Shard, WorkerStats};
 
@@ -37,6 +38,11 @@ const INLINE_BODY_MAX: u64 = 64 * 1024;
 /// Body pieces up to this size are copied into the output buffer (one write
 /// for head and body); larger ones are written straight from the read buffer.
 const COPY_MAX: usize = 16 * 1024;
+
+/// Read buffer of an upstream connection: big enough that a 16 KiB response
+/// arrives in one read. Pooled upstream connections are few (per endpoint,
+/// per worker), so this costs little memory.
+const UPSTREAM_BUFFER: usize = 32 * 1024;
 
 /// A pooled upstream connection with its own reusable buffers.
 pub struct UpstreamConn {
@@ -268,7 +274,7 @@ async fn acquire(
             Ok((
                 UpstreamConn {
                     stream,
-                    buf: BytesMut::with_capacity(8 * 1024),
+                    buf: BytesMut::with_capacity(UPSTREAM_BUFFER),
                     headers: Vec::with_capacity(32),
                 },
                 false,
@@ -381,7 +387,7 @@ async fn read_response_head(
         if remaining.is_zero() {
             return Err(HeadError::Failed(Failure::UpstreamTimeout));
         }
-        match read_more_timed(&mut conn.stream, &mut conn.buf, remaining).await {
+        match read_more_timed(&mut conn.stream, &mut conn.buf, UPSTREAM_BUFFER, remaining).await {
             Ok(_) => {}
             Err(IoFailure::TimedOut) => return Err(HeadError::Failed(Failure::UpstreamTimeout)),
             Err(_) if !received_any && conn.buf.is_empty() => {
@@ -594,7 +600,7 @@ impl Relay<'_> {
     }
 
     async fn fill(&mut self) -> Result<(), RelayError> {
-        match read_more_timed(self.src, self.src_buf, self.read_timeout).await {
+        match read_more_timed(self.src, self.src_buf, BODY_READ, self.read_timeout).await {
             Ok(_) => Ok(()),
             Err(IoFailure::TimedOut) => Err(RelayError::SourceTimedOut),
             Err(_) => Err(RelayError::SourceClosed),

@@ -3,6 +3,8 @@
 //! thread, so nothing here needs a lock or an atomic.
 
 use std::cell::{Cell, RefCell};
+
+use bytes::BytesMut;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -46,6 +48,47 @@ impl WorkerStats {
     }
 }
 
+/// Output buffers lent to connections for the length of one exchange, so an
+/// idle keep-alive connection holds no write buffer. Taking and giving back
+/// is a Vec pop/push: no allocation once the pool has warmed up.
+pub struct BufferPool {
+    free: RefCell<Vec<BytesMut>>,
+    size: usize,
+    max_free: usize,
+}
+
+impl BufferPool {
+    pub fn new(size: usize, max_free: usize) -> BufferPool {
+        BufferPool {
+            free: RefCell::new(Vec::with_capacity(max_free)),
+            size,
+            max_free,
+        }
+    }
+
+    #[inline]
+    pub fn take(&self) -> BytesMut {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(self.size))
+    }
+
+    /// Keeps the buffer for reuse unless the pool is full or the buffer
+    /// grew far past the usual size (a one-off large head is not hoarded).
+    #[inline]
+    pub fn give(&self, mut buf: BytesMut) {
+        if buf.capacity() < self.size || buf.capacity() > self.size * 8 {
+            return;
+        }
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+}
+
 pub struct Shard {
     pub id: usize,
     /// `Rc<Arc<_>>`: requests clone the Rc (a plain increment), never the
@@ -56,6 +99,8 @@ pub struct Shard {
     pub stats: WorkerStats,
     pub draining: Cell<bool>,
     pub active_connections: Cell<usize>,
+    /// Write buffers for client exchanges.
+    pub out_buffers: BufferPool,
     /// Cancels every idle keep-alive read and pending accept at once (drain).
     idle_canceller: RefCell<Canceller>,
 }
@@ -74,6 +119,7 @@ impl Shard {
             stats: WorkerStats::default(),
             draining: Cell::new(false),
             active_connections: Cell::new(0),
+            out_buffers: BufferPool::new(8 * 1024, 4096),
             idle_canceller: RefCell::new(Canceller::new()),
         }
     }
@@ -120,5 +166,25 @@ impl Drop for ConnectionGuard {
         self.0
             .active_connections
             .set(self.0.active_connections.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_buffers_and_drops_outsized_ones() {
+        let pool = BufferPool::new(1024, 2);
+        let a = pool.take();
+        let ptr = a.as_ptr();
+        pool.give(a);
+        assert_eq!(pool.take().as_ptr(), ptr, "the same buffer comes back");
+        pool.give(BytesMut::with_capacity(64 * 1024));
+        assert!(pool.free.borrow().is_empty(), "a buffer that grew 64x is not kept");
+        for _ in 0..3 {
+            pool.give(BytesMut::with_capacity(1024));
+        }
+        assert_eq!(pool.free.borrow().len(), 2, "bounded");
     }
 }
