@@ -20,6 +20,8 @@ mkdir -p "$DEST/bin" "$DEST/real" "$DEST/lib"
 pack() { # program-path name
     local src=$1 name=$2 lib loader=""
     cp -L "$src" "$DEST/real/$name"
+    # Debug info is for profiling here, not for the bundle (64 MiB budget).
+    command -v strip >/dev/null && strip --strip-debug "$DEST/real/$name" 2>/dev/null || true
     while read -r lib; do
         [ -n "$lib" ] || continue
         cp -Ln "$lib" "$DEST/lib/" 2>/dev/null || true
