@@ -198,7 +198,8 @@ def markdown(summary, env):
 def svg_latency(summary):
     """Grouped bars of latency percentiles per target for the latency
     scenario (or the first scenario with percentiles), log-scaled."""
-    scenario = "latency" if "latency" in summary else next(iter(summary), None)
+    preferred = [s for s in ("latency", "small-get") if s in summary]
+    scenario = preferred[0] if preferred else next(iter(summary), None)
     if scenario is None:
         return None
     targets = [t for t in TARGET_ORDER if t in summary[scenario]["targets"]]
@@ -279,6 +280,10 @@ def main():
     else:
         sections[""] = summarise(load_runs(raw))
     env = read_env(out_dir)
+    order = [s for s in env.get("scenarios", "").split(",") if s]
+    rank = {s: i for i, s in enumerate(order)}
+    for name in sections:
+        sections[name] = dict(sorted(sections[name].items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     spread = {}
     for name in sections:
         log = os.path.join(out_dir, "run", name, "ringgate.log") if name else os.path.join(out_dir, "run", "ringgate.log")

@@ -236,6 +236,7 @@ run_one() { # scenario target round
         mkfifo "$raw.hold"
         python3 "$HERE/idle_conns.py" 127.0.0.1 "${PORT[$target]}" "$IDLE" < "$raw.hold" > "$raw.holder" 2>&1 &
         holder=$!
+        PIDS+=("$holder")
         exec {HOLDFD}>"$raw.hold"
         local i
         for i in $(seq 1 600); do grep -q ready "$raw.holder" 2>/dev/null && break; sleep 0.1; done
@@ -294,6 +295,7 @@ run_suite() {
 {
     echo "date=$(date -u +%FT%TZ)"; echo "host=$(hostname)"; echo "cpus=$NCPU"
     echo "kernel=$(uname -r)"; echo "duration=$DURATION"; echo "rounds=$ROUNDS"; echo "rate=$RATE"
+    echo "scenarios=$SCENARIOS"; echo "workers=${SCALING:-$WORKERS}"; echo "idle=$IDLE"
     echo "ringgate=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "nginx=$(nginx -v 2>&1 | sed 's/.*\///' || true)"; echo "haproxy=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)"
     echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"; echo "oha=$OHA_VERSION"
