@@ -132,8 +132,11 @@ def summarise(runs):
                 "requests": sum(r["requests"] for r in rs),
                 "latency": {p: stats([r["latency"].get(p) for r in rs]) for p in PERCENTILES + ["p75"]},
             }
+            # Only the first round sees a fresh process: later rounds reuse
+            # memory the allocator kept from the first, so take the maximum.
             rss = stats([r.get("rss_per_idle_connection_bytes") for r in rs])
             if rss:
+                rss["median"] = rss["max"]
                 t["rss_per_idle_connection_bytes"] = rss
             entry["targets"][target] = t
         rg = entry["targets"].get("ringgate")

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod failure;
 pub mod http;
+pub mod metrics;
 pub mod router;
 pub mod snapshot;
 pub mod upstream;

@@ -168,4 +168,8 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<Route>,
     pub router: Router,
+    /// The admin listener's address, if configured.
+    pub admin: Option<SocketAddr>,
+    /// The running config as TOML, secrets redacted (served at /config).
+    pub redacted_config: String,
 }

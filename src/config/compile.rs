@@ -121,6 +121,20 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         }
     }
 
+    let admin = match &cfg.admin {
+        None => None,
+        Some(a) => match a.bind.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.at(
+                    &a.bind,
+                    "admin.bind must be an IP address and port like \"127.0.0.1:9901\"",
+                );
+                None
+            }
+        },
+    };
+
     let upstream_names: Vec<&String> = cfg.upstreams.keys().collect();
     let mut upstreams = Vec::new();
     for (name, section) in &cfg.upstreams {
@@ -164,6 +178,9 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         upstreams,
         routes,
         router: Router::new(matchers),
+        admin,
+        // No key holds a secret yet; the auth issue's keys get redacted here.
+        redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
     })
 }
 

@@ -29,6 +29,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub server: ServerSection,
     #[serde(default)]
+    pub admin: Option<AdminSection>,
+    #[serde(default)]
     pub listeners: Vec<ListenerSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
@@ -91,6 +93,14 @@ impl Default for ServerSection {
             max_connections_per_worker: 10_000,
         }
     }
+}
+
+/// The admin listener (metrics, health, config). Keep it on loopback or a
+/// management network: it is not authenticated.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub bind: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -2,6 +2,7 @@
 //! and pins workers, prints where it listens, waits for signals and drives
 //! a graceful drain on SIGTERM/SIGINT. Nothing here is on the request path.
 
+pub mod admin;
 mod listeners;
 pub mod signals;
 
@@ -27,6 +28,9 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
             running.snapshot.workers, running.driver_summary, running.snapshot.source
         );
     }
+    if let Some(addr) = running.admin_addr {
+        println!("ringgate admin on http://{addr} (/metrics /healthz /readyz /config /workers)");
+    }
     running.serve_until_signal()
 }
 
@@ -34,6 +38,7 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
 pub struct Running {
     snapshot: Arc<Snapshot>,
     bound: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     driver_summary: String,
     command_txs: Vec<Sender<Command>>,
     event_rx: Receiver<Event>,
@@ -75,9 +80,10 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
 
-    let mut drivers = Vec::new();
+    let mut drivers: Vec<&'static str> = vec![""; workers];
+    let mut started = 0;
     let start_deadline = Instant::now() + Duration::from_secs(10);
-    while drivers.len() < workers {
+    while started < workers {
         let remaining = start_deadline.saturating_duration_since(Instant::now());
         match event_rx.recv_timeout(remaining) {
             Ok(Event::Started {
@@ -86,7 +92,10 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 cpu,
             }) => {
                 tracing::info!(worker, driver, cpu = ?cpu, "worker started");
-                drivers.push(driver);
+                if let Some(slot) = drivers.get_mut(worker) {
+                    *slot = driver;
+                }
+                started += 1;
             }
             Ok(Event::Failed { worker, error }) => {
                 return Err(format!("worker {worker} failed to start: {error}"));
@@ -105,9 +114,21 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     } else {
         format!("mixed: {uring} io_uring, {} epoll", workers - uring)
     };
+    let admin_addr = match snapshot.admin {
+        None => None,
+        Some(addr) => Some(admin::spawn(
+            addr,
+            admin::Admin {
+                snapshot: snapshot.clone(),
+                workers: command_txs.clone(),
+                drivers: drivers.clone(),
+            },
+        )?),
+    };
     Ok(Running {
         snapshot,
         bound,
+        admin_addr,
         driver_summary,
         command_txs,
         event_rx,
@@ -119,6 +140,11 @@ impl Running {
     /// The bound listener addresses, port 0 resolved.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.bound
+    }
+
+    /// The admin listener's bound address, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// `io_uring`, `epoll` or a mix, as the workers reported.

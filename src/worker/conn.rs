@@ -19,7 +19,7 @@ use crate::snapshot::{Route, RouteAction, Snapshot};
 
 use super::io::{HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::proxy::{self, ProxyOutcome};
-use super::shard::{ConnectionGuard, Shard, WorkerStats};
+use super::shard::{ConnectionGuard, Shard};
 
 /// Initial capacity of a connection's read buffer. It lives as long as the
 /// connection, idle or not, so it starts small and grows only if a request
@@ -82,6 +82,18 @@ impl RequestFacts for HeadFacts<'_> {
     }
 }
 
+/// What one request/response exchange amounted to, for metrics.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    pub route: Option<usize>,
+    /// Status sent to the client (0 if none was sent).
+    pub status: u16,
+    /// Bytes received from the client (head and body).
+    pub received: u64,
+    /// Bytes sent to the client.
+    pub sent: u64,
+}
+
 enum HeadOutcome {
     Head(RequestHead),
     /// The client went away or idled out: close without answering.
@@ -111,19 +123,43 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             HeadOutcome::Closed => return,
             HeadOutcome::Failed(failure) => {
                 client.out = shard.out_buffers.take();
-                answer_failure(&shard, &snapshot, &mut client, failure, true).await;
+                let mut exchange = Exchange::default();
+                answer_failure(&shard, &snapshot, &mut client, failure, true, &mut exchange).await;
                 shard.out_buffers.give(std::mem::take(&mut client.out));
+                shard.metrics.exchange(None, 7, exchange.status, 0);
+                shard.metrics.bytes(client.buf.len() as u64, exchange.sent);
                 linger_close(client).await;
                 return;
             }
         };
         served += 1;
-        WorkerStats::bump(&shard.stats.requests);
+        shard.metrics.request();
+        let started = Instant::now();
+        let method = crate::metrics::method_index(head.method_span.get(&client.buf));
+        let mut exchange = Exchange {
+            received: head.len as u64,
+            ..Exchange::default()
+        };
         let last_allowed = snapshot.limits.max_requests_per_connection != 0
             && served >= snapshot.limits.max_requests_per_connection;
         client.out = shard.out_buffers.take();
-        let keep = handle_request(&shard, &snapshot, &mut client, &head, last_allowed).await;
+        let keep = handle_request(
+            &shard,
+            &snapshot,
+            &mut client,
+            &head,
+            last_allowed,
+            &mut exchange,
+        )
+        .await;
         shard.out_buffers.give(std::mem::take(&mut client.out));
+        shard.metrics.exchange(
+            exchange.route,
+            method,
+            exchange.status,
+            started.elapsed().as_micros() as u64,
+        );
+        shard.metrics.bytes(exchange.received, exchange.sent);
         if !keep || shard.draining.get() {
             linger_close(client).await;
             return;
@@ -201,6 +237,7 @@ async fn handle_request(
     client: &mut Client,
     head: &RequestHead,
     last_allowed: bool,
+    exchange: &mut Exchange,
 ) -> bool {
     let route_index = {
         let buf = &client.buf[..];
@@ -217,14 +254,23 @@ async fn handle_request(
         // The body was not read, so the connection cannot be reused after it.
         let close = has_body || !head.keep_alive || shard.draining.get();
         client.buf.advance(head.len);
-        answer_failure(shard, snapshot, client, Failure::NotFound, close).await;
+        answer_failure(shard, snapshot, client, Failure::NotFound, close, exchange).await;
         return !close;
     };
+    exchange.route = Some(route_index as usize);
     let route = &snapshot.routes[route_index as usize];
     if let BodyFraming::Length(n) = head.framing
         && n > route.max_body_bytes
     {
-        answer_failure(shard, snapshot, client, Failure::BodyTooLarge, true).await;
+        answer_failure(
+            shard,
+            snapshot,
+            client,
+            Failure::BodyTooLarge,
+            true,
+            exchange,
+        )
+        .await;
         return false;
     }
     let close_after = !head.keep_alive || last_allowed || shard.draining.get();
@@ -251,7 +297,8 @@ async fn handle_request(
                 client.out.put_slice(body);
             }
             client.buf.advance(head.len);
-            shard.stats.response(*status);
+            exchange.status = *status;
+            exchange.sent = client.out.len() as u64;
             let timeout = snapshot.limits.idle_timeout;
             write_all_clear(&mut client.stream, &mut client.out, timeout)
                 .await
@@ -259,7 +306,17 @@ async fn handle_request(
                 && !close
         }
         RouteAction::Proxy { upstream } => {
-            match proxy::forward(shard, snapshot, route, *upstream, client, head, close_after).await
+            match proxy::forward(
+                shard,
+                snapshot,
+                route,
+                *upstream,
+                client,
+                head,
+                close_after,
+                exchange,
+            )
+            .await
             {
                 ProxyOutcome::Done { keep_client } => keep_client,
                 ProxyOutcome::Failed {
@@ -267,7 +324,7 @@ async fn handle_request(
                     client_body_consumed,
                 } => {
                     let close = close_after || !client_body_consumed || failure.closes_connection();
-                    answer_failure(shard, snapshot, client, failure, close).await;
+                    answer_failure(shard, snapshot, client, failure, close, exchange).await;
                     !close
                 }
                 ProxyOutcome::Aborted => false,
@@ -321,12 +378,14 @@ pub async fn answer_failure(
     client: &mut Client,
     failure: Failure,
     close: bool,
+    exchange: &mut Exchange,
 ) {
-    shard.stats.failure(failure);
-    shard.stats.response(failure.status());
+    shard.metrics.failure(failure);
+    exchange.status = failure.status();
     tracing::debug!(worker = shard.id, peer = %client.peer, code = failure.code(), "request failed");
     client.out.clear();
     failure.write_response(&mut client.out, close);
+    exchange.sent += client.out.len() as u64;
     let _ = write_all_clear(
         &mut client.stream,
         &mut client.out,

@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use monoio::net::TcpListener;
 
 use crate::snapshot::{IoDriver, Snapshot};
-use shard::{Shard, WorkerStats};
+use shard::Shard;
 
 /// How often a worker looks at its command channel.
 const COMMAND_POLL: Duration = Duration::from_millis(20);
@@ -34,6 +34,8 @@ pub enum Command {
     /// `Connection: close`), close idle connections, exit when none are left
     /// or `drain_timeout` has passed.
     Drain,
+    /// Send a copy of this worker's metrics (answered within one tick).
+    Report(Sender<crate::metrics::WorkerReport>),
 }
 
 /// Messages from a worker to the control thread.
@@ -174,6 +176,28 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         monoio::time::sleep(COMMAND_POLL).await;
         while let Ok(command) = setup.commands.try_recv() {
             match command {
+                Command::Report(reply) => {
+                    let pools = shard
+                        .upstreams
+                        .borrow()
+                        .iter()
+                        .map(|u| {
+                            u.pools
+                                .iter()
+                                .zip(&u.outstanding)
+                                .map(|(p, &n)| crate::metrics::PoolGauge {
+                                    idle: p.idle_count() as u64,
+                                    in_flight: u64::from(n),
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let _ = reply.send(shard.metrics.report(
+                        shard.id,
+                        shard.active_connections.get(),
+                        pools,
+                    ));
+                }
                 Command::Drain => {
                     if drain_deadline.is_none() {
                         drain_deadline =
@@ -204,8 +228,8 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     }
     let _ = setup.events.send(Event::Exited {
         worker: shard.id,
-        requests: shard.stats.requests.get(),
-        panics: shard.stats.panics.get(),
+        requests: shard.metrics.requests.get(),
+        panics: shard.metrics.panics.get(),
     });
 }
 
@@ -217,11 +241,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         let accepted = listener.cancelable_accept(shard.idle_cancel_handle()).await;
         match accepted {
             Ok((stream, peer)) => {
-                WorkerStats::bump(&shard.stats.connections_accepted);
+                shard.metrics.accepted();
                 let max = shard.snapshot().limits.max_connections_per_worker;
                 if shard.active_connections.get() >= max {
                     // Refuse early: existing connections are unharmed.
-                    WorkerStats::bump(&shard.stats.connections_refused);
+                    shard.metrics.refused();
                     drop(stream);
                     continue;
                 }
@@ -232,7 +256,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                         .await
                         .is_err()
                     {
-                        WorkerStats::bump(&stats_shard.stats.panics);
+                        stats_shard.metrics.panic();
                         tracing::error!(worker = stats_shard.id, %peer, "connection task panicked; connection dropped");
                     }
                 });

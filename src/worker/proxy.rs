@@ -26,11 +26,12 @@ use crate::snapshot::{
 use crate::upstream::hash::stable_hash;
 
 use super::conn::Client;
+use super::conn::Exchange;
 use super::io::{
     BODY_READ, IoFailure, IoVecPair, read_more_timed, write_all_clear, write_all_keep, write_front,
     write_two,
 };
-use super::shard::{Shard, WorkerStats};
+use super::shard::Shard;
 
 /// Request bodies up to this size that already sit in the read buffer are
 /// sent with the head in one write, and can be replayed on a safe retry.
@@ -79,6 +80,7 @@ impl Drop for Outstanding<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the one place the request path meets the upstream path
 pub async fn forward(
     shard: &Rc<Shard>,
     snapshot: &Snapshot,
@@ -87,6 +89,7 @@ pub async fn forward(
     client: &mut Client,
     head: &RequestHead,
     close_after: bool,
+    exchange: &mut Exchange,
 ) -> ProxyOutcome {
     let spec = &snapshot.upstreams[upstream];
     let write_timeout = snapshot.limits.idle_timeout;
@@ -115,10 +118,13 @@ pub async fn forward(
             let n = n as usize;
             client.out.extend_from_slice(&client.buf[..n]);
             client.buf.advance(n);
+            exchange.received += n as u64;
             true
         }
         _ => false,
     };
+    // Set when the request is written upstream (each attempt).
+    let mut sent_at;
 
     let mut attempt = 0;
     let (mut conn, response) = loop {
@@ -133,6 +139,7 @@ pub async fn forward(
             }
         };
         let may_retry = reused && attempt == 0 && body_in_hand;
+        sent_at = Instant::now();
         match write_all_keep(&mut conn.stream, &mut client.out, write_timeout).await {
             Ok(()) => {}
             Err(IoFailure::TimedOut) => {
@@ -143,7 +150,7 @@ pub async fn forward(
             }
             Err(_) if may_retry => {
                 attempt += 1;
-                WorkerStats::bump(&shard.stats.upstream_retries);
+                shard.metrics.retry();
                 continue;
             }
             Err(_) => {
@@ -156,19 +163,21 @@ pub async fn forward(
         if !body_in_hand {
             // The request cannot be replayed, so its bytes need not be kept.
             client.out.clear();
-            if let Err(failure) = send_request_body(snapshot, route, client, &mut conn, head).await
-            {
-                return ProxyOutcome::Failed {
-                    failure,
-                    client_body_consumed: false,
-                };
+            match send_request_body(snapshot, route, client, &mut conn, head).await {
+                Ok(moved) => exchange.received += moved,
+                Err(failure) => {
+                    return ProxyOutcome::Failed {
+                        failure,
+                        client_body_consumed: false,
+                    };
+                }
             }
         }
         match read_response_head(&mut conn, client, head, spec, snapshot).await {
             Ok(response) => break (conn, response),
             Err(HeadError::ClosedBeforeResponse) if may_retry && head.method.is_idempotent() => {
                 attempt += 1;
-                WorkerStats::bump(&shard.stats.upstream_retries);
+                shard.metrics.retry();
                 tracing::debug!(worker = shard.id, upstream = %spec.name, "stale pooled connection; retrying once");
             }
             Err(e) => {
@@ -202,7 +211,11 @@ pub async fn forward(
         close,
         client_http10,
     );
-    shard.stats.response(response.status);
+    exchange.status = response.status;
+    exchange.sent += client.out.len() as u64;
+    shard
+        .metrics
+        .upstream_latency(sent_at.elapsed().as_micros() as u64);
     conn.buf.advance(response.len);
 
     let mut relay = Relay {
@@ -213,6 +226,7 @@ pub async fn forward(
         iov: &mut client.iov,
         read_timeout: spec.response_timeout,
         write_timeout,
+        moved: 0,
     };
     let relayed = match response.framing {
         ResponseFraming::None => relay.flush().await,
@@ -220,6 +234,7 @@ pub async fn forward(
         ResponseFraming::Chunked => relay.chunked(!client_http10, u64::MAX).await,
         ResponseFraming::UntilClose => relay.until_close(!client_http10).await,
     };
+    exchange.sent += relay.moved;
     if relayed.is_err() {
         return ProxyOutcome::Aborted;
     }
@@ -257,20 +272,24 @@ async fn acquire(
         let pooled =
             shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
         if let Some(conn) = pooled {
-            WorkerStats::bump(&shard.stats.upstream_reuses);
+            shard.metrics.reuse();
             return Ok((conn, true));
         }
     }
     let addr = spec.endpoints[endpoint].addr;
     match monoio::time::timeout(spec.connect_timeout, TcpStream::connect_addr(addr)).await {
-        Err(_) => Err(Failure::UpstreamConnectTimeout),
+        Err(_) => {
+            shard.metrics.connect(upstream, endpoint, false);
+            Err(Failure::UpstreamConnectTimeout)
+        }
         Ok(Err(e)) => {
+            shard.metrics.connect(upstream, endpoint, false);
             tracing::debug!(worker = shard.id, %addr, error = %e, "upstream connect failed");
             Err(Failure::UpstreamConnect)
         }
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            WorkerStats::bump(&shard.stats.upstream_connects);
+            shard.metrics.connect(upstream, endpoint, true);
             Ok((
                 UpstreamConn {
                     stream,
@@ -290,7 +309,7 @@ async fn send_request_body(
     client: &mut Client,
     conn: &mut UpstreamConn,
     head: &RequestHead,
-) -> Result<(), Failure> {
+) -> Result<u64, Failure> {
     if head.expect_continue && client.buf.is_empty() {
         let (result, _) = client
             .stream
@@ -306,13 +325,15 @@ async fn send_request_body(
         iov: &mut client.iov,
         read_timeout: snapshot.limits.body_read_timeout,
         write_timeout: snapshot.limits.idle_timeout,
+        moved: 0,
     };
     let result = match head.framing {
         BodyFraming::None => Ok(()),
         BodyFraming::Length(n) => relay.length(n).await,
         BodyFraming::Chunked => relay.chunked(true, route.max_body_bytes).await,
     };
-    result.map_err(|e| match e {
+    let moved = relay.moved;
+    result.map(|()| moved).map_err(|e| match e {
         RelayError::TooLarge => Failure::BodyTooLarge,
         RelayError::Malformed(c) => client_chunk_failure(c),
         RelayError::SourceTimedOut => Failure::BadRequestBody("request body not received in time"),
@@ -590,6 +611,8 @@ struct Relay<'a> {
     iov: &'a mut Option<IoVecPair>,
     read_timeout: Duration,
     write_timeout: Duration,
+    /// Body bytes passed to the destination (for byte counters).
+    moved: u64,
 }
 
 impl Relay<'_> {
@@ -609,6 +632,7 @@ impl Relay<'_> {
 
     /// Sends the first `n` bytes of `src_buf`: copied if small, else direct.
     async fn pass(&mut self, n: usize) -> Result<(), RelayError> {
+        self.moved += n as u64;
         if n <= COPY_MAX && self.out.len() + n <= 2 * COPY_MAX {
             self.out.extend_from_slice(&self.src_buf[..n]);
             self.src_buf.advance(n);

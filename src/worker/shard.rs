@@ -10,43 +10,11 @@ use std::sync::Arc;
 
 use monoio::io::{CancelHandle, Canceller};
 
-use crate::failure::{FAILURE_KINDS, Failure};
+use crate::metrics::WorkerMetrics;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamState;
 
 use super::proxy::UpstreamConn;
-
-/// Plain per-worker counters (single writer: this worker's thread).
-#[derive(Default)]
-pub struct WorkerStats {
-    pub connections_accepted: Cell<u64>,
-    pub connections_refused: Cell<u64>,
-    pub requests: Cell<u64>,
-    pub responses_by_class: [Cell<u64>; 6],
-    pub failures: [Cell<u64>; FAILURE_KINDS],
-    pub upstream_connects: Cell<u64>,
-    pub upstream_reuses: Cell<u64>,
-    pub upstream_retries: Cell<u64>,
-    pub panics: Cell<u64>,
-}
-
-impl WorkerStats {
-    #[inline]
-    pub fn bump(cell: &Cell<u64>) {
-        cell.set(cell.get() + 1);
-    }
-
-    #[inline]
-    pub fn response(&self, status: u16) {
-        let class = usize::from(status / 100).min(5);
-        Self::bump(&self.responses_by_class[class]);
-    }
-
-    #[inline]
-    pub fn failure(&self, f: Failure) {
-        Self::bump(&self.failures[f.index()]);
-    }
-}
 
 /// Output buffers lent to connections for the length of one exchange, so an
 /// idle keep-alive connection holds no write buffer. Taking and giving back
@@ -96,7 +64,7 @@ pub struct Shard {
     #[allow(clippy::redundant_allocation)]
     snapshot: RefCell<Rc<Arc<Snapshot>>>,
     pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
-    pub stats: WorkerStats,
+    pub metrics: WorkerMetrics,
     pub draining: Cell<bool>,
     pub active_connections: Cell<usize>,
     /// Write buffers for client exchanges.
@@ -112,11 +80,12 @@ impl Shard {
             .iter()
             .map(|spec| UpstreamState::new(spec, id))
             .collect();
+        let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
         Shard {
             id,
             snapshot: RefCell::new(Rc::new(snapshot)),
             upstreams: RefCell::new(upstreams),
-            stats: WorkerStats::default(),
+            metrics,
             draining: Cell::new(false),
             active_connections: Cell::new(0),
             out_buffers: BufferPool::new(8 * 1024, 4096),
@@ -147,6 +116,15 @@ impl Shard {
             }
         }
     }
+}
+
+/// Endpoints per upstream, to size per-endpoint metric tables.
+pub fn endpoint_counts(snapshot: &Snapshot) -> Vec<usize> {
+    snapshot
+        .upstreams
+        .iter()
+        .map(|u| u.endpoints.len())
+        .collect()
 }
 
 /// Counts a connection as active for as long as it lives.
@@ -181,7 +159,10 @@ mod tests {
         pool.give(a);
         assert_eq!(pool.take().as_ptr(), ptr, "the same buffer comes back");
         pool.give(BytesMut::with_capacity(64 * 1024));
-        assert!(pool.free.borrow().is_empty(), "a buffer that grew 64x is not kept");
+        assert!(
+            pool.free.borrow().is_empty(),
+            "a buffer that grew 64x is not kept"
+        );
         for _ in 0..3 {
             pool.give(BytesMut::with_capacity(1024));
         }

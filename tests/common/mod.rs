@@ -64,6 +64,8 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the config has an `[admin]` section.
+    pub admin: Option<SocketAddr>,
     pub log: std::path::PathBuf,
 }
 
@@ -95,19 +97,36 @@ impl Gateway {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap().to_string();
-                    let _ = tx.send(addr);
+                for (marker, kind) in [
+                    ("listening on http://", "main"),
+                    ("admin on http://", "admin"),
+                ] {
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap().to_string();
+                        let _ = tx.send((kind, addr));
+                    }
                 }
             }
         });
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Gateway {
+        let wants_admin = config.contains("[admin]");
+        let mut main_addr = None;
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while main_addr.is_none() || (wants_admin && admin.is_none()) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(("main", a)) => main_addr = Some(a.parse().unwrap()),
+                Ok((_, a)) => admin = Some(a.parse().unwrap()),
+                Err(_) => break,
+            }
+        }
+        match main_addr.filter(|_| !wants_admin || admin.is_some()) {
+            Some(addr) => Gateway {
                 child,
-                addr: addr.parse().unwrap(),
+                addr,
+                admin,
                 log,
             },
-            Err(_) => {
+            None => {
                 let _ = child.kill();
                 panic!(
                     "gateway did not start:\n{}",

@@ -1,0 +1,287 @@
+//! [hot] Per-worker counters and latency histograms, and [cold] their merge
+//! and Prometheus rendering.
+//!
+//! A worker updates its `WorkerMetrics` with plain `Cell`s and `RefCell`s: it
+//! is the only writer, so there is no lock and no atomic on the request path.
+//! On a scrape the control side asks every worker for a `WorkerReport` (an
+//! owned copy, made in the worker's command tick), merges them, and renders
+//! the text exposition format. Metric names live in `names.rs` only.
+
+pub mod names;
+mod render;
+
+use std::cell::{Cell, RefCell};
+
+use hdrhistogram::Histogram;
+
+use crate::failure::{FAILURE_KINDS, Failure};
+
+pub use render::render_prometheus;
+
+/// Methods with their own label value; everything else is "other".
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other",
+];
+/// Status classes 1xx..5xx (index 0 unused).
+pub const CLASSES: usize = 6;
+
+/// Latency histograms count microseconds from 1 µs to 10 minutes, 3
+/// significant digits: fixed size, so recording never allocates.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+#[inline]
+pub fn method_index(method: &[u8]) -> usize {
+    match method {
+        b"GET" => 0,
+        b"HEAD" => 1,
+        b"POST" => 2,
+        b"PUT" => 3,
+        b"DELETE" => 4,
+        b"OPTIONS" => 5,
+        b"PATCH" => 6,
+        _ => 7,
+    }
+}
+
+/// One endpoint's connection counters, as this worker saw them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EndpointCounts {
+    pub connects: u64,
+    pub connect_failures: u64,
+}
+
+/// A worker's live metrics. Single writer: the worker's own thread.
+pub struct WorkerMetrics {
+    pub connections_accepted: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub requests: Cell<u64>,
+    pub failures: [Cell<u64>; FAILURE_KINDS],
+    pub bytes_received: Cell<u64>,
+    pub bytes_sent: Cell<u64>,
+    pub upstream_reuses: Cell<u64>,
+    pub upstream_retries: Cell<u64>,
+    pub panics: Cell<u64>,
+    /// routes+1 (the last is "no route") × METHODS × CLASSES, flattened.
+    by_route: RefCell<Vec<u64>>,
+    /// Per upstream, per endpoint.
+    endpoints: RefCell<Vec<Vec<EndpointCounts>>>,
+    request_latency: RefCell<Histogram<u64>>,
+    request_latency_sum_us: Cell<u64>,
+    upstream_latency: RefCell<Histogram<u64>>,
+    upstream_latency_sum_us: Cell<u64>,
+}
+
+#[inline]
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
+}
+
+impl WorkerMetrics {
+    /// Sized for a snapshot's routes and upstream endpoints.
+    pub fn new(routes: usize, endpoints_per_upstream: &[usize]) -> WorkerMetrics {
+        WorkerMetrics {
+            connections_accepted: Cell::new(0),
+            connections_refused: Cell::new(0),
+            requests: Cell::new(0),
+            failures: Default::default(),
+            bytes_received: Cell::new(0),
+            bytes_sent: Cell::new(0),
+            upstream_reuses: Cell::new(0),
+            upstream_retries: Cell::new(0),
+            panics: Cell::new(0),
+            by_route: RefCell::new(vec![0; (routes + 1) * METHODS.len() * CLASSES]),
+            endpoints: RefCell::new(
+                endpoints_per_upstream
+                    .iter()
+                    .map(|&n| vec![EndpointCounts::default(); n])
+                    .collect(),
+            ),
+            request_latency: RefCell::new(latency_histogram()),
+            request_latency_sum_us: Cell::new(0),
+            upstream_latency: RefCell::new(latency_histogram()),
+            upstream_latency_sum_us: Cell::new(0),
+        }
+    }
+
+    /// Resizes the per-route and per-endpoint tables for a new snapshot.
+    /// Their counts restart (Prometheus treats that as a counter reset).
+    pub fn resize(&self, routes: usize, endpoints_per_upstream: &[usize]) {
+        *self.by_route.borrow_mut() = vec![0; (routes + 1) * METHODS.len() * CLASSES];
+        *self.endpoints.borrow_mut() = endpoints_per_upstream
+            .iter()
+            .map(|&n| vec![EndpointCounts::default(); n])
+            .collect();
+    }
+
+    #[inline]
+    pub fn accepted(&self) {
+        bump(&self.connections_accepted);
+    }
+
+    #[inline]
+    pub fn refused(&self) {
+        bump(&self.connections_refused);
+    }
+
+    #[inline]
+    pub fn request(&self) {
+        bump(&self.requests);
+    }
+
+    #[inline]
+    pub fn failure(&self, f: Failure) {
+        bump(&self.failures[f.index()]);
+    }
+
+    #[inline]
+    pub fn reuse(&self) {
+        bump(&self.upstream_reuses);
+    }
+
+    #[inline]
+    pub fn retry(&self) {
+        bump(&self.upstream_retries);
+    }
+
+    #[inline]
+    pub fn panic(&self) {
+        bump(&self.panics);
+    }
+
+    #[inline]
+    pub fn bytes(&self, received: u64, sent: u64) {
+        self.bytes_received
+            .set(self.bytes_received.get() + received);
+        self.bytes_sent.set(self.bytes_sent.get() + sent);
+    }
+
+    /// One finished exchange: route (None = no route), method, status and
+    /// total time in microseconds.
+    #[inline]
+    pub fn exchange(&self, route: Option<usize>, method: usize, status: u16, micros: u64) {
+        let class = usize::from(status / 100).min(CLASSES - 1);
+        let mut table = self.by_route.borrow_mut();
+        let routes = table.len() / (METHODS.len() * CLASSES);
+        let route = route.unwrap_or(routes - 1).min(routes - 1);
+        table[(route * METHODS.len() + method) * CLASSES + class] += 1;
+        self.request_latency
+            .borrow_mut()
+            .saturating_record(micros.max(1));
+        self.request_latency_sum_us
+            .set(self.request_latency_sum_us.get() + micros);
+    }
+
+    /// Time from sending the request upstream to the response head.
+    #[inline]
+    pub fn upstream_latency(&self, micros: u64) {
+        self.upstream_latency
+            .borrow_mut()
+            .saturating_record(micros.max(1));
+        self.upstream_latency_sum_us
+            .set(self.upstream_latency_sum_us.get() + micros);
+    }
+
+    #[inline]
+    pub fn connect(&self, upstream: usize, endpoint: usize, ok: bool) {
+        if let Some(e) = self
+            .endpoints
+            .borrow_mut()
+            .get_mut(upstream)
+            .and_then(|u| u.get_mut(endpoint))
+        {
+            if ok {
+                e.connects += 1;
+            } else {
+                e.connect_failures += 1;
+            }
+        }
+    }
+
+    /// An owned copy for the control side (allocates; called off the
+    /// request path, in the worker's command tick).
+    pub fn report(
+        &self,
+        worker: usize,
+        open_connections: usize,
+        pools: Vec<Vec<PoolGauge>>,
+    ) -> WorkerReport {
+        WorkerReport {
+            worker,
+            open_connections: open_connections as u64,
+            connections_accepted: self.connections_accepted.get(),
+            connections_refused: self.connections_refused.get(),
+            requests: self.requests.get(),
+            failures: std::array::from_fn(|i| self.failures[i].get()),
+            bytes_received: self.bytes_received.get(),
+            bytes_sent: self.bytes_sent.get(),
+            upstream_reuses: self.upstream_reuses.get(),
+            upstream_retries: self.upstream_retries.get(),
+            panics: self.panics.get(),
+            by_route: self.by_route.borrow().clone(),
+            endpoints: self.endpoints.borrow().clone(),
+            pools,
+            request_latency: self.request_latency.borrow().clone(),
+            request_latency_sum_us: self.request_latency_sum_us.get(),
+            upstream_latency: self.upstream_latency.borrow().clone(),
+            upstream_latency_sum_us: self.upstream_latency_sum_us.get(),
+        }
+    }
+}
+
+/// Gauges of one endpoint's pool in one worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolGauge {
+    pub idle: u64,
+    pub in_flight: u64,
+}
+
+/// A worker's metrics at one moment, sent to the control side.
+#[derive(Debug, Clone)]
+pub struct WorkerReport {
+    pub worker: usize,
+    pub open_connections: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub requests: u64,
+    pub failures: [u64; FAILURE_KINDS],
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub upstream_reuses: u64,
+    pub upstream_retries: u64,
+    pub panics: u64,
+    pub by_route: Vec<u64>,
+    pub endpoints: Vec<Vec<EndpointCounts>>,
+    pub pools: Vec<Vec<PoolGauge>>,
+    pub request_latency: Histogram<u64>,
+    pub request_latency_sum_us: u64,
+    pub upstream_latency: Histogram<u64>,
+    pub upstream_latency_sum_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchanges_land_in_their_route_method_and_class() {
+        let m = WorkerMetrics::new(2, &[1]);
+        m.exchange(Some(1), method_index(b"POST"), 201, 150);
+        m.exchange(None, method_index(b"GET"), 404, 20);
+        m.exchange(Some(9), method_index(b"BREW"), 502, 20);
+        let r = m.report(0, 0, vec![]);
+        let at = |route: usize, method: usize, class: usize| {
+            r.by_route[(route * METHODS.len() + method) * CLASSES + class]
+        };
+        assert_eq!(at(1, 2, 2), 1);
+        assert_eq!(at(2, 0, 4), 1, "no route counts in the last row");
+        assert_eq!(
+            at(2, 7, 5),
+            1,
+            "out-of-range route clamps; unknown method is other"
+        );
+        assert_eq!(r.request_latency.len(), 3);
+        assert_eq!(r.request_latency_sum_us, 190);
+    }
+}

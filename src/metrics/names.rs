@@ -1,0 +1,28 @@
+//! Every metric name ringgate exports, in one place (docs/operations.md
+//! lists them). Prometheus conventions: `ringgate_` prefix, `_total` for
+//! counters, base units (`_seconds`, `_bytes`).
+
+pub const REQUESTS: &str = "ringgate_requests_total";
+pub const REQUEST_DURATION: &str = "ringgate_request_duration_seconds";
+pub const UPSTREAM_DURATION: &str = "ringgate_upstream_response_duration_seconds";
+pub const BYTES_RECEIVED: &str = "ringgate_received_bytes_total";
+pub const BYTES_SENT: &str = "ringgate_sent_bytes_total";
+pub const CONNECTIONS_OPEN: &str = "ringgate_connections_open";
+pub const CONNECTIONS_ACCEPTED: &str = "ringgate_connections_accepted_total";
+pub const CONNECTIONS_REFUSED: &str = "ringgate_connections_refused_total";
+pub const WORKER_REQUESTS: &str = "ringgate_worker_requests_total";
+pub const REJECTED: &str = "ringgate_rejected_requests_total";
+pub const UPSTREAM_TIMEOUTS: &str = "ringgate_upstream_timeouts_total";
+pub const UPSTREAM_CREATED: &str = "ringgate_upstream_connections_created_total";
+pub const UPSTREAM_FAILED: &str = "ringgate_upstream_connections_failed_total";
+pub const UPSTREAM_IDLE: &str = "ringgate_upstream_connections_idle";
+pub const UPSTREAM_ACTIVE: &str = "ringgate_upstream_requests_in_flight";
+pub const UPSTREAM_REUSED: &str = "ringgate_upstream_connections_reused_total";
+pub const UPSTREAM_RETRIES: &str = "ringgate_upstream_retries_total";
+pub const PANICS: &str = "ringgate_connection_panics_total";
+
+/// Latency buckets (seconds): from 100 µs (a loopback hop) to a minute.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];

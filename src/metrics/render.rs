@@ -1,0 +1,300 @@
+//! [cold] Merging worker reports and writing the Prometheus text format.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+
+use super::names::*;
+use super::{CLASSES, METHODS, WorkerReport};
+use crate::failure::Failure;
+use crate::snapshot::Snapshot;
+
+/// Escapes a label value (backslash, double quote, newline).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, hist: &Histogram<u64>, sum_us: u64) {
+    header(out, name, "histogram", help);
+    for le in LATENCY_BUCKETS {
+        let micros = (le * 1e6) as u64;
+        let count = if hist.is_empty() {
+            0
+        } else {
+            hist.count_between(0, micros)
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", hist.len());
+    let _ = writeln!(out, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {}", hist.len());
+}
+
+/// Every failure, for the rejected-requests counter's `reason` label.
+const FAILURES: [Failure; crate::failure::FAILURE_KINDS] = [
+    Failure::BadRequest(""),
+    Failure::HeadTooLarge,
+    Failure::BodyTooLarge,
+    Failure::HeaderTimeout,
+    Failure::NotFound,
+    Failure::ExpectationFailed,
+    Failure::NotImplemented(""),
+    Failure::UpstreamConnect,
+    Failure::UpstreamReset,
+    Failure::UpstreamMalformed(""),
+    Failure::UpstreamConnectTimeout,
+    Failure::UpstreamTimeout,
+    Failure::BadRequestBody(""),
+];
+
+/// Renders merged metrics. Reports whose tables were sized for another
+/// snapshot (a reload raced the scrape) are skipped for per-route and
+/// per-endpoint series.
+pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let routes = snapshot.routes.len();
+    let row = METHODS.len() * CLASSES;
+
+    header(
+        &mut out,
+        REQUESTS,
+        "counter",
+        "Requests answered, by route, method and status class.",
+    );
+    let mut by_route = vec![0u64; (routes + 1) * row];
+    let table_len = by_route.len();
+    for r in reports.iter().filter(|r| r.by_route.len() == table_len) {
+        for (total, v) in by_route.iter_mut().zip(&r.by_route) {
+            *total += v;
+        }
+    }
+    for route in 0..=routes {
+        let name = if route == routes {
+            ""
+        } else {
+            snapshot.routes[route].name.as_str()
+        };
+        for (m, method) in METHODS.iter().enumerate() {
+            for class in 1..CLASSES {
+                let v = by_route[(route * METHODS.len() + m) * CLASSES + class];
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{REQUESTS}{{route=\"{}\",method=\"{method}\",class=\"{class}xx\"}} {v}",
+                        label(name)
+                    );
+                }
+            }
+        }
+    }
+
+    let mut request_latency = None::<Histogram<u64>>;
+    let mut upstream_latency = None::<Histogram<u64>>;
+    for r in reports {
+        match &mut request_latency {
+            None => request_latency = Some(r.request_latency.clone()),
+            Some(h) => {
+                let _ = h.add(&r.request_latency);
+            }
+        }
+        match &mut upstream_latency {
+            None => upstream_latency = Some(r.upstream_latency.clone()),
+            Some(h) => {
+                let _ = h.add(&r.upstream_latency);
+            }
+        }
+    }
+    if let (Some(req), Some(up)) = (&request_latency, &upstream_latency) {
+        let sum = |f: fn(&WorkerReport) -> u64| reports.iter().map(f).sum::<u64>();
+        histogram(
+            &mut out,
+            REQUEST_DURATION,
+            "Time from a complete request head to the end of the response.",
+            req,
+            sum(|r| r.request_latency_sum_us),
+        );
+        histogram(
+            &mut out,
+            UPSTREAM_DURATION,
+            "Time from sending a request upstream to its response head.",
+            up,
+            sum(|r| r.upstream_latency_sum_us),
+        );
+    }
+
+    let total = |f: fn(&WorkerReport) -> u64| reports.iter().map(f).sum::<u64>();
+    header(
+        &mut out,
+        BYTES_RECEIVED,
+        "counter",
+        "Bytes received from clients.",
+    );
+    let _ = writeln!(out, "{BYTES_RECEIVED} {}", total(|r| r.bytes_received));
+    header(&mut out, BYTES_SENT, "counter", "Bytes sent to clients.");
+    let _ = writeln!(out, "{BYTES_SENT} {}", total(|r| r.bytes_sent));
+
+    header(
+        &mut out,
+        CONNECTIONS_OPEN,
+        "gauge",
+        "Open client connections, per worker.",
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{CONNECTIONS_OPEN}{{worker=\"{}\"}} {}",
+            r.worker, r.open_connections
+        );
+    }
+    header(
+        &mut out,
+        CONNECTIONS_ACCEPTED,
+        "counter",
+        "Client connections accepted, per worker.",
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{CONNECTIONS_ACCEPTED}{{worker=\"{}\"}} {}",
+            r.worker, r.connections_accepted
+        );
+    }
+    header(
+        &mut out,
+        CONNECTIONS_REFUSED,
+        "counter",
+        "Client connections closed at once because the worker was at max_connections_per_worker.",
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{CONNECTIONS_REFUSED}{{worker=\"{}\"}} {}",
+            r.worker, r.connections_refused
+        );
+    }
+    header(
+        &mut out,
+        WORKER_REQUESTS,
+        "counter",
+        "Requests read, per worker (shows how SO_REUSEPORT spreads load).",
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{WORKER_REQUESTS}{{worker=\"{}\"}} {}",
+            r.worker, r.requests
+        );
+    }
+
+    header(
+        &mut out,
+        REJECTED,
+        "counter",
+        "Requests answered with an error by the gateway, by reason and status.",
+    );
+    for f in FAILURES {
+        let v: u64 = reports.iter().map(|r| r.failures[f.index()]).sum();
+        let _ = writeln!(
+            out,
+            "{REJECTED}{{reason=\"{}\",status=\"{}\"}} {v}",
+            f.code(),
+            f.status()
+        );
+    }
+    header(
+        &mut out,
+        UPSTREAM_TIMEOUTS,
+        "counter",
+        "Upstream timeouts, by kind.",
+    );
+    for (kind, f) in [
+        ("connect", Failure::UpstreamConnectTimeout),
+        ("response", Failure::UpstreamTimeout),
+    ] {
+        let v: u64 = reports.iter().map(|r| r.failures[f.index()]).sum();
+        let _ = writeln!(out, "{UPSTREAM_TIMEOUTS}{{kind=\"{kind}\"}} {v}");
+    }
+
+    let endpoint_series =
+        |out: &mut String,
+         name: &str,
+         value: &dyn Fn(&WorkerReport, usize, usize) -> Option<u64>| {
+            for (u, spec) in snapshot.upstreams.iter().enumerate() {
+                for (e, endpoint) in spec.endpoints.iter().enumerate() {
+                    let v: u64 = reports.iter().filter_map(|r| value(r, u, e)).sum();
+                    let _ = writeln!(
+                        out,
+                        "{name}{{upstream=\"{}\",endpoint=\"{}\"}} {v}",
+                        label(&spec.name),
+                        endpoint.addr
+                    );
+                }
+            }
+        };
+    header(
+        &mut out,
+        UPSTREAM_CREATED,
+        "counter",
+        "Upstream connections opened.",
+    );
+    endpoint_series(&mut out, UPSTREAM_CREATED, &|r, u, e| {
+        r.endpoints.get(u)?.get(e).map(|c| c.connects)
+    });
+    header(
+        &mut out,
+        UPSTREAM_FAILED,
+        "counter",
+        "Upstream connection attempts that failed or timed out.",
+    );
+    endpoint_series(&mut out, UPSTREAM_FAILED, &|r, u, e| {
+        r.endpoints.get(u)?.get(e).map(|c| c.connect_failures)
+    });
+    header(
+        &mut out,
+        UPSTREAM_IDLE,
+        "gauge",
+        "Idle pooled upstream connections.",
+    );
+    endpoint_series(&mut out, UPSTREAM_IDLE, &|r, u, e| {
+        r.pools.get(u)?.get(e).map(|p| p.idle)
+    });
+    header(
+        &mut out,
+        UPSTREAM_ACTIVE,
+        "gauge",
+        "Requests in flight to each endpoint.",
+    );
+    endpoint_series(&mut out, UPSTREAM_ACTIVE, &|r, u, e| {
+        r.pools.get(u)?.get(e).map(|p| p.in_flight)
+    });
+    header(
+        &mut out,
+        UPSTREAM_REUSED,
+        "counter",
+        "Requests sent on a pooled (reused) upstream connection.",
+    );
+    let _ = writeln!(out, "{UPSTREAM_REUSED} {}", total(|r| r.upstream_reuses));
+    header(
+        &mut out,
+        UPSTREAM_RETRIES,
+        "counter",
+        "Requests retried once after a stale pooled connection.",
+    );
+    let _ = writeln!(out, "{UPSTREAM_RETRIES} {}", total(|r| r.upstream_retries));
+    header(
+        &mut out,
+        PANICS,
+        "counter",
+        "Connection tasks that panicked (the worker kept serving).",
+    );
+    let _ = writeln!(out, "{PANICS} {}", total(|r| r.panics));
+    out
+}

@@ -1,0 +1,224 @@
+//! The admin listener: Prometheus metrics that match the traffic sent,
+//! health and readiness, the running config and per-worker counts.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+
+fn gateway(driver: &str, up: &Upstream) -> Gateway {
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"app\"\n\n[[routes]]\nname = \"hello\"\npath = \"/hello\"\nrespond = {{ status = 200, body = \"hi\" }}\n",
+            up.addr
+        ),
+    ))
+}
+
+/// Parses the text exposition format strictly enough to catch mistakes:
+/// every sample belongs to a family announced by HELP and TYPE, names and
+/// labels are well-formed, values are numbers. Returns sample → value.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(valid_name(name), "bad HELP name in {line:?}");
+            helped.insert(name.to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line:?}"
+            );
+            assert!(
+                typed.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice for {name}"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "unexpected line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(valid_name(name), "bad metric name in {line:?}");
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line:?}");
+            for pair in labels[1..labels.len() - 1]
+                .split("\",")
+                .filter(|p| !p.is_empty())
+            {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                assert!(valid_name(k), "bad label name in {line:?}");
+                assert!(!v.trim_end_matches('"').contains('\n'));
+            }
+        }
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| typed.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            typed.contains_key(family) && helped.contains(family),
+            "sample {name} before its HELP/TYPE"
+        );
+        if typed[family] == "counter" {
+            assert!(
+                family.ends_with("_total"),
+                "counter {family} must end in _total"
+            );
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[test]
+fn metrics_count_exactly_the_requests_sent() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gateway(driver, &up);
+        let admin = gw.admin.expect("admin address");
+        let mut c = gw.conn();
+        for _ in 0..5 {
+            c.send(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(c.read_response(false).status, 200);
+        }
+        c.send(b"POST /api/y HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(c.read_response(false).status, 200);
+        for _ in 0..2 {
+            c.send(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(c.read_response(false).status, 404);
+        }
+        c.send(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+        assert_eq!(request(gw.addr, b"GET / HTTP/1.1\r\n\r\n").status, 400);
+
+        let r = get(admin, "/metrics");
+        assert_eq!(r.status, 200, "{driver}");
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let m = parse_exposition(&r.text());
+        let v = |k: &str| {
+            m.get(k)
+                .copied()
+                .unwrap_or_else(|| panic!("{driver}: missing {k}\n{}", r.text()))
+        };
+        assert_eq!(
+            v(r#"ringgate_requests_total{route="api",method="GET",class="2xx"}"#),
+            5.0
+        );
+        assert_eq!(
+            v(r#"ringgate_requests_total{route="api",method="POST",class="2xx"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"ringgate_requests_total{route="",method="GET",class="4xx"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(r#"ringgate_requests_total{route="hello",method="GET",class="2xx"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"ringgate_rejected_requests_total{reason="no_route",status="404"}"#),
+            2.0
+        );
+        assert_eq!(
+            v(r#"ringgate_rejected_requests_total{reason="bad_request",status="400"}"#),
+            1.0
+        );
+        assert_eq!(
+            v(r#"ringgate_worker_requests_total{worker="0"}"#),
+            9.0,
+            "the 400 had no parsed request"
+        );
+        assert_eq!(v("ringgate_request_duration_seconds_count"), 10.0);
+        assert_eq!(
+            v(r#"ringgate_request_duration_seconds_bucket{le="+Inf"}"#),
+            10.0
+        );
+        assert_eq!(v("ringgate_upstream_response_duration_seconds_count"), 6.0);
+        let endpoint = format!(r#"{{upstream="app",endpoint="{}"}}"#, up.addr);
+        assert_eq!(
+            v(&format!(
+                "ringgate_upstream_connections_created_total{endpoint}"
+            )),
+            up.connections() as f64
+        );
+        assert_eq!(
+            v(&format!("ringgate_upstream_connections_idle{endpoint}")),
+            1.0
+        );
+        assert_eq!(v("ringgate_upstream_connections_reused_total"), 5.0);
+        assert!(
+            v("ringgate_received_bytes_total") > 300.0 && v("ringgate_sent_bytes_total") > 300.0
+        );
+        assert_eq!(
+            v(r#"ringgate_connections_open{worker="0"}"#),
+            1.0,
+            "the test's keep-alive connection (the scrape is not on a worker)"
+        );
+        // Buckets are cumulative.
+        let mut last = 0.0;
+        for le in ["0.0001", "0.001", "0.01", "0.1", "1", "10", "60"] {
+            let b = v(&format!(
+                "ringgate_request_duration_seconds_bucket{{le=\"{le}\"}}"
+            ));
+            assert!(b >= last, "{driver}: bucket {le} decreased");
+            last = b;
+        }
+    }
+}
+
+#[test]
+fn health_readiness_config_and_workers() {
+    let up = Upstream::named("app");
+    let gw = Gateway::start_args(
+        &config(
+            "epoll",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+                up.addr
+            ),
+        ),
+        &["--workers", "2"],
+    );
+    let admin = gw.admin.unwrap();
+    assert_eq!(get(admin, "/healthz").text(), "ok\n");
+    assert_eq!(get(admin, "/readyz").status, 200);
+    let cfg = get(admin, "/config");
+    assert_eq!(cfg.status, 200);
+    assert!(cfg.text().contains("[upstreams.app]"), "{}", cfg.text());
+    let workers = get(admin, "/workers").text();
+    assert!(
+        workers.contains("\"worker\":0") && workers.contains("\"worker\":1"),
+        "{workers}"
+    );
+    assert!(workers.contains("\"driver\":\"epoll\""), "{workers}");
+    assert_eq!(get(admin, "/nope").status, 404);
+}
