@@ -126,8 +126,9 @@ impl Failure {
         )
     }
 
-    /// Appends the complete response. `close` adds `Connection: close`.
-    pub fn write_response(self, out: &mut BytesMut, close: bool) {
+    /// Appends the complete response. `close` adds `Connection: close`;
+    /// a non-empty `request_id` is echoed in `x-request-id`.
+    pub fn write_response(self, out: &mut BytesMut, close: bool, request_id: &[u8]) {
         let message = self.message();
         let code = self.code();
         let body_len =
@@ -135,6 +136,9 @@ impl Failure {
         http::write::status_line(out, self.status());
         out.put_slice(b"content-type: application/json\r\n");
         http::write::content_length(out, body_len as u64);
+        if !request_id.is_empty() {
+            http::write::header(out, b"x-request-id", request_id);
+        }
         if close {
             out.put_slice(b"connection: close\r\n");
         }
@@ -214,7 +218,7 @@ mod tests {
             Failure::BadRequest("x"),
         ] {
             let mut out = BytesMut::new();
-            f.write_response(&mut out, true);
+            f.write_response(&mut out, true, b"id-1");
             let text = std::str::from_utf8(&out).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             let cl: usize = head

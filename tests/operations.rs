@@ -222,3 +222,56 @@ fn health_readiness_config_and_workers() {
     assert!(workers.contains("\"driver\":\"epoll\""), "{workers}");
     assert_eq!(get(admin, "/nope").status, 404);
 }
+
+#[test]
+fn request_ids_are_propagated_or_generated_and_returned() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gateway(driver, &up);
+        // A well-formed client id is kept, sent upstream and returned.
+        let r = request(
+            gw.addr,
+            b"GET /api/a HTTP/1.1\r\nHost: a\r\nX-Request-Id: trace-42.abc\r\n\r\n",
+        );
+        assert_eq!(r.header("x-request-id"), Some("trace-42.abc"), "{driver}");
+        assert_eq!(
+            up.requests()[0].header("x-request-id"),
+            Some("trace-42.abc")
+        );
+        assert_eq!(
+            up.requests()[0]
+                .headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-request-id"))
+                .count(),
+            1
+        );
+        // A malformed one (log injection) is replaced by a generated id.
+        let r = request(
+            gw.addr,
+            b"GET /api/b HTTP/1.1\r\nHost: a\r\nX-Request-Id: a\"b c\r\n\r\n",
+        );
+        let generated = r.header("x-request-id").unwrap().to_string();
+        assert_eq!(generated.len(), 32, "{driver}: {generated}");
+        assert_eq!(
+            up.requests()[1].header("x-request-id"),
+            Some(generated.as_str())
+        );
+        // Every answer carries one, direct responses and failures too, all distinct.
+        let mut seen = std::collections::HashSet::new();
+        for path in ["/hello", "/nowhere", "/api/c", "/api/d"] {
+            let r = get(gw.addr, path);
+            let id = r
+                .header("x-request-id")
+                .unwrap_or_else(|| panic!("{driver} {path}: no id"))
+                .to_string();
+            assert!(seen.insert(id), "{driver}: ids repeat");
+        }
+        let r = request(gw.addr, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(r.status, 400);
+        assert!(
+            r.header("x-request-id").is_some(),
+            "{driver}: refusals carry an id too"
+        );
+    }
+}

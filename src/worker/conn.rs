@@ -19,6 +19,7 @@ use crate::snapshot::{Route, RouteAction, Snapshot};
 
 use super::io::{HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::proxy::{self, ProxyOutcome};
+use super::request_id::RequestId;
 use super::shard::{ConnectionGuard, Shard};
 
 /// Initial capacity of a connection's read buffer. It lives as long as the
@@ -82,9 +83,9 @@ impl RequestFacts for HeadFacts<'_> {
     }
 }
 
-/// What one request/response exchange amounted to, for metrics.
-#[derive(Debug, Default)]
+/// What one request/response exchange amounted to, for metrics and logs.
 pub struct Exchange {
+    pub request_id: RequestId,
     pub route: Option<usize>,
     /// Status sent to the client (0 if none was sent).
     pub status: u16,
@@ -92,6 +93,27 @@ pub struct Exchange {
     pub received: u64,
     /// Bytes sent to the client.
     pub sent: u64,
+}
+
+impl Exchange {
+    pub fn new(request_id: RequestId) -> Exchange {
+        Exchange {
+            request_id,
+            route: None,
+            status: 0,
+            received: 0,
+            sent: 0,
+        }
+    }
+}
+
+/// The request's `x-request-id` if the client sent a usable one, else a new one.
+fn request_id_for(shard: &Shard, buf: &[u8], headers: &[HeaderSpan]) -> RequestId {
+    headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"x-request-id"))
+        .and_then(|h| RequestId::from_client(http::trim_ows(h.value.get(buf))))
+        .unwrap_or_else(|| shard.request_ids.borrow_mut().generate())
 }
 
 enum HeadOutcome {
@@ -123,7 +145,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             HeadOutcome::Closed => return,
             HeadOutcome::Failed(failure) => {
                 client.out = shard.out_buffers.take();
-                let mut exchange = Exchange::default();
+                let mut exchange = Exchange::new(shard.request_ids.borrow_mut().generate());
                 answer_failure(&shard, &snapshot, &mut client, failure, true, &mut exchange).await;
                 shard.out_buffers.give(std::mem::take(&mut client.out));
                 shard.metrics.exchange(None, 7, exchange.status, 0);
@@ -136,10 +158,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         shard.metrics.request();
         let started = Instant::now();
         let method = crate::metrics::method_index(head.method_span.get(&client.buf));
-        let mut exchange = Exchange {
-            received: head.len as u64,
-            ..Exchange::default()
-        };
+        let mut exchange = Exchange::new(request_id_for(&shard, &client.buf, &client.headers));
+        exchange.received = head.len as u64;
         let last_allowed = snapshot.limits.max_requests_per_connection != 0
             && served >= snapshot.limits.max_requests_per_connection;
         client.out = shard.out_buffers.take();
@@ -288,6 +308,11 @@ async fn handle_request(
             client.out.put_slice(b"\r\n");
             http::write::content_length(&mut client.out, body.len() as u64);
             write_route_headers(&mut client.out, route);
+            http::write::header(
+                &mut client.out,
+                b"x-request-id",
+                exchange.request_id.as_bytes(),
+            );
             client.out.put_slice(if close {
                 &b"connection: close\r\n\r\n"[..]
             } else {
@@ -384,7 +409,7 @@ pub async fn answer_failure(
     exchange.status = failure.status();
     tracing::debug!(worker = shard.id, peer = %client.peer, code = failure.code(), "request failed");
     client.out.clear();
-    failure.write_response(&mut client.out, close);
+    failure.write_response(&mut client.out, close, exchange.request_id.as_bytes());
     exchange.sent += client.out.len() as u64;
     let _ = write_all_clear(
         &mut client.stream,

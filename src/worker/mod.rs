@@ -10,6 +10,7 @@ mod catch;
 pub mod conn;
 mod io;
 pub mod proxy;
+pub mod request_id;
 pub mod shard;
 
 use std::rc::Rc;

@@ -109,7 +109,14 @@ pub async fn forward(
 
     let mut out = std::mem::take(&mut client.out);
     out.clear();
-    build_request_head(&mut out, client, head, route, &spec.endpoints[endpoint]);
+    build_request_head(
+        &mut out,
+        client,
+        head,
+        route,
+        &spec.endpoints[endpoint],
+        exchange.request_id.as_bytes(),
+    );
     client.out = out;
     client.buf.advance(head.len);
     let body_in_hand = match head.framing {
@@ -210,6 +217,7 @@ pub async fn forward(
         out_framing,
         close,
         client_http10,
+        exchange.request_id.as_bytes(),
     );
     exchange.status = response.status;
     exchange.sent += client.out.len() as u64;
@@ -441,6 +449,7 @@ fn build_request_head(
     head: &RequestHead,
     route: &Route,
     endpoint: &EndpointSpec,
+    request_id: &[u8],
 ) {
     let buf = &client.buf[..];
     out.put_slice(head.method_span.get(buf));
@@ -497,6 +506,7 @@ fn build_request_head(
             || match name.len() {
                 4 => name.eq_ignore_ascii_case(b"host"),
                 6 => name.eq_ignore_ascii_case(b"expect"),
+                12 => name.eq_ignore_ascii_case(b"x-request-id"),
                 15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
                 16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
                 17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
@@ -509,6 +519,7 @@ fn build_request_head(
         }
     }
     out.put_slice(b"x-forwarded-proto: http\r\n");
+    http::write::header(out, b"x-request-id", request_id);
     if let Some(h) = head.host {
         http::write::header(out, b"x-forwarded-host", h.get(buf));
     }
@@ -542,6 +553,7 @@ fn build_response_head(
     framing: OutFraming,
     close: bool,
     client_http10: bool,
+    request_id: &[u8],
 ) {
     let buf = &conn.buf[..];
     out.put_slice(b"HTTP/1.1 ");
@@ -559,6 +571,7 @@ fn build_response_head(
     for h in &conn.headers {
         let name = h.name.get(buf);
         let skip = http::is_hop_by_hop_or_framing(name)
+            || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
             || (response.connection_names_others
                 && http::connection_names(buf, &conn.headers, name))
             || (check_edits && edits.drops(name));
@@ -569,6 +582,7 @@ fn build_response_head(
     for (name, value) in edits.set.iter().chain(&edits.add) {
         http::write::header(out, name, value);
     }
+    http::write::header(out, b"x-request-id", request_id);
     match framing {
         OutFraming::None => {
             // HEAD and 304 keep the length the full response would have had.

@@ -69,6 +69,7 @@ pub struct Shard {
     pub active_connections: Cell<usize>,
     /// Write buffers for client exchanges.
     pub out_buffers: BufferPool,
+    pub request_ids: RefCell<super::request_id::IdGenerator>,
     /// Cancels every idle keep-alive read and pending accept at once (drain).
     idle_canceller: RefCell<Canceller>,
 }
@@ -89,6 +90,7 @@ impl Shard {
             draining: Cell::new(false),
             active_connections: Cell::new(0),
             out_buffers: BufferPool::new(8 * 1024, 4096),
+            request_ids: RefCell::new(super::request_id::IdGenerator::new(id)),
             idle_canceller: RefCell::new(Canceller::new()),
         }
     }
