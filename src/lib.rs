@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+pub mod accesslog;
 pub mod config;
 pub mod control;
 pub mod failure;

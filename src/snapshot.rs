@@ -156,6 +156,19 @@ pub struct Route {
     pub max_body_bytes: u64,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTarget {
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSpec {
+    pub target: LogTarget,
+    /// Fraction of requests logged, (0, 1].
+    pub sample: f64,
+}
+
 pub struct Snapshot {
     /// Where this snapshot came from (a path, or "<embedded default>").
     pub source: String,
@@ -168,6 +181,7 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<Route>,
     pub router: Router,
+    pub access_log: Option<AccessLogSpec>,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
     /// The running config as TOML, secrets redacted (served at /config).

@@ -275,3 +275,111 @@ fn request_ids_are_propagated_or_generated_and_returned() {
         );
     }
 }
+
+fn log_gateway(driver: &str, up: &Upstream, log_path: &str, sample: f64) -> Gateway {
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[access_log]\npath = \"{log_path}\"\nsample = {sample}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"app\"\n",
+            up.addr
+        ),
+    ))
+}
+
+fn read_lines(path: &std::path::Path, at_least: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines.len() >= at_least || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_writes_json_lines_and_reopens_on_sigusr1() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let path = temp_path("access.log");
+        let gw = log_gateway(driver, &up, path.to_str().unwrap(), 1.0);
+        request(
+            gw.addr,
+            b"GET /api/x?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n",
+        );
+        request(gw.addr, b"GET /api/%22quoted\\ HTTP/1.1\r\nHost: a\r\n\r\n");
+        get(gw.addr, "/missing");
+        let lines = read_lines(&path, 3);
+        assert_eq!(lines.len(), 3, "{driver}");
+        let first = &lines[0];
+        assert_eq!(first["request_id"], "rid-1");
+        assert_eq!(first["method"], "GET");
+        assert_eq!(first["path"], "/api/x?q=1");
+        assert_eq!(first["status"], 200);
+        assert_eq!(first["route"], "api");
+        assert_eq!(first["upstream"], up.addr.to_string());
+        assert_eq!(first["client"], "127.0.0.1");
+        assert_eq!(first["worker"], 0);
+        assert!(
+            first["bytes_in"].as_u64().unwrap() > 20 && first["bytes_out"].as_u64().unwrap() > 20
+        );
+        assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
+        assert!(first["ts"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(lines[1]["path"], "/api/%22quoted\\");
+        assert_eq!(lines[2]["status"], 404);
+        assert!(lines[2]["upstream"].is_null());
+
+        // Rotation: move the file away, SIGUSR1, new lines go to a new file.
+        let rotated = path.with_extension("log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        gw.signal(libc::SIGUSR1);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        request(gw.addr, b"GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n");
+        let fresh = read_lines(&path, 1);
+        assert_eq!(fresh.len(), 1, "{driver}: reopened file gets the new line");
+        assert_eq!(fresh[0]["path"], "/api/after");
+        assert_eq!(read_lines(&rotated, 3).len(), 3);
+    }
+}
+
+#[test]
+fn a_full_disk_never_fails_requests_and_drops_are_counted() {
+    let up = Upstream::named("app");
+    let gw = log_gateway("epoll", &up, "/dev/full", 1.0);
+    let mut c = gw.conn();
+    for _ in 0..50 {
+        c.send(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let metrics = get(gw.admin.unwrap(), "/metrics").text();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ringgate_access_log_dropped_lines_total "))
+        .expect("dropped-lines metric")
+        .parse()
+        .unwrap();
+    assert_eq!(dropped, 50.0, "{metrics}");
+}
+
+#[test]
+fn access_log_sampling_keeps_about_the_configured_fraction() {
+    let up = Upstream::named("app");
+    let path = temp_path("sampled.log");
+    let gw = log_gateway("epoll", &up, path.to_str().unwrap(), 0.25);
+    let mut c = gw.conn();
+    for _ in 0..800 {
+        c.send(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let n = read_lines(&path, 1).len();
+    assert!(
+        (120..=280).contains(&n),
+        "{n} of 800 logged at sample = 0.25"
+    );
+}

@@ -11,8 +11,8 @@ use super::file::{self, FileConfig, IoDriverSetting, WorkersSetting};
 use super::{ConfigError, ConfigErrors, SourceMap};
 use crate::router::{HostMatch, PathMatch, RouteMatcher, Router};
 use crate::snapshot::{
-    Balance, EndpointSpec, HashKey, HeaderEdits, HostRewrite, IoDriver, ListenerSpec, PathRewrite,
-    Route, RouteAction, ServerLimits, Snapshot, UpstreamSpec,
+    AccessLogSpec, Balance, EndpointSpec, HashKey, HeaderEdits, HostRewrite, IoDriver,
+    ListenerSpec, LogTarget, PathRewrite, Route, RouteAction, ServerLimits, Snapshot, UpstreamSpec,
 };
 use crate::upstream::hash::build_ring;
 
@@ -135,6 +135,28 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         },
     };
 
+    let access_log = cfg.access_log.as_ref().map(|a| {
+        let sample = *a.sample.get_ref();
+        if !(sample > 0.0 && sample <= 1.0) {
+            errors.at(
+                &a.sample,
+                "access_log.sample must be a fraction in (0, 1], e.g. 0.1 for one request in ten",
+            );
+        }
+        let path = a.path.get_ref();
+        if path.is_empty() {
+            errors.at(&a.path, "access_log.path must be \"stdout\" or a file path");
+        }
+        AccessLogSpec {
+            target: if path == "stdout" {
+                LogTarget::Stdout
+            } else {
+                LogTarget::File(path.into())
+            },
+            sample,
+        }
+    });
+
     let upstream_names: Vec<&String> = cfg.upstreams.keys().collect();
     let mut upstreams = Vec::new();
     for (name, section) in &cfg.upstreams {
@@ -179,6 +201,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         routes,
         router: Router::new(matchers),
         admin,
+        access_log,
         // No key holds a secret yet; the auth issue's keys get redacted here.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
     })

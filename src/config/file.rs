@@ -31,6 +31,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub admin: Option<AdminSection>,
     #[serde(default)]
+    pub access_log: Option<AccessLogSection>,
+    #[serde(default)]
     pub listeners: Vec<ListenerSection>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
@@ -93,6 +95,21 @@ impl Default for ServerSection {
             max_connections_per_worker: 10_000,
         }
     }
+}
+
+/// The JSON access log. Absent: no access log.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// "stdout" or a file path (appended to; reopened on SIGUSR1).
+    pub path: Spanned<String>,
+    /// Fraction of requests logged, (0, 1].
+    #[serde(default = "one")]
+    pub sample: Spanned<f64>,
+}
+
+fn one() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
 }
 
 /// The admin listener (metrics, health, config). Keep it on loopback or a

@@ -23,6 +23,7 @@ pub struct Admin {
     pub snapshot: Arc<Snapshot>,
     pub workers: Vec<Sender<Command>>,
     pub drivers: Vec<&'static str>,
+    pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Binds the admin address and serves it on a new thread.
@@ -117,7 +118,14 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 .into_iter()
                 .flatten()
                 .collect();
-            let text = render_prometheus(&admin.snapshot, &reports);
+            let mut text = render_prometheus(&admin.snapshot, &reports);
+            if let Some(dropped) = &admin.access_log_dropped {
+                let name = crate::metrics::names::ACCESS_LOG_DROPPED;
+                text.push_str(&format!(
+                    "# HELP {name} Access log lines lost (writer errors or a writer that fell behind).\n# TYPE {name} counter\n{name} {}\n",
+                    dropped.load(std::sync::atomic::Ordering::Relaxed)
+                ));
+            }
             respond(
                 &mut stream,
                 200,

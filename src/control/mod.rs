@@ -39,6 +39,7 @@ pub struct Running {
     snapshot: Arc<Snapshot>,
     bound: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
+    access_log: Option<crate::accesslog::AccessLog>,
     driver_summary: String,
     command_txs: Vec<Sender<Command>>,
     event_rx: Receiver<Event>,
@@ -59,6 +60,10 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     } else {
         Vec::new()
     };
+    let access_log = match &snapshot.access_log {
+        Some(spec) => Some(crate::accesslog::AccessLog::start(spec)?),
+        None => None,
+    };
     let (event_tx, event_rx) = unbounded();
     let mut command_txs = Vec::new();
     let mut handles = Vec::new();
@@ -76,6 +81,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             snapshot: snapshot.clone(),
             commands: rx,
             events: event_tx.clone(),
+            access_log: access_log.clone(),
         };
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
@@ -122,6 +128,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 snapshot: snapshot.clone(),
                 workers: command_txs.clone(),
                 drivers: drivers.clone(),
+                access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
             },
         )?),
     };
@@ -129,6 +136,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         snapshot,
         bound,
         admin_addr,
+        access_log,
         driver_summary,
         command_txs,
         event_rx,
@@ -162,7 +170,12 @@ impl Running {
                         "SIGHUP received: hot reload is not implemented yet; keeping the running config"
                     );
                 }
-                Some(signals::Signal::Reopen) => {}
+                Some(signals::Signal::Reopen) => {
+                    if let Some(log) = &self.access_log {
+                        tracing::info!("SIGUSR1: reopening the access log");
+                        let _ = log.to_writer.send(crate::accesslog::LogMsg::Reopen);
+                    }
+                }
                 None => {}
             }
             while let Ok(event) = self.event_rx.try_recv() {

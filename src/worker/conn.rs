@@ -93,6 +93,10 @@ pub struct Exchange {
     pub received: u64,
     /// Bytes sent to the client.
     pub sent: u64,
+    /// The endpoint that answered, for proxied requests.
+    pub upstream: Option<SocketAddr>,
+    /// Request sent upstream → response head, microseconds.
+    pub upstream_us: Option<u64>,
 }
 
 impl Exchange {
@@ -103,7 +107,53 @@ impl Exchange {
             status: 0,
             received: 0,
             sent: 0,
+            upstream: None,
+            upstream_us: None,
         }
+    }
+}
+
+/// Method and target copied for the access log before the head's bytes are
+/// consumed (targets past 512 bytes are cut, with a trailing `...`).
+struct LoggedTarget {
+    bytes: [u8; 531],
+    method_len: usize,
+    len: usize,
+}
+
+impl LoggedTarget {
+    fn capture(buf: &[u8], head: &RequestHead) -> LoggedTarget {
+        let mut t = LoggedTarget {
+            bytes: [0; 531],
+            method_len: 0,
+            len: 0,
+        };
+        let method = head.method_span.get(buf);
+        let method = &method[..method.len().min(16)];
+        t.bytes[..method.len()].copy_from_slice(method);
+        t.method_len = method.len();
+        let mut at = method.len();
+        for part in [head.path.get(buf), head.query.get(buf)] {
+            let room = 512 + t.method_len - at;
+            let take = part.len().min(room);
+            t.bytes[at..at + take].copy_from_slice(&part[..take]);
+            at += take;
+            if take < part.len() {
+                t.bytes[at..at + 3].copy_from_slice(b"...");
+                at += 3;
+                break;
+            }
+        }
+        t.len = at;
+        t
+    }
+
+    fn method(&self) -> &[u8] {
+        &self.bytes[..self.method_len]
+    }
+
+    fn target(&self) -> &[u8] {
+        &self.bytes[self.method_len..self.len]
     }
 }
 
@@ -160,6 +210,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         let method = crate::metrics::method_index(head.method_span.get(&client.buf));
         let mut exchange = Exchange::new(request_id_for(&shard, &client.buf, &client.headers));
         exchange.received = head.len as u64;
+        let logged = shard
+            .log
+            .as_ref()
+            .map(|_| LoggedTarget::capture(&client.buf, &head));
         let last_allowed = snapshot.limits.max_requests_per_connection != 0
             && served >= snapshot.limits.max_requests_per_connection;
         client.out = shard.out_buffers.take();
@@ -180,6 +234,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
             started.elapsed().as_micros() as u64,
         );
         shard.metrics.bytes(exchange.received, exchange.sent);
+        if let (Some(log), Some(logged)) = (&shard.log, &logged) {
+            log.record(&crate::accesslog::Entry {
+                request_id: exchange.request_id.as_bytes(),
+                client: client.peer,
+                method: logged.method(),
+                path: logged.target(),
+                status: exchange.status,
+                route: exchange
+                    .route
+                    .map_or("", |r| snapshot.routes[r].name.as_str()),
+                upstream: exchange.upstream,
+                bytes_in: exchange.received,
+                bytes_out: exchange.sent,
+                duration_us: started.elapsed().as_micros() as u64,
+                upstream_us: exchange.upstream_us,
+                worker: shard.id,
+            });
+        }
         if !keep || shard.draining.get() {
             linger_close(client).await;
             return;

@@ -66,6 +66,7 @@ pub struct WorkerSetup {
     pub snapshot: Arc<Snapshot>,
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
+    pub access_log: Option<crate::accesslog::AccessLog>,
 }
 
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -148,7 +149,11 @@ fn run_epoll(setup: WorkerSetup, cpu: Option<usize>) -> Result<(), String> {
 }
 
 async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize>) {
-    let shard = Rc::new(Shard::new(setup.id, setup.snapshot.clone()));
+    let mut shard = Shard::new(setup.id, setup.snapshot.clone());
+    shard.log = setup
+        .access_log
+        .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
+    let shard = Rc::new(shard);
     let mut listeners = Vec::new();
     for std_listener in setup.listeners {
         match TcpListener::from_std(std_listener) {
@@ -207,6 +212,9 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                     }
                 }
             }
+        }
+        if let Some(log) = &shard.log {
+            log.flush();
         }
         let now = Instant::now();
         if let Some(deadline) = drain_deadline {

@@ -221,9 +221,10 @@ pub async fn forward(
     );
     exchange.status = response.status;
     exchange.sent += client.out.len() as u64;
-    shard
-        .metrics
-        .upstream_latency(sent_at.elapsed().as_micros() as u64);
+    let upstream_us = sent_at.elapsed().as_micros() as u64;
+    shard.metrics.upstream_latency(upstream_us);
+    exchange.upstream_us = Some(upstream_us);
+    exchange.upstream = Some(spec.endpoints[endpoint].addr);
     conn.buf.advance(response.len);
 
     let mut relay = Relay {

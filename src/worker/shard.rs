@@ -70,6 +70,8 @@ pub struct Shard {
     /// Write buffers for client exchanges.
     pub out_buffers: BufferPool,
     pub request_ids: RefCell<super::request_id::IdGenerator>,
+    /// This worker's side of the access log, if one is configured.
+    pub log: Option<crate::accesslog::WorkerLog>,
     /// Cancels every idle keep-alive read and pending accept at once (drain).
     idle_canceller: RefCell<Canceller>,
 }
@@ -91,6 +93,7 @@ impl Shard {
             active_connections: Cell::new(0),
             out_buffers: BufferPool::new(8 * 1024, 4096),
             request_ids: RefCell::new(super::request_id::IdGenerator::new(id)),
+            log: None,
             idle_canceller: RefCell::new(Canceller::new()),
         }
     }

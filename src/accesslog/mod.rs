@@ -1,0 +1,348 @@
+//! The JSON access log: [hot] lines formatted into a per-worker buffer,
+//! [warm] shipped in the worker's tick to [cold] one writer thread.
+//!
+//! A request never waits on the log: a worker only appends to its own
+//! buffer. Every tick (20 ms) it hands a full buffer to the writer over a
+//! bounded channel and takes an emptied one back, so steady state allocates
+//! nothing. If the writer falls behind (slow or full disk), or a worker's
+//! buffer is over its cap, lines are dropped and counted, never waited for.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::snapshot::{AccessLogSpec, LogTarget};
+
+/// A worker's buffer is shipped every tick; past this size lines are
+/// dropped until the next tick (a burst the writer could not take anyway).
+const MAX_WORKER_BUFFER: usize = 4 << 20;
+/// Buffers in flight to the writer.
+const QUEUE: usize = 64;
+
+pub enum LogMsg {
+    Lines(Vec<u8>),
+    /// Reopen the file (log rotation, SIGUSR1).
+    Reopen,
+}
+
+/// Handles to the writer thread, shared by the control thread and workers.
+#[derive(Clone)]
+pub struct AccessLog {
+    pub sample: f64,
+    pub to_writer: Sender<LogMsg>,
+    free: Receiver<Vec<u8>>,
+    /// Lines lost: writer errors plus lines workers dropped.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Starts the writer thread for `spec`.
+    pub fn start(spec: &AccessLogSpec) -> Result<AccessLog, String> {
+        let (to_writer, from_workers) = bounded::<LogMsg>(QUEUE);
+        let (free_tx, free) = bounded::<Vec<u8>>(QUEUE * 2);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut sink = Sink::open(&spec.target)?;
+        let writer_dropped = dropped.clone();
+        std::thread::Builder::new()
+            .name("ringgate-log".into())
+            .spawn(move || {
+                for msg in from_workers {
+                    match msg {
+                        LogMsg::Lines(mut buf) => {
+                            if let Err(e) = sink.write(&buf) {
+                                let lines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                                if writer_dropped.fetch_add(lines, Ordering::Relaxed) == 0 {
+                                    tracing::error!(error = %e, "access log write failed; dropping lines (counted)");
+                                }
+                            }
+                            buf.clear();
+                            let _ = free_tx.try_send(buf);
+                        }
+                        LogMsg::Reopen => {
+                            if let Err(e) = sink.reopen() {
+                                tracing::error!(error = %e, "cannot reopen the access log; keeping the old file");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(AccessLog {
+            sample: spec.sample,
+            to_writer,
+            free,
+            dropped,
+        })
+    }
+}
+
+enum Sink {
+    Stdout,
+    File {
+        path: std::path::PathBuf,
+        file: std::fs::File,
+    },
+}
+
+impl Sink {
+    fn open(target: &LogTarget) -> Result<Sink, String> {
+        match target {
+            LogTarget::Stdout => Ok(Sink::Stdout),
+            LogTarget::File(path) => {
+                let file = open_append(path)
+                    .map_err(|e| format!("cannot open access log {}: {e}", path.display()))?;
+                Ok(Sink::File {
+                    path: path.clone(),
+                    file,
+                })
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(bytes),
+            Sink::File { file, .. } => file.write_all(bytes),
+        }
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        if let Sink::File { path, file } = self {
+            *file = open_append(path)?;
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// What one finished request contributes to its log line.
+pub struct Entry<'a> {
+    pub request_id: &'a [u8],
+    pub client: SocketAddr,
+    pub method: &'a [u8],
+    pub path: &'a [u8],
+    pub status: u16,
+    pub route: &'a str,
+    pub upstream: Option<SocketAddr>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration_us: u64,
+    pub upstream_us: Option<u64>,
+    pub worker: usize,
+}
+
+/// A worker's side of the access log.
+pub struct WorkerLog {
+    log: AccessLog,
+    buf: RefCell<Vec<u8>>,
+    /// Sampling: log when the next random value is below this.
+    threshold: u64,
+    rng: Cell<u64>,
+    dropped: Cell<u64>,
+}
+
+impl WorkerLog {
+    pub fn new(log: AccessLog, worker: usize) -> WorkerLog {
+        let threshold = if log.sample >= 1.0 {
+            u64::MAX
+        } else {
+            (log.sample * u64::MAX as f64) as u64
+        };
+        WorkerLog {
+            log,
+            buf: RefCell::new(Vec::with_capacity(64 * 1024)),
+            threshold,
+            rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1)),
+            dropped: Cell::new(0),
+        }
+    }
+
+    fn sampled(&self) -> bool {
+        if self.threshold == u64::MAX {
+            return true;
+        }
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x < self.threshold
+    }
+
+    /// Appends one line (if sampled). No allocation while the buffer has room.
+    pub fn record(&self, e: &Entry<'_>) {
+        if !self.sampled() {
+            return;
+        }
+        let mut buf = self.buf.borrow_mut();
+        if buf.len() > MAX_WORKER_BUFFER {
+            self.dropped.set(self.dropped.get() + 1);
+            return;
+        }
+        format_line(&mut buf, e);
+    }
+
+    /// Called from the worker's tick: ship what accumulated.
+    pub fn flush(&self) {
+        let dropped = self.dropped.replace(0);
+        if dropped > 0 {
+            self.log.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return;
+        }
+        let replacement = self
+            .log
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(buf.capacity()));
+        let full = std::mem::replace(&mut *buf, replacement);
+        if let Err(
+            TrySendError::Full(LogMsg::Lines(mut full))
+            | TrySendError::Disconnected(LogMsg::Lines(mut full)),
+        ) = self.log.to_writer.try_send(LogMsg::Lines(full))
+        {
+            let lines = full.iter().filter(|&&b| b == b'\n').count() as u64;
+            self.log.dropped.fetch_add(lines, Ordering::Relaxed);
+            full.clear();
+            *buf = full;
+        }
+    }
+}
+
+/// Appends one JSON object and a newline.
+pub fn format_line(out: &mut Vec<u8>, e: &Entry<'_>) {
+    out.extend_from_slice(b"{\"ts\":\"");
+    rfc3339_now(out);
+    out.extend_from_slice(b"\",\"request_id\":\"");
+    json_escape(out, e.request_id);
+    let _ = write!(out, "\",\"client\":\"{}\",\"method\":\"", e.client.ip());
+    json_escape(out, e.method);
+    out.extend_from_slice(b"\",\"path\":\"");
+    json_escape(out, e.path);
+    let _ = write!(out, "\",\"status\":{},\"route\":\"", e.status);
+    json_escape(out, e.route.as_bytes());
+    out.extend_from_slice(b"\",\"upstream\":");
+    match e.upstream {
+        Some(addr) => {
+            let _ = write!(out, "\"{addr}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = write!(
+        out,
+        ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3},\"upstream_ms\":",
+        e.bytes_in,
+        e.bytes_out,
+        e.duration_us as f64 / 1000.0
+    );
+    match e.upstream_us {
+        Some(us) => {
+            let _ = write!(out, "{:.3}", us as f64 / 1000.0);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    let _ = writeln!(out, ",\"worker\":{}}}", e.worker);
+}
+
+/// JSON string escaping; bytes ≥ 0x80 are written as \u00XX so the line is
+/// valid UTF-8 whatever the client sent.
+fn json_escape(out: &mut Vec<u8>, s: &[u8]) {
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+    }
+}
+
+/// `2026-11-24T02:00:00.123Z` for now.
+fn rfc3339_now(out: &mut Vec<u8>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_valid_json_even_for_hostile_paths() {
+        let mut out = Vec::new();
+        format_line(
+            &mut out,
+            &Entry {
+                request_id: b"abc",
+                client: "127.0.0.1:5000".parse().unwrap(),
+                method: b"GET",
+                path: b"/a\"b\\c\x01\xff",
+                status: 200,
+                route: "r\"1",
+                upstream: None,
+                bytes_in: 10,
+                bytes_out: 20,
+                duration_us: 1500,
+                upstream_us: Some(700),
+                worker: 3,
+            },
+        );
+        let text = String::from_utf8(out).expect("valid UTF-8");
+        assert!(text.ends_with("}\n"));
+        assert!(text.contains(r#""path":"/a\"b\\c\u0001\u00ff""#), "{text}");
+        assert!(text.contains(r#""route":"r\"1""#));
+        assert!(
+            text.contains(r#""duration_ms":1.500,"upstream_ms":0.700,"worker":3"#),
+            "{text}"
+        );
+        assert_eq!(text.matches('"').count() % 2, 0);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut out = Vec::new();
+        rfc3339_now(&mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert_eq!(s.len(), 24, "{s}");
+        assert!(
+            s.starts_with("20") && s.ends_with('Z') && &s[10..11] == "T",
+            "{s}"
+        );
+    }
+}
