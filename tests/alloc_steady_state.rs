@@ -105,10 +105,11 @@ fn run_requests(stream: &mut TcpStream, request: &[u8], n: usize) {
     }
 }
 
-fn allocations_per_request(driver: &str, upstream: SocketAddr, path: &str) -> f64 {
+fn allocations_per_request(driver: &str, upstream: SocketAddr, path: &str, extra: &str) -> f64 {
     let config = format!(
         r#"workers = 1
 io_driver = "{driver}"
+{extra}
 [[listeners]]
 bind = "127.0.0.1:0"
 [upstreams.app]
@@ -161,12 +162,19 @@ fn drivers() -> Vec<&'static str> {
 fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
     let upstream = start_upstream();
     for driver in drivers() {
-        let proxied = allocations_per_request(driver, upstream, "/api/items");
-        let direct = allocations_per_request(driver, upstream, "/direct");
+        let proxied = allocations_per_request(driver, upstream, "/api/items", "");
+        let direct = allocations_per_request(driver, upstream, "/direct", "");
+        let logged = allocations_per_request(
+            driver,
+            upstream,
+            "/api/items",
+            "[access_log]\npath = \"/dev/null\"",
+        );
         eprintln!(
-            "{driver}: heap allocations per request: proxied {proxied:.4}, direct response {direct:.4}"
+            "{driver}: heap allocations per request: proxied {proxied:.4}, direct response {direct:.4}, proxied with access log {logged:.4}"
         );
         assert_eq!(proxied, 0.0, "{driver}: proxied requests allocate");
         assert_eq!(direct, 0.0, "{driver}: direct responses allocate");
+        assert_eq!(logged, 0.0, "{driver}: access logging allocates");
     }
 }
