@@ -65,6 +65,8 @@ export PATH="$TOOLS_BIN:$PATH"
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v python3 >/dev/null || need_apt+=(python3)
+command -v pgrep >/dev/null || need_apt+=(procps)
+command -v taskset >/dev/null || need_apt+=(util-linux)
 [[ ",$PEERS," == *",nginx,"* ]] && ! command -v nginx >/dev/null && need_apt+=(nginx-light)
 [[ ",$PEERS," == *",haproxy,"* ]] && ! command -v haproxy >/dev/null && need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
