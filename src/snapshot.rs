@@ -187,3 +187,13 @@ pub struct Snapshot {
     /// The running config as TOML, secrets redacted (served at /config).
     pub redacted_config: String,
 }
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("source", &self.source)
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams.len())
+            .finish()
+    }
+}

@@ -20,7 +20,8 @@ use crate::worker::Command;
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Admin {
-    pub snapshot: Arc<Snapshot>,
+    #[allow(clippy::disallowed_types)]
+    pub reloader: Arc<std::sync::Mutex<super::reload::Reloader>>,
     pub workers: Vec<Sender<Command>>,
     pub drivers: Vec<&'static str>,
     pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
@@ -73,6 +74,12 @@ pub fn collect_reports(workers: &[Sender<Command>]) -> Vec<Option<WorkerReport>>
     reports
 }
 
+impl Admin {
+    fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.reloader.lock().ok().map(|r| r.current())
+    }
+}
+
 fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = Vec::with_capacity(1024);
@@ -118,7 +125,10 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 .into_iter()
                 .flatten()
                 .collect();
-            let mut text = render_prometheus(&admin.snapshot, &reports);
+            let Some(snapshot) = admin.snapshot() else {
+                return respond(&mut stream, 500, "text/plain", "reload state poisoned\n");
+            };
+            let mut text = render_prometheus(&snapshot, &reports);
             if let Some(dropped) = &admin.access_log_dropped {
                 let name = crate::metrics::names::ACCESS_LOG_DROPPED;
                 text.push_str(&format!(
@@ -152,17 +162,33 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             json.push_str("]}\n");
             respond(&mut stream, 200, "application/json", &json)
         }
-        (b"GET", b"/config") => respond(
-            &mut stream,
-            200,
-            "application/toml",
-            &admin.snapshot.redacted_config,
-        ),
+        (b"GET", b"/config") => match admin.snapshot() {
+            Some(s) => respond(&mut stream, 200, "application/toml", &s.redacted_config),
+            None => respond(&mut stream, 500, "text/plain", "reload state poisoned\n"),
+        },
+        (b"POST", b"/reload") => {
+            let result = match admin.reloader.lock() {
+                Ok(mut r) => r.reload(),
+                Err(_) => Err(vec!["reload state poisoned".into()]),
+            };
+            match result {
+                Ok(summary) => respond(&mut stream, 200, "text/plain", &format!("{summary}\n")),
+                Err(errors) => respond(
+                    &mut stream,
+                    422,
+                    "text/plain",
+                    &format!(
+                        "reload rejected; the running config stays:\n{}\n",
+                        errors.join("\n")
+                    ),
+                ),
+            }
+        }
         _ => respond(
             &mut stream,
             404,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /config, /workers\n",
+            "not found: try GET /metrics, /healthz, /readyz, /config, /workers or POST /reload\n",
         ),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod listeners;
+pub mod reload;
 pub mod signals;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
 /// A started gateway: workers running, listeners accepting.
 pub struct Running {
     snapshot: Arc<Snapshot>,
+    #[allow(clippy::disallowed_types)]
+    reloader: Arc<std::sync::Mutex<reload::Reloader>>,
     bound: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     access_log: Option<crate::accesslog::AccessLog>,
@@ -120,12 +123,19 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     } else {
         format!("mixed: {uring} io_uring, {} epoll", workers - uring)
     };
+    // Shared by the control thread (SIGHUP) and the admin thread (POST
+    // /reload); both are cold paths, so a mutex is the simple, right tool.
+    #[allow(clippy::disallowed_types)]
+    let reloader = Arc::new(std::sync::Mutex::new(reload::Reloader::new(
+        snapshot.clone(),
+        command_txs.clone(),
+    )));
     let admin_addr = match snapshot.admin {
         None => None,
         Some(addr) => Some(admin::spawn(
             addr,
             admin::Admin {
-                snapshot: snapshot.clone(),
+                reloader: reloader.clone(),
                 workers: command_txs.clone(),
                 drivers: drivers.clone(),
                 access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
@@ -134,6 +144,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     };
     Ok(Running {
         snapshot,
+        reloader,
         bound,
         admin_addr,
         access_log,
@@ -148,6 +159,14 @@ impl Running {
     /// The bound listener addresses, port 0 resolved.
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.bound
+    }
+
+    /// Reloads the config file (what SIGHUP does). See `reload::Reloader`.
+    pub fn reload(&self) -> Result<String, Vec<String>> {
+        match self.reloader.lock() {
+            Ok(mut r) => r.reload(),
+            Err(_) => Err(vec!["reload state poisoned by an earlier panic".into()]),
+        }
     }
 
     /// The admin listener's bound address, if one is configured.
@@ -166,9 +185,8 @@ impl Running {
             match signals::wait(Duration::from_millis(200)) {
                 Some(signals::Signal::Terminate) => break,
                 Some(signals::Signal::Reload) => {
-                    tracing::warn!(
-                        "SIGHUP received: hot reload is not implemented yet; keeping the running config"
-                    );
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = self.reload();
                 }
                 Some(signals::Signal::Reopen) => {
                     if let Some(log) = &self.access_log {

@@ -20,7 +20,7 @@ use crate::snapshot::{Route, RouteAction, Snapshot};
 use super::io::{HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::proxy::{self, ProxyOutcome};
 use super::request_id::RequestId;
-use super::shard::{ConnectionGuard, Shard};
+use super::shard::{ConnectionGuard, Generation, Shard};
 
 /// Initial capacity of a connection's read buffer. It lives as long as the
 /// connection, idle or not, so it starts small and grows only if a request
@@ -189,14 +189,25 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     };
     let mut served: u64 = 0;
     loop {
-        let snapshot = shard.snapshot();
-        let head = match read_head(&shard, &snapshot, &mut client, served == 0).await {
+        // The generation current while we wait; the request itself uses the
+        // one current when its head has arrived (requests that start after a
+        // reload use the new config).
+        let waiting = shard.generation();
+        let head = match read_head(&shard, &waiting.snapshot, &mut client, served == 0).await {
             HeadOutcome::Head(head) => head,
             HeadOutcome::Closed => return,
             HeadOutcome::Failed(failure) => {
                 client.out = shard.out_buffers.take();
                 let mut exchange = Exchange::new(shard.request_ids.borrow_mut().generate());
-                answer_failure(&shard, &snapshot, &mut client, failure, true, &mut exchange).await;
+                answer_failure(
+                    &shard,
+                    &waiting.snapshot,
+                    &mut client,
+                    failure,
+                    true,
+                    &mut exchange,
+                )
+                .await;
                 shard.out_buffers.give(std::mem::take(&mut client.out));
                 shard.metrics.exchange(None, 7, exchange.status, 0);
                 shard.metrics.bytes(client.buf.len() as u64, exchange.sent);
@@ -204,6 +215,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
         };
+        drop(waiting);
+        let generation = shard.generation();
+        let snapshot: &Snapshot = &generation.snapshot;
         served += 1;
         shard.metrics.request();
         let started = Instant::now();
@@ -219,7 +233,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         client.out = shard.out_buffers.take();
         let keep = handle_request(
             &shard,
-            &snapshot,
+            &generation,
             &mut client,
             &head,
             last_allowed,
@@ -325,12 +339,13 @@ async fn read_head(
 /// Answers one request; returns whether the connection stays open.
 async fn handle_request(
     shard: &Rc<Shard>,
-    snapshot: &Snapshot,
+    generation: &Generation,
     client: &mut Client,
     head: &RequestHead,
     last_allowed: bool,
     exchange: &mut Exchange,
 ) -> bool {
+    let snapshot: &Snapshot = &generation.snapshot;
     let route_index = {
         let buf = &client.buf[..];
         let facts = HeadFacts {
@@ -405,7 +420,7 @@ async fn handle_request(
         RouteAction::Proxy { upstream } => {
             match proxy::forward(
                 shard,
-                snapshot,
+                generation,
                 route,
                 *upstream,
                 client,

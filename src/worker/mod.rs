@@ -37,6 +37,8 @@ pub enum Command {
     Drain,
     /// Send a copy of this worker's metrics (answered within one tick).
     Report(Sender<crate::metrics::WorkerReport>),
+    /// Switch to a new snapshot, then acknowledge with the worker id.
+    Reload(Arc<Snapshot>, Sender<usize>),
 }
 
 /// Messages from a worker to the control thread.
@@ -184,6 +186,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             match command {
                 Command::Report(reply) => {
                     let pools = shard
+                        .generation()
                         .upstreams
                         .borrow()
                         .iter()
@@ -204,10 +207,14 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                         pools,
                     ));
                 }
+                Command::Reload(snapshot, ack) => {
+                    shard.reload(snapshot);
+                    let _ = ack.send(shard.id);
+                }
                 Command::Drain => {
                     if drain_deadline.is_none() {
                         drain_deadline =
-                            Some(Instant::now() + shard.snapshot().limits.drain_timeout);
+                            Some(Instant::now() + shard.generation().snapshot.limits.drain_timeout);
                         shard.begin_drain();
                     }
                 }
@@ -230,7 +237,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             }
         } else if now.duration_since(last_sweep) >= POOL_SWEEP {
             last_sweep = now;
-            for u in shard.upstreams.borrow_mut().iter_mut() {
+            for u in shard.generation().upstreams.borrow_mut().iter_mut() {
                 u.evict_expired(now);
             }
         }
@@ -251,7 +258,11 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 shard.metrics.accepted();
-                let max = shard.snapshot().limits.max_connections_per_worker;
+                let max = shard
+                    .generation()
+                    .snapshot
+                    .limits
+                    .max_connections_per_worker;
                 if shard.active_connections.get() >= max {
                     // Refuse early: existing connections are unharmed.
                     shard.metrics.refused();

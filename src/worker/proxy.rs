@@ -31,7 +31,7 @@ use super::io::{
     BODY_READ, IoFailure, IoVecPair, read_more_timed, write_all_clear, write_all_keep, write_front,
     write_two,
 };
-use super::shard::Shard;
+use super::shard::{Generation, Shard};
 
 /// Request bodies up to this size that already sit in the read buffer are
 /// sent with the head in one write, and can be replayed on a safe retry.
@@ -67,14 +67,14 @@ pub enum ProxyOutcome {
 
 /// Decrements the endpoint's in-flight count however `forward` ends.
 struct Outstanding<'a> {
-    shard: &'a Shard,
+    generation: &'a Generation,
     upstream: usize,
     endpoint: usize,
 }
 
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
-        let mut ups = self.shard.upstreams.borrow_mut();
+        let mut ups = self.generation.upstreams.borrow_mut();
         let slot = &mut ups[self.upstream].outstanding[self.endpoint];
         *slot = slot.saturating_sub(1);
     }
@@ -83,7 +83,7 @@ impl Drop for Outstanding<'_> {
 #[allow(clippy::too_many_arguments)] // the one place the request path meets the upstream path
 pub async fn forward(
     shard: &Rc<Shard>,
-    snapshot: &Snapshot,
+    generation: &Generation,
     route: &Route,
     upstream: usize,
     client: &mut Client,
@@ -91,18 +91,19 @@ pub async fn forward(
     close_after: bool,
     exchange: &mut Exchange,
 ) -> ProxyOutcome {
+    let snapshot: &Snapshot = &generation.snapshot;
     let spec = &snapshot.upstreams[upstream];
     let write_timeout = snapshot.limits.idle_timeout;
     let key_hash = consistent_hash_key(spec, client);
     let endpoint = {
-        let mut ups = shard.upstreams.borrow_mut();
+        let mut ups = generation.upstreams.borrow_mut();
         let state = &mut ups[upstream];
         let e = state.balancer.pick(spec, &state.outstanding, key_hash);
         state.outstanding[e] += 1;
         e
     };
     let _outstanding = Outstanding {
-        shard,
+        generation,
         upstream,
         endpoint,
     };
@@ -135,16 +136,16 @@ pub async fn forward(
 
     let mut attempt = 0;
     let (mut conn, response) = loop {
-        let (mut conn, reused) = match acquire(shard, spec, upstream, endpoint, attempt == 0).await
-        {
-            Ok(c) => c,
-            Err(failure) => {
-                return ProxyOutcome::Failed {
-                    failure,
-                    client_body_consumed: body_in_hand,
-                };
-            }
-        };
+        let (mut conn, reused) =
+            match acquire(shard, generation, spec, upstream, endpoint, attempt == 0).await {
+                Ok(c) => c,
+                Err(failure) => {
+                    return ProxyOutcome::Failed {
+                        failure,
+                        client_body_consumed: body_in_hand,
+                    };
+                }
+            };
         let may_retry = reused && attempt == 0 && body_in_hand;
         sent_at = Instant::now();
         match write_all_keep(&mut conn.stream, &mut client.out, write_timeout).await {
@@ -249,7 +250,7 @@ pub async fn forward(
     }
     let reusable = response.keep_alive && conn.buf.is_empty() && !shard.draining.get();
     if reusable {
-        shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkin(conn, Instant::now());
+        generation.upstreams.borrow_mut()[upstream].pools[endpoint].checkin(conn, Instant::now());
     }
     ProxyOutcome::Done {
         keep_client: !close,
@@ -272,6 +273,7 @@ fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
 
 async fn acquire(
     shard: &Shard,
+    generation: &Generation,
     spec: &UpstreamSpec,
     upstream: usize,
     endpoint: usize,
@@ -279,7 +281,7 @@ async fn acquire(
 ) -> Result<(UpstreamConn, bool), Failure> {
     if allow_pooled {
         let pooled =
-            shard.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
+            generation.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
         if let Some(conn) = pooled {
             shard.metrics.reuse();
             return Ok((conn, true));

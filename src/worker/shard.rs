@@ -57,13 +57,72 @@ impl BufferPool {
     }
 }
 
+/// One config generation as this worker runs it: the snapshot and the
+/// upstream pools and balancers built for it. A request takes the current
+/// generation once, when its head has arrived, and uses it to the end, so a
+/// reload never pairs an old route's upstream index with new pool state.
+/// Requests in flight keep their generation alive; it is dropped (closing
+/// its remaining idle connections) when the last of them finishes.
+pub struct Generation {
+    pub snapshot: Arc<Snapshot>,
+    pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
+}
+
+impl Generation {
+    /// A generation for `snapshot`, taking over the pools and balancer of
+    /// every upstream that `previous` ran unchanged (same name, endpoints,
+    /// balancing and pool settings); changed and removed ones start fresh
+    /// and their old pools drain with the old generation.
+    pub fn next(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&Generation>,
+        worker: usize,
+    ) -> Generation {
+        let upstreams = snapshot
+            .upstreams
+            .iter()
+            .map(|spec| {
+                let reusable = previous.and_then(|prev| {
+                    let index = prev
+                        .snapshot
+                        .upstreams
+                        .iter()
+                        .position(|old| same_upstream(old, spec))?;
+                    let mut states = prev.upstreams.borrow_mut();
+                    // Leave a fresh state behind for the old generation's
+                    // requests still in flight.
+                    Some(std::mem::replace(
+                        &mut states[index],
+                        UpstreamState::new(spec, worker),
+                    ))
+                });
+                reusable.unwrap_or_else(|| UpstreamState::new(spec, worker))
+            })
+            .collect();
+        Generation {
+            snapshot,
+            upstreams: RefCell::new(upstreams),
+        }
+    }
+}
+
+fn same_upstream(a: &crate::snapshot::UpstreamSpec, b: &crate::snapshot::UpstreamSpec) -> bool {
+    a.name == b.name
+        && a.balance == b.balance
+        && a.hash_key == b.hash_key
+        && a.pool_max_idle == b.pool_max_idle
+        && a.pool_idle_timeout == b.pool_idle_timeout
+        && a.endpoints.len() == b.endpoints.len()
+        && a.endpoints
+            .iter()
+            .zip(&b.endpoints)
+            .all(|(x, y)| x.addr == y.addr && x.weight == y.weight)
+}
+
 pub struct Shard {
     pub id: usize,
-    /// `Rc<Arc<_>>`: requests clone the Rc (a plain increment), never the
-    /// Arc (an atomic read-modify-write shared with other cores).
-    #[allow(clippy::redundant_allocation)]
-    snapshot: RefCell<Rc<Arc<Snapshot>>>,
-    pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
+    /// Requests clone the Rc (a plain increment), never an Arc.
+    current: RefCell<Rc<Generation>>,
     pub metrics: WorkerMetrics,
     pub draining: Cell<bool>,
     pub active_connections: Cell<usize>,
@@ -78,16 +137,10 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
-        let upstreams = snapshot
-            .upstreams
-            .iter()
-            .map(|spec| UpstreamState::new(spec, id))
-            .collect();
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
         Shard {
             id,
-            snapshot: RefCell::new(Rc::new(snapshot)),
-            upstreams: RefCell::new(upstreams),
+            current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
             metrics,
             draining: Cell::new(false),
             active_connections: Cell::new(0),
@@ -98,10 +151,19 @@ impl Shard {
         }
     }
 
+    /// The current generation (snapshot + upstream state).
     #[inline]
-    #[allow(clippy::redundant_allocation)]
-    pub fn snapshot(&self) -> Rc<Arc<Snapshot>> {
-        self.snapshot.borrow().clone()
+    pub fn generation(&self) -> Rc<Generation> {
+        self.current.borrow().clone()
+    }
+
+    /// Switches to a new snapshot; requests that start from now on use it.
+    pub fn reload(&self, snapshot: Arc<Snapshot>) {
+        let previous = self.generation();
+        let next = Generation::next(snapshot, Some(&previous), self.id);
+        self.metrics
+            .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
+        *self.current.borrow_mut() = Rc::new(next);
     }
 
     pub fn idle_cancel_handle(&self) -> CancelHandle {
@@ -115,7 +177,7 @@ impl Shard {
         }
         let old = std::mem::take(&mut *self.idle_canceller.borrow_mut());
         *self.idle_canceller.borrow_mut() = old.cancel();
-        for u in self.upstreams.borrow_mut().iter_mut() {
+        for u in self.generation().upstreams.borrow_mut().iter_mut() {
             for p in &mut u.pools {
                 p.clear();
             }

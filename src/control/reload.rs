@@ -1,0 +1,111 @@
+//! [cold] Hot reload (SIGHUP or `POST /reload` on the admin listener):
+//! parse and validate the file again; on any error keep the running config
+//! and report every error; on success hand each worker the new snapshot and
+//! wait for all of them to switch. Requests that start after the switch use
+//! the new config; requests in flight finish on the old one.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::config;
+use crate::snapshot::Snapshot;
+use crate::worker::Command;
+
+pub struct Reloader {
+    path: Option<PathBuf>,
+    current: Arc<Snapshot>,
+    workers: Vec<Sender<Command>>,
+    generation: u64,
+}
+
+impl Reloader {
+    pub fn new(current: Arc<Snapshot>, workers: Vec<Sender<Command>>) -> Reloader {
+        let path =
+            (current.source != config::EMBEDDED_NAME).then(|| PathBuf::from(&current.source));
+        Reloader {
+            path,
+            current,
+            workers,
+            generation: 1,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.clone()
+    }
+
+    /// Reloads the config file. `Ok` carries a one-line summary; `Err`
+    /// carries every problem, and the running config is unchanged.
+    pub fn reload(&mut self) -> Result<String, Vec<String>> {
+        let Some(path) = &self.path else {
+            return Err(vec![
+                "running on the embedded default config: there is no file to reload".into(),
+            ]);
+        };
+        let mut next = match config::load_file(path) {
+            Ok(s) => s,
+            Err(errors) => {
+                let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                for e in &list {
+                    tracing::error!(error = %e, "reload rejected; the running config stays");
+                }
+                return Err(list);
+            }
+        };
+        // What a reload cannot change in a running process (a restart can).
+        let old = &self.current;
+        next.workers = old.workers;
+        let mut notes = Vec::new();
+        let listeners = |s: &Snapshot| s.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
+        if listeners(&next) != listeners(old) {
+            notes.push("listeners changed: they take effect after a restart");
+            next.listeners = old.listeners.clone();
+        }
+        if next.admin != old.admin {
+            notes.push("admin.bind changed: it takes effect after a restart");
+        }
+        if next.access_log != old.access_log {
+            notes.push("access_log changed: it takes effect after a restart");
+        }
+        if next.io_driver != old.io_driver || next.pin_workers != old.pin_workers {
+            notes.push("io_driver/pin_workers changed: they take effect after a restart");
+        }
+        for n in &notes {
+            tracing::warn!("{n}");
+        }
+        let next = Arc::new(next);
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            let _ = w.send(Command::Reload(next.clone(), ack_tx.clone()));
+        }
+        drop(ack_tx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut switched = 0;
+        while switched < self.workers.len() {
+            match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => switched += 1,
+                Err(_) => break,
+            }
+        }
+        self.current = next;
+        self.generation += 1;
+        let summary = format!(
+            "reloaded {} (generation {}): {} routes, {} upstreams; {switched}/{} workers switched{}",
+            self.current.source,
+            self.generation,
+            self.current.routes.len(),
+            self.current.upstreams.len(),
+            self.workers.len(),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", notes.join("; "))
+            }
+        );
+        tracing::info!("{summary}");
+        Ok(summary)
+    }
+}
