@@ -21,6 +21,13 @@ use crate::worker::{self, Command, Event, WorkerSetup};
 /// worker has drained. Returns an error message if startup fails.
 pub fn run(snapshot: Snapshot) -> Result<(), String> {
     signals::block().map_err(|e| format!("cannot block signals: {e}"))?;
+    if std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
+    {
+        tracing::warn!(
+            "net.ipv4.tcp_migrate_req is 0: in a zero-downtime restart, connections still queued on this \
+             process's listeners when it stops would be reset; set it to 1 (docs/operations.md)"
+        );
+    }
     let running = start(snapshot)?;
     for addr in &running.bound {
         // Printed on stdout for people and scripts (tests read the port here).

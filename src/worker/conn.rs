@@ -168,8 +168,12 @@ fn request_id_for(shard: &Shard, buf: &[u8], headers: &[HeaderSpan]) -> RequestI
 
 enum HeadOutcome {
     Head(RequestHead),
-    /// The client went away or idled out: close without answering.
+    /// The client went away: nothing left to do.
     Closed,
+    /// We end an idle connection (idle timeout or drain): FIN first, then a
+    /// lingering close, so a client racing us with a request sees an orderly
+    /// end of stream (and retries), never a reset.
+    Retire,
     Failed(Failure),
 }
 
@@ -196,6 +200,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         let head = match read_head(&shard, &waiting.snapshot, &mut client, served == 0).await {
             HeadOutcome::Head(head) => head,
             HeadOutcome::Closed => return,
+            HeadOutcome::Retire => {
+                linger_close(client).await;
+                return;
+            }
             HeadOutcome::Failed(failure) => {
                 client.out = shard.out_buffers.take();
                 let mut exchange = Exchange::new(shard.request_ids.borrow_mut().generate());
@@ -304,8 +312,23 @@ async fn read_head(
             // drain cancels this read. A new connection waits under its head
             // deadline (408 when it passes), a kept-alive one under
             // idle_timeout (closed quietly).
+            if first {
+                // A new connection is owed its first answer even during a
+                // drain (it may have been accepted a moment before), so it
+                // waits under its head deadline only, not cancellable.
+                let remaining = deadline.map_or(limits.header_read_timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+                match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, remaining)
+                    .await
+                {
+                    Ok(_) => continue,
+                    Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                    Err(_) => return HeadOutcome::Closed,
+                }
+            }
             if shard.draining.get() {
-                return HeadOutcome::Closed;
+                return HeadOutcome::Retire;
             }
             let limit = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
@@ -318,8 +341,12 @@ async fn read_head(
             );
             match monoio::time::timeout(limit, read).await {
                 Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => return HeadOutcome::Closed,
+                // A drain cancelled the read.
+                Ok(Err(_)) if shard.draining.get() => return HeadOutcome::Retire,
+                Ok(Err(_)) => return HeadOutcome::Closed,
                 Err(_) if deadline.is_some() => return HeadOutcome::Failed(Failure::HeaderTimeout),
-                _ => return HeadOutcome::Closed,
+                Err(_) => return HeadOutcome::Retire,
             }
         } else {
             let deadline = deadline.unwrap_or_else(Instant::now);
