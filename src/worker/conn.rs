@@ -313,17 +313,30 @@ async fn read_head(
             // deadline (408 when it passes), a kept-alive one under
             // idle_timeout (closed quietly).
             if first {
-                // A new connection is owed its first answer even during a
-                // drain (it may have been accepted a moment before), so it
-                // waits under its head deadline only, not cancellable.
                 let remaining = deadline.map_or(limits.header_read_timeout, |d| {
                     d.saturating_duration_since(Instant::now())
                 });
-                match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, remaining)
-                    .await
-                {
+                if !shard.draining.get() {
+                    let read = read_more_cancelable(
+                        &mut client.stream,
+                        &mut client.buf,
+                        shard.idle_cancel_handle(),
+                    );
+                    match monoio::time::timeout(remaining, read).await {
+                        Ok(Ok(n)) if n > 0 => continue,
+                        Ok(Ok(_)) => return HeadOutcome::Closed,
+                        Ok(Err(_)) if shard.draining.get() => {}
+                        Ok(Err(_)) => return HeadOutcome::Closed,
+                        Err(_) => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                    }
+                }
+                // Draining: a new connection may have been accepted a moment
+                // ago with its request on the way; give it a short grace to
+                // arrive (it is then answered with Connection: close).
+                let grace = remaining.min(FIRST_REQUEST_GRACE);
+                match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, grace).await {
                     Ok(_) => continue,
-                    Err(IoFailure::TimedOut) => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                    Err(IoFailure::TimedOut) => return HeadOutcome::Retire,
                     Err(_) => return HeadOutcome::Closed,
                 }
             }
@@ -483,6 +496,10 @@ fn write_route_headers(out: &mut BytesMut, route: &Route) {
         http::write::header(out, name, value);
     }
 }
+
+/// During a drain, how long a new connection that has sent nothing yet may
+/// take to send its first request.
+const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long, and how many bytes, a closing connection is drained for.
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
