@@ -148,3 +148,56 @@ fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     );
     assert_eq!(get(admin, "/healthz").status, 200);
 }
+
+#[test]
+fn reload_starts_added_listeners_and_stops_removed_ones() {
+    for driver in drivers() {
+        let a = Upstream::named("a");
+        let original = config_to(driver, &a, "");
+        let gw = Gateway::start_args(&original, &["--workers", "2"]);
+        let admin = gw.admin.unwrap();
+        let path = gw.log.with_file_name("gateway.toml");
+        let free = closed_port();
+
+        // Add a second listener.
+        let with_second = original.replace(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n",
+            &format!("[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nbind = \"{free}\"\n"),
+        );
+        std::fs::write(&path, &with_second).unwrap();
+        let r = post(admin, "/reload");
+        assert_eq!(r.status, 200, "{driver}: {}", r.text());
+        assert!(
+            r.text().contains(&format!("listening on http://{free}")),
+            "{}",
+            r.text()
+        );
+        for _ in 0..6 {
+            assert_eq!(
+                get(free, "/x").text(),
+                "a",
+                "{driver}: the added listener serves on every worker"
+            );
+        }
+        assert_eq!(get(gw.addr, "/x").text(), "a");
+
+        // Remove the original one.
+        std::fs::write(
+            &path,
+            with_second.replace("[[listeners]]\nbind = \"127.0.0.1:0\"\n\n", ""),
+        )
+        .unwrap();
+        let r = post(admin, "/reload");
+        assert_eq!(r.status, 200, "{driver}: {}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::net::TcpStream::connect(gw.addr).is_err(),
+            "{driver}: the removed listener is closed"
+        );
+        assert_eq!(
+            get(free, "/x").text(),
+            "a",
+            "{driver}: the remaining listener still serves"
+        );
+    }
+}

@@ -136,6 +136,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     let reloader = Arc::new(std::sync::Mutex::new(reload::Reloader::new(
         snapshot.clone(),
         command_txs.clone(),
+        &bound,
     )));
     let admin_addr = match snapshot.admin {
         None => None,

@@ -19,18 +19,73 @@ pub struct Reloader {
     current: Arc<Snapshot>,
     workers: Vec<Sender<Command>>,
     generation: u64,
+    /// (configured address, bound address) of every running listener.
+    listeners: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl Reloader {
-    pub fn new(current: Arc<Snapshot>, workers: Vec<Sender<Command>>) -> Reloader {
+    pub fn new(
+        current: Arc<Snapshot>,
+        workers: Vec<Sender<Command>>,
+        bound: &[std::net::SocketAddr],
+    ) -> Reloader {
         let path =
             (current.source != config::EMBEDDED_NAME).then(|| PathBuf::from(&current.source));
+        let listeners = current
+            .listeners
+            .iter()
+            .map(|l| l.addr)
+            .zip(bound.iter().copied())
+            .collect();
         Reloader {
             path,
             current,
             workers,
             generation: 1,
+            listeners,
         }
+    }
+
+    /// Starts added listeners and stops removed ones on every worker.
+    fn apply_listener_changes(&mut self, next: &Snapshot) -> Result<Vec<String>, Vec<String>> {
+        let added: Vec<_> = next
+            .listeners
+            .iter()
+            .filter(|l| {
+                !self
+                    .listeners
+                    .iter()
+                    .any(|(configured, _)| *configured == l.addr)
+            })
+            .cloned()
+            .collect();
+        let removed: Vec<_> = self
+            .listeners
+            .iter()
+            .filter(|(configured, _)| !next.listeners.iter().any(|l| l.addr == *configured))
+            .copied()
+            .collect();
+        let mut notes = Vec::new();
+        if !added.is_empty() {
+            // Bind before anything changes, so a port in use refuses the reload.
+            let (mut sockets, bound) =
+                super::listeners::bind_all(&added, self.workers.len()).map_err(|e| vec![e])?;
+            for (w, tx) in self.workers.iter().enumerate() {
+                let _ = tx.send(Command::AddListeners(std::mem::take(&mut sockets[w])));
+            }
+            for (spec, addr) in added.iter().zip(bound) {
+                notes.push(format!("listening on http://{addr}"));
+                self.listeners.push((spec.addr, addr));
+            }
+        }
+        for (configured, bound) in removed {
+            for tx in &self.workers {
+                let _ = tx.send(Command::RemoveListener(bound));
+            }
+            self.listeners.retain(|(c, _)| *c != configured);
+            notes.push(format!("stopped listening on {bound}"));
+        }
+        Ok(notes)
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
@@ -59,11 +114,6 @@ impl Reloader {
         let old = &self.current;
         next.workers = old.workers;
         let mut notes = Vec::new();
-        let listeners = |s: &Snapshot| s.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
-        if listeners(&next) != listeners(old) {
-            notes.push("listeners changed: they take effect after a restart");
-            next.listeners = old.listeners.clone();
-        }
         if next.admin != old.admin {
             notes.push("admin.bind changed: it takes effect after a restart");
         }
@@ -75,6 +125,10 @@ impl Reloader {
         }
         for n in &notes {
             tracing::warn!("{n}");
+        }
+        let listener_notes = self.apply_listener_changes(&next)?;
+        for n in &listener_notes {
+            tracing::info!("{n}");
         }
         let next = Arc::new(next);
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
@@ -99,11 +153,12 @@ impl Reloader {
             self.current.routes.len(),
             self.current.upstreams.len(),
             self.workers.len(),
-            if notes.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", notes.join("; "))
-            }
+            notes
+                .iter()
+                .map(|s| s.to_string())
+                .chain(listener_notes)
+                .map(|s| format!("; {s}"))
+                .collect::<String>()
         );
         tracing::info!("{summary}");
         Ok(summary)

@@ -39,6 +39,10 @@ pub enum Command {
     Report(Sender<crate::metrics::WorkerReport>),
     /// Switch to a new snapshot, then acknowledge with the worker id.
     Reload(Arc<Snapshot>, Sender<usize>),
+    /// Start accepting on these sockets (listeners added by a reload).
+    AddListeners(Vec<std::net::TcpListener>),
+    /// Stop accepting on this address (a listener removed by a reload).
+    RemoveListener(std::net::SocketAddr),
 }
 
 /// Messages from a worker to the control thread.
@@ -170,7 +174,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         }
     }
     for listener in listeners {
-        monoio::spawn(accept_loop(shard.clone(), listener));
+        start_accepting(&shard, listener);
     }
     let _ = setup.events.send(Event::Started {
         worker: setup.id,
@@ -207,6 +211,17 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                         pools,
                     ));
                 }
+                Command::AddListeners(sockets) => {
+                    for socket in sockets {
+                        match TcpListener::from_std(socket) {
+                            Ok(l) => start_accepting(&shard, l),
+                            Err(e) => {
+                                tracing::error!(worker = shard.id, error = %e, "cannot register an added listener")
+                            }
+                        }
+                    }
+                }
+                Command::RemoveListener(addr) => stop_accepting(&shard, addr),
                 Command::Reload(snapshot, ack) => {
                     shard.reload(snapshot);
                     let _ = ack.send(shard.id);
@@ -249,12 +264,47 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     });
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Registers a listener with the shard (so a reload can stop it and a
+/// drain stops them all) and starts its accept loop.
+fn start_accepting(shard: &Rc<Shard>, listener: TcpListener) {
+    let addr = listener.local_addr().ok();
+    let stop = Rc::new(std::cell::Cell::new(false));
+    let canceller = monoio::io::Canceller::new();
+    let handle = canceller.handle();
+    shard.listeners.borrow_mut().push(shard::ListenerHandle {
+        addr,
+        stop: stop.clone(),
+        canceller,
+    });
+    monoio::spawn(accept_loop(shard.clone(), listener, handle, stop));
+}
+
+/// Stops accepting on `addr` (the listener closes when its loop ends).
+fn stop_accepting(shard: &Shard, addr: std::net::SocketAddr) {
+    let mut listeners = shard.listeners.borrow_mut();
+    listeners.retain_mut(|l| {
+        if l.addr == Some(addr) {
+            l.stop.set(true);
+            let canceller = std::mem::take(&mut l.canceller);
+            drop(canceller.cancel());
+            false
+        } else {
+            true
+        }
+    });
+}
+
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    cancel: monoio::io::CancelHandle,
+    stop: Rc<std::cell::Cell<bool>>,
+) {
     loop {
-        if shard.draining.get() {
+        if shard.draining.get() || stop.get() {
             return;
         }
-        let accepted = listener.cancelable_accept(shard.idle_cancel_handle()).await;
+        let accepted = listener.cancelable_accept(cancel.clone()).await;
         match accepted {
             Ok((stream, peer)) => {
                 shard.metrics.accepted();
@@ -282,7 +332,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 });
             }
             Err(e) => {
-                if shard.draining.get() {
+                if shard.draining.get() || stop.get() {
                     return;
                 }
                 tracing::warn!(worker = shard.id, error = %e, "accept failed");

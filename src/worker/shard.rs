@@ -119,8 +119,16 @@ fn same_upstream(a: &crate::snapshot::UpstreamSpec, b: &crate::snapshot::Upstrea
             .all(|(x, y)| x.addr == y.addr && x.weight == y.weight)
 }
 
+/// One listener's accept loop, as the shard tracks it.
+pub struct ListenerHandle {
+    pub addr: Option<std::net::SocketAddr>,
+    pub stop: Rc<Cell<bool>>,
+    pub canceller: Canceller,
+}
+
 pub struct Shard {
     pub id: usize,
+    pub listeners: RefCell<Vec<ListenerHandle>>,
     /// Requests clone the Rc (a plain increment), never an Arc.
     current: RefCell<Rc<Generation>>,
     pub metrics: WorkerMetrics,
@@ -141,6 +149,7 @@ impl Shard {
         Shard {
             id,
             current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
+            listeners: RefCell::new(Vec::new()),
             metrics,
             draining: Cell::new(false),
             active_connections: Cell::new(0),
@@ -177,6 +186,10 @@ impl Shard {
         }
         let old = std::mem::take(&mut *self.idle_canceller.borrow_mut());
         *self.idle_canceller.borrow_mut() = old.cancel();
+        for l in self.listeners.borrow_mut().drain(..) {
+            l.stop.set(true);
+            drop(l.canceller.cancel());
+        }
         for u in self.generation().upstreams.borrow_mut().iter_mut() {
             for p in &mut u.pools {
                 p.clear();
