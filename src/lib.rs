@@ -15,6 +15,7 @@ pub mod control;
 pub mod failure;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod router;
 pub mod snapshot;
 pub mod upstream;
