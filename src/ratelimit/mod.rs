@@ -5,5 +5,7 @@
 //! Redis cluster scope build on it.
 
 pub mod bucket;
+pub mod table;
 
 pub use bucket::{Decision, Rate, TokenBucket, WindowQuota};
+pub use table::KeyTable;
