@@ -18,7 +18,6 @@ use ahash::AHashMap;
 struct Entry<V> {
     value: V,
     referenced: bool,
-    slot: usize,
 }
 
 pub struct KeyTable<V> {
@@ -64,22 +63,19 @@ impl<V> KeyTable<V> {
             return &mut entry.value;
         }
         let key: Rc<[u8]> = Rc::from(key);
-        let slot = if self.ring.len() < self.max_keys {
+        if self.ring.len() < self.max_keys {
             self.ring.push(key.clone());
-            self.ring.len() - 1
         } else {
             let slot = self.choose_victim(&fresh);
             let old = std::mem::replace(&mut self.ring[slot], key.clone());
             self.map.remove(&old);
-            slot
-        };
+        }
         &mut self
             .map
             .entry(key)
             .or_insert(Entry {
                 value: make(),
                 referenced: false,
-                slot,
             })
             .value
     }
@@ -118,9 +114,7 @@ impl<V> KeyTable<V> {
 
     #[cfg(test)]
     fn contains(&self, key: &[u8]) -> bool {
-        self.map
-            .get(key)
-            .is_some_and(|e| self.ring[e.slot].as_ref() == key)
+        self.map.contains_key(key) && self.ring.iter().any(|k| k.as_ref() == key)
     }
 }
 
