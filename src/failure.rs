@@ -34,10 +34,16 @@ pub enum Failure {
     UpstreamTimeout,
     /// The client stopped sending its body or sent a malformed one (400, close).
     BadRequestBody(&'static str),
+    /// A rate limit refused the request (429, Retry-After, RateLimit-*).
+    RateLimited {
+        limit: u64,
+        reset: u64,
+        retry_after: u64,
+    },
 }
 
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 13;
+pub const FAILURE_KINDS: usize = 14;
 
 impl Failure {
     pub fn status(self) -> u16 {
@@ -53,6 +59,7 @@ impl Failure {
                 502
             }
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
+            Failure::RateLimited { .. } => 429,
         }
     }
 
@@ -72,6 +79,7 @@ impl Failure {
             Failure::UpstreamConnectTimeout => "upstream_connect_timeout",
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::BadRequestBody(_) => "bad_request_body",
+            Failure::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -90,6 +98,7 @@ impl Failure {
             Failure::UpstreamConnectTimeout => 10,
             Failure::UpstreamTimeout => 11,
             Failure::BadRequestBody(_) => 12,
+            Failure::RateLimited { .. } => 13,
         }
     }
 
@@ -108,6 +117,9 @@ impl Failure {
             Failure::UpstreamReset => "the upstream closed the connection before responding",
             Failure::UpstreamConnectTimeout => "timed out connecting to the upstream",
             Failure::UpstreamTimeout => "the upstream did not respond in time",
+            Failure::RateLimited { .. } => {
+                "rate limit exceeded; retry after the time in Retry-After"
+            }
         }
     }
 
@@ -118,6 +130,7 @@ impl Failure {
         !matches!(
             self,
             Failure::NotFound
+                | Failure::RateLimited { .. }
                 | Failure::UpstreamConnect
                 | Failure::UpstreamReset
                 | Failure::UpstreamMalformed(_)
@@ -138,6 +151,26 @@ impl Failure {
         http::write::content_length(out, body_len as u64);
         if !request_id.is_empty() {
             http::write::header(out, b"x-request-id", request_id);
+        }
+        if let Failure::RateLimited {
+            limit,
+            reset,
+            retry_after,
+        } = self
+        {
+            out.put_slice(b"retry-after: ");
+            http::write::decimal(out, retry_after);
+            out.put_slice(b"\r\n");
+            crate::ratelimit::write_headers(
+                out,
+                &crate::ratelimit::Decision {
+                    allowed: false,
+                    limit,
+                    remaining: 0,
+                    reset_secs: reset,
+                    retry_after_secs: retry_after,
+                },
+            );
         }
         if close {
             out.put_slice(b"connection: close\r\n");
@@ -248,6 +281,11 @@ mod tests {
             Failure::UpstreamConnectTimeout,
             Failure::UpstreamTimeout,
             Failure::BadRequestBody(""),
+            Failure::RateLimited {
+                limit: 1,
+                reset: 1,
+                retry_after: 1,
+            },
         ];
         let mut seen = [false; FAILURE_KINDS];
         for f in all {

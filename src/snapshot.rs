@@ -154,6 +154,41 @@ pub struct Route {
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
     pub max_body_bytes: u64,
+    /// Indices into `Snapshot::rate_limits`.
+    pub rate_limits: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    ClientIp,
+    /// Lower-case header name.
+    Header(Box<[u8]>),
+    Route,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Bucket {
+        rate: crate::ratelimit::Rate,
+        burst: u64,
+    },
+    Window {
+        limit: u64,
+        window_nanos: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitPolicy {
+    pub name: String,
+    pub key: LimitKey,
+    pub default: LimitKind,
+    /// Lower-case header naming the tier, and (tier value, limit) pairs.
+    pub tier_header: Option<Box<[u8]>>,
+    pub tiers: Vec<(Box<[u8]>, LimitKind)>,
+    pub headers: bool,
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +216,7 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<Route>,
     pub router: Router,
+    pub rate_limits: Vec<RateLimitPolicy>,
     pub access_log: Option<AccessLogSpec>,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,

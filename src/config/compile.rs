@@ -157,6 +157,14 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         }
     });
 
+    let mut rate_limits = Vec::new();
+    for (name, section) in &cfg.rate_limits {
+        if let Some(policy) = compile_rate_limit(name, section, &mut errors) {
+            rate_limits.push(policy);
+        }
+    }
+    let policy_names: Vec<&String> = cfg.rate_limits.keys().collect();
+
     let upstream_names: Vec<&String> = cfg.upstreams.keys().collect();
     let mut upstreams = Vec::new();
     for (name, section) in &cfg.upstreams {
@@ -178,9 +186,14 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
                 format!("route name `{name}` is used twice; names must be unique"),
             );
         }
-        if let Some((route, matcher)) =
-            compile_route(name, spanned, &upstream_names, &limits, &mut errors)
-        {
+        if let Some((route, matcher)) = compile_route(
+            name,
+            spanned,
+            &upstream_names,
+            &policy_names,
+            &limits,
+            &mut errors,
+        ) {
             routes.push(route);
             matchers.push(matcher);
         }
@@ -200,6 +213,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         upstreams,
         routes,
         router: Router::new(matchers),
+        rate_limits,
         admin,
         access_log,
         // No key holds a secret yet; the auth issue's keys get redacted here.
@@ -298,6 +312,7 @@ fn compile_route(
     name: String,
     spanned: &Spanned<file::RouteSection>,
     upstream_names: &[&String],
+    policy_names: &[&String],
     limits: &ServerLimits,
     errors: &mut Errors,
 ) -> Option<(Route, RouteMatcher)> {
@@ -452,6 +467,20 @@ fn compile_route(
         (None, false) => HostRewrite::Endpoint,
     };
 
+    let mut route_limits = Vec::new();
+    for p in &r.rate_limits {
+        match policy_names.iter().position(|n| *n == p.get_ref()) {
+            Some(i) => route_limits.push(i),
+            None => errors.at(
+                p,
+                format!(
+                    "unknown rate limit `{}`; define it as [rate_limits.{}]",
+                    p.get_ref(),
+                    p.get_ref()
+                ),
+            ),
+        }
+    }
     let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
     let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
 
@@ -466,6 +495,7 @@ fn compile_route(
         request_headers,
         response_headers,
         max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes, |b| b.0),
+        rate_limits: route_limits,
     };
     Some((
         route,
@@ -476,6 +506,115 @@ fn compile_route(
             headers,
         },
     ))
+}
+
+/// "100/s", "10/min", "5000/h" → tokens per period.
+fn parse_rate(text: &str) -> Option<crate::ratelimit::Rate> {
+    let (n, unit) = text.trim().split_once('/')?;
+    let tokens: u64 = n.trim().parse().ok().filter(|&t| t > 0)?;
+    let secs: u64 = match unit.trim() {
+        "s" | "sec" | "second" => 1,
+        "m" | "min" | "minute" => 60,
+        "h" | "hour" => 3600,
+        "d" | "day" => 86_400,
+        _ => return None,
+    };
+    Some(crate::ratelimit::Rate {
+        tokens,
+        per_nanos: secs * 1_000_000_000,
+    })
+}
+
+fn compile_limit(
+    section: &file::LimitSection,
+    at: &Spanned<file::RateLimitSection>,
+    what: &str,
+    errors: &mut Errors,
+) -> Option<crate::snapshot::LimitKind> {
+    use crate::snapshot::LimitKind;
+    match (&section.rate, section.limit, section.window) {
+        (Some(rate), None, None) => match parse_rate(rate) {
+            Some(r) => Some(LimitKind::Bucket {
+                rate: r,
+                burst: section.burst.unwrap_or(r.tokens).max(1),
+            }),
+            None => {
+                errors.at(
+                    at,
+                    format!("{what}: rate must look like \"100/s\", \"10/min\" or \"5000/h\""),
+                );
+                None
+            }
+        },
+        (None, Some(limit), Some(window)) if limit > 0 && !window.0.is_zero() => {
+            Some(LimitKind::Window {
+                limit,
+                window_nanos: window.0.as_nanos().min(u128::from(u64::MAX)) as u64,
+            })
+        }
+        _ => {
+            errors.at(at, format!("{what}: give either rate (and optional burst) for a token bucket, or limit and window for a quota"));
+            None
+        }
+    }
+}
+
+fn compile_rate_limit(
+    name: &str,
+    section: &Spanned<file::RateLimitSection>,
+    errors: &mut Errors,
+) -> Option<crate::snapshot::RateLimitPolicy> {
+    use crate::snapshot::{LimitKey, RateLimitPolicy};
+    let r = section.get_ref();
+    let key = match r.key.get_ref().as_str() {
+        "client_ip" => LimitKey::ClientIp,
+        "route" => LimitKey::Route,
+        "global" => LimitKey::Global,
+        other => match other.strip_prefix("header:") {
+            Some(h) if is_token(h.as_bytes()) => {
+                LimitKey::Header(h.to_ascii_lowercase().into_bytes().into())
+            }
+            _ => {
+                errors.at(
+                    &r.key,
+                    "key must be \"client_ip\", \"header:NAME\", \"route\" or \"global\"",
+                );
+                return None;
+            }
+        },
+    };
+    if let Some(scope) = &r.scope
+        && scope.get_ref() != "worker"
+    {
+        errors.at(scope, format!("scope = \"{}\" is not available yet: this version enforces scope = \"worker\" (each worker its own limit)", scope.get_ref()));
+    }
+    let default = compile_limit(&r.limit, section, &format!("rate_limits.{name}"), errors)?;
+    let mut tiers = Vec::new();
+    for (tier, limit) in &r.tiers {
+        if let Some(kind) = compile_limit(
+            limit,
+            section,
+            &format!("rate_limits.{name}.tiers.{tier}"),
+            errors,
+        ) {
+            tiers.push((tier.as_bytes().into(), kind));
+        }
+    }
+    if !tiers.is_empty() && r.tier_header.is_none() {
+        errors.at(section, format!("rate_limits.{name}: tiers need tier_header = \"NAME\" (the header naming the client's tier)"));
+    }
+    Some(RateLimitPolicy {
+        name: name.to_string(),
+        key,
+        default,
+        tier_header: r
+            .tier_header
+            .as_ref()
+            .map(|h| h.to_ascii_lowercase().into_bytes().into()),
+        tiers,
+        headers: r.headers,
+        max_keys: r.max_keys.clamp(1, 10_000_000),
+    })
 }
 
 fn check_path(p: &Spanned<String>, errors: &mut Errors) {

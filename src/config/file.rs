@@ -38,6 +38,52 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, Spanned<UpstreamSection>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RouteSection>>,
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, Spanned<RateLimitSection>>,
+}
+
+/// A rate-limit policy, attached to routes by name.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// "client_ip", "header:NAME", "route" or "global".
+    pub key: Spanned<String>,
+    #[serde(flatten)]
+    pub limit: LimitSection,
+    /// "worker" (this version); "node" and "cluster" are planned.
+    #[serde(default)]
+    pub scope: Option<Spanned<String>>,
+    /// RateLimit-* headers on allowed responses too.
+    #[serde(default = "yes")]
+    pub headers: bool,
+    /// A request header naming the client's tier (plan).
+    #[serde(default)]
+    pub tier_header: Option<String>,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, LimitSection>,
+    /// Most keys tracked per worker.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+/// Either a token bucket (`rate`, `burst`) or a quota (`limit`, `window`).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    /// "100/s", "10/min", "5000/h". (Plain string: flattened fields cannot
+    /// carry spans, so errors point at the policy's table.)
+    #[serde(default)]
+    pub rate: Option<String>,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
 }
 
 fn yes() -> bool {
@@ -225,6 +271,9 @@ pub struct RouteSection {
     pub host_rewrite: Option<Spanned<String>>,
     #[serde(default)]
     pub max_body_bytes: Option<ByteSize>,
+    /// Names of `[rate_limits.NAME]` policies applied to this route.
+    #[serde(default)]
+    pub rate_limits: Vec<Spanned<String>>,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

@@ -53,6 +53,11 @@ const FAILURES: [Failure; crate::failure::FAILURE_KINDS] = [
     Failure::UpstreamConnectTimeout,
     Failure::UpstreamTimeout,
     Failure::BadRequestBody(""),
+    Failure::RateLimited {
+        limit: 0,
+        reset: 0,
+        retry_after: 0,
+    },
 ];
 
 /// Renders merged metrics. Reports whose tables were sized for another

@@ -97,6 +97,8 @@ pub struct Exchange {
     pub upstream: Option<SocketAddr>,
     /// Request sent upstream → response head, microseconds.
     pub upstream_us: Option<u64>,
+    /// The tightest rate-limit decision, reported on the response.
+    pub ratelimit: Option<crate::ratelimit::Decision>,
 }
 
 impl Exchange {
@@ -109,6 +111,7 @@ impl Exchange {
             sent: 0,
             upstream: None,
             upstream_us: None,
+            ratelimit: None,
         }
     }
 }
@@ -420,6 +423,23 @@ async fn handle_request(
         .await;
         return false;
     }
+    if !route.rate_limits.is_empty() {
+        match check_rate_limits(shard, generation, route, client) {
+            Ok(decision) => exchange.ratelimit = decision,
+            Err(d) => {
+                // The body was not read: close if there was one.
+                let close = has_body || !head.keep_alive || shard.draining.get();
+                client.buf.advance(head.len);
+                let failure = Failure::RateLimited {
+                    limit: d.limit,
+                    reset: d.reset_secs,
+                    retry_after: d.retry_after_secs,
+                };
+                answer_failure(shard, snapshot, client, failure, close, exchange).await;
+                return !close;
+            }
+        }
+    }
     let close_after = !head.keep_alive || last_allowed || shard.draining.get();
     match &route.action {
         RouteAction::Respond {
@@ -440,6 +460,9 @@ async fn handle_request(
                 b"x-request-id",
                 exchange.request_id.as_bytes(),
             );
+            if let Some(d) = &exchange.ratelimit {
+                crate::ratelimit::write_headers(&mut client.out, d);
+            }
             client.out.put_slice(if close {
                 &b"connection: close\r\n\r\n"[..]
             } else {
@@ -483,6 +506,48 @@ async fn handle_request(
             }
         }
     }
+}
+
+/// Runs the route's rate-limit policies in order. `Err` is the refusing
+/// decision; `Ok` carries the tightest decision among policies that report
+/// headers on allowed responses.
+fn check_rate_limits(
+    shard: &Shard,
+    generation: &Generation,
+    route: &Route,
+    client: &Client,
+) -> Result<Option<crate::ratelimit::Decision>, crate::ratelimit::Decision> {
+    use crate::snapshot::LimitKey;
+    let buf = &client.buf[..];
+    let header = |name: &[u8]| {
+        client
+            .headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(buf)))
+    };
+    let now = shard.epoch.elapsed().as_nanos() as u64;
+    let snapshot = &generation.snapshot;
+    let mut limiter = generation.limiter.borrow_mut();
+    let mut tightest: Option<crate::ratelimit::Decision> = None;
+    for &index in &route.rate_limits {
+        let policy = &snapshot.rate_limits[index];
+        let key: &[u8] = match &policy.key {
+            LimitKey::ClientIp => client.peer_ip.as_bytes(),
+            LimitKey::Header(name) => header(name).unwrap_or(b""),
+            LimitKey::Route => route.name.as_bytes(),
+            LimitKey::Global => b"",
+        };
+        let tier = policy.tier_header.as_deref().and_then(header);
+        let decision = limiter.check(index, policy, key, tier, now);
+        if !decision.allowed {
+            return Err(decision);
+        }
+        if policy.headers && tightest.is_none_or(|t| decision.remaining < t.remaining) {
+            tightest = Some(decision);
+        }
+    }
+    Ok(tightest)
 }
 
 /// Route-level response header edits for direct responses (set and add).

@@ -219,6 +219,7 @@ pub async fn forward(
         close,
         client_http10,
         exchange.request_id.as_bytes(),
+        exchange.ratelimit.as_ref(),
     );
     exchange.status = response.status;
     exchange.sent += client.out.len() as u64;
@@ -557,6 +558,7 @@ fn build_response_head(
     close: bool,
     client_http10: bool,
     request_id: &[u8],
+    ratelimit: Option<&crate::ratelimit::Decision>,
 ) {
     let buf = &conn.buf[..];
     out.put_slice(b"HTTP/1.1 ");
@@ -586,6 +588,9 @@ fn build_response_head(
         http::write::header(out, name, value);
     }
     http::write::header(out, b"x-request-id", request_id);
+    if let Some(d) = ratelimit {
+        crate::ratelimit::write_headers(out, d);
+    }
     match framing {
         OutFraming::None => {
             // HEAD and 304 keep the length the full response would have had.

@@ -66,6 +66,9 @@ impl BufferPool {
 pub struct Generation {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
+    /// Worker-scope rate-limit state for this snapshot's policies (a
+    /// reload starts limits afresh).
+    pub limiter: RefCell<crate::ratelimit::Limiter>,
 }
 
 impl Generation {
@@ -99,9 +102,11 @@ impl Generation {
                 reusable.unwrap_or_else(|| UpstreamState::new(spec, worker))
             })
             .collect();
+        let limiter = RefCell::new(crate::ratelimit::Limiter::new(&snapshot.rate_limits));
         Generation {
             snapshot,
             upstreams: RefCell::new(upstreams),
+            limiter,
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct ListenerHandle {
 
 pub struct Shard {
     pub id: usize,
+    /// Origin of the monotonic nanosecond clock rate limits run on.
+    pub epoch: std::time::Instant,
     pub listeners: RefCell<Vec<ListenerHandle>>,
     /// Requests clone the Rc (a plain increment), never an Arc.
     current: RefCell<Rc<Generation>>,
@@ -148,6 +155,7 @@ impl Shard {
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
         Shard {
             id,
+            epoch: std::time::Instant::now(),
             current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
             listeners: RefCell::new(Vec::new()),
             metrics,

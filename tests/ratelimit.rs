@@ -1,0 +1,181 @@
+//! Worker-scope rate limits against the real binary: 429 with Retry-After
+//! and RateLimit-* headers, headers on allowed responses, keys and tiers,
+//! the rate over time, and config validation.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn gateway(driver: &str, up: &Upstream, policies: &str, route_limits: &str) -> Gateway {
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\nupstream = \"app\"\nrate_limits = [{route_limits}]\n",
+            up.addr
+        ),
+    ))
+}
+
+#[test]
+fn token_bucket_refuses_with_429_and_headers_then_refills() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gateway(
+            driver,
+            &up,
+            "[rate_limits.per_ip]\nkey = \"client_ip\"\nrate = \"5/s\"\nburst = 5\n",
+            "\"per_ip\"",
+        );
+        let mut c = gw.conn();
+        for expected_remaining in (0..5).rev() {
+            c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+            let r = c.read_response(false);
+            assert_eq!(r.status, 200, "{driver}");
+            assert_eq!(r.header("ratelimit-limit"), Some("5"));
+            assert_eq!(
+                r.header("ratelimit-remaining"),
+                Some(expected_remaining.to_string().as_str())
+            );
+            assert_eq!(
+                r.header("x-ratelimit-remaining"),
+                Some(expected_remaining.to_string().as_str())
+            );
+        }
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!(r.status, 429, "{driver}");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+        assert!(
+            r.text().contains("\"error\":\"rate_limited\""),
+            "{}",
+            r.text()
+        );
+        assert_eq!(
+            up.request_count(),
+            5,
+            "{driver}: the refused request never reached the upstream"
+        );
+        // The connection stays usable, and the bucket refills at 5/s.
+        std::thread::sleep(Duration::from_millis(450));
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200, "{driver}: refilled");
+    }
+}
+
+#[test]
+fn header_keys_and_tiers_have_their_own_limits() {
+    let up = Upstream::named("app");
+    let policies = "[rate_limits.per_key]\nkey = \"header:x-api-key\"\nlimit = 2\nwindow = \"1m\"\ntier_header = \"x-plan\"\nheaders = false\n[rate_limits.per_key.tiers.gold]\nlimit = 4\nwindow = \"1m\"\n";
+    let gw = gateway("epoll", &up, policies, "\"per_key\"");
+    let status = |key: &str, plan: &str| {
+        let r = request(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: {key}\r\n{plan}\r\n").as_bytes(),
+        );
+        assert!(
+            r.header("ratelimit-limit").is_none() || r.status == 429,
+            "headers = false hides them on allowed answers"
+        );
+        r.status
+    };
+    assert_eq!(
+        [status("k1", ""), status("k1", ""), status("k1", "")],
+        [200, 200, 429]
+    );
+    assert_eq!(status("k2", ""), 200, "another key has its own quota");
+    let gold: Vec<u16> = (0..5).map(|_| status("k3", "X-Plan: gold\r\n")).collect();
+    assert_eq!(gold, [200, 200, 200, 200, 429], "the gold tier allows 4");
+    let r = request(
+        gw.addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: k1\r\n\r\n",
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("ratelimit-limit"),
+        Some("2"),
+        "refusals always carry the headers"
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=60).contains(&retry),
+        "retry-after within the window: {retry}"
+    );
+}
+
+#[test]
+fn token_bucket_rate_holds_over_time() {
+    let up = Upstream::named("app");
+    let gw = gateway(
+        "epoll",
+        &up,
+        "[rate_limits.global]\nkey = \"global\"\nrate = \"200/s\"\nburst = 1\n",
+        "\"global\"",
+    );
+    let mut c = gw.conn();
+    let start = Instant::now();
+    let run = Duration::from_secs(3);
+    let (mut ok, mut refused) = (0u64, 0u64);
+    while start.elapsed() < run {
+        c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        match c.read_response(false).status {
+            200 => ok += 1,
+            429 => refused += 1,
+            s => panic!("status {s}"),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let expected = 1.0 + 200.0 * elapsed;
+    let error = (ok as f64 - expected).abs() / expected;
+    eprintln!(
+        "admitted {ok} of {} in {elapsed:.2}s; expected {expected:.0} (error {:.2}%)",
+        ok + refused,
+        error * 100.0
+    );
+    assert!(refused > ok, "the client offered more than the limit");
+    assert!(error < 0.02, "admitted {ok}, expected {expected:.0}");
+}
+
+#[test]
+fn policies_are_validated() {
+    let up = Upstream::named("app");
+    let path = temp_path("limits.toml");
+    let cases = [
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"node\"\n",
+            "\"p\"",
+            "scope = \"node\" is not available yet",
+        ),
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5 per second\"\n",
+            "\"p\"",
+            "rate must look like",
+        ),
+        (
+            "[rate_limits.p]\nkey = \"cookie:x\"\nrate = \"5/s\"\n",
+            "\"p\"",
+            "key must be",
+        ),
+        ("", "\"missing\"", "unknown rate limit `missing`"),
+    ];
+    for (policies, route, expected) in cases {
+        let text = config(
+            "epoll",
+            &format!(
+                "{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [{route}]\n",
+                up.addr
+            ),
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    }
+}
