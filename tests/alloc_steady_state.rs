@@ -114,9 +114,19 @@ io_driver = "{driver}"
 bind = "127.0.0.1:0"
 [upstreams.app]
 endpoints = ["{upstream}"]
+[rate_limits.generous]
+key = "client_ip"
+rate = "1000000/s"
+burst = 1000000
+
 [[routes]]
 path = "/direct"
 respond = {{ status = 200, body = "hello" }}
+
+[[routes]]
+path_prefix = "/limited"
+upstream = "app"
+rate_limits = ["generous"]
 [[routes]]
 path_prefix = "/"
 upstream = "app"
@@ -176,5 +186,8 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         assert_eq!(proxied, 0.0, "{driver}: proxied requests allocate");
         assert_eq!(direct, 0.0, "{driver}: direct responses allocate");
         assert_eq!(logged, 0.0, "{driver}: access logging allocates");
+        let limited = allocations_per_request(driver, upstream, "/limited/items", "");
+        eprintln!("{driver}: heap allocations per rate-limited request (known key): {limited:.4}");
+        assert_eq!(limited, 0.0, "{driver}: a rate-limit check for a known key allocates");
     }
 }
