@@ -188,6 +188,9 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         assert_eq!(logged, 0.0, "{driver}: access logging allocates");
         let limited = allocations_per_request(driver, upstream, "/limited/items", "");
         eprintln!("{driver}: heap allocations per rate-limited request (known key): {limited:.4}");
-        assert_eq!(limited, 0.0, "{driver}: a rate-limit check for a known key allocates");
+        assert_eq!(
+            limited, 0.0,
+            "{driver}: a rate-limit check for a known key allocates"
+        );
     }
 }

@@ -10,7 +10,7 @@ fn gateway(driver: &str, up: &Upstream, policies: &str, route_limits: &str) -> G
     Gateway::start(&config(
         driver,
         &format!(
-            "{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\nupstream = \"app\"\nrate_limits = [{route_limits}]\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\n{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\nupstream = \"app\"\nrate_limits = [{route_limits}]\n",
             up.addr
         ),
     ))
@@ -162,7 +162,7 @@ fn policies_are_validated() {
         let text = config(
             "epoll",
             &format!(
-                "{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [{route}]\n",
+                "[admin]\nbind = \"127.0.0.1:0\"\n{policies}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [{route}]\n",
                 up.addr
             ),
         );

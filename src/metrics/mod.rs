@@ -67,6 +67,8 @@ pub struct WorkerMetrics {
     by_route: RefCell<Vec<u64>>,
     /// Per upstream, per endpoint.
     endpoints: RefCell<Vec<Vec<EndpointCounts>>>,
+    /// Per rate-limit policy: [allowed, limited].
+    policies: RefCell<Vec<[u64; 2]>>,
     request_latency: RefCell<Histogram<u64>>,
     request_latency_sum_us: Cell<u64>,
     upstream_latency: RefCell<Histogram<u64>>,
@@ -98,6 +100,7 @@ impl WorkerMetrics {
                     .map(|&n| vec![EndpointCounts::default(); n])
                     .collect(),
             ),
+            policies: RefCell::new(Vec::new()),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -113,6 +116,18 @@ impl WorkerMetrics {
             .iter()
             .map(|&n| vec![EndpointCounts::default(); n])
             .collect();
+    }
+
+    /// Sizes the per-policy counters (at start and after a reload).
+    pub fn resize_policies(&self, policies: usize) {
+        *self.policies.borrow_mut() = vec![[0, 0]; policies];
+    }
+
+    #[inline]
+    pub fn rate_limit(&self, policy: usize, allowed: bool) {
+        if let Some(counts) = self.policies.borrow_mut().get_mut(policy) {
+            counts[usize::from(!allowed)] += 1;
+        }
     }
 
     #[inline]
@@ -221,6 +236,7 @@ impl WorkerMetrics {
             panics: self.panics.get(),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
+            policies: self.policies.borrow().clone(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -253,6 +269,7 @@ pub struct WorkerReport {
     pub panics: u64,
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
+    pub policies: Vec<[u64; 2]>,
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

@@ -20,6 +20,7 @@ pub const UPSTREAM_ACTIVE: &str = "ringgate_upstream_requests_in_flight";
 pub const UPSTREAM_REUSED: &str = "ringgate_upstream_connections_reused_total";
 pub const UPSTREAM_RETRIES: &str = "ringgate_upstream_retries_total";
 pub const PANICS: &str = "ringgate_connection_panics_total";
+pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
 pub const ACCESS_LOG_DROPPED: &str = "ringgate_access_log_dropped_lines_total";
 
 /// Latency buckets (seconds): from 100 µs (a loopback hop) to a minute.

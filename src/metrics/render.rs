@@ -227,6 +227,26 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         let v: u64 = reports.iter().map(|r| r.failures[f.index()]).sum();
         let _ = writeln!(out, "{UPSTREAM_TIMEOUTS}{{kind=\"{kind}\"}} {v}");
     }
+    header(
+        &mut out,
+        RATE_LIMIT_DECISIONS,
+        "counter",
+        "Rate-limit checks, by policy and decision.",
+    );
+    for (i, policy) in snapshot.rate_limits.iter().enumerate() {
+        for (d, decision) in ["allowed", "limited"].iter().enumerate() {
+            let v: u64 = reports
+                .iter()
+                .filter_map(|r| r.policies.get(i))
+                .map(|c| c[d])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{RATE_LIMIT_DECISIONS}{{policy=\"{}\",decision=\"{decision}\"}} {v}",
+                label(&policy.name)
+            );
+        }
+    }
 
     let endpoint_series =
         |out: &mut String,

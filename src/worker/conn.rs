@@ -540,6 +540,7 @@ fn check_rate_limits(
         };
         let tier = policy.tier_header.as_deref().and_then(header);
         let decision = limiter.check(index, policy, key, tier, now);
+        shard.metrics.rate_limit(index, decision.allowed);
         if !decision.allowed {
             return Err(decision);
         }

@@ -153,6 +153,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
+        metrics.resize_policies(snapshot.rate_limits.len());
         Shard {
             id,
             epoch: std::time::Instant::now(),
@@ -180,6 +181,8 @@ impl Shard {
         let next = Generation::next(snapshot, Some(&previous), self.id);
         self.metrics
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
+        self.metrics
+            .resize_policies(next.snapshot.rate_limits.len());
         *self.current.borrow_mut() = Rc::new(next);
     }
 
