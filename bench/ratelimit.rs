@@ -23,6 +23,7 @@ fn policy(max_keys: usize) -> RateLimitPolicy {
         tiers: vec![],
         headers: true,
         max_keys,
+        trusted_proxies: vec![],
     }
 }
 

@@ -189,6 +189,7 @@ pub struct RateLimitPolicy {
     pub tiers: Vec<(Box<[u8]>, LimitKind)>,
     pub headers: bool,
     pub max_keys: usize,
+    pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -179,3 +179,45 @@ fn policies_are_validated() {
         );
     }
 }
+
+#[test]
+fn client_ip_comes_from_forwarded_for_only_through_trusted_proxies() {
+    let up = Upstream::named("app");
+    let trusted = "[rate_limits.per_ip]\nkey = \"client_ip\"\nlimit = 1\nwindow = \"1m\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n";
+    let gw = gateway("epoll", &up, trusted, "\"per_ip\"");
+    let from = |client: &str| {
+        request(
+            gw.addr,
+            format!(
+                "GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.1, {client}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(
+        [
+            from("203.0.113.5"),
+            from("203.0.113.5"),
+            from("203.0.113.6")
+        ],
+        [200, 429, 200],
+        "one quota per forwarded client"
+    );
+
+    // Without trusted proxies the header is ignored: every request is 127.0.0.1's.
+    let untrusted = "[rate_limits.per_ip]\nkey = \"client_ip\"\nlimit = 1\nwindow = \"1m\"\n";
+    let gw = gateway("epoll", &up, untrusted, "\"per_ip\"");
+    let from = |client: &str| {
+        request(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {client}\r\n\r\n").as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(
+        [from("203.0.113.5"), from("203.0.113.6")],
+        [200, 429],
+        "a client cannot pick its own key"
+    );
+}

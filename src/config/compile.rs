@@ -603,7 +603,15 @@ fn compile_rate_limit(
     if !tiers.is_empty() && r.tier_header.is_none() {
         errors.at(section, format!("rate_limits.{name}: tiers need tier_header = \"NAME\" (the header naming the client's tier)"));
     }
+    let mut trusted_proxies = Vec::new();
+    for t in &r.trusted_proxies {
+        match crate::ratelimit::IpNet::parse(t) {
+            Some(net) => trusted_proxies.push(net),
+            None => errors.at(section, format!("rate_limits.{name}: trusted_proxies entry `{t}` is not an address or CIDR network like \"10.0.0.0/8\"")),
+        }
+    }
     Some(RateLimitPolicy {
+        trusted_proxies,
         name: name.to_string(),
         key,
         default,

@@ -64,6 +64,10 @@ pub struct RateLimitSection {
     /// Most keys tracked per worker.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// For `key = "client_ip"`: proxies (addresses or CIDR networks) whose
+    /// X-Forwarded-For is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_max_keys() -> usize {

@@ -136,6 +136,7 @@ mod limiter_tests {
     fn policy() -> RateLimitPolicy {
         RateLimitPolicy {
             name: "p".into(),
+            trusted_proxies: vec![],
             key: LimitKey::Global,
             default: LimitKind::Bucket {
                 rate: Rate {
@@ -198,5 +199,128 @@ mod limiter_tests {
                 && text.contains("RateLimit-Remaining: 42\r\n")
         );
         assert!(text.contains("X-RateLimit-Reset: 7\r\n"));
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a: std::net::IpAddr = text.parse().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client address for rate limiting: the peer, unless the peer is a
+/// trusted proxy, in which case the right-most X-Forwarded-For entry that is
+/// not itself a trusted proxy (entries further left are the client's own
+/// claims and could be forged). `xff` yields header values in order.
+pub fn client_ip_key<'a>(
+    peer: std::net::IpAddr,
+    peer_text: &'a [u8],
+    trusted: &[IpNet],
+    xff: impl DoubleEndedIterator<Item = &'a [u8]>,
+) -> &'a [u8] {
+    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(peer)) {
+        return peer_text;
+    }
+    for value in xff.rev() {
+        for entry in value.rsplit(|&b| b == b',') {
+            let entry = crate::http::trim_ows(entry);
+            let Some(ip) = std::str::from_utf8(entry)
+                .ok()
+                .and_then(|s| s.parse::<std::net::IpAddr>().ok())
+            else {
+                // Not an address: stop trusting the chain here.
+                return peer_text;
+            };
+            if !trusted.iter().any(|n| n.contains(ip)) {
+                return entry;
+            }
+        }
+    }
+    peer_text
+}
+
+#[cfg(test)]
+mod ip_tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        let one = IpNet::parse("127.0.0.1").unwrap();
+        assert!(
+            one.contains("127.0.0.1".parse().unwrap())
+                && !one.contains("127.0.0.2".parse().unwrap())
+        );
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(
+            v6.contains("2001:db8:1::5".parse().unwrap())
+                && !v6.contains("2001:db9::1".parse().unwrap())
+        );
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_through_trusted_proxies() {
+        let trusted = [IpNet::parse("10.0.0.0/8").unwrap()];
+        let proxy: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        let key = |peer: std::net::IpAddr, values: &[&'static [u8]]| {
+            client_ip_key(peer, b"PEER", &trusted, values.iter().copied())
+        };
+        assert_eq!(key(proxy, &[b"203.0.113.7"]), b"203.0.113.7");
+        // Forged left-most entries are ignored; trusted hops are skipped.
+        assert_eq!(
+            key(proxy, &[b"1.1.1.1, 203.0.113.7, 10.0.0.9"]),
+            b"203.0.113.7"
+        );
+        assert_eq!(key(proxy, &[b"1.1.1.1", b"203.0.113.8"]), b"203.0.113.8");
+        // An untrusted peer's header is not believed at all.
+        assert_eq!(
+            key("198.51.100.1".parse().unwrap(), &[b"203.0.113.7"]),
+            b"PEER"
+        );
+        assert_eq!(key(proxy, &[b"garbage"]), b"PEER");
+        assert_eq!(key(proxy, &[]), b"PEER");
     }
 }

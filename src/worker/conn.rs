@@ -533,7 +533,16 @@ fn check_rate_limits(
     for &index in &route.rate_limits {
         let policy = &snapshot.rate_limits[index];
         let key: &[u8] = match &policy.key {
-            LimitKey::ClientIp => client.peer_ip.as_bytes(),
+            LimitKey::ClientIp => crate::ratelimit::client_ip_key(
+                client.peer.ip(),
+                client.peer_ip.as_bytes(),
+                &policy.trusted_proxies,
+                client
+                    .headers
+                    .iter()
+                    .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for"))
+                    .map(|h| h.value.get(buf)),
+            ),
             LimitKey::Header(name) => header(name).unwrap_or(b""),
             LimitKey::Route => route.name.as_bytes(),
             LimitKey::Global => b"",
