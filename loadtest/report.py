@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "nginx", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "nginx", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -151,6 +151,9 @@ def summarise(runs):
         log_target = entry["targets"].get("ringgate-log")
         if rg and rg["rps"] and log_target and log_target["rps"]:
             ratios["access_log_throughput_cost"] = 1 - log_target["rps"]["median"] / rg["rps"]["median"]
+        limited = entry["targets"].get("ringgate-limited")
+        if rg and rg["rps"] and limited and limited["rps"]:
+            ratios["rate_limit_throughput_cost"] = 1 - limited["rps"]["median"] / rg["rps"]["median"]
         entry["ratios"] = ratios
         summary[scenario] = entry
     return summary
@@ -196,7 +199,9 @@ def markdown(summary, env):
             )
         if entry["ratios"]:
             lines.append("")
-            lines.append("Ratios: " + ", ".join(f"{k.replace('_', ' ')} **{v:.2f}**" for k, v in entry["ratios"].items()))
+            lines.append("Ratios: " + ", ".join(
+                f"{k.replace('_', ' ')} **{v * 100:.1f}%**" if k.endswith("_cost") else f"{k.replace('_', ' ')} **{v:.2f}**"
+                for k, v in entry["ratios"].items()))
         lines.append("")
     return "\n".join(lines)
 
@@ -219,7 +224,7 @@ def svg_latency(summary):
     hi = 10 ** math.ceil(math.log10(max(flat)))
     width, height, left, bottom, top = 760, 380, 70, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top
-    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
+    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
 
     def y(v):
         return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h

@@ -49,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 if [ "$SCENARIOS" = all ]; then
     # The documented order first, then any scenario file added since.
-    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log
+    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log,ratelimit-cost
     for f in "$HERE"/scenarios/*.sh; do
         s=$(basename "$f" .sh)
         [[ ",$SCENARIOS," == *",$s,"* ]] || SCENARIOS="$SCENARIOS,$s"
@@ -153,7 +153,7 @@ layout() { # sets GW_CPUS STUB_CPUS GEN_CPUS GEN_THREADS STUB_THREADS for $1 wor
 render() { # template output port
     sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
         -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" -e "s|@MAXCONN@|$MAXCONN|g" \
-        -e "s|@FDLIMIT@|$FD_LIMIT|g" "$1" > "$3"
+        -e "s|@FDLIMIT@|$FD_LIMIT|g" -e "s|@LIMITS@|${LIMITS:-}|g" "$1" > "$3"
 }
 
 wait_port() { # port
@@ -167,7 +167,7 @@ wait_port() { # port
 }
 
 STUB_PORT=19000
-declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005)
+declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006)
 declare -A TPID=()
 
 start_targets() {
@@ -186,6 +186,13 @@ start_targets() {
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-log.toml" > "$RUN/ringgate-log.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-log]=$!
     wait_port "${PORT[ringgate-log]}"
+    # The same gateway with a per-client-IP limit on every route, high enough
+    # never to trigger, for the ratelimit-cost scenario.
+    LIMITS='"loadtest"' render "$HERE/gateway.toml" "${PORT[ringgate-limited]}" "$RUN/ringgate-limited.toml"
+    printf '\n[rate_limits.loadtest]\nkey = "client_ip"\nrate = "100000000/s"\nburst = 100000000\n' >> "$RUN/ringgate-limited.toml"
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-limited.toml" > "$RUN/ringgate-limited.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-limited]=$!
+    wait_port "${PORT[ringgate-limited]}"
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
