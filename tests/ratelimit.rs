@@ -221,3 +221,79 @@ fn client_ip_comes_from_forwarded_for_only_through_trusted_proxies() {
         "a client cannot pick its own key"
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends `requests` pipelined on one connection from a writer thread and
+/// returns the statuses in order.
+fn pipeline(addr: std::net::SocketAddr, requests: Vec<u8>, count: usize) -> Vec<u16> {
+    let mut c = Conn::open(addr);
+    let mut writer = c.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(&requests).unwrap();
+    });
+    let statuses = (0..count).map(|_| c.read_response(false).status).collect();
+    sender.join().unwrap();
+    statuses
+}
+
+#[test]
+fn a_key_flood_stays_within_the_table_and_a_busy_key_keeps_its_quota() {
+    let policies = "[rate_limits.per_key]\nkey = \"header:x-api-key\"\nlimit = 50\nwindow = \"10m\"\nheaders = false\nmax_keys = 1000\n";
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{policies}\n[[routes]]\nrespond = {{ status = 200, body = \"ok\" }}\nrate_limits = [\"per_key\"]\n"
+        ),
+    ));
+    let request =
+        |key: &str| format!("GET / HTTP/1.1\r\nHost: a\r\nX-Api-Key: {key}\r\n\r\n").into_bytes();
+    // Warm up: fill the table once.
+    let warm: Vec<u8> = (0..2_000)
+        .flat_map(|i| request(&format!("warm-{i}")))
+        .collect();
+    assert!(pipeline(gw.addr, warm, 2_000).iter().all(|&s| s == 200));
+    let before = rss_kib(gw.child.id());
+
+    // 100 000 one-shot keys, with the busy key every 10th request.
+    let total = 110_000;
+    let mut flood = Vec::with_capacity(total * 60);
+    for i in 0..total {
+        if i % 11 == 0 {
+            flood.extend(request("busy-client"));
+        } else {
+            flood.extend(request(&format!("flood-{i}")));
+        }
+    }
+    let statuses = pipeline(gw.addr, flood, total);
+    let after = rss_kib(gw.child.id());
+    let busy: Vec<u16> = statuses.iter().step_by(11).copied().collect();
+    let busy_allowed = busy.iter().filter(|&&s| s == 200).count();
+    eprintln!(
+        "RSS {before} KiB -> {after} KiB after {total} keys; busy key allowed {busy_allowed} of {}",
+        busy.len()
+    );
+    assert_eq!(
+        busy_allowed, 50,
+        "the busy key's quota was never reset by eviction"
+    );
+    assert!(
+        statuses
+            .iter()
+            .enumerate()
+            .all(|(i, &s)| i % 11 == 0 || s == 200),
+        "every flood key is new and allowed"
+    );
+    assert!(
+        after < before + 4 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
