@@ -179,7 +179,7 @@ pub enum LimitKind {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
     pub name: String,
     pub key: LimitKey,

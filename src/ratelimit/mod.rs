@@ -75,6 +75,24 @@ impl Limiter {
         }
     }
 
+    /// The limiter for a reloaded config: policies that did not change (same
+    /// name and settings) keep their keys' state, so a config push does not
+    /// hand every client a fresh quota; changed and new policies start empty.
+    pub fn carry_over(
+        previous: &mut Limiter,
+        old: &[RateLimitPolicy],
+        new: &[RateLimitPolicy],
+    ) -> Limiter {
+        let tables = new
+            .iter()
+            .map(|p| match old.iter().position(|o| o == p) {
+                Some(i) => std::mem::replace(&mut previous.tables[i], KeyTable::new(1)),
+                None => KeyTable::new(p.max_keys),
+            })
+            .collect();
+        Limiter { tables }
+    }
+
     /// Counts one request for `key` under policy `index`. `tier` is the
     /// value of the policy's tier header, if the request carried one.
     pub fn check(
@@ -178,6 +196,28 @@ mod limiter_tests {
             allowed(&mut l, b"c", Some(b"unknown-plan")),
             "unknown tiers use the default"
         );
+    }
+
+    #[test]
+    fn unchanged_policies_keep_their_state_across_a_reload() {
+        let p = policy();
+        let mut l = Limiter::new(std::slice::from_ref(&p));
+        assert!(l.check(0, &p, b"a", None, 0).allowed && l.check(0, &p, b"a", None, 0).allowed);
+        assert!(!l.check(0, &p, b"a", None, 0).allowed);
+        // Same policy, now second in the list: its state follows it.
+        let mut other = policy();
+        other.name = "other".into();
+        let new = [other.clone(), p.clone()];
+        let mut next = Limiter::carry_over(&mut l, std::slice::from_ref(&p), &new);
+        assert!(
+            !next.check(1, &p, b"a", None, 0).allowed,
+            "still exhausted after the reload"
+        );
+        // A changed policy starts fresh.
+        let mut changed = p.clone();
+        changed.max_keys = 11;
+        let mut fresh = Limiter::carry_over(&mut next, &new, std::slice::from_ref(&changed));
+        assert!(fresh.check(0, &changed, b"a", None, 0).allowed);
     }
 
     #[test]

@@ -102,7 +102,14 @@ impl Generation {
                 reusable.unwrap_or_else(|| UpstreamState::new(spec, worker))
             })
             .collect();
-        let limiter = RefCell::new(crate::ratelimit::Limiter::new(&snapshot.rate_limits));
+        let limiter = RefCell::new(match previous {
+            Some(prev) => crate::ratelimit::Limiter::carry_over(
+                &mut prev.limiter.borrow_mut(),
+                &prev.snapshot.rate_limits,
+                &snapshot.rate_limits,
+            ),
+            None => crate::ratelimit::Limiter::new(&snapshot.rate_limits),
+        });
         Generation {
             snapshot,
             upstreams: RefCell::new(upstreams),
