@@ -219,23 +219,18 @@ stop_targets() {
     sleep 0.5
 }
 
-# Sum of user+system CPU ticks of a process and its children (nginx workers).
-cpu_ticks() {
+# Sums a number read from /proc/PID/FILE by an awk program over a process and
+# its children (nginx workers).
+sum_over_tree() { # pid file awk-program
     local pid=$1 total=0 p
     for p in $pid $(pgrep -P "$pid" || true); do
-        [ -r "/proc/$p/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+        [ -r "/proc/$p/$2" ] || continue
+        total=$((total + $(awk "$3" "/proc/$p/$2")))
     done
     echo "$total"
 }
-rss_kib() {
-    local pid=$1 total=0 p
-    for p in $pid $(pgrep -P "$pid" || true); do
-        [ -r "/proc/$p/status" ] || continue
-        total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status")))
-    done
-    echo "$total"
-}
+cpu_ticks() { sum_over_tree "$1" stat '{print $14 + $15}'; }
+rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3

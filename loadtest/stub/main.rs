@@ -129,6 +129,17 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> usize {
     r.unwrap_or(0)
 }
 
+/// Writes and clears `out` (if anything is in it); false if the peer is gone.
+async fn flush(stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let (r, o) = stream.write_all(std::mem::take(out)).await;
+    *out = o;
+    out.clear();
+    r.is_ok()
+}
+
 async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Bytes>>>) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -198,13 +209,8 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
                 small_response.clone()
             };
             if body.len() > 32 * 1024 {
-                if !out.is_empty() {
-                    let (r, o) = stream.write_all(std::mem::take(&mut out)).await;
-                    out = o;
-                    out.clear();
-                    if r.is_err() {
-                        return;
-                    }
+                if !flush(&mut stream, &mut out).await {
+                    return;
                 }
                 if stream.write_all(body).await.0.is_err() {
                     return;
@@ -224,13 +230,8 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
                 return;
             }
         }
-        if !out.is_empty() {
-            let (r, o) = stream.write_all(std::mem::take(&mut out)).await;
-            out = o;
-            out.clear();
-            if r.is_err() {
-                return;
-            }
+        if !flush(&mut stream, &mut out).await {
+            return;
         }
         if read_more(&mut stream, &mut buf).await == 0 {
             return;

@@ -38,28 +38,6 @@ fn histogram(out: &mut String, name: &str, help: &str, hist: &Histogram<u64>, su
     let _ = writeln!(out, "{name}_count {}", hist.len());
 }
 
-/// Every failure, for the rejected-requests counter's `reason` label.
-const FAILURES: [Failure; crate::failure::FAILURE_KINDS] = [
-    Failure::BadRequest(""),
-    Failure::HeadTooLarge,
-    Failure::BodyTooLarge,
-    Failure::HeaderTimeout,
-    Failure::NotFound,
-    Failure::ExpectationFailed,
-    Failure::NotImplemented(""),
-    Failure::UpstreamConnect,
-    Failure::UpstreamReset,
-    Failure::UpstreamMalformed(""),
-    Failure::UpstreamConnectTimeout,
-    Failure::UpstreamTimeout,
-    Failure::BadRequestBody(""),
-    Failure::RateLimited {
-        limit: 0,
-        reset: 0,
-        retry_after: 0,
-    },
-];
-
 /// Renders merged metrics. Reports whose tables were sized for another
 /// snapshot (a reload raced the scrape) are skipped for per-route and
 /// per-endpoint series.
@@ -205,7 +183,7 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         "counter",
         "Requests answered with an error by the gateway, by reason and status.",
     );
-    for f in FAILURES {
+    for f in Failure::ALL {
         let v: u64 = reports.iter().map(|r| r.failures[f.index()]).sum();
         let _ = writeln!(
             out,

@@ -40,6 +40,16 @@ pub struct Client {
     pub iov: Option<super::io::IoVecPair>,
 }
 
+impl Client {
+    /// The first value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.get(&self.buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(&self.buf)))
+    }
+}
+
 /// An IP address rendered once, stored inline (no allocation per request).
 pub struct PeerIp {
     text: [u8; 48],
@@ -161,11 +171,10 @@ impl LoggedTarget {
 }
 
 /// The request's `x-request-id` if the client sent a usable one, else a new one.
-fn request_id_for(shard: &Shard, buf: &[u8], headers: &[HeaderSpan]) -> RequestId {
-    headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"x-request-id"))
-        .and_then(|h| RequestId::from_client(http::trim_ows(h.value.get(buf))))
+fn request_id_for(shard: &Shard, client: &Client) -> RequestId {
+    client
+        .header(b"x-request-id")
+        .and_then(RequestId::from_client)
         .unwrap_or_else(|| shard.request_ids.borrow_mut().generate())
 }
 
@@ -233,7 +242,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         shard.metrics.request();
         let started = Instant::now();
         let method = crate::metrics::method_index(head.method_span.get(&client.buf));
-        let mut exchange = Exchange::new(request_id_for(&shard, &client.buf, &client.headers));
+        let mut exchange = Exchange::new(request_id_for(&shard, &client));
         exchange.received = head.len as u64;
         let logged = shard
             .log
@@ -314,55 +323,49 @@ async fn read_head(
             // Nothing of this request yet: the connection is idle, and a
             // drain cancels this read. A new connection waits under its head
             // deadline (408 when it passes), a kept-alive one under
-            // idle_timeout (closed quietly).
-            if first {
-                let remaining = deadline.map_or(limits.header_read_timeout, |d| {
-                    d.saturating_duration_since(Instant::now())
-                });
-                if !shard.draining.get() {
-                    let read = read_more_cancelable(
-                        &mut client.stream,
-                        &mut client.buf,
-                        shard.idle_cancel_handle(),
-                    );
-                    match monoio::time::timeout(remaining, read).await {
-                        Ok(Ok(n)) if n > 0 => continue,
-                        Ok(Ok(_)) => return HeadOutcome::Closed,
-                        Ok(Err(_)) if shard.draining.get() => {}
-                        Ok(Err(_)) => return HeadOutcome::Closed,
-                        Err(_) => return HeadOutcome::Failed(Failure::HeaderTimeout),
-                    }
-                }
-                // Draining: a new connection may have been accepted a moment
-                // ago with its request on the way; give it a short grace to
-                // arrive (it is then answered with Connection: close).
-                let grace = remaining.min(FIRST_REQUEST_GRACE);
-                match read_more_timed(&mut client.stream, &mut client.buf, HEAD_READ, grace).await {
-                    Ok(_) => continue,
-                    Err(IoFailure::TimedOut) => return HeadOutcome::Retire,
-                    Err(_) => return HeadOutcome::Closed,
+            // idle_timeout (retired quietly). In the empty-buffer state a
+            // deadline exists exactly when this is the first request.
+            if !shard.draining.get() {
+                let limit = match deadline {
+                    Some(d) => d.saturating_duration_since(Instant::now()),
+                    None => limits.idle_timeout,
+                };
+                let read = read_more_cancelable(
+                    &mut client.stream,
+                    &mut client.buf,
+                    shard.idle_cancel_handle(),
+                );
+                match monoio::time::timeout(limit, read).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    Ok(Ok(_)) => return HeadOutcome::Closed,
+                    Ok(Err(_)) if !shard.draining.get() => return HeadOutcome::Closed,
+                    // A drain cancelled the read: handled below.
+                    Ok(Err(_)) => {}
+                    Err(_) if first => return HeadOutcome::Failed(Failure::HeaderTimeout),
+                    Err(_) => return HeadOutcome::Retire,
                 }
             }
-            if shard.draining.get() {
+            // Draining. A kept-alive connection is retired; a new one may
+            // have been accepted a moment ago with its request on the way,
+            // so it gets a short grace (and is answered with Connection:
+            // close).
+            if !first {
                 return HeadOutcome::Retire;
             }
-            let limit = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => limits.idle_timeout,
-            };
-            let read = read_more_cancelable(
+            let remaining = deadline.map_or(limits.header_read_timeout, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            match read_more_timed(
                 &mut client.stream,
                 &mut client.buf,
-                shard.idle_cancel_handle(),
-            );
-            match monoio::time::timeout(limit, read).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) => return HeadOutcome::Closed,
-                // A drain cancelled the read.
-                Ok(Err(_)) if shard.draining.get() => return HeadOutcome::Retire,
-                Ok(Err(_)) => return HeadOutcome::Closed,
-                Err(_) if deadline.is_some() => return HeadOutcome::Failed(Failure::HeaderTimeout),
-                Err(_) => return HeadOutcome::Retire,
+                HEAD_READ,
+                remaining.min(FIRST_REQUEST_GRACE),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(IoFailure::TimedOut) => return HeadOutcome::Retire,
+                Err(_) => return HeadOutcome::Closed,
             }
         } else {
             let deadline = deadline.unwrap_or_else(Instant::now);
@@ -519,13 +522,6 @@ fn check_rate_limits(
 ) -> Result<Option<crate::ratelimit::Decision>, crate::ratelimit::Decision> {
     use crate::snapshot::LimitKey;
     let buf = &client.buf[..];
-    let header = |name: &[u8]| {
-        client
-            .headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(|h| http::trim_ows(h.value.get(buf)))
-    };
     let now = shard.epoch.elapsed().as_nanos() as u64;
     let snapshot = &generation.snapshot;
     let mut limiter = generation.limiter.borrow_mut();
@@ -543,11 +539,11 @@ fn check_rate_limits(
                     .filter(|h| h.name.get(buf).eq_ignore_ascii_case(b"x-forwarded-for"))
                     .map(|h| h.value.get(buf)),
             ),
-            LimitKey::Header(name) => header(name).unwrap_or(b""),
+            LimitKey::Header(name) => client.header(name).unwrap_or(b""),
             LimitKey::Route => route.name.as_bytes(),
             LimitKey::Global => b"",
         };
-        let tier = policy.tier_header.as_deref().and_then(header);
+        let tier = policy.tier_header.as_deref().and_then(|h| client.header(h));
         let decision = limiter.check(index, policy, key, tier, now);
         shard.metrics.rate_limit(index, decision.allowed);
         if !decision.allowed {

@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
 };
@@ -30,6 +30,17 @@ pub enum IoFailure {
     Io(#[allow(dead_code)] io::Error),
 }
 
+/// Moves `buf` out as a view of its spare capacity (what a read fills),
+/// first growing it if less than a quarter of `want` is free.
+fn spare(buf: &mut BytesMut, want: usize) -> SliceMut<BytesMut> {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    owned.slice_mut(len..cap)
+}
+
 /// Appends whatever the peer sends next to `buf`, first growing it if less
 /// than a quarter of `want` is free; `Ok(0)` is end of stream.
 pub async fn read_more(
@@ -37,12 +48,7 @@ pub async fn read_more(
     buf: &mut BytesMut,
     want: usize,
 ) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < want / 4 {
-        buf.reserve(want);
-    }
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    let (result, slice) = stream.read(owned.slice_mut(len..cap)).await;
+    let (result, slice) = stream.read(spare(buf, want)).await;
     *buf = slice.into_inner();
     result
 }
@@ -54,14 +60,7 @@ pub async fn read_more_cancelable(
     buf: &mut BytesMut,
     cancel: CancelHandle,
 ) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < HEAD_READ / 4 {
-        buf.reserve(HEAD_READ);
-    }
-    let owned = std::mem::take(buf);
-    let (len, cap) = (owned.len(), owned.capacity());
-    let (result, slice) = stream
-        .cancelable_read(owned.slice_mut(len..cap), cancel)
-        .await;
+    let (result, slice) = stream.cancelable_read(spare(buf, HEAD_READ), cancel).await;
     *buf = slice.into_inner();
     result
 }

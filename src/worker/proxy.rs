@@ -264,11 +264,7 @@ fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
     }
     match spec.hash_key.as_ref()? {
         HashKey::ClientIp => Some(stable_hash(client.peer_ip.as_bytes())),
-        HashKey::Header(name) => client
-            .headers
-            .iter()
-            .find(|h| h.name.get(&client.buf).eq_ignore_ascii_case(name))
-            .map(|h| stable_hash(http::trim_ows(h.value.get(&client.buf)))),
+        HashKey::Header(name) => client.header(name).map(stable_hash),
     }
 }
 
