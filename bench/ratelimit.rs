@@ -4,13 +4,14 @@
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use ringgate::ratelimit::{Limiter, Rate, TokenBucket, WindowQuota};
-use ringgate::snapshot::{LimitKey, LimitKind, RateLimitPolicy};
+use ringgate::snapshot::{LimitKey, LimitKind, LimitScope, RateLimitPolicy};
 
 const S: u64 = 1_000_000_000;
 
-fn policy(max_keys: usize) -> RateLimitPolicy {
+fn policy(max_keys: usize, scope: LimitScope) -> RateLimitPolicy {
     RateLimitPolicy {
         name: "bench".into(),
+        scope,
         key: LimitKey::ClientIp,
         default: LimitKind::Bucket {
             rate: Rate {
@@ -29,27 +30,33 @@ fn policy(max_keys: usize) -> RateLimitPolicy {
 
 fn check(c: &mut Criterion) {
     let mut group = c.benchmark_group("ratelimit");
-    let p = policy(100_000);
-    let mut limiter = Limiter::new(std::slice::from_ref(&p));
-    for i in 0..10_000u32 {
-        limiter.check(
-            0,
-            &p,
-            format!("10.0.{}.{}", i / 256, i % 256).as_bytes(),
-            None,
-            0,
-        );
+    for (name, scope) in [
+        ("check_known_key_10k_keys", LimitScope::Worker),
+        // Node scope: the worker's 1/N part of the aggregator's last view.
+        ("check_known_key_10k_keys_node_scope", LimitScope::Node),
+    ] {
+        let p = policy(100_000, scope);
+        let mut limiter = Limiter::new(std::slice::from_ref(&p), 1, 4);
+        for i in 0..10_000u32 {
+            limiter.check(
+                0,
+                &p,
+                format!("10.0.{}.{}", i / 256, i % 256).as_bytes(),
+                None,
+                0,
+            );
+        }
+        let mut now = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                now += 1000;
+                limiter.check(0, &p, black_box(b"10.0.17.42"), None, now)
+            })
+        });
     }
-    let mut now = 0u64;
-    group.bench_function("check_known_key_10k_keys", |b| {
-        b.iter(|| {
-            now += 1000;
-            limiter.check(0, &p, black_box(b"10.0.17.42"), None, now)
-        })
-    });
 
-    let small = policy(1_000);
-    let mut full = Limiter::new(std::slice::from_ref(&small));
+    let small = policy(1_000, LimitScope::Worker);
+    let mut full = Limiter::new(std::slice::from_ref(&small), 1, 1);
     let mut n = 0u64;
     group.bench_function("check_new_key_full_table", |b| {
         b.iter(|| {

@@ -192,6 +192,7 @@ impl Failure {
                     remaining: 0,
                     reset_secs: reset,
                     retry_after_secs: retry_after,
+                    defer: false,
                 },
             );
         }

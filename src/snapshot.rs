@@ -179,9 +179,41 @@ pub enum LimitKind {
     },
 }
 
+/// Who shares one limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Each worker enforces the whole limit on its own.
+    Worker,
+    /// One limit for all workers of this process.
+    Node,
+    /// One limit for every node sharing the Redis.
+    Cluster { on_redis_error: OnRedisError },
+}
+
+/// What cluster-scope limits do while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Enforce this node's share (limit ÷ nodes last seen) locally.
+    LocalShare,
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSpec {
+    /// "host:port" as configured (resolved at each connection attempt).
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: u32,
+    pub timeout: std::time::Duration,
+    pub key_prefix: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitPolicy {
     pub name: String,
+    pub scope: LimitScope,
     pub key: LimitKey,
     pub default: LimitKind,
     /// Lower-case header naming the tier, and (tier value, limit) pairs.
@@ -206,6 +238,9 @@ pub struct AccessLogSpec {
 }
 
 pub struct Snapshot {
+    /// Unique within the process: tells which snapshot's policy indices a
+    /// rate-limit report or view uses.
+    pub id: u64,
     /// Where this snapshot came from (a path, or "<embedded default>").
     pub source: String,
     pub workers: usize,
@@ -218,6 +253,9 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub router: Router,
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// Report/aggregate period for node- and cluster-scope limits.
+    pub rate_limit_sync: std::time::Duration,
+    pub redis: Option<RedisSpec>,
     pub access_log: Option<AccessLogSpec>,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,

@@ -159,11 +159,41 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
 
     let mut rate_limits = Vec::new();
     for (name, section) in &cfg.rate_limits {
-        if let Some(policy) = compile_rate_limit(name, section, &mut errors) {
+        if let Some(policy) = compile_rate_limit(name, section, cfg.redis.is_some(), &mut errors) {
             rate_limits.push(policy);
         }
     }
     let policy_names: Vec<&String> = cfg.rate_limits.keys().collect();
+    let sync_interval = cfg.rate_limit_sync.interval.get_ref().0;
+    if sync_interval < std::time::Duration::from_millis(1)
+        || sync_interval > std::time::Duration::from_secs(1)
+    {
+        errors.at(
+            &cfg.rate_limit_sync.interval,
+            "rate_limit_sync.interval must be between 1ms and 1s",
+        );
+    }
+    let redis = cfg.redis.as_ref().map(|section| {
+        let r = section.get_ref();
+        if r.address
+            .get_ref()
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            errors.at(&r.address, "redis.address must be \"host:port\"");
+        }
+        if r.timeout.0.is_zero() {
+            errors.at(section, "redis.timeout must be more than 0");
+        }
+        crate::snapshot::RedisSpec {
+            address: r.address.get_ref().clone(),
+            username: r.username.clone(),
+            password: r.password.clone(),
+            database: r.database,
+            timeout: r.timeout.0,
+            key_prefix: r.key_prefix.clone(),
+        }
+    });
 
     let upstream_names: Vec<&String> = cfg.upstreams.keys().collect();
     let mut upstreams = Vec::new();
@@ -202,7 +232,15 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     if !errors.list.is_empty() {
         return Err(ConfigErrors(errors.list));
     }
+    let mut cfg = cfg;
+    if let Some(redis) = &mut cfg.redis
+        && redis.get_ref().password.is_some()
+    {
+        redis.get_mut().password = Some("<redacted>".into());
+    }
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Snapshot {
+        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         source: map.name.to_string(),
         workers,
         io_driver,
@@ -214,9 +252,11 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         routes,
         router: Router::new(matchers),
         rate_limits,
+        rate_limit_sync: sync_interval,
+        redis,
         admin,
         access_log,
-        // No key holds a secret yet; the auth issue's keys get redacted here.
+        // Secrets (the Redis password) were replaced above.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
     })
 }
@@ -562,9 +602,10 @@ fn compile_limit(
 fn compile_rate_limit(
     name: &str,
     section: &Spanned<file::RateLimitSection>,
+    has_redis: bool,
     errors: &mut Errors,
 ) -> Option<crate::snapshot::RateLimitPolicy> {
-    use crate::snapshot::{LimitKey, RateLimitPolicy};
+    use crate::snapshot::{LimitKey, LimitScope, OnRedisError, RateLimitPolicy};
     let r = section.get_ref();
     let key = match r.key.get_ref().as_str() {
         "client_ip" => LimitKey::ClientIp,
@@ -583,10 +624,39 @@ fn compile_rate_limit(
             }
         },
     };
-    if let Some(scope) = &r.scope
-        && scope.get_ref() != "worker"
+    let on_redis_error = match r.on_redis_error.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "local_share")) => OnRedisError::LocalShare,
+        Some((_, "allow")) => OnRedisError::Allow,
+        Some((_, "deny")) => OnRedisError::Deny,
+        Some((at, _)) => {
+            errors.at(
+                at,
+                "on_redis_error must be \"local_share\", \"allow\" or \"deny\"",
+            );
+            OnRedisError::LocalShare
+        }
+    };
+    let scope = match r.scope.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "worker")) => LimitScope::Worker,
+        Some((_, "node")) => LimitScope::Node,
+        Some((at, "cluster")) => {
+            if !has_redis {
+                errors.at(at, format!("rate_limits.{name}: scope = \"cluster\" needs a [redis] section (address of the Redis the nodes share)"));
+            }
+            LimitScope::Cluster { on_redis_error }
+        }
+        Some((at, other)) => {
+            errors.at(
+                at,
+                format!("scope must be \"worker\", \"node\" or \"cluster\", not \"{other}\""),
+            );
+            LimitScope::Worker
+        }
+    };
+    if let Some(at) = &r.on_redis_error
+        && !matches!(scope, LimitScope::Cluster { .. })
     {
-        errors.at(scope, format!("scope = \"{}\" is not available yet: this version enforces scope = \"worker\" (each worker its own limit)", scope.get_ref()));
+        errors.at(at, "on_redis_error applies to scope = \"cluster\" only");
     }
     let default = compile_limit(&r.limit, section, &format!("rate_limits.{name}"), errors)?;
     let mut tiers = Vec::new();
@@ -612,6 +682,7 @@ fn compile_rate_limit(
     }
     Some(RateLimitPolicy {
         trusted_proxies,
+        scope,
         name: name.to_string(),
         key,
         default,

@@ -40,6 +40,54 @@ pub struct FileConfig {
     pub routes: Vec<Spanned<RouteSection>>,
     #[serde(default)]
     pub rate_limits: BTreeMap<String, Spanned<RateLimitSection>>,
+    #[serde(default)]
+    pub rate_limit_sync: RateLimitSyncSection,
+    /// The Redis that cluster-scope limits share.
+    #[serde(default)]
+    pub redis: Option<Spanned<RedisSection>>,
+}
+
+/// How node- and cluster-scope limits are kept in step.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSyncSection {
+    /// How often workers report and the aggregator answers (and, for
+    /// cluster scope, how often each node syncs with Redis).
+    pub interval: Spanned<HumanDuration>,
+}
+
+impl Default for RateLimitSyncSection {
+    fn default() -> Self {
+        RateLimitSyncSection {
+            interval: Spanned::new(0..0, HumanDuration(std::time::Duration::from_millis(10))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// "host:port".
+    pub address: Spanned<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub database: u32,
+    /// Longest wait for one sync round trip before the node falls back.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(200))
+}
+
+fn default_key_prefix() -> String {
+    "ringgate:rl:".into()
 }
 
 /// A rate-limit policy, attached to routes by name.
@@ -50,9 +98,13 @@ pub struct RateLimitSection {
     pub key: Spanned<String>,
     #[serde(flatten)]
     pub limit: LimitSection,
-    /// "worker" (this version); "node" and "cluster" are planned.
+    /// "worker" (default), "node" or "cluster".
     #[serde(default)]
     pub scope: Option<Spanned<String>>,
+    /// Cluster scope, while Redis cannot be reached: "local_share"
+    /// (default), "allow" or "deny".
+    #[serde(default)]
+    pub on_redis_error: Option<Spanned<String>>,
     /// RateLimit-* headers on allowed responses too.
     #[serde(default = "yes")]
     pub headers: bool,

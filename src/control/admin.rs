@@ -25,6 +25,7 @@ pub struct Admin {
     pub workers: Vec<Sender<Command>>,
     pub drivers: Vec<&'static str>,
     pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
+    pub limits: Arc<crate::ratelimit::aggregator::Stats>,
 }
 
 /// Binds the admin address and serves it on a new thread.
@@ -136,6 +137,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                     dropped.load(std::sync::atomic::Ordering::Relaxed)
                 ));
             }
+            text.push_str(&crate::metrics::render_limit_sync(&admin.limits));
             respond(
                 &mut stream,
                 200,

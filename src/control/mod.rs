@@ -54,6 +54,7 @@ pub struct Running {
     command_txs: Vec<Sender<Command>>,
     event_rx: Receiver<Event>,
     handles: Vec<JoinHandle<()>>,
+    limits: crate::ratelimit::aggregator::Handle,
 }
 
 /// Binds listeners and starts every worker; returns once all accept.
@@ -77,6 +78,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     let (event_tx, event_rx) = unbounded();
     let mut command_txs = Vec::new();
     let mut handles = Vec::new();
+    let limit_channels = crate::ratelimit::aggregator::Channels::new(workers);
     for id in 0..workers {
         let (tx, rx) = unbounded();
         command_txs.push(tx);
@@ -92,6 +94,8 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             commands: rx,
             events: event_tx.clone(),
             access_log: access_log.clone(),
+            limit_reports: limit_channels.reports.0.clone(),
+            limit_views: limit_channels.views[id].1.clone(),
         };
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
@@ -122,6 +126,16 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             Err(_) => return Err("workers did not start within 10s".into()),
         }
     }
+    let limits = crate::ratelimit::aggregator::spawn(
+        snapshot.clone(),
+        limit_channels.reports.1.clone(),
+        limit_channels
+            .views
+            .iter()
+            .map(|(tx, _)| tx.clone())
+            .collect(),
+    )
+    .map_err(|e| format!("cannot start the rate-limit aggregator: {e}"))?;
     let uring = drivers.iter().filter(|d| **d == "io_uring").count();
     let driver_summary = if uring == workers {
         "io_uring".to_string()
@@ -136,6 +150,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     let reloader = Arc::new(std::sync::Mutex::new(reload::Reloader::new(
         snapshot.clone(),
         command_txs.clone(),
+        limits.control.clone(),
         &bound,
     )));
     let admin_addr = match snapshot.admin {
@@ -147,6 +162,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 workers: command_txs.clone(),
                 drivers: drivers.clone(),
                 access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
+                limits: limits.stats.clone(),
             },
         )?),
     };
@@ -160,6 +176,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         command_txs,
         event_rx,
         handles,
+        limits,
     })
 }
 
@@ -249,6 +266,7 @@ impl Running {
         for h in self.handles {
             let _ = h.join();
         }
+        self.limits.stop();
         Ok(())
     }
 }

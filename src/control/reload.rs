@@ -18,6 +18,7 @@ pub struct Reloader {
     path: Option<PathBuf>,
     current: Arc<Snapshot>,
     workers: Vec<Sender<Command>>,
+    limits: Sender<crate::ratelimit::aggregator::Control>,
     generation: u64,
     /// (configured address, bound address) of every running listener.
     listeners: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
@@ -27,6 +28,7 @@ impl Reloader {
     pub fn new(
         current: Arc<Snapshot>,
         workers: Vec<Sender<Command>>,
+        limits: Sender<crate::ratelimit::aggregator::Control>,
         bound: &[std::net::SocketAddr],
     ) -> Reloader {
         let path =
@@ -41,6 +43,7 @@ impl Reloader {
             path,
             current,
             workers,
+            limits,
             generation: 1,
             listeners,
         }
@@ -123,6 +126,10 @@ impl Reloader {
         if next.io_driver != old.io_driver || next.pin_workers != old.pin_workers {
             notes.push("io_driver/pin_workers changed: they take effect after a restart");
         }
+        if next.redis != old.redis {
+            notes.push("[redis] changed: it takes effect after a restart");
+            next.redis = old.redis.clone();
+        }
         for n in &notes {
             tracing::warn!("{n}");
         }
@@ -131,6 +138,11 @@ impl Reloader {
             tracing::info!("{n}");
         }
         let next = Arc::new(next);
+        // The aggregator first, so it knows the new policy indices by the
+        // time workers report with them.
+        let _ = self
+            .limits
+            .send(crate::ratelimit::aggregator::Control::Reload(next.clone()));
         let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
         for w in &self.workers {
             let _ = w.send(Command::Reload(next.clone(), ack_tx.clone()));

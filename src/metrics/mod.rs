@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 
 use crate::failure::{FAILURE_KINDS, Failure};
 
-pub use render::render_prometheus;
+pub use render::{render_limit_sync, render_prometheus};
 
 /// Methods with their own label value; everything else is "other".
 pub const METHODS: [&str; 8] = [

@@ -22,6 +22,11 @@ pub const UPSTREAM_RETRIES: &str = "ringgate_upstream_retries_total";
 pub const PANICS: &str = "ringgate_connection_panics_total";
 pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
 pub const ACCESS_LOG_DROPPED: &str = "ringgate_access_log_dropped_lines_total";
+pub const LIMIT_SYNC_TICK: &str = "ringgate_rate_limit_sync_tick_duration_seconds";
+pub const LIMIT_SYNC_KEYS: &str = "ringgate_rate_limit_shared_keys";
+pub const REDIS_ERRORS: &str = "ringgate_rate_limit_redis_errors_total";
+pub const REDIS_UP: &str = "ringgate_rate_limit_redis_up";
+pub const CLUSTER_NODES: &str = "ringgate_rate_limit_cluster_nodes";
 
 /// Latency buckets (seconds): from 100 µs (a loopback hop) to a minute.
 pub const LATENCY_BUCKETS: [f64; 18] = [

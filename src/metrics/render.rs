@@ -301,3 +301,65 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     let _ = writeln!(out, "{PANICS} {}", total(|r| r.panics));
     out
 }
+
+/// The rate-limit aggregator's own figures (node and cluster scope).
+pub fn render_limit_sync(stats: &crate::ratelimit::aggregator::Stats) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    use super::names;
+    let tick = names::LIMIT_SYNC_TICK;
+    let _ = writeln!(
+        out,
+        "# HELP {tick} Time the aggregator spent on one sync tick (charging reports, publishing views).\n# TYPE {tick} histogram"
+    );
+    for (bound, count) in crate::ratelimit::aggregator::TICK_BUCKETS
+        .iter()
+        .zip(&stats.tick_buckets)
+    {
+        let _ = writeln!(
+            out,
+            "{tick}_bucket{{le=\"{bound}\"}} {}",
+            count.load(Relaxed)
+        );
+    }
+    let ticks = stats.ticks.load(Relaxed);
+    let _ = writeln!(out, "{tick}_bucket{{le=\"+Inf\"}} {ticks}");
+    let _ = writeln!(
+        out,
+        "{tick}_sum {}\n{tick}_count {ticks}",
+        stats.tick_nanos_sum.load(Relaxed) as f64 / 1e9
+    );
+    for (name, kind, help, value) in [
+        (
+            names::LIMIT_SYNC_KEYS,
+            "gauge",
+            "Keys of node- and cluster-scope limits the aggregator tracks.",
+            stats.keys.load(Relaxed),
+        ),
+        (
+            names::REDIS_ERRORS,
+            "counter",
+            "Redis sync rounds that failed (connect, auth, I/O, timeout or reply).",
+            stats.redis_errors.load(Relaxed),
+        ),
+        (
+            names::REDIS_UP,
+            "gauge",
+            "1 while the last Redis sync round succeeded.",
+            stats.redis_up.load(Relaxed),
+        ),
+        (
+            names::CLUSTER_NODES,
+            "gauge",
+            "Nodes sharing cluster-scope limits, as last seen in Redis.",
+            stats.cluster_nodes.load(Relaxed),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}

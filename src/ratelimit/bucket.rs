@@ -14,6 +14,11 @@ pub struct Decision {
     pub reset_secs: u64,
     /// Seconds a refused client should wait (Retry-After); 0 when allowed.
     pub retry_after_secs: u64,
+    /// Refused only because this worker's part of a shared limit is spent
+    /// while the node as a whole has more left: the next view (a few sync
+    /// intervals away) may give this worker more, so the request may wait
+    /// for it instead of being refused now.
+    pub defer: bool,
 }
 
 const NANOS: u128 = 1_000_000_000;
@@ -74,6 +79,7 @@ impl TokenBucket {
             } else {
                 ceil_secs((one - self.units).div_ceil(per_ns)).max(1)
             },
+            defer: false,
         }
     }
 
@@ -126,6 +132,7 @@ impl WindowQuota {
             remaining: limit - self.used.min(limit),
             reset_secs: reset,
             retry_after_secs: if allowed { 0 } else { reset.max(1) },
+            defer: false,
         }
     }
 

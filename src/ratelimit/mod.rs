@@ -1,11 +1,17 @@
 //! [hot] Rate limits: per-worker shards of token buckets and window quotas.
 //!
-//! Worker scope: each worker enforces its own limits with its own bounded
-//! key table, no lock, no atomic. Node scope (periodic aggregation across
-//! workers) and cluster scope (Redis) are not built yet; the config refuses
-//! them rather than silently enforcing something else.
+//! Every worker keeps its own bounded key table per policy and checks
+//! requests against it with no lock and no atomic. Worker scope: the
+//! table's buckets are the whole truth. Node and cluster scope: the table
+//! holds the worker's part of a shared limit (`shared`), kept current by
+//! the aggregator thread (`aggregator`) from the reports every worker sends
+//! each sync interval (`sync`); cluster scope adds Redis (`redis`).
 
+pub mod aggregator;
 pub mod bucket;
+pub mod clock;
+pub mod shared;
+pub mod sync;
 pub mod table;
 
 pub use bucket::{Decision, Rate, TokenBucket, WindowQuota};
@@ -13,12 +19,15 @@ pub use table::KeyTable;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::snapshot::{LimitKind, RateLimitPolicy};
+use crate::snapshot::{LimitKind, LimitScope, RateLimitPolicy};
+use shared::SharedSlot;
+use sync::{Keyed, ReportRecord, ViewBatch};
 
 /// One key's state under one policy, with the tier it was created for.
 enum State {
     Bucket(TokenBucket),
     Window(WindowQuota),
+    Shared(SharedSlot),
 }
 
 struct Slot {
@@ -37,8 +46,16 @@ impl Slot {
         Slot { tier, state }
     }
 
+    fn shared(tier: usize, kind: LimitKind, now: u64, nodes: u32, incarnation: u32) -> Slot {
+        Slot {
+            tier,
+            state: State::Shared(SharedSlot::new(kind, now, nodes, incarnation)),
+        }
+    }
+
     fn fresh(&self, kind: LimitKind, now: u64) -> bool {
         match (&self.state, kind) {
+            (State::Shared(s), kind) => s.is_fresh(kind, now),
             (State::Bucket(b), LimitKind::Bucket { rate, burst }) => b.is_full(now, rate, burst),
             (State::Window(w), LimitKind::Window { window_nanos, .. }) => {
                 w.is_idle(now, window_nanos)
@@ -62,16 +79,39 @@ impl Slot {
     }
 }
 
-/// A worker's limit state for one snapshot's policies (worker scope: each
-/// worker enforces its own limits).
+/// The limit of a policy's tier (0 is the default, i is `tiers[i - 1]`).
+pub fn tier_kind(policy: &RateLimitPolicy, tier: usize) -> LimitKind {
+    match tier.checked_sub(1).and_then(|i| policy.tiers.get(i)) {
+        Some((_, kind)) => *kind,
+        None => policy.default,
+    }
+}
+
+/// A worker's limit state for one snapshot's policies.
 pub struct Limiter {
     tables: Vec<KeyTable<Slot>>,
+    /// `Snapshot::id` these policy indices belong to.
+    snapshot: u64,
+    /// Workers sharing node- and cluster-scope limits.
+    workers: u32,
+    /// Nodes sharing cluster-scope limits (from the aggregator).
+    nodes: u32,
+    /// Shared-scope keys admitted since the last report.
+    report: Keyed<ReportRecord>,
+    next_incarnation: u32,
 }
 
 impl Limiter {
-    pub fn new(policies: &[RateLimitPolicy]) -> Limiter {
+    /// Limits for `policies` of snapshot `snapshot` (its id), in one of
+    /// `workers` workers.
+    pub fn new(policies: &[RateLimitPolicy], snapshot: u64, workers: usize) -> Limiter {
         Limiter {
             tables: policies.iter().map(|p| KeyTable::new(p.max_keys)).collect(),
+            snapshot,
+            workers: workers as u32,
+            nodes: 1,
+            report: Keyed::default(),
+            next_incarnation: 1,
         }
     }
 
@@ -82,15 +122,94 @@ impl Limiter {
         previous: &mut Limiter,
         old: &[RateLimitPolicy],
         new: &[RateLimitPolicy],
+        snapshot: u64,
     ) -> Limiter {
-        let tables = new
+        let mut limiter = Limiter::new(new, snapshot, previous.workers as usize);
+        limiter.nodes = previous.nodes;
+        limiter.next_incarnation = previous.next_incarnation;
+        let moved: Vec<Option<usize>> = old
             .iter()
-            .map(|p| match old.iter().position(|o| o == p) {
-                Some(i) => std::mem::replace(&mut previous.tables[i], KeyTable::new(1)),
-                None => KeyTable::new(p.max_keys),
-            })
+            .map(|o| new.iter().position(|p| p == o))
             .collect();
-        Limiter { tables }
+        for (i, target) in moved.iter().enumerate() {
+            if let Some(j) = *target {
+                limiter.tables[j] = std::mem::replace(&mut previous.tables[i], KeyTable::new(1));
+            }
+        }
+        // Keys waiting to be reported keep their place in the next report.
+        for r in &previous.report.records {
+            if let Some(Some(j)) = moved.get(r.policy as usize) {
+                let key = limiter.report.push_key(previous.report.key(r.key));
+                limiter.report.records.push(ReportRecord {
+                    policy: *j as u32,
+                    key,
+                    ..*r
+                });
+            }
+        }
+        limiter
+    }
+
+    /// Whether any policy is shared between workers (node or cluster scope).
+    pub fn has_shared(policies: &[RateLimitPolicy]) -> bool {
+        policies.iter().any(|p| p.scope != LimitScope::Worker)
+    }
+
+    /// Moves the shared-scope keys admitted since the last report, with
+    /// their running totals, into `out` (cleared first).
+    pub fn take_report(&mut self, out: &mut Keyed<ReportRecord>) {
+        out.clear();
+        std::mem::swap(&mut self.report, out);
+        for r in &mut out.records {
+            let Some(slot) = self.tables[r.policy as usize].get_mut(r.key.slice(&out.keys)) else {
+                continue; // evicted since: nothing to report
+            };
+            if let State::Shared(s) = &mut slot.state {
+                s.queued = false;
+                r.admitted = s.admitted();
+                r.attempts = s.attempts();
+                r.incarnation = s.incarnation();
+                r.window = s.window();
+                r.tier = slot.tier as u32;
+            }
+        }
+    }
+
+    /// Takes the aggregator's views. Keys this worker has not seen are
+    /// entered only when the view differs from a fresh key's.
+    pub fn apply(&mut self, batch: &ViewBatch, policies: &[RateLimitPolicy], now: u64) {
+        if batch.snapshot != self.snapshot {
+            return;
+        }
+        self.nodes = batch.nodes.max(1);
+        for r in &batch.entries.records {
+            let Some(policy) = policies.get(r.policy as usize) else {
+                continue;
+            };
+            let tier = r.tier as usize;
+            let kind = tier_kind(policy, tier);
+            let key = batch.entries.key(r.key);
+            let table = &mut self.tables[r.policy as usize];
+            // A full view with an equal share is what a missing entry means.
+            if table.get_mut(key).is_none() && r.view.share == 0 && r.view.is_full(kind, now) {
+                continue;
+            }
+            let nodes = self.nodes;
+            let next_incarnation = &mut self.next_incarnation;
+            let slot = table.get_or_insert(
+                key,
+                || {
+                    *next_incarnation = next_incarnation.wrapping_add(1).max(1);
+                    Slot::shared(tier, kind, now, nodes, *next_incarnation)
+                },
+                |s| s.fresh(tier_kind(policy, s.tier), now),
+            );
+            if slot.tier == tier
+                && let State::Shared(s) = &mut slot.state
+            {
+                s.schedule(r.view, r.effective, r.incarnation, r.counted, now);
+            }
+        }
     }
 
     /// Counts one request for `key` under policy `index`. `tier` is the
@@ -106,24 +225,44 @@ impl Limiter {
         let tier_index = tier
             .and_then(|t| policy.tiers.iter().position(|(name, _)| name.as_ref() == t))
             .map_or(0, |i| i + 1);
-        let kind_of = |tier: usize| {
-            if tier == 0 {
-                policy.default
+        let kind = tier_kind(policy, tier_index);
+        let shared = policy.scope != LimitScope::Worker;
+        let nodes = self.nodes;
+        let next_incarnation = &mut self.next_incarnation;
+        let mut make = || {
+            if shared {
+                *next_incarnation = next_incarnation.wrapping_add(1).max(1);
+                Slot::shared(tier_index, kind, now, nodes, *next_incarnation)
             } else {
-                policy.tiers[tier - 1].1
+                Slot::new(tier_index, kind, now)
             }
         };
-        let kind = kind_of(tier_index);
-        let slot = self.tables[index].get_or_insert(
-            key,
-            || Slot::new(tier_index, kind, now),
-            |s| s.fresh(kind_of(s.tier), now),
-        );
+        let slot = self.tables[index]
+            .get_or_insert(key, &mut make, |s| s.fresh(tier_kind(policy, s.tier), now));
         if slot.tier != tier_index {
             // The key moved to another tier: it starts that tier fresh.
-            *slot = Slot::new(tier_index, kind, now);
+            *slot = make();
         }
-        slot.take(kind, now)
+        match &mut slot.state {
+            State::Shared(s) => {
+                let decision = s.take(kind, now, self.workers);
+                if !s.queued {
+                    s.queued = true;
+                    let span = self.report.push_key(key);
+                    self.report.records.push(ReportRecord {
+                        policy: index as u32,
+                        tier: tier_index as u32,
+                        key: span,
+                        incarnation: 0,
+                        admitted: 0,
+                        attempts: 0,
+                        window: 0,
+                    });
+                }
+                decision
+            }
+            _ => slot.take(kind, now),
+        }
     }
 }
 
@@ -154,6 +293,7 @@ mod limiter_tests {
     fn policy() -> RateLimitPolicy {
         RateLimitPolicy {
             name: "p".into(),
+            scope: LimitScope::Worker,
             trusted_proxies: vec![],
             key: LimitKey::Global,
             default: LimitKind::Bucket {
@@ -179,7 +319,7 @@ mod limiter_tests {
     #[test]
     fn tiers_get_their_own_limits_and_keys_are_separate() {
         let p = policy();
-        let mut l = Limiter::new(std::slice::from_ref(&p));
+        let mut l = Limiter::new(std::slice::from_ref(&p), 1, 1);
         let allowed =
             |l: &mut Limiter, key: &[u8], tier: Option<&[u8]>| l.check(0, &p, key, tier, 0).allowed;
         assert!(allowed(&mut l, b"a", None) && allowed(&mut l, b"a", None));
@@ -201,14 +341,14 @@ mod limiter_tests {
     #[test]
     fn unchanged_policies_keep_their_state_across_a_reload() {
         let p = policy();
-        let mut l = Limiter::new(std::slice::from_ref(&p));
+        let mut l = Limiter::new(std::slice::from_ref(&p), 1, 1);
         assert!(l.check(0, &p, b"a", None, 0).allowed && l.check(0, &p, b"a", None, 0).allowed);
         assert!(!l.check(0, &p, b"a", None, 0).allowed);
         // Same policy, now second in the list: its state follows it.
         let mut other = policy();
         other.name = "other".into();
         let new = [other.clone(), p.clone()];
-        let mut next = Limiter::carry_over(&mut l, std::slice::from_ref(&p), &new);
+        let mut next = Limiter::carry_over(&mut l, std::slice::from_ref(&p), &new, 2);
         assert!(
             !next.check(1, &p, b"a", None, 0).allowed,
             "still exhausted after the reload"
@@ -216,7 +356,7 @@ mod limiter_tests {
         // A changed policy starts fresh.
         let mut changed = p.clone();
         changed.max_keys = 11;
-        let mut fresh = Limiter::carry_over(&mut next, &new, std::slice::from_ref(&changed));
+        let mut fresh = Limiter::carry_over(&mut next, &new, std::slice::from_ref(&changed), 3);
         assert!(fresh.check(0, &changed, b"a", None, 0).allowed);
     }
 
@@ -231,6 +371,7 @@ mod limiter_tests {
                 remaining: 42,
                 reset_secs: 7,
                 retry_after_secs: 0,
+                defer: false,
             },
         );
         let text = std::str::from_utf8(&out).unwrap();

@@ -49,6 +49,11 @@ impl<V> KeyTable<V> {
         self.map.is_empty()
     }
 
+    /// The state for `key`, if present (not marked as used).
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        self.map.get_mut(key).map(|e| &mut e.value)
+    }
+
     /// The state for `key`, created with `make` if absent. `fresh` tells
     /// whether an entry is back to its initial state (free to evict).
     pub fn get_or_insert(

@@ -427,19 +427,33 @@ async fn handle_request(
         return false;
     }
     if !route.rate_limits.is_empty() {
-        match check_rate_limits(shard, generation, route, client) {
-            Ok(decision) => exchange.ratelimit = decision,
-            Err(d) => {
-                // The body was not read: close if there was one.
-                let close = has_body || !head.keep_alive || shard.draining.get();
-                client.buf.advance(head.len);
-                let failure = Failure::RateLimited {
-                    limit: d.limit,
-                    reset: d.reset_secs,
-                    retry_after: d.retry_after_secs,
-                };
-                answer_failure(shard, snapshot, client, failure, close, exchange).await;
-                return !close;
+        let mut checked = RateLimitProgress::default();
+        loop {
+            let last_try = checked.waits >= MAX_LIMIT_WAITS;
+            match check_rate_limits(shard, generation, route, client, &mut checked, last_try) {
+                Ok(()) => {
+                    exchange.ratelimit = checked.tightest;
+                    break;
+                }
+                Err(d) if d.defer && !last_try => {
+                    // This worker's part is spent but the node has more:
+                    // wait for the aggregator's next view.
+                    checked.waits += 1;
+                    monoio::time::sleep(snapshot.rate_limit_sync).await;
+                    continue;
+                }
+                Err(d) => {
+                    // The body was not read: close if there was one.
+                    let close = has_body || !head.keep_alive || shard.draining.get();
+                    client.buf.advance(head.len);
+                    let failure = Failure::RateLimited {
+                        limit: d.limit,
+                        reset: d.reset_secs,
+                        retry_after: d.retry_after_secs,
+                    };
+                    answer_failure(shard, snapshot, client, failure, close, exchange).await;
+                    return !close;
+                }
             }
         }
     }
@@ -511,22 +525,39 @@ async fn handle_request(
     }
 }
 
-/// Runs the route's rate-limit policies in order. `Err` is the refusing
-/// decision; `Ok` carries the tightest decision among policies that report
-/// headers on allowed responses.
+/// How many sync intervals a request may wait for a shared limit's next
+/// view (views take effect two intervals after the aggregator computes
+/// them, which is up to two intervals after a worker reports).
+const MAX_LIMIT_WAITS: u32 = 8;
+
+/// Where a request is in its route's rate-limit policies.
+#[derive(Default)]
+struct RateLimitProgress {
+    /// Policies already passed (a wait resumes after them, so they are not
+    /// charged twice).
+    passed: usize,
+    waits: u32,
+    /// The tightest decision among passed policies that report headers.
+    tightest: Option<crate::ratelimit::Decision>,
+}
+
+/// Runs the route's rate-limit policies in order, from where `progress`
+/// left off. `Err` is the refusing decision (if `defer` is set and this is
+/// not the `last_try`, the caller may wait and call again).
 fn check_rate_limits(
     shard: &Shard,
     generation: &Generation,
     route: &Route,
     client: &Client,
-) -> Result<Option<crate::ratelimit::Decision>, crate::ratelimit::Decision> {
+    progress: &mut RateLimitProgress,
+    last_try: bool,
+) -> Result<(), crate::ratelimit::Decision> {
     use crate::snapshot::LimitKey;
     let buf = &client.buf[..];
-    let now = shard.epoch.elapsed().as_nanos() as u64;
+    let now = crate::ratelimit::clock::now();
     let snapshot = &generation.snapshot;
     let mut limiter = generation.limiter.borrow_mut();
-    let mut tightest: Option<crate::ratelimit::Decision> = None;
-    for &index in &route.rate_limits {
+    for &index in &route.rate_limits[progress.passed..] {
         let policy = &snapshot.rate_limits[index];
         let key: &[u8] = match &policy.key {
             LimitKey::ClientIp => crate::ratelimit::client_ip_key(
@@ -545,15 +576,23 @@ fn check_rate_limits(
         };
         let tier = policy.tier_header.as_deref().and_then(|h| client.header(h));
         let decision = limiter.check(index, policy, key, tier, now);
-        shard.metrics.rate_limit(index, decision.allowed);
         if !decision.allowed {
+            if !decision.defer || last_try {
+                shard.metrics.rate_limit(index, false);
+            }
             return Err(decision);
         }
-        if policy.headers && tightest.is_none_or(|t| decision.remaining < t.remaining) {
-            tightest = Some(decision);
+        shard.metrics.rate_limit(index, true);
+        progress.passed += 1;
+        if policy.headers
+            && progress
+                .tightest
+                .is_none_or(|t| decision.remaining < t.remaining)
+        {
+            progress.tightest = Some(decision);
         }
     }
-    Ok(tightest)
+    Ok(())
 }
 
 /// Route-level response header edits for direct responses (set and add).

@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod request_id;
 pub mod shard;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,6 +74,9 @@ pub struct WorkerSetup {
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
     pub access_log: Option<crate::accesslog::AccessLog>,
+    /// To the rate-limit aggregator, and back (node and cluster scope).
+    pub limit_reports: Sender<crate::ratelimit::sync::Report>,
+    pub limit_views: Receiver<crate::ratelimit::sync::ViewBatch>,
 }
 
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -159,6 +163,11 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     shard.log = setup
         .access_log
         .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
+    let limit_sync = LimitSync {
+        reports: setup.limit_reports,
+        views: setup.limit_views,
+        report_buffers: RefCell::new(Some(Default::default())),
+    };
     let shard = Rc::new(shard);
     let mut listeners = Vec::new();
     for std_listener in setup.listeners {
@@ -185,7 +194,16 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     let mut drain_deadline: Option<Instant> = None;
     let mut last_sweep = Instant::now();
     loop {
-        monoio::time::sleep(COMMAND_POLL).await;
+        let generation = shard.generation();
+        let shared_limits = crate::ratelimit::Limiter::has_shared(&generation.snapshot.rate_limits);
+        let tick = if shared_limits {
+            COMMAND_POLL.min(generation.snapshot.rate_limit_sync)
+        } else {
+            COMMAND_POLL
+        };
+        drop(generation);
+        monoio::time::sleep(tick).await;
+        limit_sync.exchange(&shard, shared_limits);
         while let Ok(command) = setup.commands.try_recv() {
             match command {
                 Command::Report(reply) => {
@@ -262,6 +280,52 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         requests: shard.metrics.requests.get(),
         panics: shard.metrics.panics.get(),
     });
+}
+
+/// This worker's side of node- and cluster-scope limiting: each tick, take
+/// the aggregator's views, then report the shared keys admitted since the
+/// last tick.
+struct LimitSync {
+    reports: Sender<crate::ratelimit::sync::Report>,
+    views: Receiver<crate::ratelimit::sync::ViewBatch>,
+    report_buffers:
+        RefCell<Option<crate::ratelimit::sync::Keyed<crate::ratelimit::sync::ReportRecord>>>,
+}
+
+impl LimitSync {
+    fn exchange(&self, shard: &Shard, shared_limits: bool) {
+        let generation = shard.generation();
+        let mut limiter = generation.limiter.borrow_mut();
+        let now = crate::ratelimit::clock::now();
+        let mut spare_views = None;
+        while let Ok(mut batch) = self.views.try_recv() {
+            limiter.apply(&batch, &generation.snapshot.rate_limits, now);
+            if let Some(buffers) = batch.spare.take() {
+                self.report_buffers.replace(Some(buffers));
+            }
+            spare_views = Some(batch.entries);
+        }
+        if !shared_limits {
+            return;
+        }
+        let mut entries = self.report_buffers.take().unwrap_or_default();
+        limiter.take_report(&mut entries);
+        if entries.is_empty() && spare_views.is_none() {
+            self.report_buffers.replace(Some(entries));
+            return;
+        }
+        let report = crate::ratelimit::sync::Report {
+            worker: shard.id,
+            snapshot: generation.snapshot.id,
+            entries,
+            spare: spare_views,
+        };
+        if let Err(e) = self.reports.try_send(report) {
+            // The aggregator is behind: the running totals go out next time
+            // these keys are admitted.
+            self.report_buffers.replace(Some(e.into_inner().entries));
+        }
+    }
 }
 
 /// Registers a listener with the shard (so a reload can stop it and a

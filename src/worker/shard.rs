@@ -107,8 +107,11 @@ impl Generation {
                 &mut prev.limiter.borrow_mut(),
                 &prev.snapshot.rate_limits,
                 &snapshot.rate_limits,
+                snapshot.id,
             ),
-            None => crate::ratelimit::Limiter::new(&snapshot.rate_limits),
+            None => {
+                crate::ratelimit::Limiter::new(&snapshot.rate_limits, snapshot.id, snapshot.workers)
+            }
         });
         Generation {
             snapshot,
@@ -140,8 +143,6 @@ pub struct ListenerHandle {
 
 pub struct Shard {
     pub id: usize,
-    /// Origin of the monotonic nanosecond clock rate limits run on.
-    pub epoch: std::time::Instant,
     pub listeners: RefCell<Vec<ListenerHandle>>,
     /// Requests clone the Rc (a plain increment), never an Arc.
     current: RefCell<Rc<Generation>>,
@@ -163,7 +164,6 @@ impl Shard {
         metrics.resize_policies(snapshot.rate_limits.len());
         Shard {
             id,
-            epoch: std::time::Instant::now(),
             current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
             listeners: RefCell::new(Vec::new()),
             metrics,

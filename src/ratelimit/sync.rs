@@ -1,0 +1,113 @@
+//! The messages of node- and cluster-scope limiting. Workers send the
+//! aggregator a `Report` each tick (every key they admitted requests for,
+//! with their running total for it); the aggregator answers every worker
+//! with a `ViewBatch` (what is left of each key's limit, and from when on
+//! every worker uses that figure). Both carry their keys' bytes in one
+//! arena and hand the other side's buffers back for reuse, so a steady
+//! exchange allocates nothing.
+
+/// Records whose keys live in one shared byte arena.
+#[derive(Debug)]
+pub struct Keyed<R> {
+    pub records: Vec<R>,
+    pub keys: Vec<u8>,
+}
+
+impl<R> Default for Keyed<R> {
+    fn default() -> Self {
+        Keyed {
+            records: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// Where a record's key sits in its arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySpan {
+    start: u32,
+    len: u32,
+}
+
+impl KeySpan {
+    pub fn slice(self, arena: &[u8]) -> &[u8] {
+        &arena[self.start as usize..(self.start + self.len) as usize]
+    }
+}
+
+impl<R> Keyed<R> {
+    /// Appends `key` to the arena; the span goes into the record.
+    pub fn push_key(&mut self, key: &[u8]) -> KeySpan {
+        let start = self.keys.len() as u32;
+        self.keys.extend_from_slice(key);
+        KeySpan {
+            start,
+            len: key.len() as u32,
+        }
+    }
+
+    pub fn key(&self, span: KeySpan) -> &[u8] {
+        span.slice(&self.keys)
+    }
+
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.keys.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// A worker's running total for one key.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportRecord {
+    pub policy: u32,
+    pub tier: u32,
+    pub key: KeySpan,
+    /// Which life of the worker's entry for this key the total counts
+    /// (an evicted and recreated entry counts from zero again).
+    pub incarnation: u32,
+    /// Requests this entry has admitted since it was created.
+    pub admitted: u64,
+    /// Requests this entry has seen (admitted or refused): the demand that
+    /// sizes each worker's share.
+    pub attempts: u64,
+    /// Window policies: the window the latest of them fell in.
+    pub window: u64,
+}
+
+/// What the aggregator knows of one key, for one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewRecord {
+    pub policy: u32,
+    pub tier: u32,
+    pub key: KeySpan,
+    pub view: super::shared::View,
+    /// Clock time (ratelimit::clock) from which every worker uses `view`.
+    pub effective: u64,
+    /// The worker's entry incarnation and running total that `view` has
+    /// already counted.
+    pub incarnation: u32,
+    pub counted: u64,
+}
+
+#[derive(Debug)]
+pub struct Report {
+    pub worker: usize,
+    /// `Snapshot::id` of the generation whose policy indices these are.
+    pub snapshot: u64,
+    pub entries: Keyed<ReportRecord>,
+    /// A consumed batch's buffers, back for reuse.
+    pub spare: Option<Keyed<ViewRecord>>,
+}
+
+#[derive(Debug)]
+pub struct ViewBatch {
+    pub snapshot: u64,
+    /// Cluster scope: how many nodes share each cluster limit right now.
+    pub nodes: u32,
+    pub entries: Keyed<ViewRecord>,
+    pub spare: Option<Keyed<ReportRecord>>,
+}

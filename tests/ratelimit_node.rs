@@ -1,0 +1,192 @@
+//! Node-scope rate limits against the real binary with 4 workers (threads
+//! may outnumber this machine's cores): one limit across all workers,
+//! counted at the upstream, under traffic spread over many connections
+//! (so over every worker) and under traffic on one connection (so on one
+//! worker). docs/rate-limiting.md derives the bounds asserted here.
+
+mod common;
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const WORKERS: usize = 4;
+
+fn gateway(up: &Upstream, key: &str, policy: &str) -> Gateway {
+    let text = config(
+        "auto",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[rate_limits.shared]\nkey = \"{key}\"\nscope = \"node\"\n{policy}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"api\"\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
+            up.addr
+        ),
+    )
+    .replace("workers = 1", &format!("workers = {WORKERS}"));
+    Gateway::start(&text)
+}
+
+/// Requests served per worker, from the admin endpoint.
+fn worker_requests(gw: &Gateway) -> Vec<u64> {
+    let text = get(gw.admin.unwrap(), "/workers").text();
+    text.split("\"requests\":")
+        .skip(1)
+        .map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Keep-alive clients sending as fast as they can until `stop`; returns
+/// (admitted, refused) as the clients saw them. Anything but 200 or 429
+/// fails the test.
+fn load(gw: &Gateway, connections: usize, run_for: Duration) -> (usize, usize) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let limited = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let (ok, limited, stop, addr) = (ok.clone(), limited.clone(), stop.clone(), gw.addr);
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    c.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+                    let r = c.read_response(false);
+                    match r.status {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => {
+                            assert!(r.header("retry-after").is_some());
+                            limited.fetch_add(1, Ordering::Relaxed)
+                        }
+                        other => panic!("unexpected status {other}: {}", r.text()),
+                    };
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(run_for);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
+}
+
+/// Sleeps until `offset` past the next multiple of `window` on the wall
+/// clock (windows are aligned to it).
+fn wait_for_window(window: Duration, offset: Duration) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let w = window.as_nanos();
+    let next = (now.as_nanos() / w + 1) * w;
+    std::thread::sleep(Duration::from_nanos((next - now.as_nanos()) as u64) + offset);
+}
+
+#[test]
+fn a_window_quota_holds_across_workers_spread_evenly_or_all_on_one() {
+    const LIMIT: usize = 600;
+    let window = Duration::from_secs(3);
+    for (name, connections) in [("spread over 16 connections", 16), ("one connection", 1)] {
+        let up = Upstream::named("app");
+        let gw = gateway(&up, "global", &format!("limit = {LIMIT}\nwindow = \"3s\""));
+        wait_for_window(window, Duration::from_millis(150));
+        let (ok, limited) = load(&gw, connections, window - Duration::from_millis(400));
+        let served = worker_requests(&gw);
+        let admitted = up.request_count();
+        println!(
+            "{name}: admitted {admitted} of limit {LIMIT} ({limited} refused); per worker {served:?}"
+        );
+        assert_eq!(ok, admitted, "{name}: every 200 reached the upstream");
+        assert!(
+            limited > 0,
+            "{name}: demand must exceed the limit for this test to mean anything"
+        );
+        // Bound: the limit plus rounding (N - 1), docs/rate-limiting.md.
+        assert!(
+            admitted <= LIMIT + WORKERS - 1,
+            "{name}: {admitted} admitted, limit {LIMIT}"
+        );
+        assert!(
+            admitted * 100 >= LIMIT * 98,
+            "{name}: only {admitted} of {LIMIT} admitted"
+        );
+        let busy = served.iter().filter(|&&n| n > 0).count();
+        if connections == 1 {
+            assert_eq!(busy, 1, "{name}: one worker served everything");
+        } else {
+            assert!(busy >= 3, "{name}: traffic reached {busy} workers");
+        }
+    }
+}
+
+#[test]
+fn a_token_bucket_rate_holds_over_ten_seconds() {
+    let up = Upstream::named("app");
+    let gw = gateway(&up, "global", "rate = \"300/s\"\nburst = 30");
+    let started = Instant::now();
+    let (ok, limited) = load(&gw, 8, Duration::from_secs(10));
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected = 30.0 + 300.0 * elapsed;
+    let admitted = up.request_count();
+    let error = (admitted as f64 - expected).abs() / expected;
+    println!(
+        "token bucket 300/s, burst 30, {elapsed:.2} s: admitted {admitted}, expected {expected:.0} ({:.2}% off), {limited} refused",
+        error * 100.0
+    );
+    assert_eq!(ok, admitted);
+    assert!(limited > 0);
+    assert!(error < 0.02, "{admitted} admitted, expected {expected:.0}");
+}
+
+#[test]
+fn tiers_and_headers_under_node_scope() {
+    let up = Upstream::named("app");
+    let gw = gateway(
+        &up,
+        "header:x-api-key",
+        "limit = 3\nwindow = \"1h\"\ntier_header = \"x-plan\"\n[rate_limits.shared.tiers.gold]\nlimit = 6\nwindow = \"1h\"",
+    );
+    let mut c = gw.conn();
+    let mut send = |key: &str, plan: &str| {
+        c.send(format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: {key}\r\n{plan}\r\n").as_bytes());
+        c.read_response(false)
+    };
+    // Each request waits at most a few sync intervals for the aggregator to
+    // hand this worker more of the limit: none is refused early.
+    for remaining in ["2", "1", "0"] {
+        let r = send("alice", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("ratelimit-limit"), Some("3"));
+        assert_eq!(r.header("ratelimit-remaining"), Some(remaining));
+    }
+    let refused = send("alice", "");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("ratelimit-remaining"), Some("0"));
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "retry-after {retry}");
+    let gold = (0..8)
+        .filter(|_| send("bob", "X-Plan: gold\r\n").status == 200)
+        .count();
+    assert_eq!(gold, 6, "the gold tier has its own, larger limit");
+    assert_eq!(up.request_count(), 3 + 6);
+
+    // The aggregator shows in the metrics.
+    let metrics = get(gw.admin.unwrap(), "/metrics").text();
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ringgate_rate_limit_sync_tick_duration_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(count > 0, "ticks recorded");
+    assert!(
+        metrics.contains("ringgate_rate_limit_shared_keys 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "ringgate_rate_limit_decisions_total{policy=\"shared\",decision=\"limited\"} 3"
+        )
+    );
+}
