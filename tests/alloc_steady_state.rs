@@ -118,6 +118,11 @@ endpoints = ["{upstream}"]
 key = "client_ip"
 rate = "1000000/s"
 burst = 1000000
+[rate_limits.generous_node]
+key = "client_ip"
+scope = "node"
+rate = "1000000/s"
+burst = 1000000
 
 [[routes]]
 path = "/direct"
@@ -127,6 +132,10 @@ respond = {{ status = 200, body = "hello" }}
 path_prefix = "/limited"
 upstream = "app"
 rate_limits = ["generous"]
+[[routes]]
+path_prefix = "/node-limited"
+upstream = "app"
+rate_limits = ["generous_node"]
 [[routes]]
 path_prefix = "/"
 upstream = "app"
@@ -192,5 +201,10 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
             limited, 0.0,
             "{driver}: a rate-limit check for a known key allocates"
         );
+        // Node scope: the check, and the reports and grants exchanged with
+        // the aggregator every sync interval while requests flow.
+        let node = allocations_per_request(driver, upstream, "/node-limited/items", "");
+        eprintln!("{driver}: heap allocations per node-scope rate-limited request: {node:.4}");
+        assert_eq!(node, 0.0, "{driver}: node-scope limiting allocates");
     }
 }

@@ -144,9 +144,29 @@ fn policies_are_validated() {
     let path = temp_path("limits.toml");
     let cases = [
         (
-            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"node\"\n",
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"planet\"\n",
             "\"p\"",
-            "scope = \"node\" is not available yet",
+            "scope must be \"worker\", \"node\" or \"cluster\"",
+        ),
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"cluster\"\n",
+            "\"p\"",
+            "scope = \"cluster\" needs a [redis] section",
+        ),
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"node\"\non_redis_error = \"allow\"\n",
+            "\"p\"",
+            "on_redis_error applies to scope = \"cluster\" only",
+        ),
+        (
+            "[redis]\naddress = \"localhost\"\n[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\nscope = \"cluster\"\non_redis_error = \"panic\"\n",
+            "\"p\"",
+            "on_redis_error must be",
+        ),
+        (
+            "[redis]\naddress = \"localhost\"\n",
+            "",
+            "redis.address must be \"host:port\"",
         ),
         (
             "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5 per second\"\n",

@@ -94,8 +94,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             commands: rx,
             events: event_tx.clone(),
             access_log: access_log.clone(),
-            limit_reports: limit_channels.reports.0.clone(),
-            limit_views: limit_channels.views[id].1.clone(),
+            limit_sync: crate::ratelimit::aggregator::WorkerChannels::new(&limit_channels, id),
         };
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
@@ -126,16 +125,9 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             Err(_) => return Err("workers did not start within 10s".into()),
         }
     }
-    let limits = crate::ratelimit::aggregator::spawn(
-        snapshot.clone(),
-        limit_channels.reports.1.clone(),
-        limit_channels
-            .views
-            .iter()
-            .map(|(tx, _)| tx.clone())
-            .collect(),
-    )
-    .map_err(|e| format!("cannot start the rate-limit aggregator: {e}"))?;
+    let limits =
+        crate::ratelimit::aggregator::spawn(snapshot.clone(), limit_channels.aggregator_side())
+            .map_err(|e| format!("cannot start the rate-limit aggregator: {e}"))?;
     let uring = drivers.iter().filter(|d| **d == "io_uring").count();
     let driver_summary = if uring == workers {
         "io_uring".to_string()

@@ -46,16 +46,17 @@ impl Slot {
         Slot { tier, state }
     }
 
-    fn shared(tier: usize, kind: LimitKind, now: u64, nodes: u32, incarnation: u32) -> Slot {
+    fn shared(tier: usize, kind: LimitKind, now: u64, parts: u64, incarnation: u32) -> Slot {
         Slot {
             tier,
-            state: State::Shared(SharedSlot::new(kind, now, nodes, incarnation)),
+            state: State::Shared(SharedSlot::new(kind, now, parts, incarnation)),
         }
     }
 
-    fn fresh(&self, kind: LimitKind, now: u64) -> bool {
+    /// `parts`: workers × nodes (shared scopes only).
+    fn fresh(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
         match (&self.state, kind) {
-            (State::Shared(s), kind) => s.is_fresh(kind, now),
+            (State::Shared(s), kind) => s.is_fresh(kind, now, parts),
             (State::Bucket(b), LimitKind::Bucket { rate, burst }) => b.is_full(now, rate, burst),
             (State::Window(w), LimitKind::Window { window_nanos, .. }) => {
                 w.is_idle(now, window_nanos)
@@ -157,7 +158,7 @@ impl Limiter {
 
     /// Moves the shared-scope keys admitted since the last report, with
     /// their running totals, into `out` (cleared first).
-    pub fn take_report(&mut self, out: &mut Keyed<ReportRecord>) {
+    pub fn take_report(&mut self, out: &mut Keyed<ReportRecord>, now: u64) {
         out.clear();
         std::mem::swap(&mut self.report, out);
         for r in &mut out.records {
@@ -165,12 +166,23 @@ impl Limiter {
                 continue; // evicted since: nothing to report
             };
             if let State::Shared(s) = &mut slot.state {
-                s.queued = false;
+                // Report under the grant in force now.
+                s.promote(now);
                 r.admitted = s.admitted();
                 r.attempts = s.attempts();
                 r.incarnation = s.incarnation();
                 r.window = s.window();
+                (r.grant_start, r.carried) = s.carried();
                 r.tier = slot.tier as u32;
+                if s.has_pending() {
+                    // Report again once the pending grant is in force: the
+                    // aggregator learns then what this worker carried over,
+                    // and stops holding room for it.
+                    let key = self.report.push_key(r.key.slice(&out.keys));
+                    self.report.records.push(ReportRecord { key, ..*r });
+                } else {
+                    s.queued = false;
+                }
             }
         }
     }
@@ -189,27 +201,52 @@ impl Limiter {
             let tier = r.tier as usize;
             let kind = tier_kind(policy, tier);
             let key = batch.entries.key(r.key);
+            let parts = self.parts(policy);
             let table = &mut self.tables[r.policy as usize];
-            // A full view with an equal share is what a missing entry means.
-            if table.get_mut(key).is_none() && r.view.share == 0 && r.view.is_full(kind, now) {
+            // The default grant is what a missing entry means.
+            if table.get_mut(key).is_none() && r.grant.is_default(kind, now, parts) {
                 continue;
             }
-            let nodes = self.nodes;
             let next_incarnation = &mut self.next_incarnation;
             let slot = table.get_or_insert(
                 key,
                 || {
                     *next_incarnation = next_incarnation.wrapping_add(1).max(1);
-                    Slot::shared(tier, kind, now, nodes, *next_incarnation)
+                    Slot::shared(tier, kind, now, parts, *next_incarnation)
                 },
-                |s| s.fresh(tier_kind(policy, s.tier), now),
+                |s| s.fresh(tier_kind(policy, s.tier), now, parts),
             );
             if slot.tier == tier
                 && let State::Shared(s) = &mut slot.state
             {
-                s.schedule(r.view, r.effective, r.incarnation, r.counted, now);
+                s.schedule(r.grant, r.incarnation, r.counted, now);
+                if !s.queued {
+                    // Reported once it is in force (see take_report).
+                    s.queued = true;
+                    let span = self.report.push_key(key);
+                    self.report.records.push(ReportRecord {
+                        policy: r.policy,
+                        tier: r.tier,
+                        key: span,
+                        incarnation: 0,
+                        admitted: 0,
+                        attempts: 0,
+                        window: 0,
+                        grant_start: 0,
+                        carried: 0,
+                    });
+                }
             }
         }
+    }
+
+    /// How many equal parts a fresh shared limit is split into here.
+    fn parts(&self, policy: &RateLimitPolicy) -> u64 {
+        let nodes = match policy.scope {
+            LimitScope::Cluster { .. } => u64::from(self.nodes),
+            _ => 1,
+        };
+        u64::from(self.workers) * nodes
     }
 
     /// Counts one request for `key` under policy `index`. `tier` is the
@@ -227,25 +264,26 @@ impl Limiter {
             .map_or(0, |i| i + 1);
         let kind = tier_kind(policy, tier_index);
         let shared = policy.scope != LimitScope::Worker;
-        let nodes = self.nodes;
+        let parts = self.parts(policy);
         let next_incarnation = &mut self.next_incarnation;
         let mut make = || {
             if shared {
                 *next_incarnation = next_incarnation.wrapping_add(1).max(1);
-                Slot::shared(tier_index, kind, now, nodes, *next_incarnation)
+                Slot::shared(tier_index, kind, now, parts, *next_incarnation)
             } else {
                 Slot::new(tier_index, kind, now)
             }
         };
-        let slot = self.tables[index]
-            .get_or_insert(key, &mut make, |s| s.fresh(tier_kind(policy, s.tier), now));
+        let slot = self.tables[index].get_or_insert(key, &mut make, |s| {
+            s.fresh(tier_kind(policy, s.tier), now, parts)
+        });
         if slot.tier != tier_index {
             // The key moved to another tier: it starts that tier fresh.
             *slot = make();
         }
         match &mut slot.state {
             State::Shared(s) => {
-                let decision = s.take(kind, now, self.workers);
+                let decision = s.take(kind, now, parts);
                 if !s.queued {
                     s.queued = true;
                     let span = self.report.push_key(key);
@@ -257,6 +295,8 @@ impl Limiter {
                         admitted: 0,
                         attempts: 0,
                         window: 0,
+                        grant_start: 0,
+                        carried: 0,
                     });
                 }
                 decision

@@ -2,123 +2,133 @@
 //! every worker (and, for cluster scope, every node), enforced without a
 //! lock or an atomic on the request path.
 //!
-//! The aggregator (`aggregator.rs`) keeps the exact state of each key's
-//! limit from the workers' reports and publishes it as a `View`: what was
-//! left at time `at`. A worker admits a request while the requests it has
-//! admitted since that view are fewer than its 1/N part of what is left now
-//! (the view's figure plus refill since `at`, rounded up). Because every
-//! worker takes 1/N of the same figure, the node as a whole never admits
-//! more than is left (plus the rounding, N − 1); because the figure is
-//! what is *left*, a worker that gets all the traffic keeps taking 1/N of
-//! an ever-fresh remainder and so gets the whole limit, never a static 1/N.
+//! Each worker holds, per key, a `Grant` from the aggregator
+//! (`aggregator.rs`): how many requests it may admit from a given instant
+//! on, plus a share of the refill from then. The aggregator keeps the
+//! exact state of the limit from the workers' reports and hands out grants
+//! so that everything the workers could admit — under the grants they are
+//! about to give up as well as the new ones — never exceeds what is left.
+//! Shares follow each worker's recent demand, so traffic that all arrives
+//! on one core gets (nearly) the whole limit, not a static 1/N.
 //!
-//! All workers switch to a new view at the same clock instant
-//! (`effective`, a couple of sync intervals after the aggregator computed
-//! it): a worker still on an older, larger figure while the others were
-//! already on a newer one is what would let the node overshoot.
-//! docs/rate-limiting.md has the argument and the measured figures.
+//! A key a worker has no grant for has the default one: an equal 1/N part
+//! of a full limit. docs/rate-limiting.md has the algorithm, the bound and
+//! the measured figures.
 
 use super::bucket::Decision;
 use crate::snapshot::LimitKind;
 
-const NANOS: i128 = 1_000_000_000;
+const NANOS: u128 = 1_000_000_000;
 
-/// What was left of one key's limit (for this node) at a point in time.
+/// `Grant::share` denominator.
+pub const SHARE_ONE: u64 = 1 << 32;
+
+/// What one worker may admit for one key, from `start` on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct View {
-    /// Token buckets: units (1/`per_nanos` of a token) at `at`, negative
-    /// while the key is in debt. Windows: requests left in the window that
-    /// starts at `at`.
-    pub available: i128,
-    pub at: u64,
-    /// The limit is this node's 1/`nodes` part of a cluster limit (1 for
-    /// node scope): refill and capacity are divided by it.
-    pub nodes: u32,
-    /// This worker's part of what is left, in 1/65536ths; 0 means an equal
-    /// part (1/N). Parts follow each worker's recent demand and sum to the
-    /// whole across workers.
-    pub share: u32,
-}
-
-/// `View::share` denominator.
-pub const SHARE_ONE: u32 = 1 << 16;
-
-impl View {
-    /// A key nobody has used: the whole limit (this node's part of it).
-    pub fn fresh(kind: LimitKind, now: u64, nodes: u32) -> View {
-        let nodes = nodes.max(1);
-        match kind {
-            LimitKind::Bucket { rate, burst } => View {
-                available: i128::from(burst) * i128::from(rate.per_nanos) / i128::from(nodes),
-                at: now,
-                nodes,
-                share: 0,
-            },
-            LimitKind::Window {
-                limit,
-                window_nanos,
-            } => View {
-                available: i128::from(limit.div_ceil(u64::from(nodes))),
-                at: window_start(now, window_nanos),
-                nodes,
-                share: 0,
-            },
-        }
-    }
-
-    /// Tokens (requests) left at `now`, the refill since `at` included.
-    pub fn tokens(&self, kind: LimitKind, now: u64) -> i128 {
-        match kind {
-            LimitKind::Bucket { rate, burst } => {
-                let one = i128::from(rate.per_nanos.max(1));
-                self.units(rate, burst, now).div_euclid(one)
-            }
-            LimitKind::Window {
-                limit,
-                window_nanos,
-            } => {
-                if window_start(now, window_nanos) > self.at {
-                    i128::from(limit.div_ceil(self.nodes.max(1) as u64))
-                } else {
-                    self.available
-                }
-            }
-        }
-    }
-
-    fn units(&self, rate: crate::ratelimit::Rate, burst: u64, now: u64) -> i128 {
-        let nodes = i128::from(self.nodes.max(1));
-        let cap = i128::from(burst) * i128::from(rate.per_nanos) / nodes;
-        let elapsed = i128::from(now.saturating_sub(self.at));
-        (self.available + elapsed * i128::from(rate.tokens) / nodes).min(cap)
-    }
-
-    /// Whether this view is as good as a fresh one (a worker need not keep
-    /// an entry for it).
-    pub fn is_full(&self, kind: LimitKind, now: u64) -> bool {
-        self.tokens(kind, now) >= View::fresh(kind, now, self.nodes).tokens(kind, now)
-    }
+pub struct Grant {
+    /// Requests this worker may admit beyond those the aggregator had
+    /// counted when it made the grant.
+    pub amount: u64,
+    /// Token buckets: this worker's part of the policy's refill rate, in
+    /// 1/`SHARE_ONE`ths, accruing from `start`.
+    pub share: u64,
+    /// Token buckets: the most the grant grows to by refill.
+    pub cap: u64,
+    /// When the grant takes effect (clock nanoseconds).
+    pub start: u64,
+    /// Windows: the window (its start) the grant belongs to.
+    pub window: u64,
+    /// Requests left node-wide when the grant was made (for the
+    /// RateLimit-Remaining header and for deciding whether a refused
+    /// request may wait for a bigger grant).
+    pub node_left: u64,
 }
 
 pub fn window_start(now: u64, window_nanos: u64) -> u64 {
     now - now % window_nanos.max(1)
 }
 
-/// A view that takes effect later, with the worker's admissions it does
-/// not yet count.
+/// `value × share / SHARE_ONE`, rounded up.
+pub fn part(value: u64, share: u64) -> u64 {
+    (u128::from(value) * u128::from(share)).div_ceil(u128::from(SHARE_ONE)) as u64
+}
+
+impl Grant {
+    /// A key nobody has used: an equal part (of `parts`) of a full limit.
+    pub fn fresh(kind: LimitKind, now: u64, parts: u64) -> Grant {
+        let parts = parts.max(1);
+        let share = SHARE_ONE / parts;
+        match kind {
+            LimitKind::Bucket { burst, .. } => Grant {
+                amount: burst.div_ceil(parts),
+                share,
+                cap: burst.div_ceil(parts),
+                start: now,
+                window: 0,
+                node_left: burst,
+            },
+            LimitKind::Window {
+                limit,
+                window_nanos,
+            } => Grant {
+                amount: limit.div_ceil(parts),
+                share,
+                cap: 0,
+                start: now,
+                window: window_start(now, window_nanos),
+                node_left: limit,
+            },
+        }
+    }
+
+    /// Requests this grant allows in total by `now` (a grant for an earlier
+    /// window is replaced by a fresh equal part of the new one).
+    pub fn allowance(&self, kind: LimitKind, now: u64, parts: u64) -> u64 {
+        match kind {
+            LimitKind::Bucket { rate, .. } => {
+                let elapsed = u128::from(now.saturating_sub(self.start));
+                let refill = elapsed * u128::from(rate.tokens) * u128::from(self.share)
+                    / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
+                (u128::from(self.amount) + refill).min(u128::from(self.cap.max(self.amount))) as u64
+            }
+            LimitKind::Window {
+                limit,
+                window_nanos,
+            } => {
+                if window_start(now, window_nanos) > self.window {
+                    limit.div_ceil(parts.max(1))
+                } else {
+                    self.amount
+                }
+            }
+        }
+    }
+
+    /// Whether a worker holding this grant is indistinguishable from one
+    /// holding none (so it need not keep an entry).
+    pub fn is_default(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
+        let fresh = Grant::fresh(kind, now, parts);
+        self.share == fresh.share && self.allowance(kind, now, parts) >= fresh.amount
+    }
+}
+
+/// A grant that takes effect later, with the worker's admissions it does
+/// not yet count (the aggregator reserved room for them beside it).
 #[derive(Debug, Clone, Copy)]
 struct Pending {
-    effective: u64,
-    view: View,
-    used: u64,
+    grant: Grant,
+    uncounted: u64,
 }
 
 /// One key's node- or cluster-scope state in one worker.
 #[derive(Debug, Clone)]
 pub struct SharedSlot {
-    current: View,
-    /// Requests admitted here that `current` does not count.
+    current: Grant,
+    /// Requests admitted under `current`.
     used: u64,
+    /// Requests `current` took over from the grant before it (admitted
+    /// while it was pending, beyond what the aggregator had counted).
+    carried: u64,
     next: Option<Pending>,
     /// Running totals of admissions and of all requests (reported).
     admitted: u64,
@@ -132,16 +142,18 @@ pub struct SharedSlot {
 }
 
 impl SharedSlot {
-    pub fn new(kind: LimitKind, now: u64, nodes: u32, incarnation: u32) -> SharedSlot {
-        let current = View::fresh(kind, now, nodes);
+    /// `parts`: workers × nodes sharing the limit.
+    pub fn new(kind: LimitKind, now: u64, parts: u64, incarnation: u32) -> SharedSlot {
+        let current = Grant::fresh(kind, now, parts);
         SharedSlot {
             current,
             used: 0,
+            carried: 0,
             next: None,
             admitted: 0,
             attempts: 0,
             incarnation,
-            window: current.at,
+            window: current.window,
             window_admitted: 0,
             queued: false,
         }
@@ -163,22 +175,37 @@ impl SharedSlot {
         self.window
     }
 
-    fn promote(&mut self, now: u64) {
+    pub fn has_pending(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// The `start` of the grant in force, and what it took over.
+    pub fn carried(&self) -> (u64, u64) {
+        (self.current.start, self.carried)
+    }
+
+    /// Switches to the pending grant if it is due.
+    pub fn promote(&mut self, now: u64) {
         if let Some(p) = self.next
-            && now >= p.effective
+            && now >= p.grant.start
         {
-            self.current = p.view;
-            self.used = p.used;
-            self.next = None;
+            self.switch(p.grant, p.uncounted);
         }
     }
 
-    /// Counts one request against this worker's part of the shared limit.
-    pub fn take(&mut self, kind: LimitKind, now: u64, workers: u32) -> Decision {
+    fn switch(&mut self, grant: Grant, uncounted: u64) {
+        self.current = grant;
+        self.used = 0;
+        self.carried = uncounted;
+        self.next = None;
+    }
+
+    /// Counts one request against this worker's grant. `parts`: workers ×
+    /// nodes sharing the limit.
+    pub fn take(&mut self, kind: LimitKind, now: u64, parts: u64) -> Decision {
         self.promote(now);
-        let workers = i128::from(workers.max(1));
-        let (tokens, used) = match kind {
-            LimitKind::Bucket { .. } => (self.current.tokens(kind, now), self.used),
+        let used = match kind {
+            LimitKind::Bucket { .. } => self.used,
             LimitKind::Window { window_nanos, .. } => {
                 let start = window_start(now, window_nanos);
                 if start != self.window {
@@ -186,38 +213,33 @@ impl SharedSlot {
                     self.window_admitted = 0;
                 }
                 // Admissions from an earlier window never count in this one.
-                let used = if self.current.at < start {
+                if self.current.window < start {
                     self.window_admitted
                 } else {
                     self.used.min(self.window_admitted)
-                };
-                (self.current.tokens(kind, now), used)
+                }
             }
         };
-        let left = tokens.max(0) as u128;
-        let allowance = match self.current.share {
-            0 => left.div_ceil(workers as u128),
-            share => (left * u128::from(share)).div_ceil(u128::from(SHARE_ONE)),
-        } as u64;
+        let allowance = self.current.allowance(kind, now, parts);
         let allowed = used < allowance;
         self.attempts += 1;
         if allowed {
             self.used += 1;
             if let Some(p) = &mut self.next {
-                p.used += 1;
+                p.uncounted += 1;
             }
             self.admitted += 1;
             self.window_admitted += 1;
         }
-        let mut decision = self.decision(
-            kind,
-            now,
-            allowed,
-            tokens,
-            used + u64::from(allowed),
-            workers,
-        );
-        decision.defer = !allowed && tokens > i128::from(used);
+        let used = used + u64::from(allowed);
+        let node_left = match kind {
+            LimitKind::Window { limit, .. } if self.current.window < self.window => limit,
+            _ => self.current.node_left,
+        };
+        let mut decision = self.decision(kind, now, allowed, node_left, used, allowance);
+        // Refused only because this worker's part is spent while the node
+        // had more left: a bigger grant may be a few sync intervals away.
+        decision.defer = !allowed && node_left > used;
         decision
     }
 
@@ -226,39 +248,36 @@ impl SharedSlot {
         kind: LimitKind,
         now: u64,
         allowed: bool,
-        tokens: i128,
+        node_left: u64,
         used: u64,
-        workers: i128,
+        allowance: u64,
     ) -> Decision {
-        let nodes = i128::from(self.current.nodes.max(1));
         let remaining = if allowed {
-            (tokens - i128::from(used)).max(0) as u64
+            node_left.saturating_sub(used)
         } else {
             0
         };
         match kind {
             LimitKind::Bucket { rate, burst } => {
-                let per_ns = (i128::from(rate.tokens) / nodes).max(1);
-                let one = i128::from(rate.per_nanos.max(1));
-                let units = self.current.units(rate, burst, now);
-                let cap = i128::from(burst) * one / nodes;
-                let secs = |units_needed: i128| {
-                    ((units_needed.max(0) / per_ns) as u128).div_ceil(NANOS as u128) as u64
+                // Seconds for `tokens` to accrue at `share` of the rate.
+                let secs = |tokens: u64, share: u64| -> u64 {
+                    let per_sec_scaled = u128::from(rate.tokens) * u128::from(share.max(1)) * NANOS;
+                    let needed = u128::from(tokens)
+                        * u128::from(rate.per_nanos)
+                        * u128::from(SHARE_ONE)
+                        * NANOS;
+                    (needed.div_ceil(per_sec_scaled.max(1)) / NANOS) as u64
                 };
-                // A refused client may come back once this worker's part has
-                // grown by a token: the node-wide figure must gain about
-                // used ÷ share (N × used for an equal share).
-                let parts = match self.current.share {
-                    0 => workers,
-                    share => (i128::from(SHARE_ONE) / i128::from(share)).max(1),
-                };
-                let needed = one * (parts * i128::from(used) + 1) - units;
                 Decision {
                     allowed,
                     limit: burst,
                     remaining,
-                    reset_secs: secs(cap - units),
-                    retry_after_secs: if allowed { 0 } else { secs(needed).max(1) },
+                    reset_secs: secs(burst.saturating_sub(remaining), SHARE_ONE),
+                    retry_after_secs: if allowed {
+                        0
+                    } else {
+                        secs(used + 1 - allowance.min(used), self.current.share).max(1)
+                    },
                     defer: false,
                 }
             }
@@ -267,7 +286,7 @@ impl SharedSlot {
                 window_nanos,
             } => {
                 let end = window_start(now, window_nanos) + window_nanos;
-                let reset = (u128::from(end - now)).div_ceil(NANOS as u128) as u64;
+                let reset = u128::from(end - now).div_ceil(NANOS) as u64;
                 Decision {
                     allowed,
                     limit,
@@ -280,46 +299,31 @@ impl SharedSlot {
         }
     }
 
-    /// Takes a view from the aggregator. `counted` is the running total of
-    /// this entry's admissions the view already counts (if the view knew
-    /// this incarnation of the entry).
-    pub fn schedule(
-        &mut self,
-        view: View,
-        effective: u64,
-        incarnation: u32,
-        counted: u64,
-        now: u64,
-    ) {
+    /// Takes a grant from the aggregator. `counted` is the running total
+    /// of this entry's admissions the grant already counts (if the grant
+    /// knew this incarnation of the entry).
+    pub fn schedule(&mut self, grant: Grant, incarnation: u32, counted: u64, now: u64) {
         self.promote(now);
-        let used = if incarnation == self.incarnation {
+        let uncounted = if incarnation == self.incarnation {
             self.admitted.saturating_sub(counted)
         } else {
             self.admitted
         };
-        if now >= effective {
-            self.current = view;
-            self.used = used;
-            self.next = None;
+        if now >= grant.start {
+            self.switch(grant, uncounted);
         } else {
-            self.next = Some(Pending {
-                effective,
-                view,
-                used,
-            });
+            self.next = Some(Pending { grant, uncounted });
         }
     }
 
     /// Back to the state of a key nobody has used: evicting it loses
-    /// nothing. (An entry holding an unequal share is not: dropping it
-    /// would hand this worker an equal share that the others' parts do not
-    /// leave room for.)
-    pub fn is_fresh(&self, kind: LimitKind, now: u64) -> bool {
+    /// nothing (an entry holding an unequal share is not, since dropping it
+    /// would hand this worker an equal part the others leave no room for).
+    pub fn is_fresh(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
         !self.queued
             && self.next.is_none()
             && self.used == 0
-            && self.current.share == 0
-            && self.current.is_full(kind, now)
+            && self.current.is_default(kind, now, parts)
     }
 }
 
@@ -331,56 +335,78 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     #[test]
-    fn each_worker_takes_its_part_of_what_is_left() {
+    fn a_fresh_key_gives_each_worker_an_equal_part() {
         let kind = LimitKind::Window {
             limit: 100,
             window_nanos: 60 * S,
         };
-        let mut a = SharedSlot::new(kind, 0, 1, 1);
+        let mut a = SharedSlot::new(kind, 0, 4, 1);
         let admitted = (0..100).filter(|_| a.take(kind, 1, 4).allowed).count();
-        assert_eq!(admitted, 25, "a quarter of a fresh limit before any sync");
-        // The aggregator counted those 25: 75 left; this worker takes a quarter.
-        let view = View {
-            available: 75,
-            at: 0,
-            nodes: 1,
-            share: 0,
-        };
-        a.schedule(view, 2, 1, 25, 1);
-        assert!(
-            !a.take(kind, 1, 4).allowed,
-            "the old view (its quarter spent) is in force until 2"
-        );
-        let more = (0..100).filter(|_| a.take(kind, 2, 4).allowed).count();
-        assert_eq!(more as u64, 75u64.div_ceil(4), "a quarter of the 75 left");
+        assert_eq!(admitted, 25);
+        let refused = a.take(kind, 1, 4);
+        assert!(refused.defer, "the node had more: the request may wait");
     }
 
     #[test]
-    fn the_refill_since_the_view_is_shared_too() {
+    fn a_grant_counts_what_the_aggregator_had_not_seen() {
+        let kind = LimitKind::Window {
+            limit: 100,
+            window_nanos: 60 * S,
+        };
+        let mut a = SharedSlot::new(kind, 0, 4, 1);
+        for _ in 0..10 {
+            assert!(a.take(kind, 1, 4).allowed);
+        }
+        // The grant counted 6 of the 10; it takes effect at 5.
+        let grant = Grant {
+            amount: 20,
+            share: SHARE_ONE / 2,
+            cap: 0,
+            start: 5,
+            window: 0,
+            node_left: 84,
+        };
+        a.schedule(grant, 1, 6, 2);
+        let before = (0..100).filter(|_| a.take(kind, 3, 4).allowed).count();
+        assert_eq!(before, 15, "the old equal part (25) until 5");
+        let after = (0..100).filter(|_| a.take(kind, 5, 4).allowed).count();
+        assert_eq!(
+            after, 20,
+            "20 more; the 19 uncounted were reserved beside it"
+        );
+        assert_eq!(a.carried(), (5, 19));
+    }
+
+    #[test]
+    fn a_bucket_grant_refills_at_its_share_up_to_its_cap() {
         let rate = Rate {
             tokens: 100,
             per_nanos: S,
         };
         let kind = LimitKind::Bucket { rate, burst: 100 };
-        let mut a = SharedSlot::new(kind, 0, 1, 1);
-        a.schedule(
-            View {
-                available: 0,
-                at: 0,
-                nodes: 1,
-                share: 0,
-            },
-            0,
-            1,
-            0,
-            0,
-        );
+        let mut a = SharedSlot::new(kind, 0, 4, 1);
+        let grant = Grant {
+            amount: 0,
+            share: SHARE_ONE / 4,
+            cap: 25,
+            start: 0,
+            window: 0,
+            node_left: 0,
+        };
+        a.schedule(grant, 1, 0, 0);
         let refused = a.take(kind, 0, 4);
-        assert!(!refused.allowed);
-        assert!(refused.retry_after_secs >= 1);
-        // 100 ms at 100/s: 10 tokens node-wide, 3 (rounded up) here.
-        let admitted = (0..10).filter(|_| a.take(kind, S / 10, 4).allowed).count();
-        assert_eq!(admitted, 3);
+        assert!(!refused.allowed && !refused.defer);
+        assert_eq!(refused.retry_after_secs, 1);
+        // 100 ms at a quarter of 100/s: 2.5 tokens.
+        assert_eq!(
+            (0..10).filter(|_| a.take(kind, S / 10, 4).allowed).count(),
+            2
+        );
+        // Ten seconds later: capped at 25 in all since the grant.
+        assert_eq!(
+            (0..100).filter(|_| a.take(kind, 10 * S, 4).allowed).count(),
+            23
+        );
     }
 
     #[test]
@@ -389,12 +415,12 @@ mod tests {
             limit: 8,
             window_nanos: 10 * S,
         };
-        let mut a = SharedSlot::new(kind, 0, 1, 1);
+        let mut a = SharedSlot::new(kind, 0, 2, 1);
         assert_eq!((0..10).filter(|_| a.take(kind, S, 2).allowed).count(), 4);
         assert_eq!(
             (0..10).filter(|_| a.take(kind, 10 * S, 2).allowed).count(),
             4
         );
-        assert!(!a.is_fresh(kind, 10 * S));
+        assert!(!a.is_fresh(kind, 10 * S, 2));
     }
 }

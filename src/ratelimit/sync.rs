@@ -1,10 +1,10 @@
 //! The messages of node- and cluster-scope limiting. Workers send the
 //! aggregator a `Report` each tick (every key they admitted requests for,
 //! with their running total for it); the aggregator answers every worker
-//! with a `ViewBatch` (what is left of each key's limit, and from when on
-//! every worker uses that figure). Both carry their keys' bytes in one
-//! arena and hand the other side's buffers back for reuse, so a steady
-//! exchange allocates nothing.
+//! with a `ViewBatch` (each key's new grant for that worker: what it may
+//! admit, from when on). Both carry their keys' bytes in one
+//! arena, and each side hands the other's buffers back over a return
+//! channel once it has read them, so a steady exchange allocates nothing.
 
 /// Records whose keys live in one shared byte arena.
 #[derive(Debug)]
@@ -76,18 +76,21 @@ pub struct ReportRecord {
     pub attempts: u64,
     /// Window policies: the window the latest of them fell in.
     pub window: u64,
+    /// The grant the entry works under (its `start`), and how many of the
+    /// entry's admissions it took over from the grant before (admitted
+    /// while it was pending).
+    pub grant_start: u64,
+    pub carried: u64,
 }
 
-/// What the aggregator knows of one key, for one worker.
+/// One key's new grant, for one worker.
 #[derive(Debug, Clone, Copy)]
 pub struct ViewRecord {
     pub policy: u32,
     pub tier: u32,
     pub key: KeySpan,
-    pub view: super::shared::View,
-    /// Clock time (ratelimit::clock) from which every worker uses `view`.
-    pub effective: u64,
-    /// The worker's entry incarnation and running total that `view` has
+    pub grant: super::shared::Grant,
+    /// The worker's entry incarnation and running total that `grant` has
     /// already counted.
     pub incarnation: u32,
     pub counted: u64,
@@ -99,8 +102,6 @@ pub struct Report {
     /// `Snapshot::id` of the generation whose policy indices these are.
     pub snapshot: u64,
     pub entries: Keyed<ReportRecord>,
-    /// A consumed batch's buffers, back for reuse.
-    pub spare: Option<Keyed<ViewRecord>>,
 }
 
 #[derive(Debug)]
@@ -109,5 +110,4 @@ pub struct ViewBatch {
     /// Cluster scope: how many nodes share each cluster limit right now.
     pub nodes: u32,
     pub entries: Keyed<ViewRecord>,
-    pub spare: Option<Keyed<ReportRecord>>,
 }

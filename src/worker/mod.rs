@@ -75,8 +75,7 @@ pub struct WorkerSetup {
     pub events: Sender<Event>,
     pub access_log: Option<crate::accesslog::AccessLog>,
     /// To the rate-limit aggregator, and back (node and cluster scope).
-    pub limit_reports: Sender<crate::ratelimit::sync::Report>,
-    pub limit_views: Receiver<crate::ratelimit::sync::ViewBatch>,
+    pub limit_sync: crate::ratelimit::aggregator::WorkerChannels,
 }
 
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -164,9 +163,8 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         .access_log
         .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
     let limit_sync = LimitSync {
-        reports: setup.limit_reports,
-        views: setup.limit_views,
-        report_buffers: RefCell::new(Some(Default::default())),
+        channels: setup.limit_sync,
+        report_buffers: RefCell::new(None),
     };
     let shard = Rc::new(shard);
     let mut listeners = Vec::new();
@@ -286,8 +284,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
 /// the aggregator's views, then report the shared keys admitted since the
 /// last tick.
 struct LimitSync {
-    reports: Sender<crate::ratelimit::sync::Report>,
-    views: Receiver<crate::ratelimit::sync::ViewBatch>,
+    channels: crate::ratelimit::aggregator::WorkerChannels,
     report_buffers:
         RefCell<Option<crate::ratelimit::sync::Keyed<crate::ratelimit::sync::ReportRecord>>>,
 }
@@ -297,20 +294,20 @@ impl LimitSync {
         let generation = shard.generation();
         let mut limiter = generation.limiter.borrow_mut();
         let now = crate::ratelimit::clock::now();
-        let mut spare_views = None;
-        while let Ok(mut batch) = self.views.try_recv() {
+        while let Ok(batch) = self.channels.views.try_recv() {
             limiter.apply(&batch, &generation.snapshot.rate_limits, now);
-            if let Some(buffers) = batch.spare.take() {
-                self.report_buffers.replace(Some(buffers));
-            }
-            spare_views = Some(batch.entries);
+            let _ = self.channels.view_returns.try_send(batch.entries);
         }
         if !shared_limits {
             return;
         }
-        let mut entries = self.report_buffers.take().unwrap_or_default();
-        limiter.take_report(&mut entries);
-        if entries.is_empty() && spare_views.is_none() {
+        let mut entries = self
+            .report_buffers
+            .take()
+            .or_else(|| self.channels.report_returns.try_recv().ok())
+            .unwrap_or_default();
+        limiter.take_report(&mut entries, now);
+        if entries.is_empty() {
             self.report_buffers.replace(Some(entries));
             return;
         }
@@ -318,9 +315,8 @@ impl LimitSync {
             worker: shard.id,
             snapshot: generation.snapshot.id,
             entries,
-            spare: spare_views,
         };
-        if let Err(e) = self.reports.try_send(report) {
+        if let Err(e) = self.channels.reports.try_send(report) {
             // The aggregator is behind: the running totals go out next time
             // these keys are admitted.
             self.report_buffers.replace(Some(e.into_inner().entries));
