@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::shared::{Grant, SHARE_ONE, part, window_start};
+use super::ledger::{Ledger, Source};
+use super::shared::window_start;
 use super::sync::{KeySpan, Keyed, Report, ReportRecord, ViewBatch, ViewRecord};
 use super::{KeyTable, clock, tier_kind};
 use crate::snapshot::{LimitKind, LimitScope, RateLimitPolicy, Snapshot};
@@ -166,268 +167,17 @@ pub fn spawn(snapshot: Arc<Snapshot>, channels: AggregatorChannels) -> std::io::
     })
 }
 
-/// What the aggregator knows of one worker's side of one key.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    incarnation: u32,
-    /// Running totals last reported.
-    admitted: u64,
-    attempts: u64,
-    /// Attempts since the last grant: this worker's recent demand.
-    demand: u64,
-    /// The worker's latest grant, the running total it counts from, and
-    /// what the worker may still have admitted under the grant before it.
-    grant: Grant,
-    base: u64,
-    carried: u64,
-}
-
-impl Seen {
-    fn new(kind: LimitKind, now: u64, parts: u64) -> Seen {
-        Seen {
-            incarnation: 0,
-            admitted: 0,
-            attempts: 0,
-            demand: 0,
-            grant: Grant::fresh(kind, now, parts),
-            base: 0,
-            carried: 0,
-        }
-    }
-
-    /// The most this worker's running total can reach by `t` under what it
-    /// holds: what it admitted under its previous grant while the latest
-    /// was pending (at most `carried`), plus the latest grant.
-    fn ceiling(&self, kind: LimitKind, t: u64, parts: u64) -> u64 {
-        self.base + self.carried + self.grant.allowance(kind, t, parts)
-    }
-}
-
-/// Of what is left, the part (in 1/`SHARE_ONE`ths) each worker gets: a
-/// small equal floor, so that a worker meeting the key for the first time
-/// in a while can still admit a few at once, and the rest in proportion to
-/// each worker's demand since the last grant. Parts sum to `SHARE_ONE`.
-fn shares(seen: &[Seen], out: &mut [u64]) {
-    let n = seen.len().max(1) as u64;
-    let total: u64 = seen.iter().map(|s| s.demand).sum();
-    let (floor, spread) = if total == 0 {
-        (SHARE_ONE / n, 0)
-    } else {
-        let floor = SHARE_ONE / 10 / n; // 10% of the whole, split evenly
-        (floor, SHARE_ONE - floor * n)
-    };
-    let mut given = 0;
-    for (part, s) in out.iter_mut().zip(seen) {
-        let p =
-            floor + (u128::from(spread) * u128::from(s.demand) / u128::from(total.max(1))) as u64;
-        *part = p;
-        given += p;
-    }
-    // Rounding leftovers go to the busiest worker.
-    if let Some((i, _)) = seen.iter().enumerate().max_by_key(|(_, s)| s.demand) {
-        out[i] += SHARE_ONE - given;
-    }
-}
-
-/// One key's exact state in the aggregator.
-struct NodeKey {
-    tier: u32,
-    /// Buckets: units at `at` (negative: debt). Windows: requests left in
-    /// the window starting at `at`.
-    available: i128,
-    at: u64,
-    seen: Box<[Seen]>,
-    /// When the last grants sent for this key take effect; no newer ones
-    /// are sent before then, so a worker holds at most one pending grant.
-    grants_effective: u64,
-    /// Charged since the last grants: listed for the next ones.
-    waiting: bool,
-}
-
-impl NodeKey {
-    fn new(tier: u32, kind: LimitKind, now: u64, workers: usize) -> NodeKey {
-        let parts = workers as u64;
-        let (available, at) = match kind {
-            LimitKind::Bucket { rate, burst } => {
-                (i128::from(burst) * i128::from(rate.per_nanos), now)
-            }
-            LimitKind::Window {
-                limit,
-                window_nanos,
-            } => (i128::from(limit), window_start(now, window_nanos)),
-        };
-        NodeKey {
-            tier,
-            available,
-            at,
-            seen: vec![Seen::new(kind, now, parts); workers].into_boxed_slice(),
-            grants_effective: 0,
-            waiting: false,
-        }
-    }
-
-    /// Brings the state up to `now`: refill, or a new window (in which
-    /// every worker starts again from an equal part).
-    fn advance(&mut self, kind: LimitKind, now: u64) {
-        match kind {
-            LimitKind::Bucket { rate, burst } => {
-                let cap = i128::from(burst) * i128::from(rate.per_nanos);
-                let elapsed = i128::from(now.saturating_sub(self.at));
-                self.available = (self.available + elapsed * i128::from(rate.tokens)).min(cap);
-                self.at = self.at.max(now);
-            }
-            LimitKind::Window {
-                limit,
-                window_nanos,
-            } => {
-                let start = window_start(now, window_nanos);
-                if start > self.at {
-                    self.roll(kind, start, limit);
-                }
-            }
-        }
-    }
-
-    fn roll(&mut self, kind: LimitKind, start: u64, limit: u64) {
-        self.at = start;
-        self.available = i128::from(limit);
-        let parts = self.seen.len() as u64;
-        for s in self.seen.iter_mut() {
-            s.grant = Grant::fresh(kind, start, parts);
-            s.base = s.admitted;
-            s.carried = 0;
-        }
-    }
-
-    /// Takes a worker's running totals: returns how many admissions are
-    /// new, and notes its new attempts as demand.
-    fn newly_admitted(
-        &mut self,
-        worker: usize,
-        r: &ReportRecord,
-        kind: LimitKind,
-        now: u64,
-    ) -> u64 {
-        let parts = self.seen.len() as u64;
-        let Some(seen) = self.seen.get_mut(worker) else {
-            return 0;
-        };
-        if seen.incarnation == 0 {
-            // The first report of this worker's entry, which counts from
-            // zero under whatever grant it holds (the default, or ours).
-            seen.incarnation = r.incarnation;
-        } else if seen.incarnation != r.incarnation || r.admitted < seen.admitted {
-            // The worker evicted its entry and made a new one: it counts
-            // from zero again, under the default grant.
-            *seen = Seen::new(kind, now, parts);
-            seen.incarnation = r.incarnation;
-        }
-        let admitted = r.admitted - seen.admitted;
-        if r.grant_start == seen.grant.start {
-            // The worker works under the latest grant: what it carried over
-            // from the one before is known exactly now.
-            seen.carried = seen.carried.min(r.carried);
-        }
-        seen.demand += r.attempts.saturating_sub(seen.attempts);
-        seen.admitted = r.admitted;
-        seen.attempts = r.attempts;
-        admitted
-    }
-
-    fn charge(&mut self, kind: LimitKind, admitted: u64, window: u64, now: u64) {
-        self.advance(kind, now);
-        match kind {
-            LimitKind::Bucket { rate, .. } => {
-                self.available -= i128::from(admitted) * i128::from(rate.per_nanos);
-            }
-            LimitKind::Window { limit, .. } => {
-                if window > self.at {
-                    self.roll(kind, window, limit);
-                }
-                // Admissions reported for an earlier window no longer matter.
-                if window == self.at {
-                    self.available -= i128::from(admitted);
-                }
-            }
-        }
-    }
-
-    /// Requests left at `t` if nobody admitted any more (refill included).
-    fn left_at(&self, kind: LimitKind, t: u64) -> u64 {
-        let left = match kind {
-            LimitKind::Bucket { rate, burst } => {
-                let one = i128::from(rate.per_nanos.max(1));
-                let elapsed = i128::from(t.saturating_sub(self.at));
-                let units = (self.available + elapsed * i128::from(rate.tokens))
-                    .min(i128::from(burst) * one);
-                units.div_euclid(one)
-            }
-            LimitKind::Window { .. } => self.available,
-        };
-        left.max(0) as u64
-    }
-
-    fn is_fresh(&self, kind: LimitKind, now: u64) -> bool {
-        let parts = self.seen.len() as u64;
-        let full = match kind {
-            LimitKind::Bucket { burst, .. } => self.left_at(kind, now) >= burst,
-            LimitKind::Window {
-                limit,
-                window_nanos,
-            } => window_start(now, window_nanos) > self.at || self.available >= i128::from(limit),
-        };
-        !self.waiting
-            && now >= self.grants_effective
-            && full
-            && self
-                .seen
-                .iter()
-                .all(|s| s.grant.is_default(kind, now, parts))
-    }
-
-    /// New grants, effective at `effective`, for every worker: what is
-    /// left then, less what each worker may still admit under the grants
-    /// it holds until then, split by demand.
-    fn grant(&mut self, kind: LimitKind, now: u64, effective: u64, shares_out: &mut [u64]) {
-        self.advance(kind, now);
-        let parts = self.seen.len() as u64;
-        let mut reserved = 0u64;
-        for s in self.seen.iter_mut() {
-            let out = s.ceiling(kind, effective, parts).saturating_sub(s.admitted);
-            s.carried = out;
-            reserved = reserved.saturating_add(out);
-        }
-        let left = self.left_at(kind, effective);
-        let pool = left.saturating_sub(reserved);
-        shares(&self.seen, shares_out);
-        for (s, &share) in self.seen.iter_mut().zip(shares_out.iter()) {
-            s.grant = Grant {
-                amount: part(pool, share),
-                share,
-                cap: match kind {
-                    LimitKind::Bucket { burst, .. } => part(burst, share),
-                    LimitKind::Window { .. } => 0,
-                },
-                start: effective,
-                window: match kind {
-                    LimitKind::Bucket { .. } => 0,
-                    LimitKind::Window { .. } => self.at,
-                },
-                node_left: left,
-            };
-            s.base = s.admitted;
-            s.demand = 0;
-        }
-    }
-}
-
 struct PolicyState {
     policy: RateLimitPolicy,
-    table: KeyTable<NodeKey>,
-    /// Keys charged since their last view, waiting for the next one.
+    table: KeyTable<Ledger>,
+    /// Keys charged since their last grants, waiting for the next ones.
     waiting: Keyed<KeySpan>,
     /// The list being drained while `waiting` collects keys for next tick.
     draining: Keyed<KeySpan>,
+    /// Cluster scope: keys with demand or claimed tokens, looked at when a
+    /// Redis round is made (and the same double buffer).
+    claiming: Keyed<KeySpan>,
+    claiming_next: Keyed<KeySpan>,
 }
 
 impl PolicyState {
@@ -437,9 +187,50 @@ impl PolicyState {
             policy,
             waiting: Keyed::default(),
             draining: Keyed::default(),
+            claiming: Keyed::default(),
+            claiming_next: Keyed::default(),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.policy.scope, LimitScope::Cluster { .. })
+    }
+
+    fn mark_waiting(&mut self, key: &[u8]) {
+        if let Some(ledger) = self.table.get_mut(key)
+            && !ledger.waiting
+        {
+            ledger.waiting = true;
+            let span = self.waiting.push_key(key);
+            self.waiting.records.push(span);
         }
     }
 }
+
+/// The Redis side, when cluster-scope limits are configured.
+struct Cluster {
+    thread: super::cluster::ClusterThread,
+    prefix: String,
+    address: String,
+    /// The round in flight, if any.
+    in_flight: Option<u64>,
+    next_id: u64,
+    last_round: u64,
+    /// Redis failed its last round: cluster keys follow on_redis_error.
+    down: bool,
+    /// Counts fallback periods (a new one starts every local state afresh).
+    epoch: u64,
+    /// Nodes sharing the limits, as last seen in Redis.
+    nodes: u64,
+}
+
+/// How often a node registers with Redis when it has nothing to claim, and
+/// how often it tries Redis again while it is down.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const RETRY: Duration = Duration::from_millis(500);
+/// Ticks without demand after which a key's unreserved claimed tokens go
+/// back to Redis.
+const IDLE_TICKS_BEFORE_GIVING_BACK: u32 = 20;
 
 struct Aggregator {
     snapshot: Arc<Snapshot>,
@@ -450,11 +241,32 @@ struct Aggregator {
     batches: Vec<Keyed<ViewRecord>>,
     /// Scratch for one key's per-worker shares.
     shares: Vec<u64>,
+    cluster: Option<Cluster>,
 }
 
 impl Aggregator {
     fn new(snapshot: Arc<Snapshot>, channels: AggregatorChannels, stats: Arc<Stats>) -> Self {
         let n = channels.views.len();
+        let cluster = snapshot.redis.as_ref().and_then(|spec| {
+            match super::cluster::spawn(spec.clone()) {
+                Ok(thread) => Some(Cluster {
+                    thread,
+                    prefix: spec.key_prefix.clone(),
+                    address: spec.address.clone(),
+                    in_flight: None,
+                    next_id: 1,
+                    last_round: 0,
+                    down: false,
+                    epoch: 0,
+                    nodes: 1,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the Redis thread; cluster-scope limits follow on_redis_error");
+                    None
+                }
+            }
+        });
+        stats.cluster_nodes.store(1, Relaxed);
         Aggregator {
             policies: snapshot
                 .rate_limits
@@ -467,6 +279,7 @@ impl Aggregator {
             stats,
             batches: (0..n).map(|_| Keyed::default()).collect(),
             shares: vec![0; n],
+            cluster,
         }
     }
 
@@ -515,7 +328,22 @@ impl Aggregator {
         self.snapshot = snapshot;
     }
 
+    /// Where cluster keys' tokens come from right now.
+    fn source(&self, policy: &RateLimitPolicy) -> (Source, u64, u64) {
+        match (policy.scope, &self.cluster) {
+            (LimitScope::Cluster { on_redis_error }, Some(c)) if c.down => {
+                (Source::Fallback(on_redis_error), c.epoch, c.nodes)
+            }
+            (LimitScope::Cluster { .. }, Some(c)) => (Source::Claimed, c.epoch, c.nodes),
+            (LimitScope::Cluster { on_redis_error }, None) => {
+                (Source::Fallback(on_redis_error), 0, 1)
+            }
+            _ => (Source::Node, 0, 1),
+        }
+    }
+
     fn tick(&mut self, now: u64) {
+        self.take_answer();
         let workers = self.batches.len();
         while let Ok(report) = self.channels.reports.try_recv() {
             if report.snapshot == self.snapshot.id {
@@ -525,6 +353,7 @@ impl Aggregator {
                 let _ = back.try_send(report.entries);
             }
         }
+        self.start_round(now);
         self.publish(now);
         let keys: usize = self.policies.iter().map(|p| p.table.len()).sum();
         self.stats.keys.store(keys as u64, Relaxed);
@@ -532,71 +361,273 @@ impl Aggregator {
 
     fn charge(&mut self, report: &Report, now: u64, workers: usize) {
         for r in &report.entries.records {
-            let Some(state) = self.policies.get_mut(r.policy as usize) else {
+            let Some(policy) = self.policies.get(r.policy as usize).map(|s| &s.policy) else {
                 continue;
             };
-            if state.policy.scope == LimitScope::Worker {
+            if policy.scope == LimitScope::Worker {
                 continue;
             }
+            let (source, epoch, nodes) = self.source(policy);
+            let state = &mut self.policies[r.policy as usize];
+            let cluster = state.is_cluster();
             let kind = tier_kind(&state.policy, r.tier as usize);
             let key = report.entries.key(r.key);
             let policy = &state.policy;
-            let entry = state.table.get_or_insert(
+            let ledger = state.table.get_or_insert(
                 key,
-                || NodeKey::new(r.tier, kind, now, workers),
+                || Ledger::new(r.tier, kind, now, workers, cluster),
                 |k| k.is_fresh(tier_kind(policy, k.tier as usize), now),
             );
-            if entry.tier != r.tier {
-                *entry = NodeKey::new(r.tier, kind, now, workers);
+            if ledger.tier != r.tier {
+                *ledger = Ledger::new(r.tier, kind, now, workers, cluster);
             }
-            let admitted = entry.newly_admitted(report.worker, r, kind, now);
-            entry.charge(kind, admitted, r.window, now);
-            if !entry.waiting {
-                entry.waiting = true;
-                let span = state.waiting.push_key(key);
-                state.waiting.records.push(span);
+            let (admitted, _) = ledger.newly_admitted(report.worker, r, kind, now);
+            ledger.charge(kind, admitted, r.window, source, epoch, nodes, now);
+            let listed_for_claims = ledger.claims.is_some_and(|c| c.listed);
+            if let Some(claims) = &mut ledger.claims {
+                claims.listed = true;
+            }
+            if cluster && !listed_for_claims {
+                let span = state.claiming.push_key(key);
+                state.claiming.records.push(span);
+            }
+            state.mark_waiting(key);
+        }
+    }
+
+    /// Applies the answer of the Redis round in flight, if it has come.
+    fn take_answer(&mut self) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        let Ok(answer) = cluster.thread.answers.try_recv() else {
+            return;
+        };
+        if cluster.in_flight == Some(answer.id) {
+            cluster.in_flight = None;
+        }
+        // Where tokens come from changed: every cluster key gets new grants.
+        let mut regrant = false;
+        let results = match answer.outcome {
+            Ok((nodes, results)) => {
+                cluster.nodes = nodes;
+                self.stats.cluster_nodes.store(nodes, Relaxed);
+                self.stats.redis_up.store(1, Relaxed);
+                if cluster.down {
+                    tracing::info!(redis = %cluster.address, "Redis answers again; cluster-scope limits are shared again");
+                    cluster.down = false;
+                    cluster.epoch += 1;
+                    regrant = true;
+                }
+                Some(results)
+            }
+            Err(error) => {
+                self.stats.redis_errors.fetch_add(1, Relaxed);
+                self.stats.redis_up.store(0, Relaxed);
+                if !cluster.down {
+                    tracing::warn!(redis = %cluster.address, %error, "Redis sync failed; cluster-scope limits follow on_redis_error until it answers again");
+                    cluster.down = true;
+                    cluster.epoch += 1;
+                    regrant = true;
+                }
+                None
+            }
+        };
+        for (i, claim) in answer.round.claims.iter().enumerate() {
+            let Some(state) = self.policies.get_mut(claim.policy as usize) else {
+                continue;
+            };
+            if let Some(ledger) = state.table.get_mut(&claim.key)
+                && let Some(claims) = &mut ledger.claims
+            {
+                claims.in_flight = false;
+                if let Some(&(granted, left)) = results.as_ref().and_then(|r| r.get(i))
+                    && (matches!(claim.kind, LimitKind::Bucket { .. })
+                        || claims.window == claim.window)
+                {
+                    claims.held += granted;
+                    claims.cluster_left = left.max(0) as u64;
+                }
+            }
+            // New tokens (or the fallback) make new grants.
+            state.mark_waiting(&claim.key);
+        }
+        if regrant {
+            for state in self.policies.iter_mut().filter(|s| s.is_cluster()) {
+                let keys: Vec<Vec<u8>> = state.table.keys().map(<[u8]>::to_vec).collect();
+                for key in keys {
+                    if let Some(ledger) = state.table.get_mut(&key) {
+                        ledger.grants_effective = 0;
+                    }
+                    state.mark_waiting(&key);
+                }
             }
         }
     }
 
-    /// Sends a view of every charged key whose previous view is in effect.
+    /// Sends Redis a round: tokens for keys in demand, tokens back from
+    /// idle keys, and this node's registration.
+    fn start_round(&mut self, now: u64) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        if cluster.in_flight.is_some() {
+            return;
+        }
+        let mut claims = Vec::new();
+        if !cluster.down {
+            for (index, state) in self.policies.iter_mut().enumerate() {
+                if !state.is_cluster() || state.claiming.is_empty() {
+                    continue;
+                }
+                std::mem::swap(&mut state.claiming, &mut state.claiming_next);
+                state.claiming.clear();
+                for span in &state.claiming_next.records {
+                    let key = state.claiming_next.key(*span);
+                    let Some(ledger) = state.table.get_mut(key) else {
+                        continue;
+                    };
+                    let kind = tier_kind(&state.policy, ledger.tier as usize);
+                    let give_back = match ledger.claims {
+                        Some(c)
+                            if c.demand == 0
+                                && c.held > 0
+                                && c.idle_ticks >= IDLE_TICKS_BEFORE_GIVING_BACK =>
+                        {
+                            ledger.unreserved_claims(kind, now)
+                        }
+                        _ => 0,
+                    };
+                    let Some(c) = &mut ledger.claims else {
+                        continue;
+                    };
+                    let size = match kind {
+                        LimitKind::Bucket { burst, .. } => burst,
+                        LimitKind::Window { limit, .. } => limit,
+                    };
+                    // Enough for about two rounds of the recent demand.
+                    let want = if c.demand > 0 {
+                        (c.demand * 2).clamp(1, size).saturating_sub(c.held)
+                    } else {
+                        0
+                    };
+                    if c.demand == 0 {
+                        c.idle_ticks += 1;
+                    }
+                    if !c.in_flight && (want > 0 || give_back > 0) {
+                        c.in_flight = true;
+                        c.held -= give_back;
+                        c.demand = 0;
+                        let window = match kind {
+                            LimitKind::Window { window_nanos, .. } => {
+                                Some(window_start(now, window_nanos))
+                            }
+                            LimitKind::Bucket { .. } => None,
+                        };
+                        if let Some(w) = window
+                            && w != c.window
+                        {
+                            c.window = w;
+                            c.held = 0;
+                        }
+                        claims.push(super::cluster::Claim {
+                            redis_key: super::cluster::redis_key(
+                                &cluster.prefix,
+                                &state.policy.name,
+                                ledger.tier,
+                                key,
+                                window,
+                            ),
+                            kind,
+                            want,
+                            give_back,
+                            policy: index as u32,
+                            tier: ledger.tier,
+                            key: key.to_vec(),
+                            window: window.unwrap_or(0),
+                        });
+                    }
+                    // Keep looking at keys that hold tokens or await them.
+                    if c.held > 0 || c.in_flight || c.demand > 0 {
+                        let again = state.claiming.push_key(key);
+                        state.claiming.records.push(again);
+                    } else {
+                        c.listed = false;
+                    }
+                }
+            }
+        }
+        let pause = if cluster.down { RETRY } else { HEARTBEAT };
+        if claims.is_empty() && now < cluster.last_round + pause.as_nanos() as u64 {
+            return;
+        }
+        let id = cluster.next_id;
+        cluster.next_id += 1;
+        cluster.last_round = now;
+        match cluster
+            .thread
+            .rounds
+            .try_send(super::cluster::Round { id, claims })
+        {
+            Ok(()) => cluster.in_flight = Some(id),
+            Err(e) => {
+                // The Redis thread is stuck on the round before: give these
+                // keys back to the next tick.
+                for claim in e.into_inner().claims {
+                    if let Some(state) = self.policies.get_mut(claim.policy as usize)
+                        && let Some(ledger) = state.table.get_mut(&claim.key)
+                        && let Some(c) = &mut ledger.claims
+                    {
+                        c.in_flight = false;
+                        c.held += claim.give_back;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends new grants for every charged key whose previous grants are in
+    /// force (and, for cluster keys, whose claim is not in flight).
     fn publish(&mut self, now: u64) {
         let interval = self.snapshot.rate_limit_sync.as_nanos() as u64;
         let effective = now + 2 * interval;
-        let batches = &mut self.batches;
-        for (index, state) in self.policies.iter_mut().enumerate() {
-            if state.waiting.is_empty() {
+        for index in 0..self.policies.len() {
+            if self.policies[index].waiting.is_empty() {
                 continue;
             }
+            let (source, epoch, nodes) = self.source(&self.policies[index].policy);
+            let state = &mut self.policies[index];
             std::mem::swap(&mut state.waiting, &mut state.draining);
             state.waiting.clear();
             for span in &state.draining.records {
                 let key = state.draining.key(*span);
-                let Some(entry) = state.table.get_mut(key) else {
+                let Some(ledger) = state.table.get_mut(key) else {
                     continue;
                 };
-                if now < entry.grants_effective + interval {
-                    // Its previous grants are not in force yet, or no
-                    // worker has reported under them (which tells how much
-                    // each carried over): next tick.
+                let claim_pending =
+                    source == Source::Claimed && ledger.claims.is_some_and(|c| c.in_flight);
+                if now < ledger.grants_effective + interval || claim_pending {
+                    // Its previous grants are not in force yet, no worker
+                    // has reported under them (which tells how much each
+                    // carried over), or tokens are on their way: next tick.
                     let again = state.waiting.push_key(key);
                     state.waiting.records.push(again);
                     continue;
                 }
-                let kind = tier_kind(&state.policy, entry.tier as usize);
-                entry.grant(kind, now, effective, &mut self.shares);
-                entry.waiting = false;
-                entry.grants_effective = effective;
-                for (worker, batch) in batches.iter_mut().enumerate() {
+                let kind = tier_kind(&state.policy, ledger.tier as usize);
+                ledger.grant(kind, now, effective, source, epoch, nodes, &mut self.shares);
+                ledger.waiting = false;
+                ledger.grants_effective = effective;
+                for (worker, batch) in self.batches.iter_mut().enumerate() {
                     let span = batch.push_key(key);
-                    let seen = &entry.seen[worker];
+                    let (grant, incarnation, counted) = ledger.grant_for(worker);
                     batch.records.push(ViewRecord {
                         policy: index as u32,
-                        tier: entry.tier,
+                        tier: ledger.tier,
                         key: span,
-                        grant: seen.grant,
-                        incarnation: seen.incarnation,
-                        counted: seen.admitted,
+                        grant,
+                        incarnation,
+                        counted,
                     });
                 }
             }
@@ -609,23 +640,19 @@ impl Aggregator {
             next.clear();
             let batch = ViewBatch {
                 snapshot: self.snapshot.id,
-                nodes: 1,
                 entries: std::mem::replace(&mut self.batches[worker], next),
             };
             if let Err(e) = tx.try_send(batch) {
                 // The worker is far behind: publish these keys again next
-                // tick rather than leave it on views that are out of date.
+                // tick rather than leave it on grants that are out of date.
                 let batch = e.into_inner();
                 for r in &batch.entries.records {
                     let key = batch.entries.key(r.key);
-                    if let Some(state) = self.policies.get_mut(r.policy as usize)
-                        && let Some(entry) = state.table.get_mut(key)
-                        && !entry.waiting
-                    {
-                        entry.waiting = true;
-                        entry.grants_effective = 0;
-                        let span = state.waiting.push_key(key);
-                        state.waiting.records.push(span);
+                    if let Some(state) = self.policies.get_mut(r.policy as usize) {
+                        if let Some(ledger) = state.table.get_mut(key) {
+                            ledger.grants_effective = 0;
+                        }
+                        state.mark_waiting(key);
                     }
                 }
                 let mut entries = batch.entries;

@@ -10,6 +10,9 @@
 pub mod aggregator;
 pub mod bucket;
 pub mod clock;
+pub mod cluster;
+pub mod ledger;
+pub mod redis;
 pub mod shared;
 pub mod sync;
 pub mod table;
@@ -95,8 +98,6 @@ pub struct Limiter {
     snapshot: u64,
     /// Workers sharing node- and cluster-scope limits.
     workers: u32,
-    /// Nodes sharing cluster-scope limits (from the aggregator).
-    nodes: u32,
     /// Shared-scope keys admitted since the last report.
     report: Keyed<ReportRecord>,
     next_incarnation: u32,
@@ -110,7 +111,6 @@ impl Limiter {
             tables: policies.iter().map(|p| KeyTable::new(p.max_keys)).collect(),
             snapshot,
             workers: workers as u32,
-            nodes: 1,
             report: Keyed::default(),
             next_incarnation: 1,
         }
@@ -126,7 +126,6 @@ impl Limiter {
         snapshot: u64,
     ) -> Limiter {
         let mut limiter = Limiter::new(new, snapshot, previous.workers as usize);
-        limiter.nodes = previous.nodes;
         limiter.next_incarnation = previous.next_incarnation;
         let moved: Vec<Option<usize>> = old
             .iter()
@@ -193,7 +192,6 @@ impl Limiter {
         if batch.snapshot != self.snapshot {
             return;
         }
-        self.nodes = batch.nodes.max(1);
         for r in &batch.entries.records {
             let Some(policy) = policies.get(r.policy as usize) else {
                 continue;
@@ -240,13 +238,14 @@ impl Limiter {
         }
     }
 
-    /// How many equal parts a fresh shared limit is split into here.
+    /// How many equal parts a fresh shared limit is split into here: one
+    /// per worker for node scope; none for cluster scope, where a worker
+    /// admits only what the aggregator has claimed from Redis for it.
     fn parts(&self, policy: &RateLimitPolicy) -> u64 {
-        let nodes = match policy.scope {
-            LimitScope::Cluster { .. } => u64::from(self.nodes),
-            _ => 1,
-        };
-        u64::from(self.workers) * nodes
+        match policy.scope {
+            LimitScope::Cluster { .. } => 0,
+            _ => u64::from(self.workers),
+        }
     }
 
     /// Counts one request for `key` under policy `index`. `tier` is the

@@ -55,8 +55,22 @@ pub fn part(value: u64, share: u64) -> u64 {
 
 impl Grant {
     /// A key nobody has used: an equal part (of `parts`) of a full limit.
+    /// With no parts (cluster scope) nothing, until tokens are claimed; the
+    /// limit left is unknown, so a refused request may wait for them.
     pub fn fresh(kind: LimitKind, now: u64, parts: u64) -> Grant {
-        let parts = parts.max(1);
+        if parts == 0 {
+            return Grant {
+                amount: 0,
+                share: 0,
+                cap: 0,
+                start: now,
+                window: match kind {
+                    LimitKind::Window { window_nanos, .. } => window_start(now, window_nanos),
+                    LimitKind::Bucket { .. } => 0,
+                },
+                node_left: u64::MAX,
+            };
+        }
         let share = SHARE_ONE / parts;
         match kind {
             LimitKind::Bucket { burst, .. } => Grant {
@@ -96,7 +110,7 @@ impl Grant {
                 window_nanos,
             } => {
                 if window_start(now, window_nanos) > self.window {
-                    limit.div_ceil(parts.max(1))
+                    if parts == 0 { 0 } else { limit.div_ceil(parts) }
                 } else {
                     self.amount
                 }
@@ -107,6 +121,9 @@ impl Grant {
     /// Whether a worker holding this grant is indistinguishable from one
     /// holding none (so it need not keep an entry).
     pub fn is_default(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
+        if parts == 0 {
+            return self.allowance(kind, now, parts) == 0;
+        }
         let fresh = Grant::fresh(kind, now, parts);
         self.share == fresh.share && self.allowance(kind, now, parts) >= fresh.amount
     }
@@ -232,10 +249,15 @@ impl SharedSlot {
             self.window_admitted += 1;
         }
         let used = used + u64::from(allowed);
-        let node_left = match kind {
-            LimitKind::Window { limit, .. } if self.current.window < self.window => limit,
-            _ => self.current.node_left,
-        };
+        let node_left =
+            match kind {
+                // A new window: the whole limit is there again (for cluster
+                // scope, somewhere in the cluster).
+                LimitKind::Window { limit, .. } if self.current.window < self.window => {
+                    if parts == 0 { u64::MAX } else { limit }
+                }
+                _ => self.current.node_left,
+            };
         let mut decision = self.decision(kind, now, allowed, node_left, used, allowance);
         // Refused only because this worker's part is spent while the node
         // had more left: a bigger grant may be a few sync intervals away.
@@ -252,8 +274,12 @@ impl SharedSlot {
         used: u64,
         allowance: u64,
     ) -> Decision {
+        let limit = match kind {
+            LimitKind::Bucket { burst, .. } => burst,
+            LimitKind::Window { limit, .. } => limit,
+        };
         let remaining = if allowed {
-            node_left.saturating_sub(used)
+            node_left.saturating_sub(used).min(limit)
         } else {
             0
         };

@@ -107,7 +107,5 @@ pub struct Report {
 #[derive(Debug)]
 pub struct ViewBatch {
     pub snapshot: u64,
-    /// Cluster scope: how many nodes share each cluster limit right now.
-    pub nodes: u32,
     pub entries: Keyed<ViewRecord>,
 }

@@ -49,6 +49,11 @@ impl<V> KeyTable<V> {
         self.map.is_empty()
     }
 
+    /// Every key in the table.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.ring.iter().map(|k| k.as_ref())
+    }
+
     /// The state for `key`, if present (not marked as used).
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         self.map.get_mut(key).map(|e| &mut e.value)

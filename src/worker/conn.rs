@@ -528,7 +528,7 @@ async fn handle_request(
 /// How many sync intervals a request may wait for a shared limit's next
 /// view (views take effect two intervals after the aggregator computes
 /// them, which is up to two intervals after a worker reports).
-const MAX_LIMIT_WAITS: u32 = 8;
+const MAX_LIMIT_WAITS: u32 = 12;
 
 /// Where a request is in its route's rate-limit policies.
 #[derive(Default)]

@@ -1,0 +1,517 @@
+//! [cold] The aggregator's exact account of one key: how much of the limit
+//! is left (and where that figure comes from: the node's own bucket or
+//! window, tokens claimed from Redis, or the fallback while Redis is
+//! away), what each worker has admitted, and the grants it holds.
+//!
+//! `Ledger::grant` is the heart of shared limits. Grants take effect two
+//! sync intervals after they are made, so until then each worker may keep
+//! admitting under the grant it already holds. New grants therefore split
+//! only what is left *after* reserving, for each worker, the most it could
+//! still admit under its current grant (`Seen::ceiling`): whatever the
+//! timing, everything the workers can admit never exceeds what is left
+//! (docs/rate-limiting.md has the argument).
+
+use super::shared::{Grant, SHARE_ONE, part, window_start};
+use super::sync::ReportRecord;
+use crate::snapshot::{LimitKind, OnRedisError};
+
+/// Where a key's remaining tokens are known from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Node scope: the exact bucket or window kept here.
+    Node,
+    /// Cluster scope with Redis answering: tokens this node claimed.
+    Claimed,
+    /// Cluster scope while Redis cannot be reached.
+    Fallback(OnRedisError),
+}
+
+/// A grant big enough to mean "no limit" (`on_redis_error = "allow"`).
+const UNLIMITED: u64 = 1 << 40;
+
+/// What the aggregator knows of one worker's side of one key.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    incarnation: u32,
+    /// Running totals last reported.
+    admitted: u64,
+    attempts: u64,
+    /// Attempts since the last grant: this worker's recent demand.
+    demand: u64,
+    /// The worker's latest grant, the running total it counts from, and
+    /// what the worker may have admitted under the grant before it while
+    /// the latest was pending.
+    grant: Grant,
+    base: u64,
+    carried: u64,
+}
+
+impl Seen {
+    fn new(kind: LimitKind, now: u64, parts: u64) -> Seen {
+        Seen {
+            incarnation: 0,
+            admitted: 0,
+            attempts: 0,
+            demand: 0,
+            grant: Grant::fresh(kind, now, parts),
+            base: 0,
+            carried: 0,
+        }
+    }
+
+    /// The most this worker's running total can reach by `t` under what it
+    /// holds.
+    fn ceiling(&self, kind: LimitKind, t: u64, parts: u64) -> u64 {
+        self.base + self.carried + self.grant.allowance(kind, t, parts)
+    }
+}
+
+/// Of what is left, the part (in 1/`SHARE_ONE`ths) each worker gets: a
+/// small equal floor, so that a worker meeting the key for the first time
+/// in a while can still admit a few at once, and the rest in proportion to
+/// each worker's demand since the last grant. Parts sum to `SHARE_ONE`.
+fn shares(seen: &[Seen], out: &mut [u64]) {
+    let n = seen.len().max(1) as u64;
+    let total: u64 = seen.iter().map(|s| s.demand).sum();
+    let (floor, spread) = if total == 0 {
+        (SHARE_ONE / n, 0)
+    } else {
+        let floor = SHARE_ONE / 10 / n; // 10% of the whole, split evenly
+        (floor, SHARE_ONE - floor * n)
+    };
+    let mut given = 0;
+    for (part, s) in out.iter_mut().zip(seen) {
+        let p =
+            floor + (u128::from(spread) * u128::from(s.demand) / u128::from(total.max(1))) as u64;
+        *part = p;
+        given += p;
+    }
+    // Rounding leftovers go to the busiest worker.
+    if let Some((i, _)) = seen.iter().enumerate().max_by_key(|(_, s)| s.demand) {
+        out[i] += SHARE_ONE - given;
+    }
+}
+
+/// Splits `pool` by `shares` (1/`SHARE_ONE`ths summing to one) into whole
+/// requests that sum to exactly `pool`: each share rounded down, the few
+/// left over to the largest share. (Rounding every part up would let the
+/// workers together admit up to N − 1 more than is left.)
+fn split_exactly(pool: u64, shares: &[u64], out: &mut Vec<u64>) {
+    out.clear();
+    out.extend(
+        shares
+            .iter()
+            .map(|&s| (u128::from(pool) * u128::from(s) / u128::from(SHARE_ONE)) as u64),
+    );
+    let left = pool - out.iter().sum::<u64>();
+    if let Some((i, _)) = shares.iter().enumerate().max_by_key(|(_, s)| **s) {
+        out[i] += left;
+    }
+}
+
+/// A cluster-scope key's tokens claimed from Redis.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims {
+    /// Claimed and not yet admitted (for windows: in `window`).
+    pub held: u64,
+    pub window: u64,
+    /// A claim for this key is in the current Redis round.
+    pub in_flight: bool,
+    /// Attempts since the last claim (sizes the next one).
+    pub demand: u64,
+    /// Ticks since the last attempt (an idle key gives its tokens back).
+    pub idle_ticks: u32,
+    /// Left in Redis after the last claim (for RateLimit-Remaining).
+    pub cluster_left: u64,
+    /// In the aggregator's list of keys to look at for claims.
+    pub listed: bool,
+    /// Which fallback period the local state below belongs to.
+    fallback_epoch: u64,
+}
+
+/// This node's part of a cluster limit: what it enforces alone while
+/// Redis is away (`on_redis_error = "local_share"`).
+pub fn node_part(kind: LimitKind, nodes: u64) -> LimitKind {
+    let nodes = nodes.max(1);
+    match kind {
+        LimitKind::Bucket { rate, burst } => LimitKind::Bucket {
+            rate: crate::ratelimit::Rate {
+                tokens: rate.tokens,
+                per_nanos: rate.per_nanos.saturating_mul(nodes),
+            },
+            burst: burst.div_ceil(nodes),
+        },
+        LimitKind::Window {
+            limit,
+            window_nanos,
+        } => LimitKind::Window {
+            limit: limit.div_ceil(nodes),
+            window_nanos,
+        },
+    }
+}
+
+/// One key's exact state in the aggregator.
+pub struct Ledger {
+    pub tier: u32,
+    /// Node scope (and the local-share fallback): buckets: units at `at`
+    /// (negative: debt); windows: requests left in the window from `at`.
+    available: i128,
+    at: u64,
+    seen: Box<[Seen]>,
+    /// Equal parts of a fresh key per worker: N for node scope, 0 for
+    /// cluster scope (a node holds nothing until it claims).
+    parts: u64,
+    pub claims: Option<Claims>,
+    /// When the last grants sent for this key take effect.
+    pub grants_effective: u64,
+    /// Scratch for the split of a pool.
+    amounts: Vec<u64>,
+    /// Charged since the last grants: listed for the next ones.
+    pub waiting: bool,
+}
+
+impl Ledger {
+    pub fn new(tier: u32, kind: LimitKind, now: u64, workers: usize, cluster: bool) -> Ledger {
+        let parts = if cluster { 0 } else { workers as u64 };
+        let mut ledger = Ledger {
+            tier,
+            available: 0,
+            at: 0,
+            seen: vec![Seen::new(kind, now, parts); workers].into_boxed_slice(),
+            parts,
+            claims: cluster.then(|| Claims {
+                window: match kind {
+                    LimitKind::Window { window_nanos, .. } => window_start(now, window_nanos),
+                    LimitKind::Bucket { .. } => 0,
+                },
+                ..Claims::default()
+            }),
+            grants_effective: 0,
+            amounts: Vec::new(),
+            waiting: false,
+        };
+        ledger.reset_local(kind, now);
+        ledger
+    }
+
+    /// The local bucket or window, full.
+    fn reset_local(&mut self, kind: LimitKind, now: u64) {
+        (self.available, self.at) = match kind {
+            LimitKind::Bucket { rate, burst } => {
+                (i128::from(burst) * i128::from(rate.per_nanos), now)
+            }
+            LimitKind::Window {
+                limit,
+                window_nanos,
+            } => (i128::from(limit), window_start(now, window_nanos)),
+        };
+    }
+
+    /// The limit the local state runs: the policy's, or for the
+    /// local-share fallback this node's part of it. Starts the local state
+    /// afresh when a new fallback period begins.
+    fn local_kind(
+        &mut self,
+        kind: LimitKind,
+        source: Source,
+        epoch: u64,
+        nodes: u64,
+        now: u64,
+    ) -> LimitKind {
+        match (source, &mut self.claims) {
+            (Source::Fallback(_), Some(claims)) => {
+                let local = node_part(kind, nodes);
+                if claims.fallback_epoch != epoch {
+                    claims.fallback_epoch = epoch;
+                    self.reset_local(local, now);
+                }
+                local
+            }
+            _ => kind,
+        }
+    }
+
+    /// Brings the local state up to `now`: refill, or a new window (in
+    /// which every worker starts again from its default grant).
+    fn advance(&mut self, kind: LimitKind, local: LimitKind, now: u64) {
+        match local {
+            LimitKind::Bucket { rate, burst } => {
+                let cap = i128::from(burst) * i128::from(rate.per_nanos);
+                let elapsed = i128::from(now.saturating_sub(self.at));
+                self.available = (self.available + elapsed * i128::from(rate.tokens)).min(cap);
+                self.at = self.at.max(now);
+            }
+            LimitKind::Window {
+                limit,
+                window_nanos,
+            } => {
+                let start = window_start(now, window_nanos);
+                if start > self.at {
+                    self.roll(kind, start, limit);
+                }
+            }
+        }
+    }
+
+    fn roll(&mut self, kind: LimitKind, start: u64, limit: u64) {
+        self.at = start;
+        self.available = i128::from(limit);
+        if let Some(claims) = &mut self.claims {
+            claims.held = 0;
+            claims.window = start;
+        }
+        for s in self.seen.iter_mut() {
+            s.grant = Grant::fresh(kind, start, self.parts);
+            s.base = s.admitted;
+            s.carried = 0;
+        }
+    }
+
+    /// Takes a worker's running totals: returns the admissions that are new
+    /// and the new attempts (which are also noted as the worker's demand).
+    pub fn newly_admitted(
+        &mut self,
+        worker: usize,
+        r: &ReportRecord,
+        kind: LimitKind,
+        now: u64,
+    ) -> (u64, u64) {
+        let parts = self.parts;
+        let Some(seen) = self.seen.get_mut(worker) else {
+            return (0, 0);
+        };
+        if seen.incarnation == 0 {
+            // The first report of this worker's entry, which counts from
+            // zero under whatever grant it holds (the default, or ours).
+            seen.incarnation = r.incarnation;
+        } else if seen.incarnation != r.incarnation || r.admitted < seen.admitted {
+            // The worker evicted its entry and made a new one: it counts
+            // from zero again, under the default grant.
+            *seen = Seen::new(kind, now, parts);
+            seen.incarnation = r.incarnation;
+        }
+        let admitted = r.admitted - seen.admitted;
+        if r.grant_start == seen.grant.start {
+            // The worker works under the latest grant: what it carried over
+            // from the one before is known exactly now.
+            seen.carried = seen.carried.min(r.carried);
+        }
+        let attempts = r.attempts.saturating_sub(seen.attempts);
+        seen.demand += attempts;
+        seen.admitted = r.admitted;
+        seen.attempts = r.attempts;
+        if let Some(claims) = &mut self.claims {
+            claims.demand += attempts;
+            if attempts > 0 {
+                claims.idle_ticks = 0;
+            }
+        }
+        (admitted, attempts)
+    }
+
+    /// Charges new admissions (reported for `window`, for window policies).
+    #[allow(clippy::too_many_arguments)]
+    pub fn charge(
+        &mut self,
+        kind: LimitKind,
+        admitted: u64,
+        window: u64,
+        source: Source,
+        epoch: u64,
+        nodes: u64,
+        now: u64,
+    ) {
+        let local = self.local_kind(kind, source, epoch, nodes, now);
+        self.advance(kind, local, now);
+        match source {
+            Source::Node | Source::Fallback(OnRedisError::LocalShare) => match local {
+                LimitKind::Bucket { rate, .. } => {
+                    self.available -= i128::from(admitted) * i128::from(rate.per_nanos);
+                }
+                LimitKind::Window { limit, .. } => {
+                    if window > self.at {
+                        self.roll(kind, window, limit);
+                    }
+                    // Admissions reported for an earlier window no longer matter.
+                    if window == self.at {
+                        self.available -= i128::from(admitted);
+                    }
+                }
+            },
+            Source::Claimed => {
+                if let Some(claims) = &mut self.claims
+                    && (matches!(kind, LimitKind::Bucket { .. }) || window == claims.window)
+                {
+                    claims.held = claims.held.saturating_sub(admitted);
+                }
+            }
+            Source::Fallback(_) => {}
+        }
+    }
+
+    /// Requests left at `t` under the local state, if nobody admitted more.
+    fn local_left(&self, local: LimitKind, t: u64) -> u64 {
+        let left = match local {
+            LimitKind::Bucket { rate, burst } => {
+                let one = i128::from(rate.per_nanos.max(1));
+                let elapsed = i128::from(t.saturating_sub(self.at));
+                let units = (self.available + elapsed * i128::from(rate.tokens))
+                    .min(i128::from(burst) * one);
+                units.div_euclid(one)
+            }
+            LimitKind::Window { .. } => self.available,
+        };
+        left.max(0) as u64
+    }
+
+    /// Whether dropping this entry loses nothing (every worker back to its
+    /// default grant, the limit whole, nothing claimed).
+    pub fn is_fresh(&self, kind: LimitKind, now: u64) -> bool {
+        let whole = match (&self.claims, kind) {
+            (Some(c), _) => c.held == 0 && !c.in_flight,
+            (None, LimitKind::Bucket { burst, .. }) => self.local_left(kind, now) >= burst,
+            (
+                None,
+                LimitKind::Window {
+                    limit,
+                    window_nanos,
+                },
+            ) => window_start(now, window_nanos) > self.at || self.available >= i128::from(limit),
+        };
+        !self.waiting
+            && now >= self.grants_effective
+            && whole
+            && self
+                .seen
+                .iter()
+                .all(|s| s.grant.is_default(kind, now, self.parts))
+    }
+
+    /// Worker `worker`'s latest grant, with the incarnation and running
+    /// total of its entry that the grant counts.
+    pub fn grant_for(&self, worker: usize) -> (Grant, u32, u64) {
+        let s = &self.seen[worker];
+        (s.grant, s.incarnation, s.admitted)
+    }
+
+    /// What each worker may still admit under the grants it holds until
+    /// `t` (noted as carried into the next grant), summed.
+    fn reserve(&mut self, kind: LimitKind, t: u64) -> u64 {
+        let mut reserved = 0u64;
+        for s in self.seen.iter_mut() {
+            let out = s.ceiling(kind, t, self.parts).saturating_sub(s.admitted);
+            s.carried = out;
+            reserved = reserved.saturating_add(out);
+        }
+        reserved
+    }
+
+    /// Claimed tokens not reserved by the grants workers hold: what an idle
+    /// key can give back to Redis.
+    pub fn unreserved_claims(&mut self, kind: LimitKind, now: u64) -> u64 {
+        let held = self.claims.map_or(0, |c| c.held);
+        let reserved: u64 = self
+            .seen
+            .iter()
+            .map(|s| s.ceiling(kind, now, self.parts).saturating_sub(s.admitted))
+            .sum();
+        held.saturating_sub(reserved)
+    }
+
+    /// New grants, effective at `effective`, for every worker: what is
+    /// left then, less what each worker may still admit under the grants
+    /// it holds until then, split by demand.
+    #[allow(clippy::too_many_arguments)]
+    pub fn grant(
+        &mut self,
+        kind: LimitKind,
+        now: u64,
+        effective: u64,
+        source: Source,
+        epoch: u64,
+        nodes: u64,
+        shares_out: &mut [u64],
+    ) {
+        let local = self.local_kind(kind, source, epoch, nodes, now);
+        self.advance(kind, local, now);
+        let reserved = self.reserve(kind, effective);
+        let (left, node_left) = match source {
+            Source::Node | Source::Fallback(OnRedisError::LocalShare) => {
+                let left = self.local_left(local, effective);
+                (left, left)
+            }
+            Source::Claimed => {
+                let claims = self.claims.unwrap_or_default();
+                let current = match kind {
+                    LimitKind::Window { window_nanos, .. } => {
+                        claims.window == window_start(effective, window_nanos)
+                    }
+                    LimitKind::Bucket { .. } => true,
+                };
+                let held = if current { claims.held } else { 0 };
+                (held, held + claims.cluster_left)
+            }
+            Source::Fallback(OnRedisError::Allow) => (UNLIMITED, UNLIMITED),
+            Source::Fallback(OnRedisError::Deny) => (0, 0),
+        };
+        let pool = left.saturating_sub(reserved);
+        shares(&self.seen, shares_out);
+        let window = match (local, &self.claims, source) {
+            (LimitKind::Bucket { .. }, _, _) => 0,
+            (_, Some(c), Source::Claimed) => c.window,
+            (
+                LimitKind::Window { window_nanos, .. },
+                _,
+                Source::Fallback(OnRedisError::Allow | OnRedisError::Deny),
+            ) => window_start(effective, window_nanos),
+            _ => self.at,
+        };
+        split_exactly(pool, shares_out, &mut self.amounts);
+        for ((s, &share), &amount) in self
+            .seen
+            .iter_mut()
+            .zip(shares_out.iter())
+            .zip(&self.amounts)
+        {
+            // Refill accrues to workers only where this node refills the
+            // limit itself; claimed tokens come from Redis.
+            let (refill_share, cap) = match (source, local) {
+                (Source::Node, LimitKind::Bucket { burst, .. }) => (share, part(burst, share)),
+                (Source::Fallback(OnRedisError::LocalShare), LimitKind::Bucket { burst, .. }) => {
+                    (share / nodes.max(1), part(burst, share))
+                }
+                _ => (0, amount),
+            };
+            s.grant = Grant {
+                amount,
+                share: refill_share,
+                cap,
+                start: effective,
+                window,
+                node_left,
+            };
+            s.base = s.admitted;
+            s.demand = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_split_into_exactly_the_pool() {
+        let mut out = Vec::new();
+        let third = SHARE_ONE / 3;
+        for pool in [0, 1, 2, 3, 7, 100, 1001] {
+            split_exactly(pool, &[third, third, SHARE_ONE - 2 * third], &mut out);
+            assert_eq!(out.iter().sum::<u64>(), pool, "{out:?}");
+        }
+        split_exactly(8, &[SHARE_ONE / 4, SHARE_ONE - SHARE_ONE / 4], &mut out);
+        assert_eq!(out, [2, 6]);
+        split_exactly(3, &[SHARE_ONE / 4; 4], &mut out);
+        assert_eq!(out.iter().sum::<u64>(), 3);
+    }
+}
