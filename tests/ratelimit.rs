@@ -269,7 +269,17 @@ fn pipeline(addr: std::net::SocketAddr, requests: Vec<u8>, count: usize) -> Vec<
 
 #[test]
 fn a_key_flood_stays_within_the_table_and_a_busy_key_keeps_its_quota() {
-    let policies = "[rate_limits.per_key]\nkey = \"header:x-api-key\"\nlimit = 50\nwindow = \"10m\"\nheaders = false\nmax_keys = 1000\n";
+    // Worker scope: a million keys. Node scope (the aggregator keeps its
+    // own bounded table, and grants go to every worker): 200 000.
+    for (scope, flood_keys) in [("worker", 1_000_000), ("node", 200_000)] {
+        key_flood(scope, flood_keys);
+    }
+}
+
+fn key_flood(scope: &str, flood_keys: usize) {
+    let policies = format!(
+        "[rate_limits.per_key]\nkey = \"header:x-api-key\"\nlimit = 50\nwindow = \"10m\"\nheaders = false\nmax_keys = 1000\nscope = \"{scope}\"\n"
+    );
     let gw = Gateway::start(&config(
         "epoll",
         &format!(
@@ -285,8 +295,8 @@ fn a_key_flood_stays_within_the_table_and_a_busy_key_keeps_its_quota() {
     assert!(pipeline(gw.addr, warm, 2_000).iter().all(|&s| s == 200));
     let before = rss_kib(gw.child.id());
 
-    // 100 000 one-shot keys, with the busy key every 10th request.
-    let total = 110_000;
+    // One-shot keys, with the busy key every 11th request.
+    let total = flood_keys / 10 * 11;
     let mut flood = Vec::with_capacity(total * 60);
     for i in 0..total {
         if i % 11 == 0 {
@@ -300,7 +310,7 @@ fn a_key_flood_stays_within_the_table_and_a_busy_key_keeps_its_quota() {
     let busy: Vec<u16> = statuses.iter().step_by(11).copied().collect();
     let busy_allowed = busy.iter().filter(|&&s| s == 200).count();
     eprintln!(
-        "RSS {before} KiB -> {after} KiB after {total} keys; busy key allowed {busy_allowed} of {}",
+        "{scope} scope: RSS {before} KiB -> {after} KiB after {total} keys; busy key allowed {busy_allowed} of {}",
         busy.len()
     );
     assert_eq!(
@@ -314,6 +324,7 @@ fn a_key_flood_stays_within_the_table_and_a_busy_key_keeps_its_quota() {
             .all(|(i, &s)| i % 11 == 0 || s == 200),
         "every flood key is new and allowed"
     );
+    // The table holds at most max_keys (1 000) entries of well under 1 KiB.
     assert!(
         after < before + 4 * 1024,
         "RSS grew from {before} KiB to {after} KiB"

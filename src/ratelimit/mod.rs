@@ -83,6 +83,12 @@ impl Slot {
     }
 }
 
+/// Most keys one worker reports per sync interval. Beyond it (a flood of
+/// new keys), a key is reported the next time it is used; a one-shot key
+/// may never be, which costs nothing since its default grant is all it
+/// had. Bounds the memory of reports and grants (and their channels).
+const MAX_REPORT: usize = 2048;
+
 /// The limit of a policy's tier (0 is the default, i is `tiers[i - 1]`).
 pub fn tier_kind(policy: &RateLimitPolicy, tier: usize) -> LimitKind {
     match tier.checked_sub(1).and_then(|i| policy.tiers.get(i)) {
@@ -218,7 +224,7 @@ impl Limiter {
                 && let State::Shared(s) = &mut slot.state
             {
                 s.schedule(r.grant, r.incarnation, r.counted, now);
-                if !s.queued {
+                if !s.queued && self.report.records.len() < MAX_REPORT {
                     // Reported once it is in force (see take_report).
                     s.queued = true;
                     let span = self.report.push_key(key);
@@ -283,7 +289,7 @@ impl Limiter {
         match &mut slot.state {
             State::Shared(s) => {
                 let decision = s.take(kind, now, parts);
-                if !s.queued {
+                if !s.queued && self.report.records.len() < MAX_REPORT {
                     s.queued = true;
                     let span = self.report.push_key(key);
                     self.report.records.push(ReportRecord {
