@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "nginx", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "nginx", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -32,14 +32,15 @@ def parse_wrk(text):
     result = {"errors": 0, "latency": {}}
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
     result["rps"] = float(m.group(1)) if m else 0.0
-    m = re.search(r"(\d+) requests in", text)
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", text)
     result["requests"] = int(m.group(1)) if m else 0
+    result["elapsed"] = parse_duration(m.group(2) + m.group(3)) if m else None
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         result["errors"] += sum(int(x) for x in m.groups())
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    if m:
-        result["errors"] += int(m.group(1))
+    result["non2xx"] = int(m.group(1)) if m else 0
+    result["errors"] += result["non2xx"]
     for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M):
         seconds = parse_duration(value)
         if seconds is not None:
@@ -99,6 +100,15 @@ def load_runs(raw_dir):
         clk = int(meta.get("clk_tck") or 100)
         parsed["cpu_seconds"] = ticks / clk
         parsed["cpu_us_per_request"] = (ticks / clk * 1e6 / parsed["requests"]) if parsed["requests"] else None
+        if meta.get("limit_rate") and parsed.get("elapsed"):
+            # 429s are this scenario's point, not errors: what counts is how
+            # many requests got through against what the limit allows.
+            admitted = parsed["requests"] - parsed.get("non2xx", 0)
+            allowed = int(meta.get("limit_burst") or 0) + float(meta["limit_rate"]) * parsed["elapsed"]
+            parsed["errors"] -= parsed.get("non2xx", 0)
+            parsed["admitted"] = admitted
+            parsed["allowed"] = allowed
+            parsed["admitted_of_allowed"] = admitted / allowed if allowed else None
         idle = int(meta.get("idle_connections") or 0)
         if idle and meta.get("rss_before_kib") and meta.get("rss_after_kib"):
             delta = int(meta["rss_after_kib"]) - int(meta["rss_before_kib"])
@@ -132,6 +142,13 @@ def summarise(runs):
                 "requests": sum(r["requests"] for r in rs),
                 "latency": {p: stats([r["latency"].get(p) for r in rs]) for p in PERCENTILES + ["p75"]},
             }
+            admitted = stats([r.get("admitted_of_allowed") for r in rs])
+            if admitted:
+                t["admitted_of_allowed"] = admitted
+                t["limit_rounds"] = [
+                    {k: r.get(k) for k in ("round", "admitted", "allowed", "elapsed", "non2xx")}
+                    for r in rs
+                ]
             # Only the first round sees a fresh process: later rounds reuse
             # memory the allocator kept from the first, so take the maximum.
             rss = stats([r.get("rss_per_idle_connection_bytes") for r in rs])
@@ -154,6 +171,12 @@ def summarise(runs):
         limited = entry["targets"].get("ringgate-limited")
         if rg and rg["rps"] and limited and limited["rps"]:
             ratios["rate_limit_throughput_cost"] = 1 - limited["rps"]["median"] / rg["rps"]["median"]
+        node = entry["targets"].get("ringgate-node")
+        if rg and rg["rps"] and node and node["rps"]:
+            ratios["node_rate_limit_throughput_cost"] = 1 - node["rps"]["median"] / rg["rps"]["median"]
+        capped = entry["targets"].get("ringgate-capped")
+        if capped and capped.get("admitted_of_allowed"):
+            ratios["admitted_of_allowed_share"] = capped["admitted_of_allowed"]["median"]
         entry["ratios"] = ratios
         summary[scenario] = entry
     return summary
@@ -197,10 +220,18 @@ def markdown(summary, env):
                 f"{fmt_latency(lat.get('p50'))} | {fmt_latency(lat.get('p90'))} | {fmt_latency(lat.get('p99'))} | "
                 f"{fmt_latency(lat.get('p99.9'))} | {t['errors']} | {rss_text} |"
             )
+        capped = entry["targets"].get("ringgate-capped")
+        if capped and capped.get("admitted_of_allowed"):
+            for r in capped["limit_rounds"]:
+                lines.append(
+                    f"Round {r.get('round')}: admitted {r['admitted']:,} of {r['allowed']:,.0f} allowed "
+                    f"({r['admitted'] / r['allowed'] * 100:.2f}%) in {r['elapsed']:.2f} s; "
+                    f"{r.get('non2xx', 0):,} refused with 429"
+                )
         if entry["ratios"]:
             lines.append("")
             lines.append("Ratios: " + ", ".join(
-                f"{k.replace('_', ' ')} **{v * 100:.1f}%**" if k.endswith("_cost") else f"{k.replace('_', ' ')} **{v:.2f}**"
+                f"{k.replace('_', ' ')} **{v * 100:.1f}%**" if k.endswith("_cost") else f"{k.replace('_', ' ')} **{v * 100:.2f}%**" if k.endswith("_share") else f"{k.replace('_', ' ')} **{v:.2f}**"
                 for k, v in entry["ratios"].items()))
         lines.append("")
     return "\n".join(lines)
@@ -224,7 +255,7 @@ def svg_latency(summary):
     hi = 10 ** math.ceil(math.log10(max(flat)))
     width, height, left, bottom, top = 760, 380, 70, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top
-    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
+    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
 
     def y(v):
         return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h

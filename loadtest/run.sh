@@ -49,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 if [ "$SCENARIOS" = all ]; then
     # The documented order first, then any scenario file added since.
-    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log,ratelimit-cost
+    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log,ratelimit-cost,ratelimit-admitted
     for f in "$HERE"/scenarios/*.sh; do
         s=$(basename "$f" .sh)
         [[ ",$SCENARIOS," == *",$s,"* ]] || SCENARIOS="$SCENARIOS,$s"
@@ -167,7 +167,11 @@ wait_port() { # port
 }
 
 STUB_PORT=19000
-declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006)
+declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008)
+# The node-wide limit of the ratelimit-admitted scenario (requests/s), well
+# under what one worker serves here, and its burst.
+CAP_RATE=20000
+CAP_BURST=2000
 declare -A TPID=()
 
 start_targets() {
@@ -193,6 +197,19 @@ start_targets() {
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-limited.toml" > "$RUN/ringgate-limited.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-limited]=$!
     wait_port "${PORT[ringgate-limited]}"
+    # The same with one limit across all workers (node scope), never
+    # triggering: the cost of the aggregation on the request path.
+    LIMITS='"loadtest"' render "$HERE/gateway.toml" "${PORT[ringgate-node]}" "$RUN/ringgate-node.toml"
+    printf '\n[rate_limits.loadtest]\nkey = "client_ip"\nscope = "node"\nrate = "100000000/s"\nburst = 100000000\n' >> "$RUN/ringgate-node.toml"
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-node.toml" > "$RUN/ringgate-node.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-node]=$!
+    wait_port "${PORT[ringgate-node]}"
+    # And one whose node-wide limit the load exceeds: admitted vs allowed.
+    LIMITS='"capped"' render "$HERE/gateway.toml" "${PORT[ringgate-capped]}" "$RUN/ringgate-capped.toml"
+    printf '\n[rate_limits.capped]\nkey = "global"\nscope = "node"\nrate = "%s/s"\nburst = %s\nheaders = false\n' "$CAP_RATE" "$CAP_BURST" >> "$RUN/ringgate-capped.toml"
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-capped.toml" > "$RUN/ringgate-capped.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-capped]=$!
+    wait_port "${PORT[ringgate-capped]}"
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
@@ -234,7 +251,7 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY=
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
     local url="http://127.0.0.1:${PORT[$target]}$REQUEST_PATH"
@@ -276,6 +293,7 @@ run_one() { # scenario target round
         echo "cpu_ticks=$((ticks_after - ticks_before))"; echo "clk_tck=$(getconf CLK_TCK)"
         echo "workers=$WORKERS"; echo "idle_connections=$([ "$HOLD_IDLE" = 1 ] && echo "$IDLE" || echo 0)"
         echo "rss_before_kib=$rss_before"; echo "rss_after_kib=$rss_after"
+        [ "$LIMITED" = 1 ] && { echo "limit_rate=$CAP_RATE"; echo "limit_burst=$CAP_BURST"; }
         echo "description=$DESCRIPTION"
     } > "$raw.meta"
     # Keep the results folder small: the log's content is not the point.

@@ -12,6 +12,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const WORKERS: usize = 4;
 
+/// These tests load the machine heavily (and the tiers test measures
+/// waiting for grants): one at a time.
+#[allow(clippy::disallowed_types)] // test harness, not the data plane
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn gateway(up: &Upstream, key: &str, policy: &str) -> Gateway {
     let text = config(
         "auto",
@@ -85,6 +94,7 @@ fn wait_for_window(window: Duration, offset: Duration) {
 
 #[test]
 fn a_window_quota_holds_across_workers_spread_evenly_or_all_on_one() {
+    let _serial = serial();
     const LIMIT: usize = 600;
     let window = Duration::from_secs(3);
     for (name, connections) in [("spread over 16 connections", 16), ("one connection", 1)] {
@@ -122,6 +132,7 @@ fn a_window_quota_holds_across_workers_spread_evenly_or_all_on_one() {
 
 #[test]
 fn a_token_bucket_rate_holds_over_ten_seconds() {
+    let _serial = serial();
     let up = Upstream::named("app");
     let gw = gateway(&up, "global", "rate = \"300/s\"\nburst = 30");
     let started = Instant::now();
@@ -141,6 +152,7 @@ fn a_token_bucket_rate_holds_over_ten_seconds() {
 
 #[test]
 fn tiers_and_headers_under_node_scope() {
+    let _serial = serial();
     let up = Upstream::named("app");
     let gw = gateway(
         &up,

@@ -474,6 +474,7 @@ impl Aggregator {
         if cluster.in_flight.is_some() {
             return;
         }
+        let interval = self.snapshot.rate_limit_sync.as_nanos() as u64;
         let mut claims = Vec::new();
         if !cluster.down {
             for (index, state) in self.policies.iter_mut().enumerate() {
@@ -501,13 +502,22 @@ impl Aggregator {
                     let Some(c) = &mut ledger.claims else {
                         continue;
                     };
-                    let size = match kind {
-                        LimitKind::Bucket { burst, .. } => burst,
-                        LimitKind::Window { limit, .. } => limit,
-                    };
-                    // Enough for about two rounds of the recent demand.
+                    // Enough for about two rounds of the recent demand, but
+                    // no more than a fair part per round (so a node flooded
+                    // with requests does not drain the cluster's quota in
+                    // one claim), and never less than the refill of a few
+                    // rounds (so a fast bucket is not throttled by it).
+                    let fair = match kind {
+                        LimitKind::Bucket { rate, burst } => {
+                            let per_round = u128::from(rate.tokens) * u128::from(interval) * 3
+                                / u128::from(rate.per_nanos.max(1));
+                            (burst / (2 * cluster.nodes)).max(per_round as u64)
+                        }
+                        LimitKind::Window { limit, .. } => limit / (2 * cluster.nodes),
+                    }
+                    .max(1);
                     let want = if c.demand > 0 {
-                        (c.demand * 2).clamp(1, size).saturating_sub(c.held)
+                        (c.demand * 2).min(fair).saturating_sub(c.held)
                     } else {
                         0
                     };

@@ -36,7 +36,7 @@ struct Seen {
     /// Running totals last reported.
     admitted: u64,
     attempts: u64,
-    /// Attempts since the last grant: this worker's recent demand.
+    /// Recent attempts (halved at each grant): this worker's demand.
     demand: u64,
     /// The worker's latest grant, the running total it counts from, and
     /// what the worker may have admitted under the grant before it while
@@ -436,10 +436,13 @@ impl Ledger {
         let local = self.local_kind(kind, source, epoch, nodes, now);
         self.advance(kind, local, now);
         let reserved = self.reserve(kind, effective);
-        let (left, node_left) = match source {
+        // `left`: what this node may grant; `node_left`: what is left at
+        // all (for headers); `beyond`: tokens no worker holds that more
+        // grants could still reach (unclaimed in Redis).
+        let (left, node_left, beyond) = match source {
             Source::Node | Source::Fallback(OnRedisError::LocalShare) => {
                 let left = self.local_left(local, effective);
-                (left, left)
+                (left, left, 0)
             }
             Source::Claimed => {
                 let claims = self.claims.unwrap_or_default();
@@ -450,10 +453,10 @@ impl Ledger {
                     LimitKind::Bucket { .. } => true,
                 };
                 let held = if current { claims.held } else { 0 };
-                (held, held + claims.cluster_left)
+                (held, held + claims.cluster_left, claims.cluster_left)
             }
-            Source::Fallback(OnRedisError::Allow) => (UNLIMITED, UNLIMITED),
-            Source::Fallback(OnRedisError::Deny) => (0, 0),
+            Source::Fallback(OnRedisError::Allow) => (UNLIMITED, UNLIMITED, 0),
+            Source::Fallback(OnRedisError::Deny) => (0, 0, 0),
         };
         let pool = left.saturating_sub(reserved);
         shares(&self.seen, shares_out);
@@ -468,6 +471,7 @@ impl Ledger {
             _ => self.at,
         };
         split_exactly(pool, shares_out, &mut self.amounts);
+        let total_carried: u64 = self.seen.iter().map(|s| s.carried).sum();
         for ((s, &share), &amount) in self
             .seen
             .iter_mut()
@@ -490,9 +494,17 @@ impl Ledger {
                 start: effective,
                 window,
                 node_left,
+                // Reserved for admissions under superseded grants, and
+                // freed again once workers show they did not make them.
+                elsewhere: (pool - amount)
+                    .saturating_add(total_carried)
+                    .saturating_add(beyond),
             };
             s.base = s.admitted;
-            s.demand = 0;
+            // Demand fades by half per grant rather than restarting, so a
+            // worker whose requests are waiting for this grant still
+            // counts as busy in the next one.
+            s.demand /= 2;
         }
     }
 }

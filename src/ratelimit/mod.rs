@@ -264,6 +264,20 @@ impl Limiter {
         tier: Option<&[u8]>,
         now: u64,
     ) -> Decision {
+        self.check_again(index, policy, key, tier, now, false)
+    }
+
+    /// `check`, for a request asking again after waiting for a grant
+    /// (`retry`: it counts as demand, not as a new request).
+    pub fn check_again(
+        &mut self,
+        index: usize,
+        policy: &RateLimitPolicy,
+        key: &[u8],
+        tier: Option<&[u8]>,
+        now: u64,
+        retry: bool,
+    ) -> Decision {
         let tier_index = tier
             .and_then(|t| policy.tiers.iter().position(|(name, _)| name.as_ref() == t))
             .map_or(0, |i| i + 1);
@@ -288,7 +302,7 @@ impl Limiter {
         }
         match &mut slot.state {
             State::Shared(s) => {
-                let decision = s.take(kind, now, parts);
+                let decision = s.take(kind, now, parts, retry);
                 if !s.queued && self.report.records.len() < MAX_REPORT {
                     s.queued = true;
                     let span = self.report.push_key(key);

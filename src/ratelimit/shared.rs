@@ -42,6 +42,11 @@ pub struct Grant {
     /// RateLimit-Remaining header and for deciding whether a refused
     /// request may wait for a bigger grant).
     pub node_left: u64,
+    /// Of what is left, how much this grant does not cover (other workers'
+    /// parts, or tokens still unclaimed in Redis): when it is more than
+    /// zero, a request refused under this grant may be worth waiting for
+    /// the next one.
+    pub elsewhere: u64,
 }
 
 pub fn window_start(now: u64, window_nanos: u64) -> u64 {
@@ -69,6 +74,7 @@ impl Grant {
                     LimitKind::Bucket { .. } => 0,
                 },
                 node_left: u64::MAX,
+                elsewhere: u64::MAX,
             };
         }
         let share = SHARE_ONE / parts;
@@ -80,6 +86,7 @@ impl Grant {
                 start: now,
                 window: 0,
                 node_left: burst,
+                elsewhere: burst - burst.div_ceil(parts),
             },
             LimitKind::Window {
                 limit,
@@ -91,6 +98,7 @@ impl Grant {
                 start: now,
                 window: window_start(now, window_nanos),
                 node_left: limit,
+                elsewhere: limit - limit.div_ceil(parts),
             },
         }
     }
@@ -154,6 +162,8 @@ pub struct SharedSlot {
     /// Window policies: the window `window_admitted` counts in.
     window: u64,
     window_admitted: u64,
+    /// Requests first seen (not retries) since `current` took effect.
+    attempts_since_switch: u64,
     /// Listed in the report being built.
     pub queued: bool,
 }
@@ -172,6 +182,7 @@ impl SharedSlot {
             incarnation,
             window: current.window,
             window_admitted: 0,
+            attempts_since_switch: 0,
             queued: false,
         }
     }
@@ -215,11 +226,13 @@ impl SharedSlot {
         self.used = 0;
         self.carried = uncounted;
         self.next = None;
+        self.attempts_since_switch = 0;
     }
 
-    /// Counts one request against this worker's grant. `parts`: workers ×
-    /// nodes sharing the limit.
-    pub fn take(&mut self, kind: LimitKind, now: u64, parts: u64) -> Decision {
+    /// Counts one request against this worker's grant. `parts`: equal parts
+    /// of a fresh limit (workers; 0 for cluster scope). `retry`: the same
+    /// request again after waiting for a grant.
+    pub fn take(&mut self, kind: LimitKind, now: u64, parts: u64, retry: bool) -> Decision {
         self.promote(now);
         let used = match kind {
             LimitKind::Bucket { .. } => self.used,
@@ -239,7 +252,12 @@ impl SharedSlot {
         };
         let allowance = self.current.allowance(kind, now, parts);
         let allowed = used < allowance;
+        // A waiting request counts as demand each time it asks (so the
+        // aggregator moves tokens here), but once toward the flood guard.
         self.attempts += 1;
+        if !retry {
+            self.attempts_since_switch += 1;
+        }
         if allowed {
             self.used += 1;
             if let Some(p) = &mut self.next {
@@ -249,19 +267,26 @@ impl SharedSlot {
             self.window_admitted += 1;
         }
         let used = used + u64::from(allowed);
-        let node_left =
-            match kind {
-                // A new window: the whole limit is there again (for cluster
-                // scope, somewhere in the cluster).
-                LimitKind::Window { limit, .. } if self.current.window < self.window => {
-                    if parts == 0 { u64::MAX } else { limit }
-                }
-                _ => self.current.node_left,
-            };
+        let (node_left, elsewhere) = match kind {
+            // A new window: the whole limit is there again (for cluster
+            // scope, somewhere in the cluster).
+            LimitKind::Window {
+                limit,
+                window_nanos,
+            } if self.current.window < self.window => {
+                let fresh = Grant::fresh(kind, window_start(now, window_nanos), parts);
+                (if parts == 0 { u64::MAX } else { limit }, fresh.elsewhere)
+            }
+            _ => (self.current.node_left, self.current.elsewhere),
+        };
         let mut decision = self.decision(kind, now, allowed, node_left, used, allowance);
-        // Refused only because this worker's part is spent while the node
-        // had more left: a bigger grant may be a few sync intervals away.
-        decision.defer = !allowed && node_left > used;
+        // Refused because this worker's part is spent while others hold
+        // more of what is left: the next grant (a few sync intervals away)
+        // may move some here. Worth waiting for when demand only slightly
+        // exceeds this worker's part (a client's first burst on a worker),
+        // not when it floods past it (then refusing at once is right).
+        decision.defer =
+            !allowed && elsewhere > 0 && self.attempts_since_switch <= 2 * allowance + 2;
         decision
     }
 
@@ -367,10 +392,22 @@ mod tests {
             window_nanos: 60 * S,
         };
         let mut a = SharedSlot::new(kind, 0, 4, 1);
-        let admitted = (0..100).filter(|_| a.take(kind, 1, 4).allowed).count();
+        let admitted = (0..25)
+            .filter(|_| a.take(kind, 1, 4, false).allowed)
+            .count();
         assert_eq!(admitted, 25);
-        let refused = a.take(kind, 1, 4);
-        assert!(refused.defer, "the node had more: the request may wait");
+        let refused = a.take(kind, 1, 4, false);
+        assert!(
+            !refused.allowed && refused.defer,
+            "others hold the rest: the request may wait"
+        );
+        for _ in 0..60 {
+            a.take(kind, 1, 4, false);
+        }
+        assert!(
+            !a.take(kind, 1, 4, false).defer,
+            "a flood past this worker's part is refused at once"
+        );
     }
 
     #[test]
@@ -381,7 +418,7 @@ mod tests {
         };
         let mut a = SharedSlot::new(kind, 0, 4, 1);
         for _ in 0..10 {
-            assert!(a.take(kind, 1, 4).allowed);
+            assert!(a.take(kind, 1, 4, false).allowed);
         }
         // The grant counted 6 of the 10; it takes effect at 5.
         let grant = Grant {
@@ -391,11 +428,16 @@ mod tests {
             start: 5,
             window: 0,
             node_left: 84,
+            elsewhere: 30,
         };
         a.schedule(grant, 1, 6, 2);
-        let before = (0..100).filter(|_| a.take(kind, 3, 4).allowed).count();
+        let before = (0..100)
+            .filter(|_| a.take(kind, 3, 4, false).allowed)
+            .count();
         assert_eq!(before, 15, "the old equal part (25) until 5");
-        let after = (0..100).filter(|_| a.take(kind, 5, 4).allowed).count();
+        let after = (0..100)
+            .filter(|_| a.take(kind, 5, 4, false).allowed)
+            .count();
         assert_eq!(
             after, 20,
             "20 more; the 19 uncounted were reserved beside it"
@@ -418,19 +460,24 @@ mod tests {
             start: 0,
             window: 0,
             node_left: 0,
+            elsewhere: 0,
         };
         a.schedule(grant, 1, 0, 0);
-        let refused = a.take(kind, 0, 4);
+        let refused = a.take(kind, 0, 4, false);
         assert!(!refused.allowed && !refused.defer);
         assert_eq!(refused.retry_after_secs, 1);
         // 100 ms at a quarter of 100/s: 2.5 tokens.
         assert_eq!(
-            (0..10).filter(|_| a.take(kind, S / 10, 4).allowed).count(),
+            (0..10)
+                .filter(|_| a.take(kind, S / 10, 4, false).allowed)
+                .count(),
             2
         );
         // Ten seconds later: capped at 25 in all since the grant.
         assert_eq!(
-            (0..100).filter(|_| a.take(kind, 10 * S, 4).allowed).count(),
+            (0..100)
+                .filter(|_| a.take(kind, 10 * S, 4, false).allowed)
+                .count(),
             23
         );
     }
@@ -442,9 +489,16 @@ mod tests {
             window_nanos: 10 * S,
         };
         let mut a = SharedSlot::new(kind, 0, 2, 1);
-        assert_eq!((0..10).filter(|_| a.take(kind, S, 2).allowed).count(), 4);
         assert_eq!(
-            (0..10).filter(|_| a.take(kind, 10 * S, 2).allowed).count(),
+            (0..10)
+                .filter(|_| a.take(kind, S, 2, false).allowed)
+                .count(),
+            4
+        );
+        assert_eq!(
+            (0..10)
+                .filter(|_| a.take(kind, 10 * S, 2, false).allowed)
+                .count(),
             4
         );
         assert!(!a.is_fresh(kind, 10 * S, 2));

@@ -528,7 +528,7 @@ async fn handle_request(
 /// How many sync intervals a request may wait for a shared limit's next
 /// view (views take effect two intervals after the aggregator computes
 /// them, which is up to two intervals after a worker reports).
-const MAX_LIMIT_WAITS: u32 = 12;
+const MAX_LIMIT_WAITS: u32 = 20;
 
 /// Where a request is in its route's rate-limit policies.
 #[derive(Default)]
@@ -575,7 +575,7 @@ fn check_rate_limits(
             LimitKey::Global => b"",
         };
         let tier = policy.tier_header.as_deref().and_then(|h| client.header(h));
-        let decision = limiter.check(index, policy, key, tier, now);
+        let decision = limiter.check_again(index, policy, key, tier, now, progress.waits > 0);
         if !decision.allowed {
             if !decision.defer || last_try {
                 shard.metrics.rate_limit(index, false);
