@@ -285,8 +285,9 @@ impl SharedSlot {
         // may move some here. Worth waiting for when demand only slightly
         // exceeds this worker's part (a client's first burst on a worker),
         // not when it floods past it (then refusing at once is right).
-        decision.defer =
-            !allowed && elsewhere > 0 && self.attempts_since_switch <= 2 * allowance + 2;
+        decision.defer = !allowed
+            && elsewhere > 0
+            && self.attempts_since_switch <= allowance + (allowance / 8).max(2);
         decision
     }
 
