@@ -208,6 +208,14 @@ pub struct RedisSpec {
     pub database: u32,
     pub timeout: std::time::Duration,
     pub key_prefix: String,
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis: the trusted CA certificates (DER) and the name to verify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisTls {
+    pub ca_certs: Vec<Vec<u8>>,
+    pub server_name: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

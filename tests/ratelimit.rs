@@ -169,6 +169,16 @@ fn policies_are_validated() {
             "redis.address must be \"host:port\"",
         ),
         (
+            "[redis]\naddress = \"localhost:6379\"\ntls = true\n",
+            "",
+            "redis.tls = true needs ca_file",
+        ),
+        (
+            "[redis]\naddress = \"localhost:6379\"\ntls = true\nca_file = \"/nonexistent/ca.pem\"\n",
+            "",
+            "redis.ca_file: cannot read",
+        ),
+        (
             "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5 per second\"\n",
             "\"p\"",
             "rate must look like",

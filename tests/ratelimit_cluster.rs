@@ -280,3 +280,173 @@ fn redis_outage_gets_the_configured_answer_and_sharing_resumes() {
     );
     assert!(gw.log_text().contains("Redis answers again"));
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn certificates(dir: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .ok()?;
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ringgate-test-ca",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]) && run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other.key",
+        "-out",
+        "other-ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=someone-else",
+    ]);
+    ok.then_some(())
+}
+
+#[test]
+fn cluster_limits_work_over_tls_and_refuse_an_untrusted_server() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if Redis::start().is_none() {
+        return;
+    }
+    let dir = temp_path("tls").with_file_name("");
+    if certificates(&dir).is_none() {
+        assert!(
+            std::env::var_os("RINGGATE_REQUIRE_REDIS").is_none(),
+            "openssl is required to make test certificates"
+        );
+        eprintln!("SKIPPED: the openssl CLI is not installed");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server with TLS");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server (TLS) did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = Upstream::named("app");
+    let start = |ca: &str| {
+        let text = config(
+            "auto",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{port}\"\ntls = true\nca_file = \"{}\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 3\nwindow = \"1h\"\non_redis_error = \"deny\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
+                path(ca),
+                up.addr
+            ),
+        );
+        Gateway::start(&text)
+    };
+    let gw = start("ca.crt");
+    let statuses: Vec<u16> = (0..4).map(|_| get(gw.addr, "/x").status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "the quota, kept in Redis over TLS"
+    );
+    assert_eq!(metric(&gw, "ringgate_rate_limit_redis_up"), 1);
+    assert_eq!(metric(&gw, "ringgate_rate_limit_redis_errors_total"), 0);
+
+    // A server whose certificate this CA did not sign is not talked to.
+    let wrong = start("other-ca.crt");
+    assert_eq!(
+        get(wrong.addr, "/x").status,
+        429,
+        "deny while Redis is untrusted"
+    );
+    assert_eq!(metric(&wrong, "ringgate_rate_limit_redis_up"), 0);
+    assert!(metric(&wrong, "ringgate_rate_limit_redis_errors_total") >= 1);
+    assert!(
+        wrong.log_text().contains("Redis sync failed"),
+        "{}",
+        wrong.log_text()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

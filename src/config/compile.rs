@@ -185,6 +185,36 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         if r.timeout.0.is_zero() {
             errors.at(section, "redis.timeout must be more than 0");
         }
+        let tls = if r.tls {
+            let host = r
+                .address
+                .get_ref()
+                .rsplit_once(':')
+                .map_or("", |(h, _)| h)
+                .trim_matches(['[', ']']);
+            let server_name = r.server_name.clone().unwrap_or_else(|| host.to_string());
+            if rustls::pki_types::ServerName::try_from(server_name.clone()).is_err() {
+                errors.at(section, format!("redis.server_name `{server_name}` is not a DNS name or IP address"));
+            }
+            match &r.ca_file {
+                None => {
+                    errors.at(section, "redis.tls = true needs ca_file = \"PATH\" (PEM certificates of the CAs to trust)");
+                    None
+                }
+                Some(path) => match load_pem_certs(path.get_ref()) {
+                    Ok(ca_certs) => Some(crate::snapshot::RedisTls { ca_certs, server_name }),
+                    Err(e) => {
+                        errors.at(path, format!("redis.ca_file: {e}"));
+                        None
+                    }
+                },
+            }
+        } else {
+            if r.ca_file.is_some() || r.server_name.is_some() {
+                errors.at(section, "redis.ca_file and redis.server_name need tls = true");
+            }
+            None
+        };
         crate::snapshot::RedisSpec {
             address: r.address.get_ref().clone(),
             username: r.username.clone(),
@@ -192,6 +222,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
             database: r.database,
             timeout: r.timeout.0,
             key_prefix: r.key_prefix.clone(),
+            tls,
         }
     });
 
@@ -694,6 +725,21 @@ fn compile_rate_limit(
         headers: r.headers,
         max_keys: r.max_keys.clamp(1, 10_000_000),
     })
+}
+
+/// The certificates in a PEM file (at least one).
+fn load_pem_certs(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read `{path}`: {e}"))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("`{path}` is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("`{path}` holds no certificate"));
+    }
+    Ok(certs)
 }
 
 fn check_path(p: &Spanned<String>, errors: &mut Errors) {

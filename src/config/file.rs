@@ -80,6 +80,15 @@ pub struct RedisSection {
     pub timeout: HumanDuration,
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// TLS to Redis, verified against the CAs in `ca_file` (PEM).
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// The name the server's certificate must carry (default: the host of
+    /// `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_redis_timeout() -> HumanDuration {

@@ -116,9 +116,17 @@ pub fn spawn(spec: RedisSpec) -> std::io::Result<ClusterThread> {
         .spawn(move || {
             let node = node_id();
             let script = Script::new(CLAIM);
+            let tls = spec.tls.as_ref().map(super::redis::tls_config);
             let mut conn: Option<Connection> = None;
             for round in rounds_rx.iter() {
-                let outcome = run_round(&spec, &mut conn, &script, &node, &round).map_err(|e| {
+                let result = match &tls {
+                    Some(Err(e)) => Err(RedisError::Protocol(e.to_string())),
+                    Some(Ok(config)) => {
+                        run_round(&spec, Some(config), &mut conn, &script, &node, &round)
+                    }
+                    None => run_round(&spec, None, &mut conn, &script, &node, &round),
+                };
+                let outcome = result.map_err(|e| {
                     conn = None; // reconnect next round
                     e.to_string()
                 });
@@ -149,13 +157,14 @@ fn node_id() -> String {
 
 fn run_round(
     spec: &RedisSpec,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     conn: &mut Option<Connection>,
     script: &Script,
     node: &str,
     round: &Round,
 ) -> Result<(u64, Vec<(u64, i64)>), RedisError> {
     if conn.is_none() {
-        *conn = Some(Connection::open(spec)?);
+        *conn = Some(Connection::open(spec, tls)?);
     }
     let Some(c) = conn.as_mut() else {
         return Err(RedisError::Protocol("no connection".into()));

@@ -1,11 +1,11 @@
 //! [cold] A minimal Redis client for cluster-scope limits: RESP2 over one
-//! blocking TCP connection with timeouts, AUTH and SELECT, and scripts run
+//! blocking TCP (or rustls TLS) connection with timeouts, AUTH and SELECT, and scripts run
 //! by EVALSHA (loaded on first NOSCRIPT). Used only by the cluster thread,
 //! never on the request path. Written here rather than taken from a crate
 //! because ringgate needs four commands, blocking I/O with hard deadlines
 //! and no async runtime of its own — the popular clients bring tokio.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -123,16 +123,68 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, RedisError> {
     }
 }
 
+/// The connection's byte stream: plain TCP, or TLS over it (rustls,
+/// blocking; the socket's timeouts bound every read and write).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// The rustls client configuration for `tls` (built once per thread).
+pub fn tls_config(
+    tls: &crate::snapshot::RedisTls,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, RedisError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in &tls.ca_certs {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| RedisError::Protocol(format!("CA certificate: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RedisError::Protocol(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 pub struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    io: BufReader<Stream>,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    /// Connects, authenticates and selects the database, each step within
-    /// `spec.timeout`.
-    pub fn open(spec: &RedisSpec) -> Result<Connection, RedisError> {
+    /// Connects (with TLS when `tls` is given), authenticates and selects
+    /// the database, each step within `spec.timeout`.
+    pub fn open(
+        spec: &RedisSpec,
+        tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<Connection, RedisError> {
         let timeout = spec.timeout.max(Duration::from_millis(1));
         let mut last = None;
         let mut stream = None;
@@ -151,9 +203,25 @@ impl Connection {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let stream = match (tls, &spec.tls) {
+            (Some(config), Some(spec_tls)) => {
+                let name = rustls::pki_types::ServerName::try_from(spec_tls.server_name.clone())
+                    .map_err(|e| RedisError::Protocol(format!("server name: {e}")))?;
+                let session = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(|e| RedisError::Protocol(format!("TLS: {e}")))?;
+                let mut tls = rustls::StreamOwned::new(session, stream);
+                // Handshake now, so a certificate problem shows as such.
+                while tls.conn.is_handshaking() {
+                    tls.conn
+                        .complete_io(&mut tls.sock)
+                        .map_err(RedisError::Io)?;
+                }
+                Stream::Tls(Box::new(tls))
+            }
+            _ => Stream::Plain(stream),
+        };
         let mut conn = Connection {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
+            io: BufReader::new(stream),
             buf: Vec::new(),
         };
         if let Some(password) = &spec.password {
@@ -174,8 +242,10 @@ impl Connection {
     pub fn call(&mut self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         self.buf.clear();
         encode(&mut self.buf, args);
-        self.writer.write_all(&self.buf)?;
-        read_reply(&mut self.reader)
+        let stream = self.io.get_mut();
+        stream.write_all(&self.buf)?;
+        stream.flush()?;
+        read_reply(&mut self.io)
     }
 
     /// Runs `script` by its SHA-1, loading it when the server lacks it.
