@@ -83,11 +83,18 @@ impl Slot {
     }
 }
 
-/// Most keys one worker reports per sync interval. Beyond it (a flood of
-/// new keys), a key is reported the next time it is used; a one-shot key
-/// may never be, which costs nothing since its default grant is all it
-/// had. Bounds the memory of reports and grants (and their channels).
+/// Most keys one worker reports per sync interval, in all and per policy
+/// (a quarter of the policy's `max_keys`). Beyond it (a flood of new keys),
+/// a key is reported the next time it is used; a one-shot key may never be,
+/// which costs nothing since its default grant is all it had. This bounds
+/// the memory of reports and grants, and keeps a flood from cycling the
+/// aggregator's table faster than busy keys are reported (which would
+/// evict them there).
 const MAX_REPORT: usize = 2048;
+
+fn report_cap(policy: &RateLimitPolicy) -> usize {
+    (policy.max_keys / 4).clamp(16, MAX_REPORT)
+}
 
 /// The limit of a policy's tier (0 is the default, i is `tiers[i - 1]`).
 pub fn tier_kind(policy: &RateLimitPolicy, tier: usize) -> LimitKind {
@@ -104,8 +111,9 @@ pub struct Limiter {
     snapshot: u64,
     /// Workers sharing node- and cluster-scope limits.
     workers: u32,
-    /// Shared-scope keys admitted since the last report.
+    /// Shared-scope keys seen since the last report, and how many per policy.
     report: Keyed<ReportRecord>,
+    reported: Vec<usize>,
     next_incarnation: u32,
 }
 
@@ -118,6 +126,7 @@ impl Limiter {
             snapshot,
             workers: workers as u32,
             report: Keyed::default(),
+            reported: vec![0; policies.len()],
             next_incarnation: 1,
         }
     }
@@ -151,6 +160,7 @@ impl Limiter {
                     key,
                     ..*r
                 });
+                limiter.reported[*j] += 1;
             }
         }
         limiter
@@ -166,6 +176,7 @@ impl Limiter {
     pub fn take_report(&mut self, out: &mut Keyed<ReportRecord>, now: u64) {
         out.clear();
         std::mem::swap(&mut self.report, out);
+        self.reported.fill(0);
         for r in &mut out.records {
             let Some(slot) = self.tables[r.policy as usize].get_mut(r.key.slice(&out.keys)) else {
                 continue; // evicted since: nothing to report
@@ -185,6 +196,7 @@ impl Limiter {
                     // and stops holding room for it.
                     let key = self.report.push_key(r.key.slice(&out.keys));
                     self.report.records.push(ReportRecord { key, ..*r });
+                    self.reported[r.policy as usize] += 1;
                 } else {
                     s.queued = false;
                 }
@@ -212,7 +224,7 @@ impl Limiter {
                 continue;
             }
             let next_incarnation = &mut self.next_incarnation;
-            let slot = table.get_or_insert(
+            let slot = table.get_or_insert_unmarked(
                 key,
                 || {
                     *next_incarnation = next_incarnation.wrapping_add(1).max(1);
@@ -225,6 +237,7 @@ impl Limiter {
             {
                 s.schedule(r.grant, r.incarnation, r.counted, now);
                 if !s.queued && self.report.records.len() < MAX_REPORT {
+                    self.reported[r.policy as usize] += 1;
                     // Reported once it is in force (see take_report).
                     s.queued = true;
                     let span = self.report.push_key(key);
@@ -303,7 +316,11 @@ impl Limiter {
         match &mut slot.state {
             State::Shared(s) => {
                 let decision = s.take(kind, now, parts, retry);
-                if !s.queued && self.report.records.len() < MAX_REPORT {
+                if !s.queued
+                    && self.report.records.len() < MAX_REPORT
+                    && self.reported[index] < report_cap(policy)
+                {
+                    self.reported[index] += 1;
                     s.queued = true;
                     let span = self.report.push_key(key);
                     self.report.records.push(ReportRecord {

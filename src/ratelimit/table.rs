@@ -59,17 +59,40 @@ impl<V> KeyTable<V> {
         self.map.get_mut(key).map(|e| &mut e.value)
     }
 
-    /// The state for `key`, created with `make` if absent. `fresh` tells
-    /// whether an entry is back to its initial state (free to evict).
+    /// The state for `key`, created with `make` if absent, and marked as
+    /// used (the CLOCK hand passes it over once). `fresh` tells whether an
+    /// entry is back to its initial state (free to evict).
     pub fn get_or_insert(
         &mut self,
         key: &[u8],
         make: impl FnOnce() -> V,
         fresh: impl Fn(&V) -> bool,
     ) -> &mut V {
+        self.find_or_insert(key, make, fresh, true)
+    }
+
+    /// As `get_or_insert`, without marking the entry as used: for updates
+    /// that are not a client's request (a grant from the aggregator), which
+    /// must not make flood keys look as busy as real ones.
+    pub fn get_or_insert_unmarked(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> V,
+        fresh: impl Fn(&V) -> bool,
+    ) -> &mut V {
+        self.find_or_insert(key, make, fresh, false)
+    }
+
+    fn find_or_insert(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> V,
+        fresh: impl Fn(&V) -> bool,
+        mark: bool,
+    ) -> &mut V {
         if self.map.contains_key(key) {
             let entry = self.map.get_mut(key).expect("checked above");
-            entry.referenced = true;
+            entry.referenced |= mark;
             return &mut entry.value;
         }
         let key: Rc<[u8]> = Rc::from(key);
