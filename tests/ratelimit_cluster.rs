@@ -450,3 +450,48 @@ fn cluster_limits_work_over_tls_and_refuse_an_untrusted_server() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn with_redis_gone_each_node_keeps_its_share() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let up = Upstream::named("app");
+    let policies = "[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 10\nwindow = \"1h\"\non_redis_error = \"local_share\"\n";
+    let routes = "[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n";
+    let nodes = [
+        gateway(redis.port, &up, 1, policies, routes),
+        gateway(redis.port, &up, 1, policies, routes),
+    ];
+    for gw in &nodes {
+        assert_eq!(get(gw.addr, "/x").status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes
+        .iter()
+        .any(|gw| metric(gw, "ringgate_rate_limit_cluster_nodes") != 2)
+    {
+        assert!(Instant::now() < deadline, "the nodes never saw each other");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while nodes
+        .iter()
+        .any(|gw| metric(gw, "ringgate_rate_limit_redis_up") == 1)
+    {
+        assert!(Instant::now() < deadline, "outage not noticed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Each enforces 10 ÷ 2 nodes on its own, from then on.
+    for gw in &nodes {
+        let statuses: Vec<u16> = (0..7).map(|_| get(gw.addr, "/x").status).collect();
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 200, 429, 429],
+            "{statuses:?}"
+        );
+    }
+}
