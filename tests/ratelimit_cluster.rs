@@ -14,22 +14,28 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 struct Redis {
     child: Child,
     port: u16,
 }
 
+/// A redis-server bound to 127.0.0.1 that keeps nothing on disk, with
+/// `args` for its ports (and TLS).
+fn spawn_redis(args: &[&str]) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
 impl Redis {
     fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        let child = spawn_redis(&["--port", &port.to_string()]);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -99,13 +105,6 @@ fn metric(gw: &Gateway, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} missing"))
         .parse()
         .unwrap()
-}
-
-fn wait_for_window(window: Duration, offset: Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let w = window.as_nanos();
-    let next = (now.as_nanos() / w + 1) * w;
-    std::thread::sleep(Duration::from_nanos((next - now.as_nanos()) as u64) + offset);
 }
 
 /// The tests here load the machine heavily; one at a time.

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const WORKERS: usize = 4;
 
@@ -81,15 +81,6 @@ fn load(gw: &Gateway, connections: usize, run_for: Duration) -> (usize, usize) {
         t.join().unwrap();
     }
     (ok.load(Ordering::Relaxed), limited.load(Ordering::Relaxed))
-}
-
-/// Sleeps until `offset` past the next multiple of `window` on the wall
-/// clock (windows are aligned to it).
-fn wait_for_window(window: Duration, offset: Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let w = window.as_nanos();
-    let next = (now.as_nanos() / w + 1) * w;
-    std::thread::sleep(Duration::from_nanos((next - now.as_nanos()) as u64) + offset);
 }
 
 #[test]

@@ -92,6 +92,37 @@ impl Slot {
 /// evict them there).
 const MAX_REPORT: usize = 2048;
 
+/// The keys of the next report, with how many each policy has there.
+struct ReportQueue {
+    entries: Keyed<ReportRecord>,
+    per_policy: Vec<usize>,
+}
+
+impl ReportQueue {
+    fn len(&self) -> usize {
+        self.entries.records.len()
+    }
+
+    /// Lists `key`; its totals are filled in when the report is taken.
+    fn push(&mut self, policy: u32, tier: u32, key: &[u8]) {
+        let span = self.entries.push_key(key);
+        self.entries.records.push(ReportRecord {
+            policy,
+            tier,
+            key: span,
+            incarnation: 0,
+            admitted: 0,
+            attempts: 0,
+            window: 0,
+            grant_start: 0,
+            carried: 0,
+        });
+        if let Some(n) = self.per_policy.get_mut(policy as usize) {
+            *n += 1;
+        }
+    }
+}
+
 fn report_cap(policy: &RateLimitPolicy) -> usize {
     (policy.max_keys / 4).clamp(16, MAX_REPORT)
 }
@@ -111,9 +142,8 @@ pub struct Limiter {
     snapshot: u64,
     /// Workers sharing node- and cluster-scope limits.
     workers: u32,
-    /// Shared-scope keys seen since the last report, and how many per policy.
-    report: Keyed<ReportRecord>,
-    reported: Vec<usize>,
+    /// Shared-scope keys seen since the last report.
+    queue: ReportQueue,
     next_incarnation: u32,
 }
 
@@ -125,8 +155,10 @@ impl Limiter {
             tables: policies.iter().map(|p| KeyTable::new(p.max_keys)).collect(),
             snapshot,
             workers: workers as u32,
-            report: Keyed::default(),
-            reported: vec![0; policies.len()],
+            queue: ReportQueue {
+                entries: Keyed::default(),
+                per_policy: vec![0; policies.len()],
+            },
             next_incarnation: 1,
         }
     }
@@ -152,15 +184,10 @@ impl Limiter {
             }
         }
         // Keys waiting to be reported keep their place in the next report.
-        for r in &previous.report.records {
+        let old_queue = &previous.queue.entries;
+        for r in &old_queue.records {
             if let Some(Some(j)) = moved.get(r.policy as usize) {
-                let key = limiter.report.push_key(previous.report.key(r.key));
-                limiter.report.records.push(ReportRecord {
-                    policy: *j as u32,
-                    key,
-                    ..*r
-                });
-                limiter.reported[*j] += 1;
+                limiter.queue.push(*j as u32, r.tier, old_queue.key(r.key));
             }
         }
         limiter
@@ -175,8 +202,8 @@ impl Limiter {
     /// their running totals, into `out` (cleared first).
     pub fn take_report(&mut self, out: &mut Keyed<ReportRecord>, now: u64) {
         out.clear();
-        std::mem::swap(&mut self.report, out);
-        self.reported.fill(0);
+        std::mem::swap(&mut self.queue.entries, out);
+        self.queue.per_policy.fill(0);
         for r in &mut out.records {
             let Some(slot) = self.tables[r.policy as usize].get_mut(r.key.slice(&out.keys)) else {
                 continue; // evicted since: nothing to report
@@ -194,9 +221,7 @@ impl Limiter {
                     // Report again once the pending grant is in force: the
                     // aggregator learns then what this worker carried over,
                     // and stops holding room for it.
-                    let key = self.report.push_key(r.key.slice(&out.keys));
-                    self.report.records.push(ReportRecord { key, ..*r });
-                    self.reported[r.policy as usize] += 1;
+                    self.queue.push(r.policy, r.tier, r.key.slice(&out.keys));
                 } else {
                     s.queued = false;
                 }
@@ -236,22 +261,10 @@ impl Limiter {
                 && let State::Shared(s) = &mut slot.state
             {
                 s.schedule(r.grant, r.incarnation, r.counted, now);
-                if !s.queued && self.report.records.len() < MAX_REPORT {
-                    self.reported[r.policy as usize] += 1;
+                if !s.queued && self.queue.len() < MAX_REPORT {
                     // Reported once it is in force (see take_report).
                     s.queued = true;
-                    let span = self.report.push_key(key);
-                    self.report.records.push(ReportRecord {
-                        policy: r.policy,
-                        tier: r.tier,
-                        key: span,
-                        incarnation: 0,
-                        admitted: 0,
-                        attempts: 0,
-                        window: 0,
-                        grant_start: 0,
-                        carried: 0,
-                    });
+                    self.queue.push(r.policy, r.tier, key);
                 }
             }
         }
@@ -317,23 +330,11 @@ impl Limiter {
             State::Shared(s) => {
                 let decision = s.take(kind, now, parts, retry);
                 if !s.queued
-                    && self.report.records.len() < MAX_REPORT
-                    && self.reported[index] < report_cap(policy)
+                    && self.queue.len() < MAX_REPORT
+                    && self.queue.per_policy[index] < report_cap(policy)
                 {
-                    self.reported[index] += 1;
                     s.queued = true;
-                    let span = self.report.push_key(key);
-                    self.report.records.push(ReportRecord {
-                        policy: index as u32,
-                        tier: tier_index as u32,
-                        key: span,
-                        incarnation: 0,
-                        admitted: 0,
-                        attempts: 0,
-                        window: 0,
-                        grant_start: 0,
-                        carried: 0,
-                    });
+                    self.queue.push(index as u32, tier_index as u32, key);
                 }
                 decision
             }

@@ -718,3 +718,15 @@ pub fn closed_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
+
+/// Sleeps until `offset` past the next multiple of `window` on the wall
+/// clock (rate-limit windows are aligned to it).
+#[allow(dead_code)]
+pub fn wait_for_window(window: Duration, offset: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let w = window.as_nanos();
+    let next = (now.as_nanos() / w + 1) * w;
+    std::thread::sleep(Duration::from_nanos((next - now.as_nanos()) as u64) + offset);
+}
