@@ -494,3 +494,33 @@ fn with_redis_gone_each_node_keeps_its_share() {
         );
     }
 }
+
+#[test]
+fn redis_unreachable_from_the_start_falls_back_and_its_password_stays_secret() {
+    // Nothing listens on this port: the node starts anyway, and the limits
+    // follow on_redis_error from the first request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let up = Upstream::named("app");
+    let text = config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{closed}\"\nusername = \"gw\"\npassword = \"s3cret-pa55\"\ntimeout = \"50ms\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 2\nwindow = \"1h\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
+            up.addr
+        ),
+    );
+    let gw = Gateway::start(&text);
+    // local_share with one node seen: the whole limit, here.
+    let statuses: Vec<u16> = (0..3).map(|_| get(gw.addr, "/x").status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(metric(&gw, "ringgate_rate_limit_redis_up"), 0);
+    let shown = get(gw.admin.unwrap(), "/config").text();
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(
+        !shown.contains("s3cret-pa55"),
+        "the password leaked: {shown}"
+    );
+}
