@@ -224,6 +224,10 @@ struct Cluster {
     nodes: u64,
 }
 
+/// Sync intervals after which a key's next grants are made even though
+/// some worker has not reported under the current ones.
+const SWITCH_TIMEOUT_INTERVALS: u64 = 50;
+
 /// How often a node registers with Redis when it has nothing to claim, and
 /// how often it tries Redis again while it is down.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -616,10 +620,15 @@ impl Aggregator {
                 };
                 let claim_pending =
                     source == Source::Claimed && ledger.claims.is_some_and(|c| c.in_flight);
-                if now < ledger.grants_effective + interval || claim_pending {
-                    // Its previous grants are not in force yet, no worker
-                    // has reported under them (which tells how much each
-                    // carried over), or tokens are on their way: next tick.
+                // A worker that never reports under its grant (its entry
+                // evicted, its thread stuck) must not stall the key forever.
+                let acknowledged = ledger.all_switched()
+                    || now >= ledger.grants_effective + SWITCH_TIMEOUT_INTERVALS * interval;
+                if now < ledger.grants_effective + interval || claim_pending || !acknowledged {
+                    // Its previous grants are not in force yet, not every
+                    // worker has reported under them (which tells how much
+                    // each carried over), or tokens are on their way: next
+                    // tick.
                     let again = state.waiting.push_key(key);
                     state.waiting.records.push(again);
                     continue;
@@ -699,6 +708,19 @@ mod tests {
         start: u64,
         demand: impl Fn(usize, u64) -> u64,
     ) -> Vec<u64> {
+        simulate_late(snapshot, millis, start, demand, 0)
+    }
+
+    /// As `simulate`, with worker 0 taking every batch of grants `late`
+    /// milliseconds after it could have (a thread starved of CPU).
+    fn simulate_late(
+        snapshot: &Arc<Snapshot>,
+        millis: u64,
+        start: u64,
+        demand: impl Fn(usize, u64) -> u64,
+        late: u64,
+    ) -> Vec<u64> {
+        let mut delayed: std::collections::VecDeque<(u64, ViewBatch)> = Default::default();
         let n = snapshot.workers;
         let channels = Channels::new(n);
         let mut aggregator = Aggregator::new(
@@ -719,7 +741,16 @@ mod tests {
                 // Workers tick out of phase with each other and the aggregator.
                 if (ms + 3 * w as u64 + 1).is_multiple_of(tick) {
                     while let Ok(batch) = channels.views[w].1.try_recv() {
-                        limiter.apply(&batch, &snapshot.rate_limits, now);
+                        if w == 0 && late > 0 {
+                            delayed.push_back((ms + late, batch));
+                        } else {
+                            limiter.apply(&batch, &snapshot.rate_limits, now);
+                        }
+                    }
+                    while delayed.front().is_some_and(|(at, _)| *at <= ms) && w == 0 {
+                        if let Some((_, batch)) = delayed.pop_front() {
+                            limiter.apply(&batch, &snapshot.rate_limits, now);
+                        }
                     }
                     let mut entries = Keyed::default();
                     limiter.take_report(&mut entries, now);
@@ -742,6 +773,42 @@ mod tests {
             admitted.push(this_ms);
         }
         admitted
+    }
+
+    #[test]
+    fn a_late_worker_overshoots_by_at_most_the_rate_times_its_lateness() {
+        // Bucket 1 000/s, burst 100, 4 workers all busy; worker 0 takes its
+        // grants 40 ms late, i.e. up to 40 + 10 - 20 = 30 ms after they take
+        // effect (they are made to take effect 2 intervals = 20 ms on, and
+        // reach a worker within its 10 ms tick). Bound: rate × 30 ms = 30.
+        let snap = snapshot("rate = \"1000/s\"\nburst = 100", 4);
+        for late in [0, 40, 200] {
+            let admitted = simulate_late(&snap, 5_000, 7 * 1_000_000 * 1000 * MS, |_, _| 2, late);
+            let mut total = 0u64;
+            let mut worst = 0i64;
+            for (ms, n) in admitted.iter().enumerate() {
+                total += n;
+                let allowed = 100 + (ms as u64 + 1); // burst + 1 per ms
+                worst = worst.max(total as i64 - allowed as i64);
+            }
+            println!(
+                "token bucket 1000/s burst 100, 4 workers, worker 0 late by {late} ms: worst overshoot {worst}, admitted {total} of {} over 5 s",
+                100 + admitted.len()
+            );
+            let bound = if late == 0 {
+                0
+            } else {
+                (late + 10 - 20) as i64
+            };
+            assert!(worst <= bound, "late {late}: overshoot {worst} > {bound}");
+        }
+        // Windows: a late worker's old grant holds no refill, so nothing.
+        let snap = snapshot("limit = 1000\nwindow = \"1s\"", 4);
+        let start = 1_000_000 * 1000 * MS + 900 * MS;
+        let admitted = simulate_late(&snap, 1_100, start, |_, _| 5, 40);
+        let window: u64 = admitted[100..1100].iter().sum();
+        println!("window quota 1000/s, 4 workers, worker 0 late by 40 ms: {window} admitted");
+        assert!(window <= 1000);
     }
 
     #[test]

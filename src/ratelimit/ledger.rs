@@ -44,6 +44,10 @@ struct Seen {
     grant: Grant,
     base: u64,
     carried: u64,
+    /// The worker has reported under `grant` (or `grant` is the default,
+    /// which is what having no entry means): it no longer holds any grant
+    /// before it.
+    switched: bool,
 }
 
 impl Seen {
@@ -56,6 +60,7 @@ impl Seen {
             grant: Grant::fresh(kind, now, parts),
             base: 0,
             carried: 0,
+            switched: true,
         }
     }
 
@@ -296,6 +301,7 @@ impl Ledger {
             // The worker works under the latest grant: what it carried over
             // from the one before is known exactly now.
             seen.carried = seen.carried.min(r.carried);
+            seen.switched = true;
         }
         let attempts = r.attempts.saturating_sub(seen.attempts);
         seen.demand += attempts;
@@ -386,6 +392,13 @@ impl Ledger {
                 .seen
                 .iter()
                 .all(|s| s.grant.is_default(kind, now, self.parts))
+    }
+
+    /// Whether every worker has moved onto its latest grant: only then may
+    /// new grants be made (a worker holding two superseded grants could
+    /// admit under both).
+    pub fn all_switched(&self) -> bool {
+        self.seen.iter().all(|s| s.switched)
     }
 
     /// Worker `worker`'s latest grant, with the incarnation and running
@@ -501,6 +514,7 @@ impl Ledger {
                     .saturating_add(beyond),
             };
             s.base = s.admitted;
+            s.switched = s.grant.is_default(kind, effective, self.parts);
             // Demand fades by half per grant rather than restarting, so a
             // worker whose requests are waiting for this grant still
             // counts as busy in the next one.

@@ -104,11 +104,19 @@ impl Grant {
     }
 
     /// Requests this grant allows in total by `now` (a grant for an earlier
-    /// window is replaced by a fresh equal part of the new one).
+    /// window is replaced by a fresh equal part of the new one), its refill
+    /// counted from `start`.
     pub fn allowance(&self, kind: LimitKind, now: u64, parts: u64) -> u64 {
+        self.allowance_from(kind, now, parts, self.start)
+    }
+
+    /// `allowance` with the refill counted from `refill_from` (when the
+    /// worker actually took the grant, if that was after `start`: until
+    /// then the grant before it was accruing that refill).
+    pub fn allowance_from(&self, kind: LimitKind, now: u64, parts: u64, refill_from: u64) -> u64 {
         match kind {
             LimitKind::Bucket { rate, .. } => {
-                let elapsed = u128::from(now.saturating_sub(self.start));
+                let elapsed = u128::from(now.saturating_sub(refill_from.max(self.start)));
                 let refill = elapsed * u128::from(rate.tokens) * u128::from(self.share)
                     / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
                 (u128::from(self.amount) + refill).min(u128::from(self.cap.max(self.amount))) as u64
@@ -149,6 +157,9 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct SharedSlot {
     current: Grant,
+    /// When this worker switched to `current` (its refill accrues from
+    /// then, or from `current.start` if that is later).
+    refill_from: u64,
     /// Requests admitted under `current`.
     used: u64,
     /// Requests `current` took over from the grant before it (admitted
@@ -174,6 +185,7 @@ impl SharedSlot {
         let current = Grant::fresh(kind, now, parts);
         SharedSlot {
             current,
+            refill_from: now,
             used: 0,
             carried: 0,
             next: None,
@@ -217,12 +229,13 @@ impl SharedSlot {
         if let Some(p) = self.next
             && now >= p.grant.start
         {
-            self.switch(p.grant, p.uncounted);
+            self.switch(p.grant, p.uncounted, now);
         }
     }
 
-    fn switch(&mut self, grant: Grant, uncounted: u64) {
+    fn switch(&mut self, grant: Grant, uncounted: u64, now: u64) {
         self.current = grant;
+        self.refill_from = now;
         self.used = 0;
         self.carried = uncounted;
         self.next = None;
@@ -250,7 +263,9 @@ impl SharedSlot {
                 }
             }
         };
-        let allowance = self.current.allowance(kind, now, parts);
+        let allowance = self
+            .current
+            .allowance_from(kind, now, parts, self.refill_from);
         let allowed = used < allowance;
         // A waiting request counts as demand each time it asks (so the
         // aggregator moves tokens here), but once toward the flood guard.
@@ -362,7 +377,7 @@ impl SharedSlot {
             self.admitted
         };
         if now >= grant.start {
-            self.switch(grant, uncounted);
+            self.switch(grant, uncounted, now);
         } else {
             self.next = Some(Pending { grant, uncounted });
         }
