@@ -2,15 +2,17 @@
 //! node- and cluster-scope limit is left.
 //!
 //! Every sync interval it drains the workers' reports (running totals of
-//! admissions per key), charges what is new to each key's exact bucket or
-//! window, and sends every worker a view of each key that changed: what is
-//! left, and the instant (two intervals ahead) from which all workers use
-//! that figure. Workers never wait for it: between views they keep
-//! admitting against their 1/N part of the last figure (`shared.rs`).
+//! admissions per key), charges what is new to each key's `Ledger`, and,
+//! for each charged key whose current grants every worker has taken, sends
+//! every worker a new grant effective two intervals ahead (`ledger.rs` has
+//! how grants are sized so that together they never exceed what is left).
+//! Workers never wait for it: they admit against the grant they hold
+//! (`shared.rs`).
 //!
-//! Cluster-scope keys are also charged to Redis by the cluster thread
-//! (`cluster.rs`); the figure this thread publishes for them is this node's
-//! part of what Redis says is left cluster-wide.
+//! For cluster-scope keys the tokens come from Redis: this thread sends the
+//! cluster thread (`cluster.rs`) a round of claims and polls for the
+//! answer, and while Redis cannot be reached follows each policy's
+//! `on_redis_error`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -19,8 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::ledger::{Ledger, Source};
-use super::shared::window_start;
-use super::sync::{KeySpan, Keyed, Report, ReportRecord, ViewBatch, ViewRecord};
+use super::sync::{GrantBatch, GrantRecord, KeySpan, Keyed, Report, ReportRecord};
 use super::{KeyTable, clock, tier_kind};
 use crate::snapshot::{LimitKind, LimitScope, RateLimitPolicy, Snapshot};
 
@@ -86,24 +87,24 @@ type Pair<T> = (Sender<T>, Receiver<T>);
 
 pub struct Channels {
     pub reports: Pair<Report>,
-    pub views: Vec<Pair<ViewBatch>>,
+    pub grants: Vec<Pair<GrantBatch>>,
     /// Read report buffers going back to each worker.
     pub report_returns: Vec<Pair<Keyed<ReportRecord>>>,
     /// Read batch buffers going back to the aggregator.
-    pub view_returns: Pair<Keyed<ViewRecord>>,
+    pub grant_returns: Pair<Keyed<GrantRecord>>,
 }
 
 impl Channels {
     pub fn new(workers: usize) -> Channels {
         Channels {
             reports: crossbeam_channel::bounded(workers * 4 + 4),
-            views: (0..workers)
+            grants: (0..workers)
                 .map(|_| crossbeam_channel::bounded(8))
                 .collect(),
             report_returns: (0..workers)
                 .map(|_| crossbeam_channel::bounded(8))
                 .collect(),
-            view_returns: crossbeam_channel::bounded(workers * 8 + 8),
+            grant_returns: crossbeam_channel::bounded(workers * 8 + 8),
         }
     }
 
@@ -111,13 +112,13 @@ impl Channels {
     pub fn aggregator_side(&self) -> AggregatorChannels {
         AggregatorChannels {
             reports: self.reports.1.clone(),
-            views: self.views.iter().map(|(tx, _)| tx.clone()).collect(),
+            grants: self.grants.iter().map(|(tx, _)| tx.clone()).collect(),
             report_returns: self
                 .report_returns
                 .iter()
                 .map(|(tx, _)| tx.clone())
                 .collect(),
-            view_returns: self.view_returns.1.clone(),
+            grant_returns: self.grant_returns.1.clone(),
         }
     }
 }
@@ -125,27 +126,27 @@ impl Channels {
 /// What one worker holds.
 pub struct WorkerChannels {
     pub reports: Sender<Report>,
-    pub views: Receiver<ViewBatch>,
+    pub grants: Receiver<GrantBatch>,
     pub report_returns: Receiver<Keyed<ReportRecord>>,
-    pub view_returns: Sender<Keyed<ViewRecord>>,
+    pub grant_returns: Sender<Keyed<GrantRecord>>,
 }
 
 impl WorkerChannels {
     pub fn new(channels: &Channels, worker: usize) -> WorkerChannels {
         WorkerChannels {
             reports: channels.reports.0.clone(),
-            views: channels.views[worker].1.clone(),
+            grants: channels.grants[worker].1.clone(),
             report_returns: channels.report_returns[worker].1.clone(),
-            view_returns: channels.view_returns.0.clone(),
+            grant_returns: channels.grant_returns.0.clone(),
         }
     }
 }
 
 pub struct AggregatorChannels {
     reports: Receiver<Report>,
-    views: Vec<Sender<ViewBatch>>,
+    grants: Vec<Sender<GrantBatch>>,
     report_returns: Vec<Sender<Keyed<ReportRecord>>>,
-    view_returns: Receiver<Keyed<ViewRecord>>,
+    grant_returns: Receiver<Keyed<GrantRecord>>,
 }
 
 /// Starts the aggregator. `reports` is the receiving end of the channel
@@ -232,9 +233,6 @@ const SWITCH_TIMEOUT_INTERVALS: u64 = 50;
 /// how often it tries Redis again while it is down.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_millis(500);
-/// Ticks without demand after which a key's unreserved claimed tokens go
-/// back to Redis.
-const IDLE_TICKS_BEFORE_GIVING_BACK: u32 = 20;
 
 struct Aggregator {
     snapshot: Arc<Snapshot>,
@@ -242,7 +240,7 @@ struct Aggregator {
     channels: AggregatorChannels,
     stats: Arc<Stats>,
     /// The next batch to each worker, being built.
-    batches: Vec<Keyed<ViewRecord>>,
+    batches: Vec<Keyed<GrantRecord>>,
     /// Scratch for one key's per-worker shares.
     shares: Vec<u64>,
     cluster: Option<Cluster>,
@@ -250,7 +248,7 @@ struct Aggregator {
 
 impl Aggregator {
     fn new(snapshot: Arc<Snapshot>, channels: AggregatorChannels, stats: Arc<Stats>) -> Self {
-        let n = channels.views.len();
+        let n = channels.grants.len();
         let cluster = snapshot.redis.as_ref().and_then(|spec| {
             match super::cluster::spawn(spec.clone()) {
                 Ok(thread) => Some(Cluster {
@@ -493,80 +491,27 @@ impl Aggregator {
                         continue;
                     };
                     let kind = tier_kind(&state.policy, ledger.tier as usize);
-                    let give_back = match ledger.claims {
-                        Some(c)
-                            if c.demand == 0
-                                && c.held > 0
-                                && c.idle_ticks >= IDLE_TICKS_BEFORE_GIVING_BACK =>
-                        {
-                            ledger.unreserved_claims(kind, now)
-                        }
-                        _ => 0,
-                    };
-                    let Some(c) = &mut ledger.claims else {
-                        continue;
-                    };
-                    // Enough for about two rounds of the recent demand, but
-                    // no more than a fair part per round (so a node flooded
-                    // with requests does not drain the cluster's quota in
-                    // one claim), and never less than the refill of a few
-                    // rounds (so a fast bucket is not throttled by it).
-                    let fair = match kind {
-                        LimitKind::Bucket { rate, burst } => {
-                            let per_round = u128::from(rate.tokens) * u128::from(interval) * 3
-                                / u128::from(rate.per_nanos.max(1));
-                            (burst / (2 * cluster.nodes)).max(per_round as u64)
-                        }
-                        LimitKind::Window { limit, .. } => limit / (2 * cluster.nodes),
-                    }
-                    .max(1);
-                    let want = if c.demand > 0 {
-                        (c.demand * 2).min(fair).saturating_sub(c.held)
-                    } else {
-                        0
-                    };
-                    if c.demand == 0 {
-                        c.idle_ticks += 1;
-                    }
-                    if !c.in_flight && (want > 0 || give_back > 0) {
-                        c.in_flight = true;
-                        c.held -= give_back;
-                        c.demand = 0;
-                        let window = match kind {
-                            LimitKind::Window { window_nanos, .. } => {
-                                Some(window_start(now, window_nanos))
-                            }
-                            LimitKind::Bucket { .. } => None,
-                        };
-                        if let Some(w) = window
-                            && w != c.window
-                        {
-                            c.window = w;
-                            c.held = 0;
-                        }
+                    if let Some(request) = ledger.next_claim(kind, now, interval, cluster.nodes) {
                         claims.push(super::cluster::Claim {
                             redis_key: super::cluster::redis_key(
                                 &cluster.prefix,
                                 &state.policy.name,
                                 ledger.tier,
                                 key,
-                                window,
+                                request.window,
                             ),
                             kind,
-                            want,
-                            give_back,
+                            want: request.want,
+                            give_back: request.give_back,
                             policy: index as u32,
                             tier: ledger.tier,
                             key: key.to_vec(),
-                            window: window.unwrap_or(0),
+                            window: request.window.unwrap_or(0),
                         });
                     }
-                    // Keep looking at keys that hold tokens or await them.
-                    if c.held > 0 || c.in_flight || c.demand > 0 {
+                    if ledger.still_claiming() {
                         let again = state.claiming.push_key(key);
                         state.claiming.records.push(again);
-                    } else {
-                        c.listed = false;
                     }
                 }
             }
@@ -640,7 +585,7 @@ impl Aggregator {
                 for (worker, batch) in self.batches.iter_mut().enumerate() {
                     let span = batch.push_key(key);
                     let (grant, incarnation, counted) = ledger.grant_for(worker);
-                    batch.records.push(ViewRecord {
+                    batch.records.push(GrantRecord {
                         policy: index as u32,
                         tier: ledger.tier,
                         key: span,
@@ -651,13 +596,13 @@ impl Aggregator {
                 }
             }
         }
-        for (worker, tx) in self.channels.views.iter().enumerate() {
+        for (worker, tx) in self.channels.grants.iter().enumerate() {
             if self.batches[worker].is_empty() {
                 continue;
             }
-            let mut next = self.channels.view_returns.try_recv().unwrap_or_default();
+            let mut next = self.channels.grant_returns.try_recv().unwrap_or_default();
             next.clear();
-            let batch = ViewBatch {
+            let batch = GrantBatch {
                 snapshot: self.snapshot.id,
                 entries: std::mem::replace(&mut self.batches[worker], next),
             };
@@ -685,7 +630,7 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     //! The whole node-scope loop on simulated time: N worker limiters and
-    //! the aggregator, exchanging reports and views through the real
+    //! the aggregator, exchanging reports and grants through the real
     //! channels, each worker ticking at its own phase.
     use super::*;
     use crate::ratelimit::Limiter;
@@ -720,7 +665,7 @@ mod tests {
         demand: impl Fn(usize, u64) -> u64,
         late: u64,
     ) -> Vec<u64> {
-        let mut delayed: std::collections::VecDeque<(u64, ViewBatch)> = Default::default();
+        let mut delayed: std::collections::VecDeque<(u64, GrantBatch)> = Default::default();
         let n = snapshot.workers;
         let channels = Channels::new(n);
         let mut aggregator = Aggregator::new(
@@ -740,7 +685,7 @@ mod tests {
             for (w, limiter) in limiters.iter_mut().enumerate() {
                 // Workers tick out of phase with each other and the aggregator.
                 if (ms + 3 * w as u64 + 1).is_multiple_of(tick) {
-                    while let Ok(batch) = channels.views[w].1.try_recv() {
+                    while let Ok(batch) = channels.grants[w].1.try_recv() {
                         if w == 0 && late > 0 {
                             delayed.push_back((ms + late, batch));
                         } else {

@@ -15,7 +15,7 @@ pub struct Decision {
     /// Seconds a refused client should wait (Retry-After); 0 when allowed.
     pub retry_after_secs: u64,
     /// Refused only because this worker's part of a shared limit is spent
-    /// while the node as a whole has more left: the next view (a few sync
+    /// while the node as a whole has more left: the next grant (a few sync
     /// intervals away) may give this worker more, so the request may wait
     /// for it instead of being refused now.
     pub defer: bool,
@@ -92,6 +92,12 @@ impl TokenBucket {
     }
 }
 
+/// The start of the window of length `window_nanos` that `now` falls in
+/// (windows are aligned to multiples of their length on the clock).
+pub fn window_start(now: u64, window_nanos: u64) -> u64 {
+    now - now % window_nanos.max(1)
+}
+
 /// A fixed-window quota: at most `limit` requests per `window`, windows
 /// aligned to multiples of the window length on the clock.
 #[derive(Debug, Clone, Copy)]
@@ -103,14 +109,13 @@ pub struct WindowQuota {
 impl WindowQuota {
     pub fn new(now: u64, window_nanos: u64) -> WindowQuota {
         WindowQuota {
-            window_start: now - now % window_nanos.max(1),
+            window_start: window_start(now, window_nanos),
             used: 0,
         }
     }
 
     fn roll(&mut self, now: u64, window_nanos: u64) {
-        let window = window_nanos.max(1);
-        let start = now - now % window;
+        let start = window_start(now, window_nanos);
         if start > self.window_start {
             self.window_start = start;
             self.used = 0;

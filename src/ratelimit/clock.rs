@@ -2,7 +2,7 @@
 //! read as the wall clock once at first use and advanced by the monotonic
 //! clock from then on. Monotonic (a wall-clock step never refills a bucket
 //! or reopens a window), identical in every thread of the process (so the
-//! workers and the aggregator agree on window boundaries and on when a view
+//! workers and the aggregator agree on window boundaries and on when a grant
 //! takes effect), and close to other nodes' clocks (windows of a cluster
 //! quota line up on wall-clock boundaries).
 

@@ -11,7 +11,8 @@
 //! timing, everything the workers can admit never exceeds what is left
 //! (docs/rate-limiting.md has the argument).
 
-use super::shared::{Grant, SHARE_ONE, part, window_start};
+use super::bucket::window_start;
+use super::shared::{Grant, SHARE_ONE, part};
 use super::sync::ReportRecord;
 use crate::snapshot::{LimitKind, OnRedisError};
 
@@ -68,6 +69,11 @@ impl Seen {
     /// holds.
     fn ceiling(&self, kind: LimitKind, t: u64, parts: u64) -> u64 {
         self.base + self.carried + self.grant.allowance(kind, t, parts)
+    }
+
+    /// What this worker may still admit, by `t`, beyond what was counted.
+    fn outstanding(&self, kind: LimitKind, t: u64, parts: u64) -> u64 {
+        self.ceiling(kind, t, parts).saturating_sub(self.admitted)
     }
 }
 
@@ -132,6 +138,18 @@ pub struct Claims {
     pub listed: bool,
     /// Which fallback period the local state below belongs to.
     fallback_epoch: u64,
+}
+
+/// Ticks without demand after which a key's unreserved claimed tokens go
+/// back to Redis.
+const IDLE_TICKS_BEFORE_GIVING_BACK: u32 = 20;
+
+/// A cluster key's part of the next Redis round.
+pub struct ClaimRequest {
+    pub want: u64,
+    pub give_back: u64,
+    /// Windows: the window the claim is for.
+    pub window: Option<u64>,
 }
 
 /// This node's part of a cluster limit: what it enforces alone while
@@ -401,6 +419,78 @@ impl Ledger {
         self.seen.iter().all(|s| s.switched)
     }
 
+    /// Sizes this cluster key's part of the next Redis round, if it needs
+    /// one (and notes the claim as in flight): enough for about two rounds
+    /// of the recent demand, but no more than a fair part per round (so a
+    /// node flooded with requests does not drain the cluster's quota in one
+    /// claim) and never less than a few rounds of refill (so a fast bucket
+    /// is not throttled by it); plus, from a key idle for a while, its
+    /// claimed tokens no grant reserves.
+    pub fn next_claim(
+        &mut self,
+        kind: LimitKind,
+        now: u64,
+        interval: u64,
+        nodes: u64,
+    ) -> Option<ClaimRequest> {
+        let give_back = match self.claims {
+            Some(c)
+                if c.demand == 0 && c.held > 0 && c.idle_ticks >= IDLE_TICKS_BEFORE_GIVING_BACK =>
+            {
+                self.unreserved_claims(kind, now)
+            }
+            _ => 0,
+        };
+        let c = self.claims.as_mut()?;
+        let fair = match kind {
+            LimitKind::Bucket { rate, burst } => {
+                let per_round = u128::from(rate.tokens) * u128::from(interval) * 3
+                    / u128::from(rate.per_nanos.max(1));
+                (burst / (2 * nodes.max(1))).max(per_round as u64)
+            }
+            LimitKind::Window { limit, .. } => limit / (2 * nodes.max(1)),
+        }
+        .max(1);
+        let want = if c.demand > 0 {
+            (c.demand * 2).min(fair).saturating_sub(c.held)
+        } else {
+            c.idle_ticks += 1;
+            0
+        };
+        if c.in_flight || (want == 0 && give_back == 0) {
+            return None;
+        }
+        c.in_flight = true;
+        c.held -= give_back;
+        c.demand = 0;
+        let window = match kind {
+            LimitKind::Window { window_nanos, .. } => Some(window_start(now, window_nanos)),
+            LimitKind::Bucket { .. } => None,
+        };
+        if let Some(w) = window
+            && w != c.window
+        {
+            c.window = w;
+            c.held = 0;
+        }
+        Some(ClaimRequest {
+            want,
+            give_back,
+            window,
+        })
+    }
+
+    /// Whether the aggregator should keep looking at this key for claims
+    /// (it holds tokens, awaits them or wants them); unlists it otherwise.
+    pub fn still_claiming(&mut self) -> bool {
+        let Some(c) = &mut self.claims else {
+            return false;
+        };
+        let keep = c.held > 0 || c.in_flight || c.demand > 0;
+        c.listed = keep;
+        keep
+    }
+
     /// Worker `worker`'s latest grant, with the incarnation and running
     /// total of its entry that the grant counts.
     pub fn grant_for(&self, worker: usize) -> (Grant, u32, u64) {
@@ -413,7 +503,7 @@ impl Ledger {
     fn reserve(&mut self, kind: LimitKind, t: u64) -> u64 {
         let mut reserved = 0u64;
         for s in self.seen.iter_mut() {
-            let out = s.ceiling(kind, t, self.parts).saturating_sub(s.admitted);
+            let out = s.outstanding(kind, t, self.parts);
             s.carried = out;
             reserved = reserved.saturating_add(out);
         }
@@ -422,13 +512,13 @@ impl Ledger {
 
     /// Claimed tokens not reserved by the grants workers hold: what an idle
     /// key can give back to Redis.
-    pub fn unreserved_claims(&mut self, kind: LimitKind, now: u64) -> u64 {
+    pub fn unreserved_claims(&self, kind: LimitKind, now: u64) -> u64 {
         let held = self.claims.map_or(0, |c| c.held);
-        let reserved: u64 = self
+        let reserved = self
             .seen
             .iter()
-            .map(|s| s.ceiling(kind, now, self.parts).saturating_sub(s.admitted))
-            .sum();
+            .map(|s| s.outstanding(kind, now, self.parts))
+            .fold(0u64, u64::saturating_add);
         held.saturating_sub(reserved)
     }
 

@@ -24,7 +24,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::snapshot::{LimitKind, LimitScope, RateLimitPolicy};
 use shared::SharedSlot;
-use sync::{Keyed, ReportRecord, ViewBatch};
+use sync::{GrantBatch, Keyed, ReportRecord};
 
 /// One key's state under one policy, with the tier it was created for.
 enum State {
@@ -56,7 +56,7 @@ impl Slot {
         }
     }
 
-    /// `parts`: workers × nodes (shared scopes only).
+    /// `parts`: equal parts of a fresh shared limit (see `Limiter::parts`).
     fn fresh(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
         match (&self.state, kind) {
             (State::Shared(s), kind) => s.is_fresh(kind, now, parts),
@@ -229,9 +229,9 @@ impl Limiter {
         }
     }
 
-    /// Takes the aggregator's views. Keys this worker has not seen are
-    /// entered only when the view differs from a fresh key's.
-    pub fn apply(&mut self, batch: &ViewBatch, policies: &[RateLimitPolicy], now: u64) {
+    /// Takes the aggregator's grants. Keys this worker has not seen are
+    /// entered only when the grant differs from the default one.
+    pub fn apply(&mut self, batch: &GrantBatch, policies: &[RateLimitPolicy], now: u64) {
         if batch.snapshot != self.snapshot {
             return;
         }

@@ -15,7 +15,7 @@
 //! of a full limit. docs/rate-limiting.md has the algorithm, the bound and
 //! the measured figures.
 
-use super::bucket::Decision;
+use super::bucket::{Decision, window_start};
 use crate::snapshot::LimitKind;
 
 const NANOS: u128 = 1_000_000_000;
@@ -47,10 +47,6 @@ pub struct Grant {
     /// zero, a request refused under this grant may be worth waiting for
     /// the next one.
     pub elsewhere: u64,
-}
-
-pub fn window_start(now: u64, window_nanos: u64) -> u64 {
-    now - now % window_nanos.max(1)
 }
 
 /// `value × share / SHARE_ONE`, rounded up.
@@ -117,7 +113,9 @@ impl Grant {
         match kind {
             LimitKind::Bucket { rate, .. } => {
                 let elapsed = u128::from(now.saturating_sub(refill_from.max(self.start)));
-                let refill = elapsed * u128::from(rate.tokens) * u128::from(self.share)
+                let refill = elapsed
+                    .saturating_mul(u128::from(rate.tokens))
+                    .saturating_mul(u128::from(self.share))
                     / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
                 (u128::from(self.amount) + refill).min(u128::from(self.cap.max(self.amount))) as u64
             }
@@ -180,7 +178,7 @@ pub struct SharedSlot {
 }
 
 impl SharedSlot {
-    /// `parts`: workers × nodes sharing the limit.
+    /// `parts`: equal parts of a fresh limit (workers; 0 for cluster scope).
     pub fn new(kind: LimitKind, now: u64, parts: u64, incarnation: u32) -> SharedSlot {
         let current = Grant::fresh(kind, now, parts);
         SharedSlot {
@@ -326,14 +324,14 @@ impl SharedSlot {
         };
         match kind {
             LimitKind::Bucket { rate, burst } => {
-                // Seconds for `tokens` to accrue at `share` of the rate.
+                // Whole seconds for `tokens` to accrue at `share` of the
+                // rate (saturating: burst and rate come from the config).
                 let secs = |tokens: u64, share: u64| -> u64 {
-                    let per_sec_scaled = u128::from(rate.tokens) * u128::from(share.max(1)) * NANOS;
                     let needed = u128::from(tokens)
-                        * u128::from(rate.per_nanos)
-                        * u128::from(SHARE_ONE)
-                        * NANOS;
-                    (needed.div_ceil(per_sec_scaled.max(1)) / NANOS) as u64
+                        .saturating_mul(u128::from(rate.per_nanos))
+                        .saturating_mul(u128::from(SHARE_ONE));
+                    let per_nano = u128::from(rate.tokens) * u128::from(share.max(1));
+                    u64::try_from(needed.div_ceil(per_nano.max(1)) / NANOS).unwrap_or(u64::MAX)
                 };
                 Decision {
                     allowed,

@@ -1,7 +1,7 @@
 //! The messages of node- and cluster-scope limiting. Workers send the
 //! aggregator a `Report` each tick (every key they admitted requests for,
 //! with their running total for it); the aggregator answers every worker
-//! with a `ViewBatch` (each key's new grant for that worker: what it may
+//! with a `GrantBatch` (each key's new grant for that worker: what it may
 //! admit, from when on). Both carry their keys' bytes in one
 //! arena, and each side hands the other's buffers back over a return
 //! channel once it has read them, so a steady exchange allocates nothing.
@@ -85,7 +85,7 @@ pub struct ReportRecord {
 
 /// One key's new grant, for one worker.
 #[derive(Debug, Clone, Copy)]
-pub struct ViewRecord {
+pub struct GrantRecord {
     pub policy: u32,
     pub tier: u32,
     pub key: KeySpan,
@@ -105,7 +105,7 @@ pub struct Report {
 }
 
 #[derive(Debug)]
-pub struct ViewBatch {
+pub struct GrantBatch {
     pub snapshot: u64,
-    pub entries: Keyed<ViewRecord>,
+    pub entries: Keyed<GrantRecord>,
 }

@@ -437,7 +437,7 @@ async fn handle_request(
                 }
                 Err(d) if d.defer && !last_try => {
                     // This worker's part is spent but the node has more:
-                    // wait for the aggregator's next view.
+                    // wait for the aggregator's next grant.
                     checked.waits += 1;
                     monoio::time::sleep(snapshot.rate_limit_sync).await;
                     continue;
@@ -525,9 +525,9 @@ async fn handle_request(
     }
 }
 
-/// How many sync intervals a request may wait for a shared limit's next
-/// view (views take effect two intervals after the aggregator computes
-/// them, which is up to two intervals after a worker reports).
+/// How many sync intervals a request may wait for a bigger grant of a
+/// shared limit (a grant cycle takes about three: report, grant, two
+/// intervals until it takes effect; a cluster key adds a Redis round).
 const MAX_LIMIT_WAITS: u32 = 20;
 
 /// Where a request is in its route's rate-limit policies.

@@ -281,7 +281,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
 }
 
 /// This worker's side of node- and cluster-scope limiting: each tick, take
-/// the aggregator's views, then report the shared keys admitted since the
+/// the aggregator's grants, then report the shared keys admitted since the
 /// last tick.
 struct LimitSync {
     channels: crate::ratelimit::aggregator::WorkerChannels,
@@ -294,9 +294,9 @@ impl LimitSync {
         let generation = shard.generation();
         let mut limiter = generation.limiter.borrow_mut();
         let now = crate::ratelimit::clock::now();
-        while let Ok(batch) = self.channels.views.try_recv() {
+        while let Ok(batch) = self.channels.grants.try_recv() {
             limiter.apply(&batch, &generation.snapshot.rate_limits, now);
-            let _ = self.channels.view_returns.try_send(batch.entries);
+            let _ = self.channels.grant_returns.try_send(batch.entries);
         }
         if !shared_limits {
             return;
