@@ -2,10 +2,13 @@
 //! [warm] shipped in the worker's tick to [cold] one writer thread.
 //!
 //! A request never waits on the log: a worker only appends to its own
-//! buffer. Every tick (20 ms) it hands a full buffer to the writer over a
-//! bounded channel and takes an emptied one back, so steady state allocates
-//! nothing. If the writer falls behind (slow or full disk), or a worker's
-//! buffer is over its cap, lines are dropped and counted, never waited for.
+//! buffer. Every tick (20 ms), or at once when the buffer has no room for
+//! another line, it hands the buffer to the writer over a bounded channel
+//! and takes an emptied one back. Buffers are a fixed stock made when the
+//! worker starts and never grow (a line has a bounded size), so the log
+//! allocates nothing however late the tick or the writer runs. If the writer
+//! falls behind (slow or full disk) and no emptied buffer is back, lines are
+//! dropped and counted, never waited for and never allocated for.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
@@ -18,11 +21,25 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::snapshot::{AccessLogSpec, LogTarget};
 
-/// A worker's buffer is shipped every tick; past this size lines are
-/// dropped until the next tick (a burst the writer could not take anyway).
-const MAX_WORKER_BUFFER: usize = 4 << 20;
+/// Capacity of one line buffer. A worker ships its buffer when the next
+/// line might not fit.
+const BUFFER_BYTES: usize = 256 * 1024;
+/// Buffers each worker adds to the shared stock when it starts (besides the
+/// one it fills): enough for the writer to lag a few ticks without loss.
+const SPARE_BUFFERS_PER_WORKER: usize = 3;
 /// Buffers in flight to the writer.
 const QUEUE: usize = 64;
+/// Most bytes of the path (before escaping) and of the route name written to
+/// a line; longer ones are cut and marked with `...`. This is what bounds a
+/// line, and so what lets buffers never grow.
+const MAX_LOGGED_PATH: usize = 2048;
+const MAX_LOGGED_ROUTE: usize = 128;
+const MAX_LOGGED_REQUEST_ID: usize = 128;
+const MAX_LOGGED_METHOD: usize = 32;
+/// An upper bound on one formatted line: every logged byte may escape to six
+/// (`\u00XX`), plus the fixed fields (addresses, numbers, timestamp).
+pub const MAX_LINE_BYTES: usize =
+    6 * (MAX_LOGGED_PATH + MAX_LOGGED_ROUTE + MAX_LOGGED_REQUEST_ID + MAX_LOGGED_METHOD) + 512;
 
 pub enum LogMsg {
     Lines(Vec<u8>),
@@ -36,6 +53,7 @@ pub struct AccessLog {
     pub sample: f64,
     pub to_writer: Sender<LogMsg>,
     free: Receiver<Vec<u8>>,
+    free_tx: Sender<Vec<u8>>,
     /// Lines lost: writer errors plus lines workers dropped.
     pub dropped: Arc<AtomicU64>,
 }
@@ -44,10 +62,13 @@ impl AccessLog {
     /// Starts the writer thread for `spec`.
     pub fn start(spec: &AccessLogSpec) -> Result<AccessLog, String> {
         let (to_writer, from_workers) = bounded::<LogMsg>(QUEUE);
-        let (free_tx, free) = bounded::<Vec<u8>>(QUEUE * 2);
+        // Large enough for every worker's spares; a buffer that finds it
+        // full (cannot happen with fewer than 1 000 workers) is freed.
+        let (free_tx, free) = bounded::<Vec<u8>>(4096);
         let dropped = Arc::new(AtomicU64::new(0));
         let mut sink = Sink::open(&spec.target)?;
         let writer_dropped = dropped.clone();
+        let writer_free = free_tx.clone();
         std::thread::Builder::new()
             .name("ringgate-log".into())
             .spawn(move || {
@@ -61,7 +82,7 @@ impl AccessLog {
                                 }
                             }
                             buf.clear();
-                            let _ = free_tx.try_send(buf);
+                            let _ = writer_free.try_send(buf);
                         }
                         LogMsg::Reopen => {
                             if let Err(e) = sink.reopen() {
@@ -76,6 +97,7 @@ impl AccessLog {
             sample: spec.sample,
             to_writer,
             free,
+            free_tx,
             dropped,
         })
     }
@@ -159,9 +181,12 @@ impl WorkerLog {
         } else {
             (log.sample * u64::MAX as f64) as u64
         };
+        for _ in 0..SPARE_BUFFERS_PER_WORKER {
+            let _ = log.free_tx.try_send(Vec::with_capacity(BUFFER_BYTES));
+        }
         WorkerLog {
             log,
-            buf: RefCell::new(Vec::with_capacity(64 * 1024)),
+            buf: RefCell::new(Vec::with_capacity(BUFFER_BYTES)),
             threshold,
             rng: Cell::new(0x9e37_79b9_7f4a_7c15 ^ (worker as u64 + 1)),
             dropped: Cell::new(0),
@@ -180,15 +205,20 @@ impl WorkerLog {
         x < self.threshold
     }
 
-    /// Appends one line (if sampled). No allocation while the buffer has room.
+    /// Appends one line (if sampled). Never allocates: a buffer without
+    /// room for a whole line is shipped first, and without an emptied
+    /// buffer to take its place the line is dropped and counted.
     pub fn record(&self, e: &Entry<'_>) {
         if !self.sampled() {
             return;
         }
         let mut buf = self.buf.borrow_mut();
-        if buf.len() > MAX_WORKER_BUFFER {
-            self.dropped.set(self.dropped.get() + 1);
-            return;
+        if buf.capacity() - buf.len() < MAX_LINE_BYTES {
+            self.ship(&mut buf);
+            if buf.capacity() - buf.len() < MAX_LINE_BYTES {
+                self.dropped.set(self.dropped.get() + 1);
+                return;
+            }
         }
         format_line(&mut buf, e);
     }
@@ -200,15 +230,20 @@ impl WorkerLog {
             self.log.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         let mut buf = self.buf.borrow_mut();
-        if buf.is_empty() {
-            return;
+        if !buf.is_empty() {
+            self.ship(&mut buf);
         }
-        let replacement = self
-            .log
-            .free
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(buf.capacity()));
-        let full = std::mem::replace(&mut *buf, replacement);
+    }
+
+    /// Hands `buf`'s lines to the writer in exchange for an emptied buffer
+    /// from the stock. With none back yet, `buf` stays as it is (the caller
+    /// drops lines); with the writer's queue full, the lines are dropped and
+    /// counted and `buf` is reused.
+    fn ship(&self, buf: &mut Vec<u8>) {
+        let Ok(replacement) = self.log.free.try_recv() else {
+            return;
+        };
+        let full = std::mem::replace(buf, replacement);
         if let Err(
             TrySendError::Full(LogMsg::Lines(mut full))
             | TrySendError::Disconnected(LogMsg::Lines(mut full)),
@@ -217,8 +252,25 @@ impl WorkerLog {
             let lines = full.iter().filter(|&&b| b == b'\n').count() as u64;
             self.log.dropped.fetch_add(lines, Ordering::Relaxed);
             full.clear();
-            *buf = full;
+            let _ = self.log.free_tx.try_send(full);
         }
+    }
+}
+
+/// At most `max` bytes of `s`; `true` when it was cut.
+fn truncated(s: &[u8], max: usize) -> (&[u8], bool) {
+    if s.len() > max {
+        (&s[..max], true)
+    } else {
+        (s, false)
+    }
+}
+
+fn json_escape_bounded(out: &mut Vec<u8>, s: &[u8], max: usize) {
+    let (s, cut) = truncated(s, max);
+    json_escape(out, s);
+    if cut {
+        out.extend_from_slice(b"...");
     }
 }
 
@@ -227,13 +279,13 @@ pub fn format_line(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b"{\"ts\":\"");
     rfc3339_now(out);
     out.extend_from_slice(b"\",\"request_id\":\"");
-    json_escape(out, e.request_id);
+    json_escape_bounded(out, e.request_id, MAX_LOGGED_REQUEST_ID);
     let _ = write!(out, "\",\"client\":\"{}\",\"method\":\"", e.client.ip());
-    json_escape(out, e.method);
+    json_escape_bounded(out, e.method, MAX_LOGGED_METHOD);
     out.extend_from_slice(b"\",\"path\":\"");
-    json_escape(out, e.path);
+    json_escape_bounded(out, e.path, MAX_LOGGED_PATH);
     let _ = write!(out, "\",\"status\":{},\"route\":\"", e.status);
-    json_escape(out, e.route.as_bytes());
+    json_escape_bounded(out, e.route.as_bytes(), MAX_LOGGED_ROUTE);
     out.extend_from_slice(b"\",\"upstream\":");
     match e.upstream {
         Some(addr) => {
@@ -332,6 +384,95 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches('"').count() % 2, 0);
+    }
+
+    #[test]
+    fn a_line_never_exceeds_its_bound_whatever_the_fields() {
+        let hostile = vec![0xffu8; 20_000];
+        let route = "\u{1}".repeat(1000);
+        let mut out = Vec::new();
+        format_line(
+            &mut out,
+            &Entry {
+                request_id: &hostile,
+                client: "[2001:db8::1]:5000".parse().unwrap(),
+                method: &hostile,
+                path: &hostile,
+                status: 599,
+                route: &route,
+                upstream: Some("[2001:db8::2]:65535".parse().unwrap()),
+                bytes_in: u64::MAX,
+                bytes_out: u64::MAX,
+                duration_us: u64::MAX,
+                upstream_us: Some(u64::MAX),
+                worker: usize::MAX,
+            },
+        );
+        assert!(
+            out.len() <= MAX_LINE_BYTES,
+            "{} > {MAX_LINE_BYTES}",
+            out.len()
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\\u00ff...\""), "cut fields are marked");
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            request_id: b"id",
+            client: "127.0.0.1:1".parse().unwrap(),
+            method: b"GET",
+            path: b"/x",
+            status: 200,
+            route: "r",
+            upstream: None,
+            bytes_in: 1,
+            bytes_out: 2,
+            duration_us: 3,
+            upstream_us: None,
+            worker: 0,
+        }
+    }
+
+    #[test]
+    fn buffers_never_grow_and_lines_are_dropped_when_the_writer_lags() {
+        // A log whose writer never runs: channels only, no thread.
+        let (to_writer, from_workers) = bounded::<LogMsg>(1);
+        let (free_tx, free) = bounded::<Vec<u8>>(16);
+        let log = AccessLog {
+            sample: 1.0,
+            to_writer,
+            free,
+            free_tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let worker = WorkerLog::new(log.clone(), 0);
+        let capacity = worker.buf.borrow().capacity();
+        let per_buffer = (BUFFER_BYTES - MAX_LINE_BYTES) / 100 + 1;
+        let mut recorded = 0u64;
+        // Enough lines to fill the worker's buffer and every spare.
+        for _ in 0..per_buffer * (SPARE_BUFFERS_PER_WORKER + 3) {
+            worker.record(&entry());
+            recorded += 1;
+            assert_eq!(worker.buf.borrow().capacity(), capacity, "never grows");
+        }
+        worker.flush();
+        let shipped: u64 = from_workers
+            .try_iter()
+            .map(|m| match m {
+                LogMsg::Lines(b) => b.iter().filter(|&&c| c == b'\n').count() as u64,
+                LogMsg::Reopen => 0,
+            })
+            .sum();
+        let buffered = worker.buf.borrow().iter().filter(|&&c| c == b'\n').count() as u64;
+        let dropped = log.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0, "the writer lagged, so lines were dropped");
+        assert!(shipped > 0, "one buffer fitted in the writer's queue");
+        assert_eq!(
+            shipped + buffered + dropped,
+            recorded,
+            "every line accounted"
+        );
     }
 
     #[test]

@@ -85,6 +85,9 @@ impl Handle {
 /// does not fit drops it, and its running totals go out with the next.
 type Pair<T> = (Sender<T>, Receiver<T>);
 
+/// Grant batches that may wait in one worker's channel.
+const GRANTS_IN_FLIGHT: usize = 8;
+
 pub struct Channels {
     pub reports: Pair<Report>,
     pub grants: Vec<Pair<GrantBatch>>,
@@ -96,15 +99,21 @@ pub struct Channels {
 
 impl Channels {
     pub fn new(workers: usize) -> Channels {
+        let grant_returns = crossbeam_channel::bounded(GRANTS_IN_FLIGHT * workers + 8);
+        // The aggregator's stock of batch buffers: one per batch that can be
+        // in flight to a worker, so it never has to make one.
+        for _ in 0..GRANTS_IN_FLIGHT * workers {
+            let _ = grant_returns.0.try_send(Keyed::stock());
+        }
         Channels {
             reports: crossbeam_channel::bounded(workers * 4 + 4),
             grants: (0..workers)
-                .map(|_| crossbeam_channel::bounded(8))
+                .map(|_| crossbeam_channel::bounded(GRANTS_IN_FLIGHT))
                 .collect(),
             report_returns: (0..workers)
                 .map(|_| crossbeam_channel::bounded(8))
                 .collect(),
-            grant_returns: crossbeam_channel::bounded(workers * 8 + 8),
+            grant_returns,
         }
     }
 
@@ -241,6 +250,9 @@ struct Aggregator {
     stats: Arc<Stats>,
     /// The next batch to each worker, being built.
     batches: Vec<Keyed<GrantRecord>>,
+    /// A batch buffer kept back when a send failed (the stock's buffers
+    /// otherwise come back from the workers over `grant_returns`).
+    spare_batch: Option<Keyed<GrantRecord>>,
     /// Scratch for one key's per-worker shares.
     shares: Vec<u64>,
     cluster: Option<Cluster>,
@@ -279,7 +291,8 @@ impl Aggregator {
             snapshot,
             channels,
             stats,
-            batches: (0..n).map(|_| Keyed::default()).collect(),
+            batches: (0..n).map(|_| Keyed::stock()).collect(),
+            spare_batch: None,
             shares: vec![0; n],
             cluster,
         }
@@ -600,7 +613,16 @@ impl Aggregator {
             if self.batches[worker].is_empty() {
                 continue;
             }
-            let mut next = self.channels.grant_returns.try_recv().unwrap_or_default();
+            let Some(mut next) = self
+                .spare_batch
+                .take()
+                .or_else(|| self.channels.grant_returns.try_recv().ok())
+            else {
+                // Every buffer is in flight (workers are late returning
+                // them): this worker's grants go out with the next tick's,
+                // rather than in a newly allocated buffer.
+                continue;
+            };
             next.clear();
             let batch = GrantBatch {
                 snapshot: self.snapshot.id,
@@ -621,7 +643,7 @@ impl Aggregator {
                 }
                 let mut entries = batch.entries;
                 entries.clear();
-                self.batches[worker] = entries;
+                self.spare_batch = Some(std::mem::replace(&mut self.batches[worker], entries));
             }
         }
     }
@@ -690,11 +712,13 @@ mod tests {
                             delayed.push_back((ms + late, batch));
                         } else {
                             limiter.apply(&batch, &snapshot.rate_limits, now);
+                            let _ = channels.grant_returns.0.try_send(batch.entries);
                         }
                     }
                     while delayed.front().is_some_and(|(at, _)| *at <= ms) && w == 0 {
                         if let Some((_, batch)) = delayed.pop_front() {
                             limiter.apply(&batch, &snapshot.rate_limits, now);
+                            let _ = channels.grant_returns.0.try_send(batch.entries);
                         }
                     }
                     let mut entries = Keyed::default();

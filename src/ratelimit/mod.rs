@@ -156,7 +156,7 @@ impl Limiter {
             snapshot,
             workers: workers as u32,
             queue: ReportQueue {
-                entries: Keyed::default(),
+                entries: Keyed::stock(),
                 per_policy: vec![0; policies.len()],
             },
             next_incarnation: 1,

@@ -5,6 +5,16 @@
 //! admit, from when on). Both carry their keys' bytes in one
 //! arena, and each side hands the other's buffers back over a return
 //! channel once it has read them, so a steady exchange allocates nothing.
+//!
+//! Both sides start with a stock of buffers sized for `STOCK_RECORDS` keys
+//! and never make a new one while running: with every buffer in flight (the
+//! other side is late), a side waits a tick rather than allocate. A buffer
+//! grows only when more keys than it holds are exchanged at once.
+
+/// Records a stock buffer has room for before it grows.
+pub const STOCK_RECORDS: usize = 64;
+/// Key bytes a stock buffer has room for before it grows.
+pub const STOCK_KEY_BYTES: usize = 4096;
 
 /// Records whose keys live in one shared byte arena.
 #[derive(Debug)]
@@ -36,6 +46,14 @@ impl KeySpan {
 }
 
 impl<R> Keyed<R> {
+    /// An empty buffer with room for `STOCK_RECORDS` keys.
+    pub fn stock() -> Self {
+        Keyed {
+            records: Vec::with_capacity(STOCK_RECORDS),
+            keys: Vec::with_capacity(STOCK_KEY_BYTES),
+        }
+    }
+
     /// Appends `key` to the arena; the span goes into the record.
     pub fn push_key(&mut self, key: &[u8]) -> KeySpan {
         let start = self.keys.len() as u32;

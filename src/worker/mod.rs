@@ -164,7 +164,11 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
     let limit_sync = LimitSync {
         channels: setup.limit_sync,
-        report_buffers: RefCell::new(None),
+        report_buffers: RefCell::new(
+            (0..REPORT_STOCK)
+                .map(|_| crate::ratelimit::sync::Keyed::stock())
+                .collect(),
+        ),
     };
     let shard = Rc::new(shard);
     let mut listeners = Vec::new();
@@ -285,9 +289,15 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
 /// last tick.
 struct LimitSync {
     channels: crate::ratelimit::aggregator::WorkerChannels,
+    /// Report buffers at hand; the rest are in flight or on their way back.
     report_buffers:
-        RefCell<Option<crate::ratelimit::sync::Keyed<crate::ratelimit::sync::ReportRecord>>>,
+        RefCell<Vec<crate::ratelimit::sync::Keyed<crate::ratelimit::sync::ReportRecord>>>,
 }
+
+/// Report buffers a worker starts with: one in the limiter's queue, one in
+/// flight and one coming back is the steady state; the others cover an
+/// aggregator that runs late.
+const REPORT_STOCK: usize = 3;
 
 impl LimitSync {
     fn exchange(&self, shard: &Shard, shared_limits: bool) {
@@ -301,14 +311,18 @@ impl LimitSync {
         if !shared_limits {
             return;
         }
-        let mut entries = self
-            .report_buffers
-            .take()
+        let mut stock = self.report_buffers.borrow_mut();
+        let Some(mut entries) = stock
+            .pop()
             .or_else(|| self.channels.report_returns.try_recv().ok())
-            .unwrap_or_default();
+        else {
+            // Every buffer is with the aggregator, which runs late: the keys
+            // stay queued for the next tick rather than allocate a buffer.
+            return;
+        };
         limiter.take_report(&mut entries, now);
         if entries.is_empty() {
-            self.report_buffers.replace(Some(entries));
+            stock.push(entries);
             return;
         }
         let report = crate::ratelimit::sync::Report {
@@ -319,7 +333,7 @@ impl LimitSync {
         if let Err(e) = self.channels.reports.try_send(report) {
             // The aggregator is behind: the running totals go out next time
             // these keys are admitted.
-            self.report_buffers.replace(Some(e.into_inner().entries));
+            stock.push(e.into_inner().entries);
         }
     }
 }
