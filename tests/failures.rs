@@ -170,8 +170,15 @@ fn connection_cap_refuses_new_connections_and_spares_existing_ones() {
             );
         }
         drop(a);
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(get(gw.addr, "/").status, 200, "{driver}: capacity returns");
+        wait_until(
+            PATIENCE,
+            "capacity returns once a connection closes",
+            || {
+                let mut c = gw.conn();
+                c.try_send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                    && c.try_read_response(false).is_some_and(|r| r.status == 200)
+            },
+        );
     }
 }
 

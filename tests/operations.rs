@@ -287,7 +287,7 @@ fn log_gateway(driver: &str, up: &Upstream, log_path: &str, sample: f64) -> Gate
 }
 
 fn read_lines(path: &std::path::Path, at_least: usize) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<serde_json::Value> = text
@@ -337,7 +337,7 @@ fn access_log_writes_json_lines_and_reopens_on_sigusr1() {
         let rotated = path.with_extension("log.1");
         std::fs::rename(&path, &rotated).unwrap();
         gw.signal(libc::SIGUSR1);
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        wait_until(PATIENCE, "the log file is reopened", || path.exists());
         request(gw.addr, b"GET /api/after HTTP/1.1\r\nHost: a\r\n\r\n");
         let fresh = read_lines(&path, 1);
         assert_eq!(fresh.len(), 1, "{driver}: reopened file gets the new line");
@@ -355,15 +355,17 @@ fn a_full_disk_never_fails_requests_and_drops_are_counted() {
         c.send(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(c.read_response(false).status, 200);
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let metrics = get(gw.admin.unwrap(), "/metrics").text();
-    let dropped: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ringgate_access_log_dropped_lines_total "))
-        .expect("dropped-lines metric")
-        .parse()
-        .unwrap();
-    assert_eq!(dropped, 50.0, "{metrics}");
+    let dropped = || -> f64 {
+        get(gw.admin.unwrap(), "/metrics")
+            .text()
+            .lines()
+            .find_map(|l| l.strip_prefix("ringgate_access_log_dropped_lines_total "))
+            .expect("dropped-lines metric")
+            .parse()
+            .unwrap()
+    };
+    wait_until(PATIENCE, "50 dropped lines counted", || dropped() >= 50.0);
+    assert_eq!(dropped(), 50.0);
 }
 
 #[test]
@@ -376,8 +378,8 @@ fn access_log_sampling_keeps_about_the_configured_fraction() {
         c.send(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(c.read_response(false).status, 200);
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let n = read_lines(&path, 1).len();
+    // Shipped every tick: wait until at least the lower bound has arrived.
+    let n = read_lines(&path, 120).len();
     assert!(
         (120..=280).contains(&n),
         "{n} of 800 logged at sample = 0.25"

@@ -260,6 +260,53 @@ fn interim_103_is_relayed_before_the_final_response() {
     }
 }
 
+/// RFC 9112 §4: the reason phrase is optional and may carry obs-text; a
+/// client SHOULD ignore it. Such upstream answers are relayed with the
+/// standard phrase, for final and interim responses alike, and the
+/// connection and the worker carry on.
+#[test]
+fn status_lines_without_a_reason_or_with_obs_text_are_relayed() {
+    let variants: [(&[u8], u16, &str); 7] = [
+        (b"HTTP/1.1 200\r\n", 200, "OK"),
+        (b"HTTP/1.1 200 \r\n", 200, "OK"),
+        ("HTTP/1.1 200 Réussi\r\n".as_bytes(), 200, "OK"),
+        (b"HTTP/1.1 200 R\xe9ussi\r\n", 200, "OK"),
+        (b"HTTP/1.1 404\r\n", 404, "Not Found"),
+        (b"HTTP/1.1 299 Whatever\r\n", 299, ""),
+        (b"HTTP/1.1 200\n", 200, "OK"),
+    ];
+    for driver in drivers() {
+        for (line, status, reason) in variants {
+            let line = line.to_vec();
+            let up = Upstream::start("app", move |_| {
+                let mut raw = b"HTTP/1.1 103\r\nLink: </a>\r\n\r\n".to_vec();
+                raw.extend_from_slice(&line);
+                raw.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+                Reply::Raw(raw)
+            });
+            let gw = Gateway::start(&proxy_config(driver, &up, ""));
+            let mut c = gw.conn();
+            for _ in 0..2 {
+                c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+                let all = c.read_responses_until_final(false);
+                let what = format!("{driver} {status} {reason:?}");
+                assert_eq!(all.len(), 2, "{what}");
+                assert_eq!(
+                    (all[0].status, all[0].reason.as_str()),
+                    (103, "Early Hints")
+                );
+                assert_eq!(all[0].header("link"), Some("</a>"), "{what}");
+                assert_eq!(
+                    (all[1].status, all[1].reason.as_str()),
+                    (status, reason),
+                    "{what}"
+                );
+                assert_eq!(all[1].text(), "ok", "{what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn hop_by_hop_headers_are_removed_and_forwarded_for_is_appended() {
     for driver in drivers() {

@@ -117,15 +117,15 @@ fn two_nodes_share_one_window_quota() {
     let Some(redis) = Redis::start() else { return };
     const LIMIT: usize = 400;
     let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
     let policies = format!(
-        "[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = {LIMIT}\nwindow = \"3s\"\n"
+        "[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = {LIMIT}\nwindow = \"{window}\"\n"
     );
     let routes = "[[routes]]\nname = \"api\"\nupstream = \"app\"\nrate_limits = [\"shared\"]\n";
     let nodes = [
         gateway(redis.port, &up, 2, &policies, routes),
         gateway(redis.port, &up, 2, &policies, routes),
     ];
-    wait_for_window(Duration::from_secs(3), Duration::from_millis(150));
     let stop = Arc::new(AtomicBool::new(false));
     let per_node: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let limited = Arc::new(AtomicUsize::new(0));
@@ -180,6 +180,7 @@ fn redis_outage_gets_the_configured_answer_and_sharing_resumes() {
         return;
     };
     let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
     let mut policies = String::new();
     let mut routes = String::new();
     for (name, mode, limit) in [
@@ -188,7 +189,7 @@ fn redis_outage_gets_the_configured_answer_and_sharing_resumes() {
         ("share", "local_share", 5),
     ] {
         policies.push_str(&format!(
-            "[rate_limits.{name}]\nkey = \"global\"\nscope = \"cluster\"\nlimit = {limit}\nwindow = \"1h\"\non_redis_error = \"{mode}\"\n"
+            "[rate_limits.{name}]\nkey = \"global\"\nscope = \"cluster\"\nlimit = {limit}\nwindow = \"{window}\"\non_redis_error = \"{mode}\"\n"
         ));
         routes.push_str(&format!(
             "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"app\"\nrate_limits = [\"{name}\"]\n"
@@ -411,11 +412,12 @@ fn cluster_limits_work_over_tls_and_refuse_an_untrusted_server() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
     let start = |ca: &str| {
         let text = config(
             "auto",
             &format!(
-                "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{port}\"\ntls = true\nca_file = \"{}\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 3\nwindow = \"1h\"\non_redis_error = \"deny\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
+                "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{port}\"\ntls = true\nca_file = \"{}\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 3\nwindow = \"{window}\"\non_redis_error = \"deny\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
                 path(ca),
                 up.addr
             ),
@@ -457,7 +459,10 @@ fn with_redis_gone_each_node_keeps_its_share() {
         return;
     };
     let up = Upstream::named("app");
-    let policies = "[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 10\nwindow = \"1h\"\non_redis_error = \"local_share\"\n";
+    let (window, _) = window_with_room(TEST_ROOM);
+    let policies = &format!(
+        "[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 10\nwindow = \"{window}\"\non_redis_error = \"local_share\"\n"
+    );
     let routes = "[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n";
     let nodes = [
         gateway(redis.port, &up, 1, policies, routes),
@@ -505,10 +510,11 @@ fn redis_unreachable_from_the_start_falls_back_and_its_password_stays_secret() {
         .unwrap()
         .port();
     let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
     let text = config(
         "epoll",
         &format!(
-            "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{closed}\"\nusername = \"gw\"\npassword = \"s3cret-pa55\"\ntimeout = \"50ms\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 2\nwindow = \"1h\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\n[redis]\naddress = \"127.0.0.1:{closed}\"\nusername = \"gw\"\npassword = \"s3cret-pa55\"\ntimeout = \"50ms\"\n[rate_limits.shared]\nkey = \"global\"\nscope = \"cluster\"\nlimit = 2\nwindow = \"{window}\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n",
             up.addr
         ),
     );

@@ -73,11 +73,10 @@ fn reload_switches_routes_and_upstreams_under_load_without_failures() {
         // 1. SIGHUP: the same upstream name now points at b, plus a new route.
         std::fs::write(&path, config_to(driver, &b, "[[routes]]\nname = \"new\"\npath = \"/new\"\nrespond = { status = 201, body = \"fresh\" }\n")).unwrap();
         gw.signal(libc::SIGHUP);
-        std::thread::sleep(Duration::from_millis(400));
-        let b_before = b.request_count();
-        assert!(
-            b_before > 0,
-            "{driver}: traffic moved to the new upstream after SIGHUP"
+        wait_until(
+            PATIENCE,
+            "traffic moves to the new upstream after SIGHUP",
+            || b.request_count() > 0,
         );
         let r = get(gw.addr, "/new");
         assert_eq!(
@@ -92,8 +91,7 @@ fn reload_switches_routes_and_upstreams_under_load_without_failures() {
         assert_eq!(r.status, 200, "{driver}: {}", r.text());
         assert!(r.text().contains("workers switched"), "{}", r.text());
         let a_mark = a.request_count();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(a.request_count() > a_mark, "{driver}: traffic back on a");
+        wait_until(PATIENCE, "traffic back on a", || a.request_count() > a_mark);
         assert_eq!(
             get(gw.addr, "/new").text(),
             "a",
@@ -189,7 +187,9 @@ fn reload_starts_added_listeners_and_stops_removed_ones() {
         .unwrap();
         let r = post(admin, "/reload");
         assert_eq!(r.status, 200, "{driver}: {}", r.text());
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(PATIENCE, "the removed listener closes", || {
+            std::net::TcpStream::connect(gw.addr).is_err()
+        });
         assert!(
             std::net::TcpStream::connect(gw.addr).is_err(),
             "{driver}: the removed listener is closed"

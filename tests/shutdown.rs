@@ -26,7 +26,9 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         let mut idle = gw.conn();
         let mut busy = gw.conn();
         busy.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(PATIENCE, "the request reaches the upstream", || {
+            up.request_count() == 1
+        });
         gw.signal(libc::SIGTERM);
 
         // The idle keep-alive connection is closed promptly.
@@ -62,7 +64,9 @@ fn drain_timeout_bounds_the_wait_for_stuck_requests() {
         let mut gw = gateway(driver, &up, "500ms");
         let mut stuck = gw.conn();
         stuck.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        std::thread::sleep(Duration::from_millis(100));
+        wait_until(PATIENCE, "the request reaches the upstream", || {
+            up.request_count() == 1
+        });
         let start = Instant::now();
         gw.signal(libc::SIGTERM);
         let status = gw.wait_exit(Duration::from_secs(5)).expect("gateway exits");

@@ -26,12 +26,26 @@ pub struct Span {
 }
 
 impl Span {
+    /// The range `part` occupies in `buf`. `part` must be a slice of `buf`
+    /// (httparse hands out slices of the buffer it parsed) — except that an
+    /// empty `part` may point anywhere: httparse returns a static `""` for
+    /// some empty fields (a reason phrase that is absent or has obs-text), so
+    /// an empty part outside `buf` is the empty span at 0, never an
+    /// underflow. A non-empty part outside `buf` would be a bug; it too
+    /// becomes the empty span rather than a panic on network input.
     #[inline]
     pub fn of(buf: &[u8], part: &[u8]) -> Span {
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-        Span {
-            start: start as u32,
-            end: (start + part.len()) as u32,
+        let base = buf.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        match at.checked_sub(base) {
+            Some(start) if start + part.len() <= buf.len() => Span {
+                start: start as u32,
+                end: (start + part.len()) as u32,
+            },
+            _ => {
+                debug_assert!(part.is_empty(), "a non-empty span outside its buffer");
+                Span::default()
+            }
         }
     }
 

@@ -34,8 +34,10 @@ pub enum ResponseFraming {
 pub struct ResponseHead {
     pub len: usize,
     pub version: Version,
+    /// The reason phrase is not kept: RFC 9112 §4 lets it be absent or
+    /// carry obs-text, and a client SHOULD ignore it; the gateway writes
+    /// the standard phrase for the status instead.
     pub status: u16,
-    pub reason: Span,
     pub framing: ResponseFraming,
     /// Whether the upstream lets us reuse the connection afterwards.
     pub keep_alive: bool,
@@ -97,7 +99,6 @@ pub fn parse_response(
     } else {
         Version::Http10
     };
-    let reason = Span::of(buf, res.reason.unwrap_or("").as_bytes());
 
     let mut content_length: Option<u64> = None;
     let mut saw_transfer_encoding = false;
@@ -168,7 +169,6 @@ pub fn parse_response(
         len,
         version,
         status,
-        reason,
         framing,
         keep_alive,
         connection_names_others,
@@ -240,6 +240,44 @@ mod tests {
         assert!(parse(b"HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
         assert!(parse(b"garbage\r\n\r\n", false).is_err());
         assert!(parse(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n", false).is_err());
+    }
+
+    /// RFC 9112 §4: the reason phrase may be absent (even the space before
+    /// it) or carry obs-text; such responses are relayed, the reason ignored.
+    #[test]
+    fn status_lines_without_or_with_odd_reason_phrases_parse() {
+        for line in [
+            &b"HTTP/1.1 200\r\n"[..],
+            b"HTTP/1.1 200 \r\n",
+            "HTTP/1.1 200 Réussi\r\n".as_bytes(),
+            b"HTTP/1.1 200 R\xe9ussi\r\n",
+            b"HTTP/1.1 200 \xff\xfe\r\n",
+            b"HTTP/1.1 200 OK\tfine\r\n",
+            b"HTTP/1.1 200\n",
+        ] {
+            let mut raw = line.to_vec();
+            raw.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+            let mut headers = Vec::new();
+            let h = parse_response(&raw, 8192, 64, false, &mut headers)
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(line)))
+                .unwrap();
+            assert_eq!(h.status, 200);
+            assert_eq!(h.framing, ResponseFraming::Length(2));
+            assert_eq!(headers.len(), 1);
+            assert_eq!(headers[0].name.get(&raw), b"Content-Length");
+        }
+        for interim in [&b"HTTP/1.1 103\r\n\r\n"[..], b"HTTP/1.1 100 \xe9\r\n\r\n"] {
+            let h = parse(interim, false).unwrap().unwrap();
+            assert!(h.is_interim());
+        }
+    }
+
+    #[test]
+    fn spans_of_empty_parts_outside_the_buffer_are_empty() {
+        let buf = b"abc";
+        assert_eq!(Span::of(buf, b""), Span::default());
+        assert_eq!(Span::of(buf, &buf[1..2]), Span { start: 1, end: 2 });
+        assert_eq!(Span::of(buf, &buf[3..]), Span { start: 3, end: 3 });
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub fn chunk_start(out: &mut BytesMut, size: u64) {
 pub const CHUNK_END: &[u8] = b"\r\n";
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// The standard reason phrase, or none for a code without one here (the
+/// status line then ends `299 \r\n`, which RFC 9112 §4 allows).
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
@@ -113,7 +115,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
-        _ => "Unknown",
+        _ => "",
     }
 }
 

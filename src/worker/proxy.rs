@@ -428,11 +428,7 @@ async fn read_response_head(
 }
 
 fn write_interim(out: &mut BytesMut, conn: &UpstreamConn, response: &ResponseHead) {
-    out.put_slice(b"HTTP/1.1 ");
-    http::write::decimal(out, u64::from(response.status));
-    out.put_u8(b' ');
-    out.put_slice(response.reason.get(&conn.buf));
-    out.put_slice(b"\r\n");
+    http::write::status_line(out, response.status);
     for h in &conn.headers {
         let name = h.name.get(&conn.buf);
         if !http::is_hop_by_hop_or_framing(name) {
@@ -557,16 +553,7 @@ fn build_response_head(
     ratelimit: Option<&crate::ratelimit::Decision>,
 ) {
     let buf = &conn.buf[..];
-    out.put_slice(b"HTTP/1.1 ");
-    http::write::decimal(out, u64::from(response.status));
-    out.put_u8(b' ');
-    let reason = response.reason.get(buf);
-    out.put_slice(if reason.is_empty() {
-        http::write::reason_phrase(response.status).as_bytes()
-    } else {
-        reason
-    });
-    out.put_slice(b"\r\n");
+    http::write::status_line(out, response.status);
     let edits = &route.response_headers;
     let check_edits = !edits.is_empty();
     for h in &conn.headers {

@@ -179,6 +179,8 @@ impl Drop for Gateway {
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: u16,
+    /// The reason phrase as the gateway wrote it.
+    pub reason: String,
     pub version: u8,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -269,7 +271,7 @@ impl Conn {
     }
 
     pub fn try_read_response(&mut self, head_request: bool) -> Option<Response> {
-        let (status, version, headers, head_len) = loop {
+        let (status, reason, version, headers, head_len) = loop {
             let mut hs = [httparse::EMPTY_HEADER; 128];
             let mut res = httparse::Response::new(&mut hs);
             match res
@@ -287,7 +289,14 @@ impl Conn {
                             )
                         })
                         .collect::<Vec<_>>();
-                    break (res.code.unwrap(), res.version.unwrap(), headers, len);
+                    let reason = res.reason.unwrap_or_default().to_string();
+                    break (
+                        res.code.unwrap(),
+                        reason,
+                        res.version.unwrap(),
+                        headers,
+                        len,
+                    );
                 }
                 httparse::Status::Partial => {
                     if self.fill() == 0 {
@@ -322,6 +331,7 @@ impl Conn {
         };
         Some(Response {
             status,
+            reason,
             version,
             headers,
             body,
@@ -719,14 +729,42 @@ pub fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// Sleeps until `offset` past the next multiple of `window` on the wall
-/// clock (rate-limit windows are aligned to it).
-#[allow(dead_code)]
-pub fn wait_for_window(window: Duration, offset: Duration) {
+/// A window length whose current window has at least `room` left now.
+///
+/// Window quotas are aligned to multiples of their length on the wall clock
+/// (docs/rate-limiting.md), so a test that used a fixed window ("10m") would
+/// see the quota renewed whenever its run happened to cross a boundary. A
+/// test that finishes within `room` and uses this window stays inside one
+/// window wherever the clock is. Returns (config text, seconds).
+pub fn window_with_room(room: Duration) -> (String, u64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let w = window.as_nanos();
-    let next = (now.as_nanos() / w + 1) * w;
-    std::thread::sleep(Duration::from_nanos((next - now.as_nanos()) as u64) + offset);
+        .unwrap()
+        .as_nanos();
+    let room = room.as_nanos();
+    let first = (2 * room).div_ceil(1_000_000_000) as u64;
+    for secs in first..first * 4 {
+        let w = u128::from(secs) * 1_000_000_000;
+        if w - now % w >= room {
+            return (format!("{secs}s"), secs);
+        }
+    }
+    panic!("no window length in [2, 8) x room has room left now")
 }
+
+/// Room for any test here, on the busiest machine it must pass on.
+pub const TEST_ROOM: Duration = Duration::from_secs(900);
+
+/// Polls `cond` every 10 ms until it holds, failing the test with `what`
+/// after `limit`. End-to-end tests wait for a condition this way, never for
+/// a fixed time that a busy machine might overrun.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited {limit:?} for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a test waits for something the gateway does in the background.
+pub const PATIENCE: Duration = Duration::from_secs(15);
