@@ -122,6 +122,51 @@ fn header_keys_and_tiers_have_their_own_limits() {
     );
 }
 
+/// Switching tiers must never restart a quota: a client alternating a
+/// generous tier and none gets the generous tier's allowance, not the sum
+/// (or more, as when each switch handed out a fresh quota).
+#[test]
+fn alternating_tiers_gets_no_more_than_the_most_generous_tier() {
+    let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
+    for (policy, allowance) in [
+        (
+            format!("limit = 5\nwindow = \"{window}\"\ntier_header = \"x-plan\"\n[rate_limits.per_ip.tiers.gold]\nlimit = 10\nwindow = \"{window}\"\n"),
+            10,
+        ),
+        // One token an hour: no refill during the test.
+        (
+            "rate = \"1/h\"\nburst = 5\ntier_header = \"x-plan\"\n[rate_limits.per_ip.tiers.gold]\nrate = \"1/h\"\nburst = 10\n".to_string(),
+            10,
+        ),
+    ] {
+        for (pattern, name) in [
+            (&["gold", "none"][..], "gold first"),
+            (&["none", "gold"][..], "none first"),
+            (&["none", "none", "gold"][..], "mostly none"),
+        ] {
+            let gw = gateway(
+                "epoll",
+                &up,
+                &format!("[rate_limits.per_ip]\nkey = \"client_ip\"\n{policy}"),
+                "\"per_ip\"",
+            );
+            let mut c = gw.conn();
+            let admitted = (0..40)
+                .filter(|i| {
+                    let plan = pattern[i % pattern.len()];
+                    c.send(format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Plan: {plan}\r\n\r\n").as_bytes());
+                    c.read_response(false).status == 200
+                })
+                .count();
+            assert!(
+                (5..=allowance).contains(&admitted),
+                "{name}: {admitted} of 40 admitted, allowance {allowance}"
+            );
+        }
+    }
+}
+
 #[test]
 fn token_bucket_rate_holds_over_time() {
     let up = Upstream::named("app");
@@ -208,6 +253,16 @@ fn policies_are_validated() {
             "key must be",
         ),
         ("", "\"missing\"", "unknown rate limit `missing`"),
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nrate = \"5/s\"\ntier_header = \"x-plan\"\n[rate_limits.p.tiers.gold]\nlimit = 10\nwindow = \"1m\"\n",
+            "\"p\"",
+            "rate_limits.p.tiers.gold: a tier changes a policy's numbers, not its algorithm",
+        ),
+        (
+            "[rate_limits.p]\nkey = \"client_ip\"\nlimit = 5\nwindow = \"1m\"\ntier_header = \"x-plan\"\n[rate_limits.p.tiers.gold]\nlimit = 10\nwindow = \"1h\"\n",
+            "\"p\"",
+            "with the policy's own `window`",
+        ),
     ];
     for (policies, route, expected) in cases {
         let text = config(

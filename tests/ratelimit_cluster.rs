@@ -452,6 +452,48 @@ fn cluster_limits_work_over_tls_and_refuse_an_untrusted_server() {
     let _ = child.wait();
 }
 
+/// Two nodes that first see a key under different tiers count it on one
+/// Redis counter: alternating tiers across the cluster never gets more than
+/// the generous tier's limit.
+#[test]
+fn alternating_tiers_across_nodes_never_beat_the_generous_tier() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(redis) = Redis::start() else { return };
+    let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
+    let policies = format!(
+        "[rate_limits.shared]\nkey = \"header:x-api-key\"\nscope = \"cluster\"\nlimit = 5\nwindow = \"{window}\"\ntier_header = \"x-plan\"\n[rate_limits.shared.tiers.gold]\nlimit = 10\nwindow = \"{window}\"\n"
+    );
+    let routes = "[[routes]]\nupstream = \"app\"\nrate_limits = [\"shared\"]\n";
+    let nodes = [
+        gateway(redis.port, &up, 1, &policies, routes),
+        gateway(redis.port, &up, 1, &policies, routes),
+    ];
+    let mut conns: Vec<Conn> = nodes.iter().map(|n| n.conn()).collect();
+    let mut admitted = 0;
+    for i in 0..40 {
+        // Node 0 sees gold first, node 1 none first; then they alternate.
+        let node = i % 2;
+        let plan = if (i / 2 + node) % 2 == 0 {
+            "gold"
+        } else {
+            "none"
+        };
+        let c = &mut conns[node];
+        c.send(
+            format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice\r\nX-Plan: {plan}\r\n\r\n")
+                .as_bytes(),
+        );
+        if c.read_response(false).status == 200 {
+            admitted += 1;
+        }
+    }
+    println!("alternating tiers on two nodes: {admitted} of 40 admitted (gold allows 10)");
+    assert_eq!(up.request_count(), admitted);
+    assert!(admitted <= 10, "{admitted} admitted; gold allows 10");
+    assert!(admitted >= 5, "{admitted} admitted");
+}
+
 #[test]
 fn with_redis_gone_each_node_keeps_its_share() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

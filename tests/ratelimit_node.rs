@@ -153,6 +153,43 @@ fn a_token_bucket_rate_holds_over_ten_seconds() {
     );
 }
 
+/// Node scope: alternating tiers over many connections (so over every
+/// worker) never gets more than the generous tier's limit.
+#[test]
+fn alternating_tiers_under_node_scope_never_beat_the_generous_tier() {
+    let _serial = serial();
+    let (window, _) = window_with_room(TEST_ROOM);
+    let up = Upstream::named("app");
+    let gw = gateway(
+        &up,
+        "header:x-api-key",
+        &format!(
+            "limit = 5\nwindow = \"{window}\"\ntier_header = \"x-plan\"\n[rate_limits.shared.tiers.gold]\nlimit = 10\nwindow = \"{window}\""
+        ),
+    );
+    let mut conns: Vec<Conn> = (0..8).map(|_| gw.conn()).collect();
+    let mut admitted = 0;
+    for round in 0..10 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let plan = if (round + i) % 2 == 0 { "gold" } else { "none" };
+            c.send(
+                format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: alice\r\nX-Plan: {plan}\r\n\r\n")
+                    .as_bytes(),
+            );
+            if c.read_response(false).status == 200 {
+                admitted += 1;
+            }
+        }
+    }
+    println!("alternating tiers, node scope: {admitted} of 80 admitted (gold allows 10)");
+    assert_eq!(up.request_count(), admitted);
+    assert!(
+        admitted <= 10,
+        "{admitted} admitted; the generous tier allows 10"
+    );
+    assert!(admitted >= 5, "{admitted} admitted");
+}
+
 #[test]
 fn tiers_and_headers_under_node_scope() {
     let _serial = serial();

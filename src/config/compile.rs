@@ -698,6 +698,28 @@ fn compile_rate_limit(
             &format!("rate_limits.{name}.tiers.{tier}"),
             errors,
         ) {
+            // A key that changes tier keeps what it used (so alternating
+            // tiers cannot restart a quota), which needs one algorithm, and
+            // for windows one window length, across a policy's tiers.
+            use crate::snapshot::LimitKind;
+            let same_algorithm = match (default, kind) {
+                (LimitKind::Bucket { .. }, LimitKind::Bucket { .. }) => true,
+                (
+                    LimitKind::Window {
+                        window_nanos: a, ..
+                    },
+                    LimitKind::Window {
+                        window_nanos: b, ..
+                    },
+                ) => a == b,
+                _ => false,
+            };
+            if !same_algorithm {
+                errors.at(
+                    section,
+                    format!("rate_limits.{name}.tiers.{tier}: a tier changes a policy's numbers, not its algorithm: give it `rate` and `burst` if the policy has them, or `limit` with the policy's own `window`"),
+                );
+            }
             tiers.push((tier.as_bytes().into(), kind));
         }
     }

@@ -393,9 +393,15 @@ impl Aggregator {
                 || Ledger::new(r.tier, kind, now, workers, cluster),
                 |k| k.is_fresh(tier_kind(policy, k.tier as usize), now),
             );
-            if ledger.tier != r.tier {
+            // A key keeps the tier it is held under until its usage is
+            // fresh, whatever tier a worker reports: alternating tiers must
+            // not restart the key's quota.
+            if ledger.tier != r.tier
+                && ledger.is_fresh(tier_kind(policy, ledger.tier as usize), now)
+            {
                 *ledger = Ledger::new(r.tier, kind, now, workers, cluster);
             }
+            let kind = tier_kind(policy, ledger.tier as usize);
             let (admitted, _) = ledger.newly_admitted(report.worker, r, kind, now);
             ledger.charge(kind, admitted, r.window, source, epoch, nodes, now);
             let listed_for_claims = ledger.claims.is_some_and(|c| c.listed);
@@ -509,7 +515,6 @@ impl Aggregator {
                             redis_key: super::cluster::redis_key(
                                 &cluster.prefix,
                                 &state.policy.name,
-                                ledger.tier,
                                 key,
                                 request.window,
                             ),

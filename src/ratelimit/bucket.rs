@@ -83,6 +83,17 @@ impl TokenBucket {
         }
     }
 
+    /// The same bucket under another rate (a key that moved to another tier):
+    /// the tokens it holds at `now` are kept, rounded down, so a change of
+    /// tier never hands out tokens the key had used.
+    pub fn rescale(&mut self, now: u64, from: Rate, from_burst: u64, to: Rate) {
+        self.refill(now, from, from_burst);
+        let tokens = self.units / u128::from(from.per_nanos.max(1));
+        let fraction = self.units % u128::from(from.per_nanos.max(1));
+        self.units = tokens * u128::from(to.per_nanos)
+            + fraction * u128::from(to.per_nanos) / u128::from(from.per_nanos.max(1));
+    }
+
     /// Whether the bucket has refilled completely: such an entry is
     /// indistinguishable from a new key and can be evicted for free.
     pub fn is_full(&self, now: u64, rate: Rate, burst: u64) -> bool {

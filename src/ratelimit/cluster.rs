@@ -73,7 +73,7 @@ const NODE_LIFETIME: Duration = Duration::from_secs(3);
 /// One key's part of a round.
 #[derive(Debug, Clone)]
 pub struct Claim {
-    /// The Redis key (prefix, policy, tier, key bytes in hex, and for
+    /// The Redis key (prefix, policy, key bytes in hex, and for
     /// windows the window's start in ms).
     pub redis_key: Vec<u8>,
     pub kind: LimitKind,
@@ -228,16 +228,13 @@ fn run_round(
     Ok((nodes, results))
 }
 
-/// The Redis key for one claim.
-pub fn redis_key(
-    prefix: &str,
-    policy: &str,
-    tier: u32,
-    key: &[u8],
-    window: Option<u64>,
-) -> Vec<u8> {
+/// The Redis key for one claim. The tier is not part of it: every node
+/// counts a key's use on one counter, under whichever tier it holds the key
+/// (tiers share an algorithm and window), so nodes that saw the key claim
+/// different tiers cannot add their allowances up.
+pub fn redis_key(prefix: &str, policy: &str, key: &[u8], window: Option<u64>) -> Vec<u8> {
     use std::fmt::Write;
-    let mut k = format!("{prefix}{policy}:{tier}:");
+    let mut k = format!("{prefix}{policy}:");
     for b in key {
         let _ = write!(k, "{b:02x}");
     }

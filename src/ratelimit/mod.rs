@@ -34,7 +34,12 @@ enum State {
 }
 
 struct Slot {
+    /// The tier whose numbers the key is held to.
     tier: usize,
+    /// Shared scopes: the tier the key's latest request claimed. Reported to
+    /// the aggregator, which alone moves a key to another tier (once the
+    /// key's usage is fresh) and hands the new tier back with its grants.
+    claimed: usize,
     state: State,
 }
 
@@ -46,12 +51,17 @@ impl Slot {
                 State::Window(WindowQuota::new(now, window_nanos))
             }
         };
-        Slot { tier, state }
+        Slot {
+            tier,
+            claimed: tier,
+            state,
+        }
     }
 
     fn shared(tier: usize, kind: LimitKind, now: u64, parts: u64, incarnation: u32) -> Slot {
         Slot {
             tier,
+            claimed: tier,
             state: State::Shared(SharedSlot::new(kind, now, parts, incarnation)),
         }
     }
@@ -216,7 +226,7 @@ impl Limiter {
                 r.incarnation = s.incarnation();
                 r.window = s.window();
                 (r.grant_start, r.carried) = s.carried();
-                r.tier = slot.tier as u32;
+                r.tier = slot.claimed as u32;
                 if s.has_pending() {
                     // Report again once the pending grant is in force: the
                     // aggregator learns then what this worker carried over,
@@ -257,9 +267,13 @@ impl Limiter {
                 },
                 |s| s.fresh(tier_kind(policy, s.tier), now, parts),
             );
-            if slot.tier == tier
-                && let State::Shared(s) = &mut slot.state
-            {
+            if matches!(slot.state, State::Shared(_)) {
+                // The aggregator holds the key under one tier (the first it
+                // saw, until the key's usage is fresh): that one is in force
+                // here too, whatever tier this worker's requests claimed.
+                slot.tier = tier;
+            }
+            if let State::Shared(s) = &mut slot.state {
                 s.schedule(r.grant, r.incarnation, r.counted, now);
                 if !s.queued && self.queue.len() < MAX_REPORT {
                     // Reported once it is in force (see take_report).
@@ -323,9 +337,41 @@ impl Limiter {
             s.fresh(tier_kind(policy, s.tier), now, parts)
         });
         if slot.tier != tier_index {
-            // The key moved to another tier: it starts that tier fresh.
-            *slot = make();
+            // The key claims another tier. It never starts afresh: a client
+            // alternating tiers gets at most the most generous one's
+            // allowance (tiers of a policy share its algorithm, checked at
+            // load, so usage carries over).
+            let old = tier_kind(policy, slot.tier);
+            match &mut slot.state {
+                // Shared scopes: the aggregator holds the key under one
+                // tier and moves it (see `claimed`). Never a new entry here:
+                // admissions not yet reported would be lost with the old one.
+                State::Shared(_) => {}
+                // Worker scope: what the key used is kept; the new tier's
+                // numbers apply from now on.
+                State::Bucket(b) => match (old, kind) {
+                    (LimitKind::Bucket { rate, burst }, LimitKind::Bucket { rate: to, .. }) => {
+                        b.rescale(now, rate, burst, to);
+                        slot.tier = tier_index;
+                    }
+                    // Config validation keeps tiers on one algorithm.
+                    _ => *slot = make(),
+                },
+                State::Window(_) => match (old, kind) {
+                    (
+                        LimitKind::Window {
+                            window_nanos: a, ..
+                        },
+                        LimitKind::Window {
+                            window_nanos: b, ..
+                        },
+                    ) if a == b => slot.tier = tier_index,
+                    _ => *slot = make(),
+                },
+            }
         }
+        slot.claimed = tier_index;
+        let kind = tier_kind(policy, slot.tier);
         match &mut slot.state {
             State::Shared(s) => {
                 let decision = s.take(kind, now, parts, retry);
@@ -383,9 +429,12 @@ mod limiter_tests {
             tier_header: Some(b"x-plan".as_slice().into()),
             tiers: vec![(
                 b"gold".as_slice().into(),
-                LimitKind::Window {
-                    limit: 5,
-                    window_nanos: 60 * S,
+                LimitKind::Bucket {
+                    rate: Rate {
+                        tokens: 60,
+                        per_nanos: 60 * S,
+                    },
+                    burst: 5,
                 },
             )],
             headers: true,
@@ -408,11 +457,77 @@ mod limiter_tests {
         for _ in 0..5 {
             assert!(allowed(&mut l, b"g", Some(b"gold")));
         }
-        assert!(!allowed(&mut l, b"g", Some(b"gold")), "gold: 5 per window");
+        assert!(!allowed(&mut l, b"g", Some(b"gold")), "gold: a burst of 5");
         assert!(
             allowed(&mut l, b"c", Some(b"unknown-plan")),
             "unknown tiers use the default"
         );
+    }
+
+    /// Tier alternation never restarts a key's quota: whatever the client
+    /// alternates, it gets at most the most generous tier's allowance.
+    #[test]
+    fn alternating_tiers_never_beats_the_most_generous_tier() {
+        // Buckets (with rates in different units: 1/s and 60/min).
+        let p = policy();
+        for pattern in [
+            &[None, Some(&b"gold"[..])][..],
+            &[Some(&b"gold"[..]), None],
+            &[Some(&b"gold"[..]), Some(b"gold"), None],
+            &[None, None, Some(b"gold")],
+        ] {
+            let mut l = Limiter::new(std::slice::from_ref(&p), 1, 1);
+            let mut admitted = 0;
+            // Ten seconds of 20 requests a second.
+            for i in 0..200u64 {
+                let tier = pattern[i as usize % pattern.len()];
+                if l.check(0, &p, b"k", tier, i * S / 20).allowed {
+                    admitted += 1;
+                }
+            }
+            // Gold's allowance over 10 s: burst 5 + 1/s × 10 s.
+            assert!(admitted <= 5 + 10, "{pattern:?}: {admitted} admitted");
+            // And at least the least generous one's (burst 2 + 9 refills).
+            assert!(admitted >= 2 + 9, "{pattern:?}: {admitted} admitted");
+        }
+
+        // Windows: default 5, gold 10 per window.
+        let mut w = policy();
+        w.default = LimitKind::Window {
+            limit: 5,
+            window_nanos: 60 * S,
+        };
+        w.tiers[0].1 = LimitKind::Window {
+            limit: 10,
+            window_nanos: 60 * S,
+        };
+        let mut l = Limiter::new(std::slice::from_ref(&w), 1, 1);
+        let admitted = (0..40)
+            .filter(|i| {
+                let tier = if i % 2 == 0 { Some(&b"gold"[..]) } else { None };
+                l.check(0, &w, b"k", tier, 0).allowed
+            })
+            .count();
+        assert_eq!(admitted, 10, "at most gold's 10, never 5 + 10 or more");
+        // The next window starts afresh.
+        assert!(l.check(0, &w, b"k", None, 60 * S).allowed);
+    }
+
+    #[test]
+    fn a_bucket_keeps_its_tokens_when_rescaled_to_another_rate() {
+        let per_sec = Rate {
+            tokens: 1,
+            per_nanos: S,
+        };
+        let per_min = Rate {
+            tokens: 60,
+            per_nanos: 60 * S,
+        };
+        let mut b = TokenBucket::full(3, per_sec, 0);
+        b.take(0, per_sec, 3);
+        b.rescale(0, per_sec, 3, per_min);
+        let taken = (0..5).filter(|_| b.take(0, per_min, 10).allowed).count();
+        assert_eq!(taken, 2, "the two tokens left, no more");
     }
 
     #[test]
