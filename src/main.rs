@@ -235,7 +235,24 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
             url.clone(),
         ),
     };
-    let path = path_and_query.split('?').next().unwrap_or("/");
+    let raw_path = path_and_query.split('?').next().unwrap_or("/");
+    // Routed as the gateway would: normalized first (server.normalize_path).
+    let mut normalized = raw_path.as_bytes().to_vec();
+    if let Some(options) = snapshot.limits.normalize_path {
+        match ringgate::http::normalize_path(&mut normalized, options) {
+            Ok(len) => normalized.truncate(len),
+            Err(e) => {
+                println!("request: {method} host={host:?} path={raw_path:?}");
+                println!("result: 400 Bad Request ({})", e.reason());
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    let path = String::from_utf8_lossy(&normalized).into_owned();
+    let path = path.as_str();
+    if path != raw_path {
+        println!("normalized: {raw_path:?} -> {path:?}");
+    }
     let facts = CliFacts {
         method: method.as_bytes(),
         headers: &headers,

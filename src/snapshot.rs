@@ -41,6 +41,9 @@ pub struct ServerLimits {
     pub max_requests_per_connection: u64,
     pub drain_timeout: Duration,
     pub max_connections_per_worker: usize,
+    /// How request paths are normalized before routing; `None`: routed and
+    /// forwarded as received.
+    pub normalize_path: Option<crate::http::NormalizeOptions>,
 }
 
 #[derive(Debug, Clone)]

@@ -99,6 +99,33 @@ fn route_explains_the_match_and_the_rewrite() {
         "{stdout}"
     );
     assert!(stdout.contains("no route matches"), "{stdout}");
+
+    // Routed as the gateway routes: after path normalization.
+    let (code, stdout, _) = ringgate(&[
+        "route",
+        "-c",
+        "config/gateway.toml",
+        "GET",
+        "http://localhost/x/..//%61pi/users",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("normalized: \"/x/..//%61pi/users\" -> \"/api/users\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("MATCH  #0 api"), "{stdout}");
+    let (code, stdout, _) = ringgate(&[
+        "route",
+        "-c",
+        "config/gateway.toml",
+        "GET",
+        "http://localhost/api%2fusers",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("result: 400 Bad Request (encoded slash"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -87,6 +87,20 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         max_requests_per_connection: s.max_requests_per_connection,
         drain_timeout: s.drain_timeout.0,
         max_connections_per_worker: s.max_connections_per_worker,
+        normalize_path: s.normalize_path.then(|| crate::http::NormalizeOptions {
+            merge_slashes: s.merge_slashes,
+            encoded_slash: match s.encoded_slash.as_str() {
+                "keep" => crate::http::EncodedSlash::Keep,
+                "decode" => crate::http::EncodedSlash::Decode,
+                "reject" => crate::http::EncodedSlash::Reject,
+                other => {
+                    errors.nowhere(format!(
+                        "server.encoded_slash must be \"reject\", \"keep\" or \"decode\", not \"{other}\""
+                    ));
+                    crate::http::EncodedSlash::Reject
+                }
+            },
+        }),
     };
     if !(1024..=1 << 20).contains(&limits.max_header_bytes) {
         errors.nowhere("server.max_header_bytes must be between 1KiB and 1MiB");

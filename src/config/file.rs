@@ -189,6 +189,12 @@ pub struct ServerSection {
     pub max_requests_per_connection: u64,
     pub drain_timeout: HumanDuration,
     pub max_connections_per_worker: usize,
+    /// Normalize request paths before routing (RFC 3986 §6.2.2).
+    pub normalize_path: bool,
+    /// With normalize_path: merge runs of slashes.
+    pub merge_slashes: bool,
+    /// With normalize_path: "reject" (default), "keep" or "decode" `%2F`.
+    pub encoded_slash: String,
 }
 
 impl Default for ServerSection {
@@ -204,6 +210,9 @@ impl Default for ServerSection {
             max_requests_per_connection: 0,
             drain_timeout: HumanDuration(Duration::from_secs(30)),
             max_connections_per_worker: 10_000,
+            normalize_path: true,
+            merge_slashes: true,
+            encoded_slash: "reject".into(),
         }
     }
 }

@@ -9,11 +9,13 @@
 pub mod chunked;
 pub mod request;
 pub mod response;
+pub mod target;
 pub mod write;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Step};
 pub use request::{BodyFraming, Method, ParseError, RequestHead, parse_request};
 pub use response::{ResponseError, ResponseFraming, ResponseHead, parse_response};
+pub use target::{EncodedSlash, NormalizeOptions, TargetError, normalize_path};
 
 /// Most header lines a head may carry; heads with more are refused (431/502).
 pub const MAX_HEADERS: usize = 256;

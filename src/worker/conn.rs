@@ -293,6 +293,22 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// Normalizes the request path in the read buffer (it never grows), so
+/// that routing, every later phase and the upstream see one spelling of it.
+fn normalize_target(
+    buf: &mut BytesMut,
+    mut head: RequestHead,
+    limits: &crate::snapshot::ServerLimits,
+) -> Result<RequestHead, Failure> {
+    if let Some(options) = limits.normalize_path {
+        let (start, end) = (head.path.start as usize, head.path.end as usize);
+        let len = http::normalize_path(&mut buf[start..end], options)
+            .map_err(|e| Failure::BadRequest(e.reason()))?;
+        head.path.end = head.path.start + len as u32;
+    }
+    Ok(head)
+}
+
 async fn read_head(
     shard: &Shard,
     snapshot: &Snapshot,
@@ -311,7 +327,12 @@ async fn read_head(
                 limits.max_headers,
                 &mut client.headers,
             ) {
-                Ok(Some(head)) => return HeadOutcome::Head(head),
+                Ok(Some(head)) => {
+                    return match normalize_target(&mut client.buf, head, limits) {
+                        Ok(head) => HeadOutcome::Head(head),
+                        Err(failure) => HeadOutcome::Failed(failure),
+                    };
+                }
                 Ok(None) => {}
                 Err(e) => return HeadOutcome::Failed(e.into()),
             }
