@@ -12,6 +12,9 @@ pub enum Failure {
     BadRequest(&'static str),
     /// Head larger than `max_header_bytes` or too many header lines (431, close).
     HeadTooLarge,
+    /// A request line (target) longer than `max_header_bytes` (414, close;
+    /// RFC 9112 §3).
+    UriTooLong,
     /// Body larger than the route's limit (413, close).
     BodyTooLarge,
     /// Head not received within `header_read_timeout` (408, close).
@@ -43,7 +46,7 @@ pub enum Failure {
 }
 
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 14;
+pub const FAILURE_KINDS: usize = 15;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -67,12 +70,14 @@ impl Failure {
             reset: 0,
             retry_after: 0,
         },
+        Failure::UriTooLong,
     ];
 
     pub fn status(self) -> u16 {
         match self {
             Failure::BadRequest(_) | Failure::BadRequestBody(_) => 400,
             Failure::HeadTooLarge => 431,
+            Failure::UriTooLong => 414,
             Failure::BodyTooLarge => 413,
             Failure::HeaderTimeout => 408,
             Failure::NotFound => 404,
@@ -91,6 +96,7 @@ impl Failure {
         match self {
             Failure::BadRequest(_) => "bad_request",
             Failure::HeadTooLarge => "header_too_large",
+            Failure::UriTooLong => "uri_too_long",
             Failure::BodyTooLarge => "body_too_large",
             Failure::HeaderTimeout => "header_timeout",
             Failure::NotFound => "no_route",
@@ -122,6 +128,7 @@ impl Failure {
             Failure::UpstreamTimeout => 11,
             Failure::BadRequestBody(_) => 12,
             Failure::RateLimited { .. } => 13,
+            Failure::UriTooLong => 14,
         }
     }
 
@@ -132,6 +139,7 @@ impl Failure {
             | Failure::NotImplemented(why) => why,
             Failure::UpstreamMalformed(why) => why,
             Failure::HeadTooLarge => "request head exceeds the configured limit",
+            Failure::UriTooLong => "request target exceeds the configured limit",
             Failure::BodyTooLarge => "request body exceeds the route's limit",
             Failure::HeaderTimeout => "request head not received in time",
             Failure::NotFound => "no route matches this request",
@@ -215,6 +223,7 @@ impl From<ParseError> for Failure {
         match e {
             ParseError::Malformed(why) => Failure::BadRequest(why),
             ParseError::TooManyHeaders | ParseError::HeadTooLarge => Failure::HeadTooLarge,
+            ParseError::UriTooLong => Failure::UriTooLong,
             ParseError::BadHost => {
                 Failure::BadRequest("HTTP/1.1 requests need exactly one valid Host header")
             }

@@ -225,6 +225,45 @@ fn direct_response_route_answers_without_an_upstream() {
     }
 }
 
+/// 204 and 304 never carry a body or its length: a configured body is
+/// refused at load, and the answer has neither.
+#[test]
+fn direct_204_and_304_carry_no_body() {
+    for status in [204, 304] {
+        let gw = Gateway::start(&config(
+            "epoll",
+            &format!("[[routes]]\nrespond = {{ status = {status} }}\n"),
+        ));
+        let mut c = gw.conn();
+        for _ in 0..2 {
+            c.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let r = c.read_response(false);
+            assert_eq!(r.status, status);
+            assert_eq!(r.header("content-length"), None, "{status}");
+            assert_eq!(r.header("transfer-encoding"), None, "{status}");
+        }
+        let path = temp_path("bodied.toml");
+        std::fs::write(
+            &path,
+            config(
+                "epoll",
+                &format!("[[routes]]\nrespond = {{ status = {status}, body = \"x\" }}\n"),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+            .args(["check", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{status} with a body is refused");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("never carries a body"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn default_embedded_config_serves_a_welcome() {
     // The embedded default binds 127.0.0.1:8080, which may be taken on a

@@ -490,6 +490,12 @@ fn compile_route(
             if !is_field_value(resp.content_type.as_bytes()) {
                 errors.at(spanned, "respond.content_type must be a valid header value");
             }
+            if matches!(status, 204 | 304) && !resp.body.is_empty() {
+                errors.at(
+                    &resp.status,
+                    format!("respond.status {status} never carries a body (RFC 9110 §15.3.5, §15.4.5): remove respond.body or use 200"),
+                );
+            }
             RouteAction::Respond {
                 status,
                 content_type: Bytes::from(resp.content_type.clone()),

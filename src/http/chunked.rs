@@ -42,6 +42,9 @@ pub enum Step {
 enum State {
     SizeStart,
     Size,
+    /// Whitespace after the size: only more of it or `;` may follow
+    /// (RFC 9112 §7.1.1, BWS before a chunk extension).
+    SizeWhitespace,
     Extension,
     SizeLf,
     Data,
@@ -113,6 +116,11 @@ impl ChunkedDecoder {
                             self.state = State::SizeLf;
                             continue;
                         }
+                        b' ' | b'\t' if self.state == State::Size => {
+                            self.state = State::SizeWhitespace;
+                            self.bump_line()?;
+                            continue;
+                        }
                         _ => return Err(ChunkError::BadSize),
                     };
                     if self.size > (u64::MAX >> 4) {
@@ -122,6 +130,12 @@ impl ChunkedDecoder {
                     self.state = State::Size;
                     self.bump_line()?;
                 }
+                State::SizeWhitespace => match b {
+                    b' ' | b'\t' => self.bump_line()?,
+                    b';' => self.state = State::Extension,
+                    // "5 \r\n" or "5 6": not a size any parser agrees on.
+                    _ => return Err(ChunkError::BadSize),
+                },
                 State::Extension => match b {
                     b'\r' => self.state = State::SizeLf,
                     b'\n' => return Err(ChunkError::BadLineEnding),
@@ -272,6 +286,11 @@ mod tests {
         );
         assert_eq!(
             decode(b"5 \r\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadSize),
+            "whitespace after a size is only allowed before an extension"
+        );
+        assert_eq!(
+            decode(b"5 6\r\nhello\r\n0\r\n\r\n", 64),
             Err(ChunkError::BadSize)
         );
         assert_eq!(
@@ -299,6 +318,62 @@ mod tests {
             Err(ChunkError::BadLineEnding)
         );
         assert_eq!(decode(b"0\r\n\n", 64), Err(ChunkError::BadLineEnding));
+    }
+
+    /// RFC 9112 §7.1.1: BWS may precede the `;` of an extension, and
+    /// unrecognized extensions are ignored (dropped, never forwarded).
+    #[test]
+    fn accepts_whitespace_before_extensions_and_drops_them() {
+        let body = b"5 ;x\r\nhello\r\n3\t; a=b ; c=\"d e\"\r\nabc\r\nA \t ;z\r\n0123456789\r\n0 ;last\r\n\r\n";
+        for piece in 1..body.len() {
+            let (data, sizes) = decode(body, piece).unwrap();
+            assert_eq!(data, b"helloabc0123456789");
+            assert_eq!(sizes, vec![5, 3, 10]);
+        }
+    }
+
+    #[test]
+    fn sizes_take_upper_and_lower_case_hex_up_to_u64_max() {
+        let (data, sizes) =
+            decode(b"A\r\n0123456789\r\nb\r\n0123456789a\r\n0\r\n\r\n", 64).unwrap();
+        assert_eq!(sizes, vec![10, 11]);
+        assert_eq!(data.len(), 21);
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(
+            d.step(b"FFFFFFFFFFFFFFFF\r\n"),
+            Ok(Step::ChunkStart {
+                consumed: 18,
+                size: u64::MAX
+            })
+        );
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(
+            d.step(b"10000000000000000\r\n"),
+            Err(ChunkError::SizeOverflow),
+            "2^64 does not fit"
+        );
+        let mut d = ChunkedDecoder::new();
+        assert_eq!(
+            d.step(b"0000000000000000000001\r\n"),
+            Ok(Step::ChunkStart {
+                consumed: 24,
+                size: 1
+            }),
+            "leading zeros are not an overflow"
+        );
+    }
+
+    #[test]
+    fn bounds_trailer_length() {
+        let mut body = b"0\r\n".to_vec();
+        for i in 0..(MAX_TRAILERS / 8) {
+            body.extend_from_slice(format!("X-T{i:05}: abcd\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n");
+        assert_eq!(decode(&body, 64), Err(ChunkError::BadTrailer));
+        let mut ok = b"0\r\n".to_vec();
+        ok.extend_from_slice(b"X-T: 1\r\n\r\n");
+        assert!(decode(&ok, 64).is_ok());
     }
 
     #[test]

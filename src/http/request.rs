@@ -18,6 +18,8 @@ pub enum ParseError {
     TooManyHeaders,
     /// Head larger than `max_header_bytes` (431).
     HeadTooLarge,
+    /// The request line alone is longer than `max_header_bytes` (414).
+    UriTooLong,
     /// HTTP/1.1 without exactly one Host, or more than one Host (400).
     BadHost,
     /// Content-Length together with Transfer-Encoding (400).
@@ -134,7 +136,7 @@ pub fn parse_request(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > max_header_bytes {
-                Err(ParseError::HeadTooLarge)
+                Err(too_large(buf, max_header_bytes))
             } else {
                 Ok(None)
             };
@@ -143,7 +145,7 @@ pub fn parse_request(
         Err(e) => return Err(ParseError::Malformed(httparse_reason(e))),
     };
     if len > max_header_bytes {
-        return Err(ParseError::HeadTooLarge);
+        return Err(too_large(buf, max_header_bytes));
     }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(ParseError::Malformed("incomplete request line"));
@@ -268,10 +270,24 @@ pub fn parse_request(
         version,
         framing,
         keep_alive,
-        expect_continue: expect_continue && framing != BodyFraming::None,
+        // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0
+        // request is ignored (1.0 clients do not know interim responses).
+        expect_continue: expect_continue
+            && framing != BodyFraming::None
+            && version == Version::Http11,
         connection_names_others,
         upgrade,
     }))
+}
+
+/// 414 when the request line does not end within the limit (its target is
+/// what is too long), else 431.
+fn too_large(buf: &[u8], max_header_bytes: usize) -> ParseError {
+    if buf[..max_header_bytes.min(buf.len())].contains(&b'\n') {
+        ParseError::HeadTooLarge
+    } else {
+        ParseError::UriTooLong
+    }
 }
 
 /// Splits the request target into (path, query, authority-if-absolute-form).

@@ -488,10 +488,15 @@ async fn handle_request(
             let close = close_after || has_body;
             client.out.clear();
             http::write::status_line(&mut client.out, *status);
-            client.out.put_slice(b"content-type: ");
-            client.out.put_slice(content_type);
-            client.out.put_slice(b"\r\n");
-            http::write::content_length(&mut client.out, body.len() as u64);
+            // 204 and 304 carry neither a body nor its headers (a body is
+            // refused at load).
+            let bodiless = matches!(*status, 204 | 304);
+            if !bodiless {
+                client.out.put_slice(b"content-type: ");
+                client.out.put_slice(content_type);
+                client.out.put_slice(b"\r\n");
+                http::write::content_length(&mut client.out, body.len() as u64);
+            }
             write_route_headers(&mut client.out, route);
             http::write::header(
                 &mut client.out,
@@ -506,7 +511,7 @@ async fn handle_request(
             } else {
                 b"\r\n"
             });
-            if head.method != Method::Head {
+            if head.method != Method::Head && !bodiless {
                 client.out.put_slice(body);
             }
             client.buf.advance(head.len);

@@ -319,11 +319,14 @@ async fn send_request_body(
     head: &RequestHead,
 ) -> Result<u64, Failure> {
     if head.expect_continue && client.buf.is_empty() {
-        let (result, _) = client
+        // Bounded like every other write to a client that may not read.
+        let write = client
             .stream
-            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
-            .await;
-        result.map_err(|_| Failure::BadRequestBody("client went away"))?;
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
+        match monoio::time::timeout(snapshot.limits.idle_timeout, write).await {
+            Ok((Ok(_), _)) => {}
+            _ => return Err(Failure::BadRequestBody("client went away")),
+        }
     }
     let mut relay = Relay {
         src: &mut client.stream,
