@@ -66,18 +66,35 @@ pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     }
 }
 
-/// Longest bulk string or array accepted from the server (a guard against
-/// a confused or hostile peer).
+/// Bounds on what the server may send (a guard against a confused or
+/// hostile peer): the longest bulk string, the most array items, the longest
+/// simple line, and how deeply arrays nest (ringgate's replies nest once).
 const MAX_REPLY_LEN: usize = 64 << 20;
+const MAX_ARRAY_ITEMS: usize = 1 << 20;
+const MAX_LINE: usize = 64 * 1024;
+const MAX_DEPTH: usize = 8;
 
 pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, RedisError> {
+    read_reply_at(r, 0)
+}
+
+fn read_reply_at(r: &mut impl BufRead, depth: usize) -> Result<Reply, RedisError> {
+    if depth > MAX_DEPTH {
+        return Err(RedisError::Protocol("arrays nested too deeply".into()));
+    }
     let mut line = Vec::new();
-    r.read_until(b'\n', &mut line)?;
+    r.by_ref()
+        .take(MAX_LINE as u64 + 2)
+        .read_until(b'\n', &mut line)?;
     if line.is_empty() {
         return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
     }
     if !line.ends_with(b"\r\n") {
-        return Err(RedisError::Protocol("reply line without CRLF".into()));
+        return Err(RedisError::Protocol(if line.len() > MAX_LINE {
+            "reply line too long".into()
+        } else {
+            "reply line without CRLF".into()
+        }));
     }
     let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
     let number = || {
@@ -97,8 +114,15 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, RedisError> {
             if n > MAX_REPLY_LEN {
                 return Err(RedisError::Protocol(format!("bulk of {n} bytes")));
             }
-            let mut body = vec![0; n + 2];
-            r.read_exact(&mut body)?;
+            // Read as it arrives rather than allocating what the peer claims.
+            let mut body = Vec::with_capacity(n.min(64 * 1024) + 2);
+            r.by_ref().take(n as u64 + 2).read_to_end(&mut body)?;
+            if body.len() != n + 2 {
+                return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            if !body.ends_with(b"\r\n") {
+                return Err(RedisError::Protocol("bulk string without CRLF".into()));
+            }
             body.truncate(n);
             Ok(Reply::Bulk(Some(body)))
         }
@@ -108,12 +132,12 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, RedisError> {
                 return Ok(Reply::Array(None));
             }
             let n = n as usize;
-            if n > MAX_REPLY_LEN / 16 {
+            if n > MAX_ARRAY_ITEMS {
                 return Err(RedisError::Protocol(format!("array of {n} items")));
             }
-            let mut items = Vec::with_capacity(n);
+            let mut items = Vec::with_capacity(n.min(64));
             for _ in 0..n {
-                items.push(read_reply(r)?);
+                items.push(read_reply_at(r, depth + 1)?);
             }
             Ok(Reply::Array(Some(items)))
         }
@@ -124,32 +148,61 @@ pub fn read_reply(r: &mut impl BufRead) -> Result<Reply, RedisError> {
 }
 
 /// The connection's byte stream: plain TCP, or TLS over it (rustls,
-/// blocking; the socket's timeouts bound every read and write).
-enum Stream {
+/// blocking). Every read and write is bounded by the deadline of the round
+/// trip in progress, not just by a per-read timeout (a server trickling a
+/// byte at a time could otherwise hold a round for ever).
+struct Stream {
+    kind: StreamKind,
+    deadline: Option<std::time::Instant>,
+}
+
+enum StreamKind {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
+impl Stream {
+    /// Sets the socket's timeouts to what is left before the deadline.
+    fn arm(&mut self) -> std::io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let socket = match &self.kind {
+            StreamKind::Plain(s) => s,
+            StreamKind::Tls(s) => &s.sock,
+        };
+        socket.set_read_timeout(Some(left))?;
+        socket.set_write_timeout(Some(left))
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
+        self.arm()?;
+        match &mut self.kind {
+            StreamKind::Plain(s) => s.read(buf),
+            StreamKind::Tls(s) => s.read(buf),
         }
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
+        self.arm()?;
+        match &mut self.kind {
+            StreamKind::Plain(s) => s.write(buf),
+            StreamKind::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
+        self.arm()?;
+        match &mut self.kind {
+            StreamKind::Plain(s) => s.flush(),
+            StreamKind::Tls(s) => s.flush(),
         }
     }
 }
@@ -176,6 +229,8 @@ pub fn tls_config(
 pub struct Connection {
     io: BufReader<Stream>,
     buf: Vec<u8>,
+    /// The longest one round trip (command and whole reply) may take.
+    timeout: Duration,
 }
 
 impl Connection {
@@ -216,13 +271,17 @@ impl Connection {
                         .complete_io(&mut tls.sock)
                         .map_err(RedisError::Io)?;
                 }
-                Stream::Tls(Box::new(tls))
+                StreamKind::Tls(Box::new(tls))
             }
-            _ => Stream::Plain(stream),
+            _ => StreamKind::Plain(stream),
         };
         let mut conn = Connection {
-            io: BufReader::new(stream),
+            io: BufReader::new(Stream {
+                kind: stream,
+                deadline: None,
+            }),
             buf: Vec::new(),
+            timeout,
         };
         if let Some(password) = &spec.password {
             let reply = match &spec.username {
@@ -243,9 +302,12 @@ impl Connection {
         self.buf.clear();
         encode(&mut self.buf, args);
         let stream = self.io.get_mut();
+        stream.deadline = Some(std::time::Instant::now() + self.timeout);
         stream.write_all(&self.buf)?;
         stream.flush()?;
-        read_reply(&mut self.io)
+        let reply = read_reply(&mut self.io);
+        self.io.get_mut().deadline = None;
+        reply
     }
 
     /// Runs `script` by its SHA-1, loading it when the server lacks it.
@@ -292,49 +354,14 @@ impl Script {
     }
 }
 
-/// SHA-1 (FIPS 180-4), only to name scripts for EVALSHA.
+/// SHA-1, only to name scripts for EVALSHA (ring's, already linked
+/// through rustls).
 fn sha1_hex(data: &[u8]) -> String {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    let bits = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bits.to_be_bytes());
-    for block in msg.chunks(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-    h.iter().map(|x| format!("{x:08x}")).collect()
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -366,10 +393,26 @@ mod tests {
         assert!(
             matches!(read_reply(&mut err).unwrap(), Reply::Error(e) if e.starts_with("NOSCRIPT"))
         );
-        for bad in [&b"?x\r\n"[..], b":12", b"$99999999999\r\n", b":abc\r\n"] {
+        for bad in [&b"?x\r\n"[..], b":12", b"$99999999999\r\n", b":abc\r\n", b"$3\r\nabcXY", b"$3\r\nab"] {
             let mut r = bad;
             assert!(read_reply(&mut r).is_err(), "{bad:?}");
         }
+        // Bounds: nesting (no stack overflow), line length, array claims.
+        let mut deep = b"*1\r\n".repeat(100_000);
+        deep.extend_from_slice(b":1\r\n");
+        assert!(matches!(read_reply(&mut &deep[..]), Err(RedisError::Protocol(m)) if m.contains("nested")));
+        let mut long = b"+".to_vec();
+        long.resize(10 * MAX_LINE, b'a');
+        long.extend_from_slice(b"\r\n");
+        assert!(matches!(read_reply(&mut &long[..]), Err(RedisError::Protocol(m)) if m.contains("too long")));
+        let mut nested_ok: &[u8] = b"*1\r\n*1\r\n:7\r\n";
+        assert_eq!(
+            read_reply(&mut nested_ok).unwrap(),
+            Reply::Array(Some(vec![Reply::Array(Some(vec![Reply::Integer(7)]))]))
+        );
+        // A claimed huge array with nothing behind it fails without
+        // reserving memory for it.
+        assert!(read_reply(&mut &b"*1000000\r\n"[..]).is_err());
         let mut out = Vec::new();
         encode(&mut out, &[b"GET", b"k"]);
         assert_eq!(out, b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
