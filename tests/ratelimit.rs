@@ -167,6 +167,33 @@ fn alternating_tiers_gets_no_more_than_the_most_generous_tier() {
     }
 }
 
+/// Long header keys are stored in a bounded form (prefix + hash) that still
+/// tells keys apart.
+#[test]
+fn long_header_keys_keep_separate_quotas() {
+    let up = Upstream::named("app");
+    let (window, _) = window_with_room(TEST_ROOM);
+    let gw = gateway(
+        "epoll",
+        &up,
+        &format!(
+            "[rate_limits.per_key]\nkey = \"header:x-api-key\"\nlimit = 1\nwindow = \"{window}\"\n"
+        ),
+        "\"per_key\"",
+    );
+    let long = "k".repeat(8000);
+    let status = |key: &str| {
+        request(
+            gw.addr,
+            format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: {key}\r\n\r\n").as_bytes(),
+        )
+        .status
+    };
+    assert_eq!(status(&format!("{long}1")), 200);
+    assert_eq!(status(&format!("{long}2")), 200, "differs only at the end");
+    assert_eq!(status(&format!("{long}1")), 429, "the same long key again");
+}
+
 #[test]
 fn token_bucket_rate_holds_over_time() {
     let up = Upstream::named("app");

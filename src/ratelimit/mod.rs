@@ -553,6 +553,28 @@ mod limiter_tests {
     }
 
     #[test]
+    fn long_keys_are_stored_bounded_and_still_tell_keys_apart() {
+        let mut a_scratch = [0u8; HASHED_KEY_LEN];
+        let mut b_scratch = [0u8; HASHED_KEY_LEN];
+        let short = b"client-1";
+        assert_eq!(bounded_key(short, &mut a_scratch), short);
+        let exactly = [b'k'; MAX_RAW_KEY];
+        assert_eq!(bounded_key(&exactly, &mut a_scratch), &exactly[..]);
+        let long_a = [b'x'; 16 * 1024];
+        let mut long_b = long_a;
+        long_b[16 * 1024 - 1] = b'y';
+        let a = bounded_key(&long_a, &mut a_scratch).to_vec();
+        let b = bounded_key(&long_b, &mut b_scratch).to_vec();
+        assert_eq!(a.len(), HASHED_KEY_LEN);
+        assert_ne!(a, b, "keys differing only at the end stay apart");
+        assert_eq!(
+            bounded_key(&long_a, &mut b_scratch),
+            &a[..],
+            "deterministic"
+        );
+    }
+
+    #[test]
     fn headers_carry_limit_remaining_and_reset() {
         let mut out = BytesMut::new();
         write_headers(
@@ -619,6 +641,28 @@ impl IpNet {
 /// trusted proxy, in which case the right-most X-Forwarded-For entry that is
 /// not itself a trusted proxy (entries further left are the client's own
 /// claims and could be forged). `xff` yields header values in order.
+/// Longest key stored as it is; longer keys (a `header:NAME` value may be
+/// up to the whole head) are stored as `KEY_PREFIX` bytes of the key and a
+/// 128-bit SHA-256 prefix of all of it, so `max_keys` bounds memory.
+pub const MAX_RAW_KEY: usize = 64;
+const KEY_PREFIX: usize = MAX_RAW_KEY;
+/// The stored form of a long key: never the length of a raw one, so the two
+/// cannot collide; the same on every worker and node (keys of node and
+/// cluster limits must agree across them).
+pub const HASHED_KEY_LEN: usize = KEY_PREFIX + 16;
+const _: () = assert!(HASHED_KEY_LEN > MAX_RAW_KEY);
+
+/// `key` if it is short, else its bounded stored form, written to `scratch`.
+pub fn bounded_key<'a>(key: &'a [u8], scratch: &'a mut [u8; HASHED_KEY_LEN]) -> &'a [u8] {
+    if key.len() <= MAX_RAW_KEY {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    scratch[..KEY_PREFIX].copy_from_slice(&key[..KEY_PREFIX]);
+    scratch[KEY_PREFIX..].copy_from_slice(&digest.as_ref()[..16]);
+    &scratch[..]
+}
+
 pub fn client_ip_key<'a>(
     peer: std::net::IpAddr,
     peer_text: &'a [u8],

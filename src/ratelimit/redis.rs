@@ -393,18 +393,29 @@ mod tests {
         assert!(
             matches!(read_reply(&mut err).unwrap(), Reply::Error(e) if e.starts_with("NOSCRIPT"))
         );
-        for bad in [&b"?x\r\n"[..], b":12", b"$99999999999\r\n", b":abc\r\n", b"$3\r\nabcXY", b"$3\r\nab"] {
+        for bad in [
+            &b"?x\r\n"[..],
+            b":12",
+            b"$99999999999\r\n",
+            b":abc\r\n",
+            b"$3\r\nabcXY",
+            b"$3\r\nab",
+        ] {
             let mut r = bad;
             assert!(read_reply(&mut r).is_err(), "{bad:?}");
         }
         // Bounds: nesting (no stack overflow), line length, array claims.
         let mut deep = b"*1\r\n".repeat(100_000);
         deep.extend_from_slice(b":1\r\n");
-        assert!(matches!(read_reply(&mut &deep[..]), Err(RedisError::Protocol(m)) if m.contains("nested")));
+        assert!(
+            matches!(read_reply(&mut &deep[..]), Err(RedisError::Protocol(m)) if m.contains("nested"))
+        );
         let mut long = b"+".to_vec();
         long.resize(10 * MAX_LINE, b'a');
         long.extend_from_slice(b"\r\n");
-        assert!(matches!(read_reply(&mut &long[..]), Err(RedisError::Protocol(m)) if m.contains("too long")));
+        assert!(
+            matches!(read_reply(&mut &long[..]), Err(RedisError::Protocol(m)) if m.contains("too long"))
+        );
         let mut nested_ok: &[u8] = b"*1\r\n*1\r\n:7\r\n";
         assert_eq!(
             read_reply(&mut nested_ok).unwrap(),

@@ -600,6 +600,8 @@ fn check_rate_limits(
             LimitKey::Route => route.name.as_bytes(),
             LimitKey::Global => b"",
         };
+        let mut scratch = [0u8; crate::ratelimit::HASHED_KEY_LEN];
+        let key = crate::ratelimit::bounded_key(key, &mut scratch);
         let tier = policy.tier_header.as_deref().and_then(|h| client.header(h));
         let decision = limiter.check_again(index, policy, key, tier, now, progress.waits > 0);
         if !decision.allowed {
