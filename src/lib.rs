@@ -13,6 +13,8 @@ pub mod accesslog;
 pub mod config;
 pub mod control;
 pub mod failure;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;

@@ -384,6 +384,84 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 mod tests {
     use super::*;
 
+    /// What a head parsed to, as owned values (spans resolved).
+    fn parsed(buf: &[u8], head: &RequestHead, headers: &[HeaderSpan]) -> Vec<Vec<u8>> {
+        let mut out = vec![
+            head.method_span.get(buf).to_vec(),
+            head.path.get(buf).to_vec(),
+            head.query.get(buf).to_vec(),
+            head.host.map(|h| h.get(buf).to_vec()).unwrap_or_default(),
+            format!("{:?} {:?} {}", head.framing, head.version, head.keep_alive).into_bytes(),
+        ];
+        for h in headers {
+            out.push(h.name.get(buf).to_vec());
+            out.push(h.value.get(buf).to_vec());
+        }
+        out
+    }
+
+    /// Parses a pipelined stream the way the worker does: heads from the
+    /// front of a buffer that grows by `pieces`; bodies (Content-Length
+    /// only here) skipped.
+    fn parse_stream(pieces: &[&[u8]]) -> Vec<Vec<Vec<u8>>> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut headers = Vec::new();
+        let mut requests = Vec::new();
+        let mut body_left = 0usize;
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                if body_left > 0 {
+                    let n = body_left.min(buf.len());
+                    buf.drain(..n);
+                    body_left -= n;
+                    if body_left > 0 {
+                        break;
+                    }
+                }
+                match parse_request(&buf, 8192, 64, &mut headers).unwrap() {
+                    Some(head) => {
+                        requests.push(parsed(&buf, &head, &headers));
+                        body_left = match head.framing {
+                            BodyFraming::Length(n) => n as usize,
+                            _ => 0,
+                        };
+                        buf.drain(..head.len);
+                    }
+                    None => break,
+                }
+            }
+        }
+        assert!(buf.is_empty() && body_left == 0, "stream fully consumed");
+        requests
+    }
+
+    /// Any byte split of a valid pipelined stream parses to the same
+    /// requests: every single split point, and every pair of split points
+    /// (three pieces), exhaustively.
+    #[test]
+    fn any_split_of_a_pipelined_stream_parses_to_the_same_requests() {
+        let stream: &[u8] = b"GET /a?x=1 HTTP/1.1\r\nHost: one\r\nAccept: */*\r\n\r\n\
+POST /b HTTP/1.1\r\nHost: two\r\nContent-Length: 5\r\n\r\nhello\
+GET http://three/c HTTP/1.1\r\nHost: ignored\r\nConnection: close\r\n\r\n";
+        let whole = parse_stream(&[stream]);
+        assert_eq!(whole.len(), 3);
+        for i in 0..=stream.len() {
+            assert_eq!(
+                parse_stream(&[&stream[..i], &stream[i..]]),
+                whole,
+                "split at {i}"
+            );
+            for j in i..=stream.len() {
+                assert_eq!(
+                    parse_stream(&[&stream[..i], &stream[i..j], &stream[j..]]),
+                    whole,
+                    "split at {i} and {j}"
+                );
+            }
+        }
+    }
+
     fn parse(raw: &[u8]) -> Result<Option<RequestHead>, ParseError> {
         let mut headers = Vec::new();
         parse_request(raw, 8192, 64, &mut headers)
