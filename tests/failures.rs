@@ -223,3 +223,68 @@ fn max_requests_per_connection_closes_after_the_last() {
         assert!(c.is_closed());
     }
 }
+
+/// An upstream that answers 204 and then, while the connection idles in the
+/// gateway's pool, sends bytes nobody asked for (a buggy server, or a body
+/// after a bodiless response). Those bytes must never become the next
+/// request's answer: the dirty connection is dropped, a fresh one used.
+#[test]
+fn stray_bytes_on_an_idle_pooled_connection_never_reach_the_next_request() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, mpsc};
+    for driver in drivers() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_junk, junk_sent) = mpsc::channel();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let sent_junk = sent_junk.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    let mut first = true;
+                    loop {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => got.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        if n == 0 && first {
+                            first = false;
+                            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+                            std::thread::sleep(Duration::from_millis(50));
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL");
+                            let _ = sent_junk.send(());
+                        } else {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh");
+                        }
+                    }
+                });
+            }
+        });
+        let gw = gw_for(driver, &format!("\"{addr}\""), "", "");
+        let mut c = gw.conn();
+        c.send(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 204, "{driver}");
+        junk_sent
+            .recv_timeout(PATIENCE)
+            .expect("the upstream sent its junk");
+        // Loopback delivers at once; the junk now waits in the idle socket.
+        c.send(b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.text().as_str()), (200, "fresh"), "{driver}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "{driver}: a fresh connection"
+        );
+    }
+}

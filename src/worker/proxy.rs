@@ -268,6 +268,27 @@ fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
     }
 }
 
+/// Whether an idle upstream connection has nothing to read: no stray bytes
+/// (a body after HEAD/204/304, a confused upstream) and no FIN. One
+/// non-blocking peek, whatever the io driver.
+fn is_quiet(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local; the fd is owned by `stream`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK)
+    }
+}
+
 async fn acquire(
     shard: &Shard,
     generation: &Generation,
@@ -277,11 +298,16 @@ async fn acquire(
     allow_pooled: bool,
 ) -> Result<(UpstreamConn, bool), Failure> {
     if allow_pooled {
-        let pooled =
-            generation.upstreams.borrow_mut()[upstream].pools[endpoint].checkout(Instant::now());
-        if let Some(conn) = pooled {
-            shard.metrics.reuse();
-            return Ok((conn, true));
+        loop {
+            let pooled = generation.upstreams.borrow_mut()[upstream].pools[endpoint]
+                .checkout(Instant::now());
+            let Some(conn) = pooled else { break };
+            if is_quiet(&conn.stream) {
+                shard.metrics.reuse();
+                return Ok((conn, true));
+            }
+            // Bytes or a FIN arrived while it sat idle: never hand those to
+            // the next request (they would become its answer). Dropped.
         }
     }
     let addr = spec.endpoints[endpoint].addr;
