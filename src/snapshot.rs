@@ -29,6 +29,15 @@ impl IoDriver {
     }
 }
 
+/// The admin API's request checks.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// Lowercase host names allowed besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+    /// The bearer token, when `token_file` is set.
+    pub token: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerLimits {
     pub max_header_bytes: usize,
@@ -270,6 +279,8 @@ pub struct Snapshot {
     pub access_log: Option<AccessLogSpec>,
     /// The admin listener's address, if configured.
     pub admin: Option<SocketAddr>,
+    /// Who the admin API answers (checked per request, so a reload applies).
+    pub admin_access: AdminAccess,
     /// The running config as TOML, secrets redacted (served at /config).
     pub redacted_config: String,
 }

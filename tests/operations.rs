@@ -311,7 +311,7 @@ fn access_log_writes_json_lines_and_reopens_on_sigusr1() {
             gw.addr,
             b"GET /api/x?q=1 HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n",
         );
-        request(gw.addr, b"GET /api/%22quoted\\ HTTP/1.1\r\nHost: a\r\n\r\n");
+        request(gw.addr, b"GET /api/%22quoted\" HTTP/1.1\r\nHost: a\r\n\r\n");
         get(gw.addr, "/missing");
         let lines = read_lines(&path, 3);
         assert_eq!(lines.len(), 3, "{driver}");
@@ -329,7 +329,7 @@ fn access_log_writes_json_lines_and_reopens_on_sigusr1() {
         );
         assert!(first["duration_ms"].as_f64().unwrap() >= first["upstream_ms"].as_f64().unwrap());
         assert!(first["ts"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(lines[1]["path"], "/api/%22quoted\\");
+        assert_eq!(lines[1]["path"], "/api/%22quoted\"");
         assert_eq!(lines[2]["status"], 404);
         assert!(lines[2]["upstream"].is_null());
 
@@ -344,6 +344,28 @@ fn access_log_writes_json_lines_and_reopens_on_sigusr1() {
         assert_eq!(fresh[0]["path"], "/api/after");
         assert_eq!(read_lines(&rotated, 3).len(), 3);
     }
+}
+
+/// Heads refused before they were understood (400, 431, 414, 408) are
+/// logged too, with their status.
+#[test]
+fn refused_heads_reach_the_access_log() {
+    let up = Upstream::named("app");
+    let path = temp_path("refused.log");
+    let gw = log_gateway("epoll", &up, path.to_str().unwrap(), 1.0);
+    let mut c = gw.conn();
+    c.send(b"GET /a%2fb HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 400);
+    let mut c = gw.conn();
+    c.send(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 400);
+    let lines = read_lines(&path, 2);
+    let statuses: Vec<u64> = lines
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [400, 400]);
+    assert_eq!(lines[0]["route"], "");
 }
 
 #[test]
@@ -384,4 +406,192 @@ fn access_log_sampling_keeps_about_the_configured_fraction() {
         (120..=280).contains(&n),
         "{n} of 800 logged at sample = 0.25"
     );
+}
+
+/// The admin API checks who is asking: a DNS-rebinding page (a foreign
+/// Host), a cross-site form post, and (with token_file) a missing token are
+/// refused; /healthz always answers.
+#[test]
+fn admin_refuses_foreign_hosts_cross_site_posts_and_missing_tokens() {
+    let token_path = temp_path("admin.token");
+    std::fs::write(&token_path, "s3cret-token\n").unwrap();
+    let up = Upstream::named("app");
+    let text = |token: bool| {
+        config(
+            "epoll",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\nallowed_hosts = [\"gw.internal\"]\n{}\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+                if token {
+                    format!("token_file = \"{}\"", token_path.display())
+                } else {
+                    String::new()
+                },
+                up.addr
+            ),
+        )
+    };
+    let gw = Gateway::start(&text(false));
+    let admin = gw.admin.unwrap();
+    let ask = |raw: &str| request(admin, raw.as_bytes()).status;
+    assert_eq!(
+        ask("GET /config HTTP/1.1\r\nHost: 127.0.0.1:9901\r\n\r\n"),
+        200
+    );
+    assert_eq!(ask("GET /config HTTP/1.1\r\nHost: [::1]:9901\r\n\r\n"), 200);
+    assert_eq!(
+        ask("GET /config HTTP/1.1\r\nHost: gw.internal\r\n\r\n"),
+        200
+    );
+    assert_eq!(
+        ask("GET /config HTTP/1.1\r\nHost: attacker.example:9901\r\n\r\n"),
+        403,
+        "DNS rebinding: a foreign name"
+    );
+    assert_eq!(
+        ask("GET /healthz HTTP/1.1\r\nHost: attacker.example\r\n\r\n"),
+        200
+    );
+    let post = |extra: &str| {
+        ask(&format!(
+            "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: 0\r\n\r\n"
+        ))
+    };
+    assert_eq!(post(""), 200, "curl -X POST");
+    assert_eq!(post("Origin: https://evil.example\r\n"), 403);
+    assert_eq!(post("Origin: null\r\n"), 403);
+    assert_eq!(post("Sec-Fetch-Site: cross-site\r\n"), 403);
+    assert_eq!(
+        post("Content-Type: application/x-www-form-urlencoded\r\n"),
+        403
+    );
+    assert_eq!(post("Origin: http://127.0.0.1:9901\r\n"), 200);
+
+    let gw = Gateway::start(&text(true));
+    let admin = gw.admin.unwrap();
+    let ask = |raw: &str| request(admin, raw.as_bytes());
+    let r = ask("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").is_some());
+    assert_eq!(
+        ask("GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer wrong\r\n\r\n")
+            .status,
+        401
+    );
+    assert_eq!(
+        ask(
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer s3cret-token\r\n\r\n"
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        ask("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").status,
+        200
+    );
+}
+
+/// A client that connects and sends nothing (or trickles) holds its own
+/// admin thread only: /healthz keeps answering.
+#[test]
+fn a_silent_admin_client_does_not_wedge_healthz() {
+    let up = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            up.addr
+        ),
+    ));
+    let admin = gw.admin.unwrap();
+    let mut silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(admin).unwrap())
+        .collect();
+    use std::io::Write;
+    silent[0].write_all(b"GET /metr").unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(get(admin, "/healthz").text(), "ok\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "answered while others hang"
+    );
+}
+
+/// /config shows no secret: Redis credentials, header values the gateway
+/// sets, header predicates. Secrets may come from the environment or a
+/// file, and still reach the upstream.
+#[test]
+fn config_redacts_secrets_and_secrets_come_from_env_or_files() {
+    let up = Upstream::named("app");
+    let secret_file = temp_path("upstream.secret");
+    std::fs::write(&secret_file, "from-a-file\n").unwrap();
+    let path = temp_path("secrets.toml");
+    std::fs::write(
+        &path,
+        config(
+            "epoll",
+            &format!(
+                r#"[admin]
+bind = "127.0.0.1:0"
+[upstreams.app]
+endpoints = ["{}"]
+[[routes]]
+path_prefix = "/inline"
+upstream = "app"
+headers = {{ "x-shared" = "predicate-secret" }}
+request_headers = {{ set = {{ "authorization" = "Bearer inline-secret" }} }}
+[[routes]]
+path_prefix = "/env"
+upstream = "app"
+request_headers = {{ set = {{ "authorization" = "${{env:RINGGATE_TEST_UPSTREAM_TOKEN}}", "x-file" = "${{file:{}}}" }} }}
+"#,
+                up.addr,
+                secret_file.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("RINGGATE_TEST_UPSTREAM_TOKEN", "Bearer from-env")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Addresses from the startup lines, as the harness reads them.
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
+        let line = lines.next().expect("startup line").unwrap();
+        if let Some(rest) = line.split("admin on http://").nth(1) {
+            admin = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        } else if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+        }
+    }
+    let (addr, admin): (std::net::SocketAddr, std::net::SocketAddr) =
+        (addr.unwrap(), admin.unwrap());
+    let shown = get(admin, "/config").text();
+    for secret in ["predicate-secret", "inline-secret"] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(
+        shown.contains("${env:RINGGATE_TEST_UPSTREAM_TOKEN}"),
+        "references are shown, values are not: {shown}"
+    );
+    let r = request(addr, b"GET /env/x HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let received = up.requests().pop().unwrap();
+    let header = |n: &str| {
+        received
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(header("authorization").as_deref(), Some("Bearer from-env"));
+    assert_eq!(header("x-file").as_deref(), Some("from-a-file"));
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -21,7 +21,8 @@ fn config_to(driver: &str, target: &Upstream, extra_route: &str) -> String {
 fn post(addr: std::net::SocketAddr, path: &str) -> Response {
     request(
         addr,
-        format!("POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        format!("POST {path} HTTP/1.1\r\nHost: localhost:9901\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
     )
 }
 

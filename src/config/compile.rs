@@ -149,6 +149,27 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         },
     };
 
+    let mut admin_access = crate::snapshot::AdminAccess::default();
+    if let Some(a) = &cfg.admin {
+        admin_access.allowed_hosts = a
+            .allowed_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        if let Some(path) = &a.token_file {
+            match std::fs::read_to_string(path.get_ref()) {
+                Ok(text) if !text.trim().is_empty() => {
+                    admin_access.token = Some(text.trim().to_string())
+                }
+                Ok(_) => errors.at(path, "admin.token_file is empty"),
+                Err(e) => errors.at(
+                    path,
+                    format!("admin.token_file: cannot read {}: {e}", path.get_ref()),
+                ),
+            }
+        }
+    }
+
     let access_log = cfg.access_log.as_ref().map(|a| {
         let sample = *a.sample.get_ref();
         if !(sample > 0.0 && sample <= 1.0) {
@@ -229,10 +250,19 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
             }
             None
         };
+        let mut resolve = |key: &str, v: &Option<String>| {
+            v.as_deref().and_then(|v| match secret(v) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    errors.at(section, format!("redis.{key}: {e}"));
+                    None
+                }
+            })
+        };
         crate::snapshot::RedisSpec {
             address: r.address.get_ref().clone(),
-            username: r.username.clone(),
-            password: r.password.clone(),
+            username: resolve("username", &r.username),
+            password: resolve("password", &r.password),
             database: r.database,
             timeout: r.timeout.0,
             key_prefix: r.key_prefix.clone(),
@@ -278,11 +308,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         return Err(ConfigErrors(errors.list));
     }
     let mut cfg = cfg;
-    if let Some(redis) = &mut cfg.redis
-        && redis.get_ref().password.is_some()
-    {
-        redis.get_mut().password = Some("<redacted>".into());
-    }
+    redact(&mut cfg);
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Snapshot {
         id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -300,10 +326,39 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         rate_limit_sync: sync_interval,
         redis,
         admin,
+        admin_access,
         access_log,
-        // Secrets (the Redis password) were replaced above.
+        // Every value that can carry a secret was replaced above.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
     })
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Blanks every value in the file that can carry a secret, for `/config`:
+/// Redis credentials, header values the gateway adds toward upstreams or
+/// clients (an `Authorization` set for an upstream), header predicates
+/// (a route matched on a shared-secret header). Secret references
+/// (`${env:…}`, `${file:…}`) name no secret and are kept.
+fn redact(cfg: &mut FileConfig) {
+    let hide = |v: &mut String| {
+        if !(v.starts_with("${") && v.ends_with('}')) {
+            *v = REDACTED.into();
+        }
+    };
+    if let Some(redis) = &mut cfg.redis {
+        let r = redis.get_mut();
+        r.password.iter_mut().for_each(hide);
+        r.username.iter_mut().for_each(hide);
+    }
+    for route in &mut cfg.routes {
+        let route = route.get_mut();
+        route.headers.values_mut().for_each(hide);
+        for edits in [&mut route.request_headers, &mut route.response_headers] {
+            edits.add.values_mut().for_each(hide);
+            edits.set.values_mut().for_each(hide);
+        }
+    }
 }
 
 fn compile_upstream(
@@ -451,6 +506,10 @@ fn compile_route(
     }
     let mut headers = Vec::new();
     for (n, v) in &r.headers {
+        let v = secret(v).unwrap_or_else(|e| {
+            errors.at(spanned, format!("header predicate `{n}`: {e}"));
+            String::new()
+        });
         if !is_token(n.as_bytes()) || !is_field_value(v.as_bytes()) {
             errors.at(
                 spanned,
@@ -836,12 +895,20 @@ fn compile_edits(
         }
         lower.into_bytes().into()
     };
+    let value = |n: &str, v: &str, errors: &mut Errors| -> String {
+        secret(v).unwrap_or_else(|e| {
+            errors.at(at, format!("{section}: the value of `{n}`: {e}"));
+            String::new()
+        })
+    };
     for (n, v) in &edits.add {
-        let name = check(n, Some(v), errors);
+        let v = value(n, v, errors);
+        let name = check(n, Some(&v), errors);
         out.add.push((name, v.as_bytes().into()));
     }
     for (n, v) in &edits.set {
-        let name = check(n, Some(v), errors);
+        let v = value(n, v, errors);
+        let name = check(n, Some(&v), errors);
         out.set.push((name, v.as_bytes().into()));
     }
     for n in &edits.remove {
@@ -849,6 +916,27 @@ fn compile_edits(
         out.remove.push(name);
     }
     out
+}
+
+/// A config value that may name where a secret lives instead of holding
+/// it: `"${env:NAME}"` (an environment variable) or `"${file:/path}"` (a
+/// file's contents, one trailing newline removed). Anything else is taken
+/// as written.
+pub(crate) fn secret(value: &str) -> Result<String, String> {
+    let Some(inner) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+        return Ok(value.to_string());
+    };
+    if let Some(name) = inner.strip_prefix("env:") {
+        return std::env::var(name).map_err(|_| format!("environment variable {name} is not set"));
+    }
+    if let Some(path) = inner.strip_prefix("file:") {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        return Ok(text.strip_suffix('\r').unwrap_or(text).to_string());
+    }
+    Err(format!(
+        "`{value}` looks like a secret reference but is neither ${{env:NAME}} nor ${{file:PATH}}"
+    ))
 }
 
 /// RFC 9110 §5.6.2 token.

@@ -238,6 +238,14 @@ fn one() -> Spanned<f64> {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub bind: Spanned<String>,
+    /// Host names (besides IP literals and `localhost`) the admin API
+    /// answers to; anything else is refused (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// A file holding a bearer token every admin request but `/healthz`
+    /// must present (`Authorization: Bearer TOKEN`).
+    #[serde(default)]
+    pub token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

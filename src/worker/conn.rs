@@ -231,6 +231,24 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
                 shard.out_buffers.give(std::mem::take(&mut client.out));
                 shard.metrics.exchange(None, 7, exchange.status, 0);
                 shard.metrics.bytes(client.buf.len() as u64, exchange.sent);
+                // Refused heads are logged too (no method or path: the head
+                // was never understood).
+                if let Some(log) = &shard.log {
+                    log.record(&crate::accesslog::Entry {
+                        request_id: exchange.request_id.as_bytes(),
+                        client: client.peer,
+                        method: b"",
+                        path: b"",
+                        status: exchange.status,
+                        route: "",
+                        upstream: None,
+                        bytes_in: client.buf.len() as u64,
+                        bytes_out: exchange.sent,
+                        duration_us: 0,
+                        upstream_us: None,
+                        worker: shard.id,
+                    });
+                }
                 linger_close(client).await;
                 return;
             }

@@ -436,7 +436,7 @@ pub fn request(addr: SocketAddr, raw: &[u8]) -> Response {
 pub fn get(addr: SocketAddr, path: &str) -> Response {
     request(
         addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
     )
 }
 
