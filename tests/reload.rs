@@ -202,3 +202,66 @@ fn reload_starts_added_listeners_and_stops_removed_ones() {
         );
     }
 }
+
+/// Requests in flight across a reload count themselves out of the counts
+/// the balancer reads after it: the in-flight gauge returns to 0, and
+/// least_outstanding keeps using both endpoints.
+#[test]
+fn in_flight_counts_survive_a_reload() {
+    let slow = || {
+        Upstream::start("app", |_| {
+            Reply::Delay(Duration::from_millis(400), Box::new(ok("slow")))
+        })
+    };
+    let (a, b) = (slow(), slow());
+    let text = config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[upstreams.app]\nbalance = \"least_outstanding\"\nendpoints = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            a.addr, b.addr
+        ),
+    );
+    let gw = Gateway::start(&text);
+    let admin = gw.admin.unwrap();
+    let in_flight = || -> u64 {
+        get(admin, "/metrics")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("ringgate_upstream_requests_in_flight{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    for _ in 0..3 {
+        let clients: Vec<_> = (0..6)
+            .map(|_| {
+                let addr = gw.addr;
+                std::thread::spawn(move || get(addr, "/x").status)
+            })
+            .collect();
+        wait_until(PATIENCE, "requests in flight", || {
+            a.request_count() + b.request_count() > 0 && in_flight() > 0
+        });
+        assert_eq!(post(admin, "/reload").status, 200);
+        for c in clients {
+            assert_eq!(c.join().unwrap(), 200);
+        }
+        wait_until(PATIENCE, "the in-flight gauge back at 0", || {
+            in_flight() == 0
+        });
+    }
+    let (before_a, before_b) = (a.request_count(), b.request_count());
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = gw.addr;
+            std::thread::spawn(move || get(addr, "/x").status)
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    let (after_a, after_b) = (a.request_count() - before_a, b.request_count() - before_b);
+    assert!(
+        after_a >= 2 && after_b >= 2,
+        "least_outstanding spreads 6 concurrent requests: {after_a} / {after_b}"
+    );
+}

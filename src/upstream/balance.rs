@@ -48,7 +48,7 @@ impl Balancer {
     pub fn pick(
         &mut self,
         spec: &UpstreamSpec,
-        outstanding: &[u32],
+        outstanding: &[std::cell::Cell<u32>],
         key_hash: Option<u64>,
     ) -> usize {
         let n = spec.endpoints.len();
@@ -77,7 +77,7 @@ impl Balancer {
                 let mut best = start;
                 for k in 1..n {
                     let i = (start + k) % n;
-                    if outstanding[i] < outstanding[best] {
+                    if outstanding[i].get() < outstanding[best].get() {
                         best = i;
                     }
                 }
@@ -89,7 +89,7 @@ impl Balancer {
                 if b >= a {
                     b += 1;
                 }
-                if outstanding[b] < outstanding[a] {
+                if outstanding[b].get() < outstanding[a].get() {
                     b
                 } else {
                     a
@@ -150,7 +150,7 @@ mod tests {
     fn counts(s: &UpstreamSpec, rounds: usize) -> Vec<usize> {
         let mut b = Balancer::new(s, 3);
         let mut c = vec![0; s.endpoints.len()];
-        let outstanding = vec![0; s.endpoints.len()];
+        let outstanding: Vec<std::cell::Cell<u32>> = s.endpoints.iter().map(|_| 0.into()).collect();
         for _ in 0..rounds {
             c[b.pick(s, &outstanding, None)] += 1;
         }
@@ -171,7 +171,9 @@ mod tests {
         assert_eq!(counts(&s, 700), vec![500, 100, 100]);
         // nginx's smooth sequence for 5,1,1: a a b a c a a
         let mut b = Balancer::new(&s, 0);
-        let seq: Vec<usize> = (0..7).map(|_| b.pick(&s, &[0, 0, 0], None)).collect();
+        let seq: Vec<usize> = (0..7)
+            .map(|_| b.pick(&s, &[0, 0, 0].map(std::cell::Cell::new), None))
+            .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -180,7 +182,7 @@ mod tests {
         let s = spec(Balance::LeastOutstanding, &[1, 1, 1]);
         let mut b = Balancer::new(&s, 0);
         for _ in 0..50 {
-            assert_ne!(b.pick(&s, &[0, 7, 0], None), 1);
+            assert_ne!(b.pick(&s, &[0, 7, 0].map(std::cell::Cell::new), None), 1);
         }
     }
 
@@ -189,7 +191,7 @@ mod tests {
         let s = spec(Balance::PowerOfTwo, &[1, 1]);
         let mut b = Balancer::new(&s, 9);
         for _ in 0..50 {
-            assert_eq!(b.pick(&s, &[5, 1], None), 1);
+            assert_eq!(b.pick(&s, &[5, 1].map(std::cell::Cell::new), None), 1);
         }
         let even = counts(&spec(Balance::PowerOfTwo, &[1, 1, 1, 1]), 4000);
         assert!(even.iter().all(|&c| c > 800), "{even:?}");
@@ -201,9 +203,12 @@ mod tests {
         let mut b = Balancer::new(&s, 1);
         for k in 0..100 {
             let h = stable_hash(format!("user{k}").as_bytes());
-            let first = b.pick(&s, &[0; 3], Some(h));
+            let first = b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h));
             for _ in 0..3 {
-                assert_eq!(b.pick(&s, &[0; 3], Some(h)), first);
+                assert_eq!(
+                    b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h)),
+                    first
+                );
             }
         }
     }

@@ -6,6 +6,8 @@ pub mod balance;
 pub mod hash;
 pub mod pool;
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::snapshot::UpstreamSpec;
@@ -18,7 +20,11 @@ pub use pool::Pool;
 pub struct UpstreamState<C> {
     pub balancer: Balancer,
     pub pools: Vec<Pool<C>>,
-    pub outstanding: Vec<u32>,
+    /// In-flight requests per endpoint. Shared (`Rc`) with the requests
+    /// that counted themselves in, so that when a reload hands this state
+    /// to the new generation, requests still running under the old one
+    /// decrement the counts the balancer now reads.
+    pub outstanding: Rc<[Cell<u32>]>,
 }
 
 impl<C> UpstreamState<C> {
@@ -30,7 +36,7 @@ impl<C> UpstreamState<C> {
                 .iter()
                 .map(|_| Pool::new(spec.pool_max_idle, spec.pool_idle_timeout))
                 .collect(),
-            outstanding: vec![0; spec.endpoints.len()],
+            outstanding: spec.endpoints.iter().map(|_| Cell::new(0)).collect(),
         }
     }
 

@@ -217,10 +217,10 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                         .map(|u| {
                             u.pools
                                 .iter()
-                                .zip(&u.outstanding)
-                                .map(|(p, &n)| crate::metrics::PoolGauge {
+                                .zip(u.outstanding.iter())
+                                .map(|(p, n)| crate::metrics::PoolGauge {
                                     idle: p.idle_count() as u64,
-                                    in_flight: u64::from(n),
+                                    in_flight: u64::from(n.get()),
                                 })
                                 .collect()
                         })

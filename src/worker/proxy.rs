@@ -65,18 +65,18 @@ pub enum ProxyOutcome {
     Aborted,
 }
 
-/// Decrements the endpoint's in-flight count however `forward` ends.
-struct Outstanding<'a> {
-    generation: &'a Generation,
-    upstream: usize,
+/// Decrements the endpoint's in-flight count however `forward` ends — in
+/// the counts the balancer reads now, even if a reload moved them to a new
+/// generation meanwhile.
+struct Outstanding {
+    counts: std::rc::Rc<[std::cell::Cell<u32>]>,
     endpoint: usize,
 }
 
-impl Drop for Outstanding<'_> {
+impl Drop for Outstanding {
     fn drop(&mut self) {
-        let mut ups = self.generation.upstreams.borrow_mut();
-        let slot = &mut ups[self.upstream].outstanding[self.endpoint];
-        *slot = slot.saturating_sub(1);
+        let slot = &self.counts[self.endpoint];
+        slot.set(slot.get().saturating_sub(1));
     }
 }
 
@@ -95,17 +95,19 @@ pub async fn forward(
     let spec = &snapshot.upstreams[upstream];
     let write_timeout = snapshot.limits.idle_timeout;
     let key_hash = consistent_hash_key(spec, client);
-    let endpoint = {
+    let (endpoint, _outstanding) = {
         let mut ups = generation.upstreams.borrow_mut();
         let state = &mut ups[upstream];
         let e = state.balancer.pick(spec, &state.outstanding, key_hash);
-        state.outstanding[e] += 1;
-        e
-    };
-    let _outstanding = Outstanding {
-        generation,
-        upstream,
-        endpoint,
+        let slot = &state.outstanding[e];
+        slot.set(slot.get() + 1);
+        (
+            e,
+            Outstanding {
+                counts: state.outstanding.clone(),
+                endpoint: e,
+            },
+        )
     };
 
     let mut out = std::mem::take(&mut client.out);
