@@ -281,6 +281,11 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// Who the admin API answers (checked per request, so a reload applies).
     pub admin_access: AdminAccess,
+    /// Which rate-limit policy list this is: kept by a reload that leaves
+    /// `rate_limits` unchanged, so workers and the aggregator go on
+    /// exchanging reports and grants for it without a gap; new when the
+    /// list changes (its indices then mean other policies).
+    pub limits_id: u64,
     /// The running config as TOML, secrets redacted (served at /config).
     pub redacted_config: String,
 }

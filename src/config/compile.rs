@@ -310,8 +310,10 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     let mut cfg = cfg;
     redact(&mut cfg);
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Snapshot {
-        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        id,
+        limits_id: id,
         source: map.name.to_string(),
         workers,
         io_driver,

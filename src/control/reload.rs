@@ -116,6 +116,9 @@ impl Reloader {
         // What a reload cannot change in a running process (a restart can).
         let old = &self.current;
         next.workers = old.workers;
+        if next.rate_limits == old.rate_limits {
+            next.limits_id = old.limits_id;
+        }
         let mut notes = Vec::new();
         if next.admin != old.admin {
             notes.push("admin.bind changed: it takes effect after a restart");

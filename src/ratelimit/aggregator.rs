@@ -361,7 +361,7 @@ impl Aggregator {
         self.take_answer();
         let workers = self.batches.len();
         while let Ok(report) = self.channels.reports.try_recv() {
-            if report.snapshot == self.snapshot.id {
+            if report.snapshot == self.snapshot.limits_id {
                 self.charge(&report, now, workers);
             }
             if let Some(back) = self.channels.report_returns.get(report.worker) {
@@ -630,7 +630,7 @@ impl Aggregator {
             };
             next.clear();
             let batch = GrantBatch {
-                snapshot: self.snapshot.id,
+                snapshot: self.snapshot.limits_id,
                 entries: std::mem::replace(&mut self.batches[worker], next),
             };
             if let Err(e) = tx.try_send(batch) {

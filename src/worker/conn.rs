@@ -469,7 +469,16 @@ async fn handle_request(
         let mut checked = RateLimitProgress::default();
         loop {
             let last_try = checked.waits >= MAX_LIMIT_WAITS;
-            match check_rate_limits(shard, generation, route, client, &mut checked, last_try) {
+            // A reload while this request waited for a grant moved the
+            // limiter's state to the new generation: check there, as long
+            // as the policy list is the same one (else this generation's
+            // policies no longer exist, and its own limiter decides).
+            let current = (checked.waits > 0).then(|| shard.generation());
+            let limits = match &current {
+                Some(c) if c.snapshot.limits_id == generation.snapshot.limits_id => c,
+                _ => generation,
+            };
+            match check_rate_limits(shard, limits, route, client, &mut checked, last_try) {
                 Ok(()) => {
                     exchange.ratelimit = checked.tightest;
                     break;

@@ -327,7 +327,7 @@ impl LimitSync {
         }
         let report = crate::ratelimit::sync::Report {
             worker: shard.id,
-            snapshot: generation.snapshot.id,
+            snapshot: generation.snapshot.limits_id,
             entries,
         };
         if let Err(e) = self.channels.reports.try_send(report) {

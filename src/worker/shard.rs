@@ -107,11 +107,13 @@ impl Generation {
                 &mut prev.limiter.borrow_mut(),
                 &prev.snapshot.rate_limits,
                 &snapshot.rate_limits,
-                snapshot.id,
+                snapshot.limits_id,
             ),
-            None => {
-                crate::ratelimit::Limiter::new(&snapshot.rate_limits, snapshot.id, snapshot.workers)
-            }
+            None => crate::ratelimit::Limiter::new(
+                &snapshot.rate_limits,
+                snapshot.limits_id,
+                snapshot.workers,
+            ),
         });
         Generation {
             snapshot,
