@@ -91,3 +91,42 @@ fn sigint_also_drains() {
         assert!(status.success());
     }
 }
+
+/// A reload that lengthens drain_timeout is honoured by the whole process:
+/// a request that takes longer than the startup value but less than the
+/// reloaded one finishes before the gateway exits.
+#[test]
+fn drain_uses_the_reloaded_drain_timeout() {
+    let up = Upstream::start("app", |_| {
+        Reply::Delay(Duration::from_millis(4000), Box::new(ok("finished")))
+    });
+    let text = |drain: &str| {
+        config(
+            "epoll",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\n[server]\ndrain_timeout = \"{drain}\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+                up.addr
+            ),
+        )
+    };
+    let mut gw = Gateway::start(&text("1s"));
+    let path = gw.log.with_file_name("gateway.toml");
+    std::fs::write(&path, text("20s")).unwrap();
+    let reload = request(
+        gw.admin.unwrap(),
+        b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let mut slow = gw.conn();
+    slow.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    wait_until(PATIENCE, "the request reaches the upstream", || {
+        up.request_count() == 1
+    });
+    gw.signal(libc::SIGTERM);
+    let r = slow.read_response(false);
+    assert_eq!((r.status, r.text().as_str()), (200, "finished"));
+    let status = gw
+        .wait_exit(Duration::from_secs(25))
+        .expect("gateway exits");
+    assert!(status.success());
+}

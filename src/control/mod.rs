@@ -228,7 +228,13 @@ impl Running {
     /// Drains every worker (see `Command::Drain`) and joins their threads.
     pub fn drain(self) -> Result<(), String> {
         let workers = self.handles.len();
-        let drain = self.snapshot.limits.drain_timeout;
+        // The running config's drain_timeout: a reload may have changed it.
+        let drain = self
+            .reloader
+            .lock()
+            .map_or(self.snapshot.limits.drain_timeout, |r| {
+                r.current().limits.drain_timeout
+            });
         tracing::info!(
             ?drain,
             "draining: no new connections; finishing in-flight requests"
