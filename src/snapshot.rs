@@ -53,6 +53,22 @@ pub struct ServerLimits {
     /// How request paths are normalized before routing; `None`: routed and
     /// forwarded as received.
     pub normalize_path: Option<crate::http::NormalizeOptions>,
+    pub forwarded: ForwardedMode,
+}
+
+/// What the gateway tells upstreams about the client: `X-Forwarded-For`,
+/// `Forwarded` (RFC 7239), `X-Real-IP`, `X-Forwarded-Proto`,
+/// `X-Forwarded-Host`, all handled alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedMode {
+    /// The lists (`X-Forwarded-For`, `Forwarded`) keep what earlier hops
+    /// wrote and gain this hop; the single-valued ones are set from what
+    /// this hop saw (a client's own values are dropped).
+    Append,
+    /// Every one written afresh from what this hop saw; a client's dropped.
+    Replace,
+    /// None sent: a client's dropped, none added.
+    Strip,
 }
 
 #[derive(Debug, Clone)]

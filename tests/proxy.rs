@@ -307,6 +307,66 @@ fn status_lines_without_a_reason_or_with_obs_text_are_relayed() {
     }
 }
 
+/// X-Forwarded-For, Forwarded, X-Real-IP, X-Forwarded-Proto and
+/// X-Forwarded-Host are handled alike, by server.forwarded_headers; a
+/// client can never pass its own X-Real-IP or Forwarded through as is.
+#[test]
+fn forwarded_identity_headers_are_consistent_in_every_mode() {
+    let spoof = b"GET / HTTP/1.1\r\nHost: api.example:8080\r\nX-Forwarded-For: 203.0.113.7\r\nForwarded: for=203.0.113.7;proto=https\r\nX-Real-IP: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: evil\r\n\r\n";
+    for (mode, xff, forwarded, real_ip) in [
+        (
+            "append",
+            Some("203.0.113.7, 127.0.0.1"),
+            Some("for=203.0.113.7;proto=https, for=127.0.0.1;proto=http;host=\"api.example:8080\""),
+            Some("127.0.0.1"),
+        ),
+        (
+            "replace",
+            Some("127.0.0.1"),
+            Some("for=127.0.0.1;proto=http;host=\"api.example:8080\""),
+            Some("127.0.0.1"),
+        ),
+        ("strip", None, None, None),
+    ] {
+        let up = Upstream::named("app");
+        let gw = Gateway::start(&config(
+            "epoll",
+            &format!(
+                "[server]\nforwarded_headers = \"{mode}\"\n[upstreams.app]\nendpoints = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+                up.addr
+            ),
+        ));
+        assert_eq!(request(gw.addr, spoof).status, 200);
+        let got = &up.requests()[0];
+        assert_eq!(got.header("x-forwarded-for"), xff, "{mode}");
+        assert_eq!(got.header("forwarded"), forwarded, "{mode}");
+        assert_eq!(got.header("x-real-ip"), real_ip, "{mode}");
+        let (proto, host) = if mode == "strip" {
+            (None, None)
+        } else {
+            (Some("http"), Some("api.example:8080"))
+        };
+        assert_eq!(got.header("x-forwarded-proto"), proto, "{mode}");
+        assert_eq!(got.header("x-forwarded-host"), host, "{mode}");
+        for name in [
+            "x-forwarded-for",
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            assert!(
+                got.headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .count()
+                    <= 1,
+                "{mode}: one {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn hop_by_hop_headers_are_removed_and_forwarded_for_is_appended() {
     for driver in drivers() {

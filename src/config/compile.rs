@@ -87,6 +87,17 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         max_requests_per_connection: s.max_requests_per_connection,
         drain_timeout: s.drain_timeout.0,
         max_connections_per_worker: s.max_connections_per_worker,
+        forwarded: match s.forwarded_headers.as_str() {
+            "append" => crate::snapshot::ForwardedMode::Append,
+            "replace" => crate::snapshot::ForwardedMode::Replace,
+            "strip" => crate::snapshot::ForwardedMode::Strip,
+            other => {
+                errors.nowhere(format!(
+                    "server.forwarded_headers must be \"append\", \"replace\" or \"strip\", not \"{other}\""
+                ));
+                crate::snapshot::ForwardedMode::Append
+            }
+        },
         normalize_path: s.normalize_path.then(|| crate::http::NormalizeOptions {
             merge_slashes: s.merge_slashes,
             encoded_slash: match s.encoded_slash.as_str() {

@@ -195,6 +195,9 @@ pub struct ServerSection {
     pub merge_slashes: bool,
     /// With normalize_path: "reject" (default), "keep" or "decode" `%2F`.
     pub encoded_slash: String,
+    /// Forwarded-identity headers toward upstreams: "append" (default),
+    /// "replace" or "strip".
+    pub forwarded_headers: String,
 }
 
 impl Default for ServerSection {
@@ -213,6 +216,7 @@ impl Default for ServerSection {
             normalize_path: true,
             merge_slashes: true,
             encoded_slash: "reject".into(),
+            forwarded_headers: "append".into(),
         }
     }
 }

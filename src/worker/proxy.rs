@@ -21,7 +21,8 @@ use crate::http::{
     ResponseFraming, ResponseHead, Step, Version, parse_response,
 };
 use crate::snapshot::{
-    Balance, EndpointSpec, HashKey, HostRewrite, PathRewrite, Route, Snapshot, UpstreamSpec,
+    Balance, EndpointSpec, ForwardedMode, HashKey, HostRewrite, PathRewrite, Route, Snapshot,
+    UpstreamSpec,
 };
 use crate::upstream::hash::stable_hash;
 
@@ -119,6 +120,7 @@ pub async fn forward(
         route,
         &spec.endpoints[endpoint],
         exchange.request_id.as_bytes(),
+        snapshot.limits.forwarded,
     );
     client.out = out;
     client.buf.advance(head.len);
@@ -469,6 +471,71 @@ fn write_interim(out: &mut BytesMut, conn: &UpstreamConn, response: &ResponseHea
     out.put_slice(b"\r\n");
 }
 
+/// The headers that tell an upstream who the client is; never copied from
+/// the client as they are (see `write_forwarded`).
+fn is_forwarded_identity(name: &[u8]) -> bool {
+    match name.len() {
+        9 => name.eq_ignore_ascii_case(b"forwarded") || name.eq_ignore_ascii_case(b"x-real-ip"),
+        15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
+        16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
+        17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
+/// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, consistently, by `server.forwarded_headers`.
+fn write_forwarded(out: &mut BytesMut, client: &Client, head: &RequestHead, mode: ForwardedMode) {
+    if mode == ForwardedMode::Strip {
+        return;
+    }
+    let buf = &client.buf[..];
+    let peer = client.peer_ip.as_bytes();
+    let append = mode == ForwardedMode::Append;
+    let earlier = |name: &'static [u8]| {
+        client
+            .headers
+            .iter()
+            .filter(move |h| append && h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(buf)))
+            .filter(|v| !v.is_empty())
+    };
+    out.put_slice(b"x-forwarded-for: ");
+    for v in earlier(b"x-forwarded-for") {
+        out.put_slice(v);
+        out.put_slice(b", ");
+    }
+    out.put_slice(peer);
+    out.put_slice(b"\r\n");
+    // RFC 7239: IPv6 addresses quoted and bracketed; the host quoted (it
+    // may carry a port, which is not a token character).
+    out.put_slice(b"forwarded: ");
+    for v in earlier(b"forwarded") {
+        out.put_slice(v);
+        out.put_slice(b", ");
+    }
+    if client.peer.ip().is_ipv6() {
+        out.put_slice(b"for=\"[");
+        out.put_slice(peer);
+        out.put_slice(b"]\"");
+    } else {
+        out.put_slice(b"for=");
+        out.put_slice(peer);
+    }
+    out.put_slice(b";proto=http");
+    if let Some(h) = head.host {
+        out.put_slice(b";host=\"");
+        out.put_slice(h.get(buf));
+        out.put_u8(b'"');
+    }
+    out.put_slice(b"\r\n");
+    http::write::header(out, b"x-real-ip", peer);
+    out.put_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(h) = head.host {
+        http::write::header(out, b"x-forwarded-host", h.get(buf));
+    }
+}
+
 /// Writes the request line and headers sent upstream.
 fn build_request_head(
     out: &mut BytesMut,
@@ -477,6 +544,7 @@ fn build_request_head(
     route: &Route,
     endpoint: &EndpointSpec,
     request_id: &[u8],
+    forwarded: ForwardedMode,
 ) {
     let buf = &client.buf[..];
     out.put_slice(head.method_span.get(buf));
@@ -517,16 +585,7 @@ fn build_request_head(
 
     let edits = &route.request_headers;
     let check_edits = !edits.is_empty();
-    out.put_slice(b"x-forwarded-for: ");
-    for h in &client.headers {
-        let name = h.name.get(buf);
-        if name.len() == 15 && name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            out.put_slice(http::trim_ows(h.value.get(buf)));
-            out.put_slice(b", ");
-        }
-    }
-    out.put_slice(client.peer_ip.as_bytes());
-    out.put_slice(b"\r\n");
+    write_forwarded(out, client, head, forwarded);
     for h in &client.headers {
         let name = h.name.get(buf);
         let skip = http::is_hop_by_hop_or_framing(name)
@@ -534,10 +593,7 @@ fn build_request_head(
                 4 => name.eq_ignore_ascii_case(b"host"),
                 6 => name.eq_ignore_ascii_case(b"expect"),
                 12 => name.eq_ignore_ascii_case(b"x-request-id"),
-                15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
-                16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
-                17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
-                _ => false,
+                _ => is_forwarded_identity(name),
             }
             || (head.connection_names_others && http::connection_names(buf, &client.headers, name))
             || (check_edits && edits.drops(name));
@@ -545,11 +601,7 @@ fn build_request_head(
             http::write::header(out, name, h.value.get(buf));
         }
     }
-    out.put_slice(b"x-forwarded-proto: http\r\n");
     http::write::header(out, b"x-request-id", request_id);
-    if let Some(h) = head.host {
-        http::write::header(out, b"x-forwarded-host", h.get(buf));
-    }
     for (name, value) in edits.set.iter().chain(&edits.add) {
         http::write::header(out, name, value);
     }
