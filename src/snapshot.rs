@@ -45,6 +45,7 @@ pub struct ServerLimits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
     /// 0 means unlimited.
     pub max_requests_per_connection: u64,

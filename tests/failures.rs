@@ -288,3 +288,54 @@ fn stray_bytes_on_an_idle_pooled_connection_never_reach_the_next_request() {
         );
     }
 }
+
+/// A client trickling its body (each byte well within body_read_timeout)
+/// is cut off at body_timeout for the whole body: it cannot hold an
+/// upstream connection for ever.
+#[test]
+fn a_trickled_body_is_cut_off_at_the_whole_body_deadline() {
+    for driver in drivers() {
+        let up = Upstream::named("app");
+        let gw = gw_for(
+            driver,
+            &format!("\"{}\"", up.addr),
+            "body_read_timeout = \"10s\"\nbody_timeout = \"1s\"",
+            "",
+        );
+        let mut c = gw.conn();
+        c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n");
+        let started = Instant::now();
+        let mut answered = None;
+        while started.elapsed() < Duration::from_secs(8) {
+            if !c.try_send(b"x") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            c.stream
+                .set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
+            let mut probe = [0u8; 1];
+            if matches!(c.stream.peek(&mut probe), Ok(n) if n > 0) {
+                c.stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                answered = Some(c.read_response(false));
+                break;
+            }
+        }
+        let elapsed = started.elapsed();
+        let r = answered.unwrap_or_else(|| panic!("{driver}: no answer within {elapsed:?}"));
+        assert_eq!(r.status, 400, "{driver}");
+        assert!(r.text().contains("not received in time"), "{}", r.text());
+        assert!(
+            elapsed < Duration::from_secs(5),
+            "{driver}: cut off after {elapsed:?}"
+        );
+        assert!(c.is_closed(), "{driver}");
+        assert_eq!(
+            up.request_count(),
+            0,
+            "{driver}: the upstream saw no complete request"
+        );
+    }
+}

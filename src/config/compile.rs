@@ -83,6 +83,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         max_body_bytes: s.max_body_bytes.0,
         header_read_timeout: s.header_read_timeout.0,
         body_read_timeout: s.body_read_timeout.0,
+        body_timeout: s.body_timeout.0,
         idle_timeout: s.idle_timeout.0,
         max_requests_per_connection: s.max_requests_per_connection,
         drain_timeout: s.drain_timeout.0,
@@ -126,6 +127,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),
         ("body_read_timeout", limits.body_read_timeout),
+        ("body_timeout", limits.body_timeout),
     ] {
         if d.is_zero() {
             errors.nowhere(format!("server.{name} must be greater than zero"));

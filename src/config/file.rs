@@ -185,6 +185,8 @@ pub struct ServerSection {
     pub max_body_bytes: ByteSize,
     pub header_read_timeout: HumanDuration,
     pub body_read_timeout: HumanDuration,
+    /// The longest a whole request body may take to arrive.
+    pub body_timeout: HumanDuration,
     pub idle_timeout: HumanDuration,
     pub max_requests_per_connection: u64,
     pub drain_timeout: HumanDuration,
@@ -209,6 +211,7 @@ impl Default for ServerSection {
             max_body_bytes: ByteSize(10 * 1024 * 1024),
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             body_read_timeout: HumanDuration(Duration::from_secs(30)),
+            body_timeout: HumanDuration(Duration::from_secs(300)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             max_requests_per_connection: 0,
             drain_timeout: HumanDuration(Duration::from_secs(30)),

@@ -240,6 +240,7 @@ pub async fn forward(
         out: &mut client.out,
         iov: &mut client.iov,
         read_timeout: spec.response_timeout,
+        deadline: None,
         write_timeout,
         moved: 0,
     };
@@ -365,6 +366,7 @@ async fn send_request_body(
         out: &mut client.out,
         iov: &mut client.iov,
         read_timeout: snapshot.limits.body_read_timeout,
+        deadline: Some(Instant::now() + snapshot.limits.body_timeout),
         write_timeout: snapshot.limits.idle_timeout,
         moved: 0,
     };
@@ -698,6 +700,10 @@ struct Relay<'a> {
     /// Reused iovec room for head + body `writev`s.
     iov: &'a mut Option<IoVecPair>,
     read_timeout: Duration,
+    /// When the whole body must have arrived (request bodies:
+    /// `server.body_timeout`, so a client trickling bytes cannot hold an
+    /// upstream connection for ever).
+    deadline: Option<Instant>,
     write_timeout: Duration,
     /// Body bytes passed to the destination (for byte counters).
     moved: u64,
@@ -711,7 +717,15 @@ impl Relay<'_> {
     }
 
     async fn fill(&mut self) -> Result<(), RelayError> {
-        match read_more_timed(self.src, self.src_buf, BODY_READ, self.read_timeout).await {
+        let mut timeout = self.read_timeout;
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RelayError::SourceTimedOut);
+            }
+            timeout = timeout.min(left);
+        }
+        match read_more_timed(self.src, self.src_buf, BODY_READ, timeout).await {
             Ok(_) => Ok(()),
             Err(IoFailure::TimedOut) => Err(RelayError::SourceTimedOut),
             Err(_) => Err(RelayError::SourceClosed),
