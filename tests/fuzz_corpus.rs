@@ -2,7 +2,7 @@
 //! same checks the fuzz targets run (`ringgate::fuzzing`), on stable, so a
 //! regression on any input a fuzzer once found interesting fails
 //! `cargo test`. Fuzzing itself: `cargo +nightly fuzz run <target>` in
-//! `fuzz/` (docs/operations.md, "Fuzzing").
+//! `fuzz/` (docs/architecture.md, "Fuzzing").
 
 use std::path::Path;
 
