@@ -1,4 +1,5 @@
-//! The `ringgate` command line: argument parsing and exit codes only.
+//! The `ringgate` command line (clap): argument parsing, exit codes and
+//! the `check`/`route` output only.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,29 +8,11 @@ use ringgate::config;
 use ringgate::router::{RequestFacts, Verdict};
 use ringgate::snapshot::{PathRewrite, RouteAction, Snapshot};
 
-const HELP: &str = "\
-ringgate — a thread-per-core HTTP/1.1 API gateway
+use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand};
 
-USAGE:
-    ringgate [run] [-c FILE] [--workers N] [--log-level LEVEL]
-    ringgate check -c FILE
-    ringgate route -c FILE METHOD URL [-H 'name: value']...
-
-COMMANDS:
-    run      Start the gateway (the default). Without -c it runs an embedded
-             config: one listener on 127.0.0.1:8080 answering GET / directly.
-    check    Validate a config file. Prints every error as FILE:LINE:COL and
-             exits 3 if there are any.
-    route    Explain which route a request would match, why earlier candidates
-             did not, and where it would be sent.
-
-OPTIONS:
-    -c, --config FILE      Config file (TOML). See docs/config.md.
-    --workers N            Override `workers` from the config.
-    --log-level LEVEL      error, warn, info, debug or trace (default info).
-    -H, --header 'N: V'    (route) A request header; repeatable.
-    -h, --help             Print this help.
-    -V, --version          Print the version.
+const AFTER_HELP: &str = "\
+Without -c, `run` uses an embedded config: one listener on 127.0.0.1:8080
+answering GET / directly.
 
 EXIT CODES:
     0 success · 1 runtime failure · 2 bad usage · 3 invalid config
@@ -37,109 +20,88 @@ EXIT CODES:
 SIGNALS:
     SIGTERM, SIGINT  stop accepting, finish in-flight requests (up to
                      server.drain_timeout), then exit 0.
-";
+    SIGHUP           reload the config file (kept on any error).
+    SIGUSR1          reopen the access log file.";
 
-enum Mode {
-    Run,
-    Check,
-    Route,
+#[derive(Parser)]
+#[command(
+    name = "ringgate",
+    version,
+    about = "ringgate — a thread-per-core HTTP/1.1 API gateway",
+    override_usage = "ringgate [run] [-c FILE] [--workers N] [--log-level LEVEL]
+       ringgate check -c FILE
+       ringgate route -c FILE METHOD URL [-H 'name: value']...
+       ringgate completions SHELL",
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `ringgate` alone is `ringgate run`.
+    #[command(flatten)]
+    run: RunArgs,
 }
 
-struct Args {
-    mode: Mode,
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway (the default).
+    Run(RunArgs),
+    /// Validate a config file: every error as FILE:LINE:COL, exit 3 if any.
+    Check {
+        /// Config file (TOML). See docs/config.md.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Explain which route a request would match, why earlier candidates
+    /// did not, and where it would be sent.
+    Route {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The request URL (http://host/path?query) or a path.
+        url: String,
+        /// A request header, 'name: value'; repeatable.
+        #[arg(short = 'H', long = "header", value_name = "'N: V'")]
+        headers: Vec<String>,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(ClapArgs, Default)]
+struct RunArgs {
+    /// Config file (TOML). See docs/config.md.
+    #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
-    workers: Option<usize>,
+    /// Override `workers` from the config.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
+    /// error, warn, info, debug or trace (default: the config's, else info).
+    #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
-    headers: Vec<String>,
-    positional: Vec<String>,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut raw = std::env::args().skip(1).peekable();
-    let mode = match raw.peek().map(String::as_str) {
-        Some("run") => {
-            raw.next();
-            Mode::Run
-        }
-        Some("check") => {
-            raw.next();
-            Mode::Check
-        }
-        Some("route") => {
-            raw.next();
-            Mode::Route
-        }
-        _ => Mode::Run,
+fn load(path: Option<&PathBuf>) -> Result<Snapshot, ExitCode> {
+    let loaded = match path {
+        Some(path) => config::load_file(path),
+        None => config::embedded_default(),
     };
-    let mut args = Args {
-        mode,
-        config: None,
-        workers: None,
-        log_level: None,
-        headers: Vec::new(),
-        positional: Vec::new(),
-    };
-    while let Some(arg) = raw.next() {
-        let mut value = |name: &str| raw.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return Ok(None);
-            }
-            "-V" | "--version" => {
-                println!("ringgate {}", env!("CARGO_PKG_VERSION"));
-                return Ok(None);
-            }
-            "-c" | "--config" => args.config = Some(PathBuf::from(value("--config")?)),
-            "--workers" => {
-                let v = value("--workers")?;
-                args.workers = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=1024).contains(n))
-                        .ok_or_else(|| {
-                            format!("--workers must be a number from 1 to 1024, got `{v}`")
-                        })?,
-                );
-            }
-            "--log-level" => args.log_level = Some(value("--log-level")?),
-            "-H" | "--header" => args.headers.push(value("--header")?),
-            other if other.starts_with('-') => {
-                return Err(format!("unknown option `{other}` (see --help)"));
-            }
-            other => args.positional.push(other.to_string()),
-        }
-    }
-    Ok(Some(args))
+    loaded.map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("ringgate: {} error(s) in the config", errors.0.len());
+        ExitCode::from(3)
+    })
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ringgate: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let loaded = match &args.config {
-        Some(path) => config::load_file(path),
-        None if matches!(args.mode, Mode::Run) => config::embedded_default(),
-        None => {
-            eprintln!("ringgate: this command needs -c FILE");
-            return ExitCode::from(2);
-        }
-    };
-    let mut snapshot = match loaded {
-        Ok(s) => s,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("ringgate: {} error(s) in the config", errors.0.len());
-            return ExitCode::from(3);
-        }
-    };
-    match args.mode {
-        Mode::Check => {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Check { config }) => load(Some(&config)).map(|snapshot| {
             println!(
                 "{}: ok ({} listeners, {} upstreams, {} routes, {} workers)",
                 snapshot.source,
@@ -149,34 +111,43 @@ fn main() -> ExitCode {
                 snapshot.workers
             );
             ExitCode::SUCCESS
+        }),
+        Some(Command::Route {
+            config,
+            method,
+            url,
+            headers,
+        }) => load(Some(&config)).map(|snapshot| explain_route(&snapshot, &method, &url, &headers)),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ringgate",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
         }
-        Mode::Route => explain_route(&snapshot, &args),
-        Mode::Run => {
-            if !args.positional.is_empty() {
-                eprintln!(
-                    "ringgate: unexpected argument `{}` (see --help)",
-                    args.positional[0]
-                );
-                return ExitCode::from(2);
-            }
-            if let Some(n) = args.workers {
-                snapshot.workers = n;
-            }
-            let level = args
-                .log_level
-                .clone()
-                .or_else(|| snapshot.log_level.clone())
-                .unwrap_or_else(|| "info".into());
-            init_logging(&level);
-            match ringgate::control::run(snapshot) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ringgate: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+    };
+    result.unwrap_or_else(|code| code)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, ExitCode> {
+    let mut snapshot = load(args.config.as_ref())?;
+    if let Some(n) = args.workers {
+        snapshot.workers = usize::from(n);
     }
+    let level = args
+        .log_level
+        .or_else(|| snapshot.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    init_logging(&level);
+    Ok(match ringgate::control::run(snapshot) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringgate: {e}");
+            ExitCode::from(1)
+        }
+    })
 }
 
 fn init_logging(level: &str) {
@@ -206,13 +177,9 @@ impl RequestFacts for CliFacts<'_> {
     }
 }
 
-fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
-    let [method, url] = args.positional.as_slice() else {
-        eprintln!("ringgate: usage: ringgate route -c FILE METHOD URL [-H 'name: value']...");
-        return ExitCode::from(2);
-    };
+fn explain_route(snapshot: &Snapshot, method: &str, url: &str, header_args: &[String]) -> ExitCode {
     let mut headers = Vec::new();
-    for h in &args.headers {
+    for h in header_args {
         match h.split_once(':') {
             Some((n, v)) => headers.push((n.trim().to_string(), v.trim().to_string())),
             None => {
@@ -232,7 +199,7 @@ fn explain_route(snapshot: &Snapshot, args: &Args) -> ExitCode {
                 .find(|(n, _)| n.eq_ignore_ascii_case("host"))
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
-            url.clone(),
+            url.to_string(),
         ),
     };
     let raw_path = path_and_query.split('?').next().unwrap_or("/");

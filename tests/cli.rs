@@ -135,7 +135,19 @@ fn help_and_usage_errors() {
     assert!(stdout.contains("ringgate check -c FILE"));
     let (code, _, stderr) = ringgate(&["--bogus"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("unknown option"));
+    assert!(stderr.contains("unexpected argument '--bogus'"), "{stderr}");
+    let (code, _, stderr) = ringgate(&["check"]);
+    assert_eq!(code, 2, "check needs -c");
+    assert!(stderr.contains("--config <FILE>"), "{stderr}");
+    let (code, stdout, _) = ringgate(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("ringgate "), "{stdout}");
+    let (code, stdout, _) = ringgate(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("_ringgate()") && stdout.contains("check"),
+        "bash completion script"
+    );
     let (code, _, stderr) = ringgate(&["route", "-c", "config/gateway.toml", "GET"]);
     assert_eq!(code, 2, "{stderr}");
     let (code, _, _) = ringgate(&["--workers", "0"]);
