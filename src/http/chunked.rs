@@ -198,9 +198,11 @@ impl ChunkedDecoder {
                     self.state = State::Done;
                     return Ok(Step::End(consumed));
                 }
-                State::Data | State::Done => {
-                    unreachable!("handled above / never stepped after End")
-                }
+                // Not reached in this loop (a chunk's data is handled
+                // above, and callers stop at End); answered without a
+                // panic all the same.
+                State::Data => return Ok(Step::Skip(i)),
+                State::Done => return Ok(Step::End(i)),
             }
         }
         if input.is_empty() {
@@ -361,6 +363,36 @@ mod tests {
             }),
             "leading zeros are not an overflow"
         );
+    }
+
+    #[test]
+    fn a_size_line_must_start_with_a_digit() {
+        for bad in [&b";x\r\n\r\n"[..], b"\r\n\r\n", b" ;x\r\n\r\n", b"\t5\r\n"] {
+            assert_eq!(decode(bad, 64), Err(ChunkError::BadSize), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn is_done_only_after_the_last_chunk_and_trailers() {
+        let mut d = ChunkedDecoder::new();
+        assert!(!d.is_done());
+        assert_eq!(d.step(b"0\r\n"), Ok(Step::Skip(3)));
+        assert!(!d.is_done(), "trailers may follow");
+        assert_eq!(d.step(b"\r\n"), Ok(Step::End(2)));
+        assert!(d.is_done());
+        assert_eq!(d.step(b"more"), Ok(Step::End(0)), "no panic past the end");
+    }
+
+    #[test]
+    fn trailers_up_to_the_cap_pass_and_one_byte_more_is_refused() {
+        // The documented cap, 16 KiB, written out (not MAX_TRAILERS) so a
+        // changed constant fails here.
+        for (extra, ok) in [(0usize, true), (1, false)] {
+            let mut body = b"0\r\nX: ".to_vec();
+            body.resize(3 + 16 * 1024 + extra, b'a');
+            body.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(decode(&body, 4096).is_ok(), ok, "cap + {extra}");
+        }
     }
 
     #[test]
