@@ -101,5 +101,25 @@ fn chunked(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, serialize, chunked);
+/// Path normalization as every request pays it: a clean path (the common
+/// case: one scan, nothing moves) and a hostile one.
+fn normalize(c: &mut Criterion) {
+    let options = ringgate::http::NormalizeOptions::default();
+    let mut group = c.benchmark_group("normalize_path");
+    for (name, path) in [
+        ("clean_24B", &b"/api/v1/users/1234/items"[..]),
+        ("hostile_40B", b"//api/./v1/%75sers/x/../1234/%7eitems%2e"),
+    ] {
+        let mut buf = path.to_vec();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                buf.copy_from_slice(path);
+                black_box(ringgate::http::normalize_path(black_box(&mut buf), options))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parse, serialize, chunked, normalize);
 criterion_main!(benches);

@@ -96,6 +96,10 @@ fn read_reply_at(r: &mut impl BufRead, depth: usize) -> Result<Reply, RedisError
             "reply line without CRLF".into()
         }));
     }
+    // A bare CRLF has no type byte (found by fuzzing: it used to panic).
+    if line.len() < 3 {
+        return Err(RedisError::Protocol("empty reply line".into()));
+    }
     let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
     let number = || {
         text.parse::<i64>()
@@ -394,7 +398,9 @@ mod tests {
             matches!(read_reply(&mut err).unwrap(), Reply::Error(e) if e.starts_with("NOSCRIPT"))
         );
         for bad in [
-            &b"?x\r\n"[..],
+            &b"\r\n"[..],
+            b"\r\n*1\r\n",
+            b"?x\r\n",
             b":12",
             b"$99999999999\r\n",
             b":abc\r\n",
