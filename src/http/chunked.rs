@@ -396,6 +396,36 @@ mod tests {
     }
 
     #[test]
+    fn bare_lf_and_malformed_trailer_lines_get_their_own_errors() {
+        assert_eq!(
+            decode(b"5;x\nhello\r\n0\r\n\r\n", 64),
+            Err(ChunkError::BadLineEnding)
+        );
+        assert_eq!(
+            decode(b"0\r\nX: 1\n\r\n", 64),
+            Err(ChunkError::BadLineEnding)
+        );
+        for bad in [
+            &b"0\r\n: x\r\n\r\n"[..],
+            b"0\r\n x\r\n\r\n",
+            b"0\r\n\tx\r\n\r\n",
+        ] {
+            assert_eq!(decode(bad, 64), Err(ChunkError::BadTrailer), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn size_lines_up_to_4_kib_pass_and_one_byte_more_is_refused() {
+        for (extra, ok) in [(0usize, true), (1, false)] {
+            // '5' plus the extension's bytes after ';' count: 4096 in all.
+            let mut body = b"5;".to_vec();
+            body.resize(2 + 4095 + extra, b'a');
+            body.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+            assert_eq!(decode(&body, 4096).is_ok(), ok, "line + {extra}");
+        }
+    }
+
+    #[test]
     fn bounds_trailer_length() {
         let mut body = b"0\r\n".to_vec();
         for i in 0..(MAX_TRAILERS / 8) {

@@ -257,6 +257,21 @@ mod tests {
     }
 
     #[test]
+    fn every_refusal_says_why() {
+        let reasons = [
+            TargetError::BadEscape,
+            TargetError::EncodedSlash,
+            TargetError::Backslash,
+            TargetError::EncodedControl,
+        ]
+        .map(TargetError::reason);
+        assert!(reasons.iter().all(|r| r.contains("path")), "{reasons:?}");
+        for (i, a) in reasons.iter().enumerate() {
+            assert!(reasons[i + 1..].iter().all(|b| a != b), "distinct");
+        }
+    }
+
+    #[test]
     fn encoded_slash_and_slash_merging_are_configurable() {
         let keep = NormalizeOptions {
             encoded_slash: EncodedSlash::Keep,
