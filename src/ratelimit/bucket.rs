@@ -219,6 +219,28 @@ mod tests {
         assert!(b.take(60 * S, per_minute, 1).allowed);
     }
 
+    /// The header figures: what is left, and when the limit is whole again.
+    #[test]
+    fn decisions_report_remaining_and_reset() {
+        let mut b = TokenBucket::full(10, PER_SEC_10, 0);
+        let d = b.take(0, PER_SEC_10, 10);
+        assert_eq!((d.remaining, d.reset_secs, d.limit), (9, 1, 10));
+        for _ in 0..9 {
+            b.take(0, PER_SEC_10, 10);
+        }
+        let d = b.take(0, PER_SEC_10, 10);
+        assert!(!d.allowed);
+        assert_eq!((d.remaining, d.reset_secs, d.retry_after_secs), (0, 1, 1));
+
+        let mut w = WindowQuota::new(0, 60 * S);
+        for expected in (0..3).rev() {
+            let d = w.take(15 * S, 3, 60 * S);
+            assert_eq!((d.remaining, d.reset_secs), (expected, 45));
+        }
+        let d = w.take(15 * S, 3, 60 * S);
+        assert_eq!((d.allowed, d.remaining, d.retry_after_secs), (false, 0, 45));
+    }
+
     #[test]
     fn full_buckets_are_evictable() {
         let rate = Rate {
