@@ -250,9 +250,10 @@ struct Aggregator {
     stats: Arc<Stats>,
     /// The next batch to each worker, being built.
     batches: Vec<Keyed<GrantRecord>>,
-    /// A batch buffer kept back when a send failed (the stock's buffers
-    /// otherwise come back from the workers over `grant_returns`).
-    spare_batch: Option<Keyed<GrantRecord>>,
+    /// Batch buffers kept back when sends failed (one per failed send, so a
+    /// tick with several never loses a buffer from the stock; the others
+    /// come back from the workers over `grant_returns`).
+    spare_batches: Vec<Keyed<GrantRecord>>,
     /// Scratch for one key's per-worker shares.
     shares: Vec<u64>,
     cluster: Option<Cluster>,
@@ -292,7 +293,7 @@ impl Aggregator {
             channels,
             stats,
             batches: (0..n).map(|_| Keyed::stock()).collect(),
-            spare_batch: None,
+            spare_batches: Vec::with_capacity(n),
             shares: vec![0; n],
             cluster,
         }
@@ -619,8 +620,8 @@ impl Aggregator {
                 continue;
             }
             let Some(mut next) = self
-                .spare_batch
-                .take()
+                .spare_batches
+                .pop()
                 .or_else(|| self.channels.grant_returns.try_recv().ok())
             else {
                 // Every buffer is in flight (workers are late returning
@@ -648,7 +649,8 @@ impl Aggregator {
                 }
                 let mut entries = batch.entries;
                 entries.clear();
-                self.spare_batch = Some(std::mem::replace(&mut self.batches[worker], entries));
+                let spare = std::mem::replace(&mut self.batches[worker], entries);
+                self.spare_batches.push(spare);
             }
         }
     }
