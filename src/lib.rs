@@ -16,6 +16,7 @@ pub mod failure;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod ipnet;
 pub mod metrics;
 pub mod ratelimit;
 pub mod router;

@@ -196,16 +196,17 @@ pub enum LimitKey {
     Global,
 }
 
+/// A refill rate: `tokens` every `per_nanos` ("100/s", "10/min").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub tokens: u64,
+    pub per_nanos: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitKind {
-    Bucket {
-        rate: crate::ratelimit::Rate,
-        burst: u64,
-    },
-    Window {
-        limit: u64,
-        window_nanos: u64,
-    },
+    Bucket { rate: Rate, burst: u64 },
+    Window { limit: u64, window_nanos: u64 },
 }
 
 /// Who shares one limit.
@@ -258,7 +259,7 @@ pub struct RateLimitPolicy {
     pub tiers: Vec<(Box<[u8]>, LimitKind)>,
     pub headers: bool,
     pub max_keys: usize,
-    pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
+    pub trusted_proxies: Vec<crate::ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

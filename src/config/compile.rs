@@ -822,7 +822,7 @@ fn compile_rate_limit(
     }
     let mut trusted_proxies = Vec::new();
     for t in &r.trusted_proxies {
-        match crate::ratelimit::IpNet::parse(t) {
+        match crate::ipnet::IpNet::parse(t) {
             Some(net) => trusted_proxies.push(net),
             None => errors.at(section, format!("rate_limits.{name}: trusted_proxies entry `{t}` is not an address or CIDR network like \"10.0.0.0/8\"")),
         }

@@ -27,12 +27,7 @@ fn ceil_secs(nanos: u128) -> u64 {
     nanos.div_ceil(NANOS) as u64
 }
 
-/// A refill rate: `tokens` every `per_nanos` ("100/s", "10/min").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub tokens: u64,
-    pub per_nanos: u64,
-}
+pub use crate::snapshot::Rate;
 
 /// A token bucket: `burst` tokens, refilled at `rate`. One token is
 /// `rate.per_nanos` units and a nanosecond adds `rate.tokens` units, so
