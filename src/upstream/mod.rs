@@ -3,6 +3,7 @@
 //! `UpstreamSpec`s when a worker starts (or gets a new snapshot).
 
 pub mod balance;
+pub mod conn;
 pub mod hash;
 pub mod pool;
 
@@ -13,6 +14,7 @@ use std::time::Instant;
 use crate::snapshot::UpstreamSpec;
 
 pub use balance::Balancer;
+pub use conn::UpstreamConn;
 pub use pool::Pool;
 
 /// One upstream's per-worker state.

@@ -7,9 +7,11 @@
 //! through `Event`s.
 
 mod catch;
+pub mod client;
 pub mod conn;
+pub mod forward;
 mod io;
-pub mod proxy;
+pub mod phase;
 pub mod request_id;
 pub mod shard;
 

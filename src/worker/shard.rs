@@ -14,7 +14,7 @@ use crate::metrics::WorkerMetrics;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamState;
 
-use super::proxy::UpstreamConn;
+use crate::upstream::UpstreamConn;
 
 /// Output buffers lent to connections for the length of one exchange, so an
 /// idle keep-alive connection holds no write buffer. Taking and giving back

@@ -1,0 +1,90 @@
+//! [hot] The client side of a connection and what one exchange on it
+//! amounted to: the types every phase reads, so `conn` (the loop), the
+//! phases and `forward` share them without importing one another.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use crate::http::{self, HeaderSpan};
+
+use super::io::IoVecPair;
+use super::request_id::RequestId;
+
+/// The client side of a connection, with its reusable buffers.
+pub struct Client {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The peer IP as text, computed once for X-Forwarded-For.
+    pub peer_ip: PeerIp,
+    pub buf: BytesMut,
+    pub out: BytesMut,
+    pub headers: Vec<HeaderSpan>,
+    /// iovec room for vectored writes, allocated on first use.
+    pub iov: Option<IoVecPair>,
+}
+
+impl Client {
+    /// The first value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.get(&self.buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(&self.buf)))
+    }
+}
+
+/// An IP address rendered once, stored inline (no allocation per request).
+pub struct PeerIp {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl PeerIp {
+    pub fn new(addr: &SocketAddr) -> PeerIp {
+        use std::io::Write;
+        let mut text = [0u8; 48];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = write!(cursor, "{}", addr.ip());
+        let len = cursor.position() as usize;
+        PeerIp { text, len }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+}
+
+/// What one request/response exchange amounted to, for metrics and logs.
+pub struct Exchange {
+    pub request_id: RequestId,
+    pub route: Option<usize>,
+    /// Status sent to the client (0 if none was sent).
+    pub status: u16,
+    /// Bytes received from the client (head and body).
+    pub received: u64,
+    /// Bytes sent to the client.
+    pub sent: u64,
+    /// The endpoint that answered, for proxied requests.
+    pub upstream: Option<SocketAddr>,
+    /// Request sent upstream → response head, microseconds.
+    pub upstream_us: Option<u64>,
+    /// The tightest rate-limit decision, reported on the response.
+    pub ratelimit: Option<crate::ratelimit::Decision>,
+}
+
+impl Exchange {
+    pub fn new(request_id: RequestId) -> Exchange {
+        Exchange {
+            request_id,
+            route: None,
+            status: 0,
+            received: 0,
+            sent: 0,
+            upstream: None,
+            upstream_us: None,
+            ratelimit: None,
+        }
+    }
+}

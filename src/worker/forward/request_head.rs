@@ -1,0 +1,154 @@
+//! [hot] The request head sent upstream: request line (path rewrites),
+//! Host (host rewrites), the client's headers less hop-by-hop, framing and
+//! forwarded-identity ones, the forwarded-identity headers by
+//! `server.forwarded_headers`, `x-request-id`, and the route's request
+//! header edits.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::http::{self, BodyFraming, RequestHead};
+use crate::snapshot::{EndpointSpec, ForwardedMode, HostRewrite, PathRewrite, Route};
+
+use super::super::client::Client;
+
+/// The headers that tell an upstream who the client is; never copied from
+/// the client as they are (see `write_forwarded`).
+fn is_forwarded_identity(name: &[u8]) -> bool {
+    match name.len() {
+        9 => name.eq_ignore_ascii_case(b"forwarded") || name.eq_ignore_ascii_case(b"x-real-ip"),
+        15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
+        16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
+        17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
+        _ => false,
+    }
+}
+
+/// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, consistently, by `server.forwarded_headers`.
+fn write_forwarded(out: &mut BytesMut, client: &Client, head: &RequestHead, mode: ForwardedMode) {
+    if mode == ForwardedMode::Strip {
+        return;
+    }
+    let buf = &client.buf[..];
+    let peer = client.peer_ip.as_bytes();
+    let append = mode == ForwardedMode::Append;
+    let earlier = |name: &'static [u8]| {
+        client
+            .headers
+            .iter()
+            .filter(move |h| append && h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(buf)))
+            .filter(|v| !v.is_empty())
+    };
+    out.put_slice(b"x-forwarded-for: ");
+    for v in earlier(b"x-forwarded-for") {
+        out.put_slice(v);
+        out.put_slice(b", ");
+    }
+    out.put_slice(peer);
+    out.put_slice(b"\r\n");
+    // RFC 7239: IPv6 addresses quoted and bracketed; the host quoted (it
+    // may carry a port, which is not a token character).
+    out.put_slice(b"forwarded: ");
+    for v in earlier(b"forwarded") {
+        out.put_slice(v);
+        out.put_slice(b", ");
+    }
+    if client.peer.ip().is_ipv6() {
+        out.put_slice(b"for=\"[");
+        out.put_slice(peer);
+        out.put_slice(b"]\"");
+    } else {
+        out.put_slice(b"for=");
+        out.put_slice(peer);
+    }
+    out.put_slice(b";proto=http");
+    if let Some(h) = head.host {
+        out.put_slice(b";host=\"");
+        out.put_slice(h.get(buf));
+        out.put_u8(b'"');
+    }
+    out.put_slice(b"\r\n");
+    http::write::header(out, b"x-real-ip", peer);
+    out.put_slice(b"x-forwarded-proto: http\r\n");
+    if let Some(h) = head.host {
+        http::write::header(out, b"x-forwarded-host", h.get(buf));
+    }
+}
+
+/// Writes the request line and headers sent upstream.
+pub(super) fn build_request_head(
+    out: &mut BytesMut,
+    client: &Client,
+    head: &RequestHead,
+    route: &Route,
+    endpoint: &EndpointSpec,
+    request_id: &[u8],
+    forwarded: ForwardedMode,
+) {
+    let buf = &client.buf[..];
+    out.put_slice(head.method_span.get(buf));
+    out.put_u8(b' ');
+    let path = head.path.get(buf);
+    match &route.path_rewrite {
+        PathRewrite::None => out.put_slice(if path.is_empty() { b"/" } else { path }),
+        PathRewrite::StripPrefix(len) => {
+            let rest = &path[(*len).min(path.len())..];
+            if !rest.starts_with(b"/") {
+                out.put_u8(b'/');
+            }
+            out.put_slice(rest);
+        }
+        PathRewrite::ReplacePrefix { len, with } => {
+            let mut rest = &path[(*len).min(path.len())..];
+            out.put_slice(with);
+            let with_slash = with.ends_with(b"/");
+            if with_slash && rest.starts_with(b"/") {
+                rest = &rest[1..];
+            } else if !with_slash && !rest.is_empty() && !rest.starts_with(b"/") {
+                out.put_u8(b'/');
+            }
+            out.put_slice(rest);
+        }
+    }
+    out.put_slice(head.query.get(buf));
+    out.put_slice(b" HTTP/1.1\r\nhost: ");
+    match &route.host_rewrite {
+        HostRewrite::Preserve => match head.host {
+            Some(h) if !h.is_empty() => out.put_slice(h.get(buf)),
+            _ => out.put_slice(&endpoint.authority),
+        },
+        HostRewrite::Endpoint => out.put_slice(&endpoint.authority),
+        HostRewrite::Fixed(h) => out.put_slice(h),
+    }
+    out.put_slice(b"\r\n");
+
+    let edits = &route.request_headers;
+    let check_edits = !edits.is_empty();
+    write_forwarded(out, client, head, forwarded);
+    for h in &client.headers {
+        let name = h.name.get(buf);
+        let skip = http::is_hop_by_hop_or_framing(name)
+            || match name.len() {
+                4 => name.eq_ignore_ascii_case(b"host"),
+                6 => name.eq_ignore_ascii_case(b"expect"),
+                12 => name.eq_ignore_ascii_case(b"x-request-id"),
+                _ => is_forwarded_identity(name),
+            }
+            || (head.connection_names_others && http::connection_names(buf, &client.headers, name))
+            || (check_edits && edits.drops(name));
+        if !skip {
+            http::write::header(out, name, h.value.get(buf));
+        }
+    }
+    http::write::header(out, b"x-request-id", request_id);
+    for (name, value) in edits.set.iter().chain(&edits.add) {
+        http::write::header(out, name, value);
+    }
+    match head.framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => http::write::content_length(out, n),
+        BodyFraming::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.put_slice(b"\r\n");
+}

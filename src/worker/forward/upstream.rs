@@ -1,0 +1,124 @@
+//! [hot] Upstream side of a forward: which endpoint answers (balancer plus
+//! its in-flight count), and a connection to it (a quiet pooled one, or a
+//! fresh connect under `connect_timeout`).
+
+use std::time::Instant;
+
+use monoio::net::TcpStream;
+
+use crate::failure::Failure;
+use crate::snapshot::{Balance, HashKey, UpstreamSpec};
+use crate::upstream::UpstreamConn;
+use crate::upstream::hash::stable_hash;
+
+use super::super::client::Client;
+use super::super::shard::{Generation, Shard};
+
+/// Decrements the endpoint's in-flight count however `forward` ends — in
+/// the counts the balancer reads now, even if a reload moved them to a new
+/// generation meanwhile.
+pub(super) struct Outstanding {
+    counts: std::rc::Rc<[std::cell::Cell<u32>]>,
+    endpoint: usize,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        let slot = &self.counts[self.endpoint];
+        slot.set(slot.get().saturating_sub(1));
+    }
+}
+
+/// Picks the endpoint for this request and counts it in flight until the
+/// returned guard drops.
+pub(super) fn pick_endpoint(
+    generation: &Generation,
+    spec: &UpstreamSpec,
+    upstream: usize,
+    client: &Client,
+) -> (usize, Outstanding) {
+    let key_hash = consistent_hash_key(spec, client);
+    let mut ups = generation.upstreams.borrow_mut();
+    let state = &mut ups[upstream];
+    let endpoint = state.balancer.pick(spec, &state.outstanding, key_hash);
+    let slot = &state.outstanding[endpoint];
+    slot.set(slot.get() + 1);
+    (
+        endpoint,
+        Outstanding {
+            counts: state.outstanding.clone(),
+            endpoint,
+        },
+    )
+}
+
+fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
+    if spec.balance != Balance::ConsistentHash {
+        return None;
+    }
+    match spec.hash_key.as_ref()? {
+        HashKey::ClientIp => Some(stable_hash(client.peer_ip.as_bytes())),
+        HashKey::Header(name) => client.header(name).map(stable_hash),
+    }
+}
+
+/// Whether an idle upstream connection has nothing to read: no stray bytes
+/// (a body after HEAD/204/304, a confused upstream) and no FIN. One
+/// non-blocking peek, whatever the io driver.
+fn is_quiet(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local; the fd is owned by `stream`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK)
+    }
+}
+
+pub(super) async fn acquire(
+    shard: &Shard,
+    generation: &Generation,
+    spec: &UpstreamSpec,
+    upstream: usize,
+    endpoint: usize,
+    allow_pooled: bool,
+) -> Result<(UpstreamConn, bool), Failure> {
+    if allow_pooled {
+        loop {
+            let pooled = generation.upstreams.borrow_mut()[upstream].pools[endpoint]
+                .checkout(Instant::now());
+            let Some(conn) = pooled else { break };
+            if is_quiet(&conn.stream) {
+                shard.metrics.reuse();
+                return Ok((conn, true));
+            }
+            // Bytes or a FIN arrived while it sat idle: never hand those to
+            // the next request (they would become its answer). Dropped.
+        }
+    }
+    let addr = spec.endpoints[endpoint].addr;
+    match monoio::time::timeout(spec.connect_timeout, TcpStream::connect_addr(addr)).await {
+        Err(_) => {
+            shard.metrics.connect(upstream, endpoint, false);
+            Err(Failure::UpstreamConnectTimeout)
+        }
+        Ok(Err(e)) => {
+            shard.metrics.connect(upstream, endpoint, false);
+            tracing::debug!(worker = shard.id, %addr, error = %e, "upstream connect failed");
+            Err(Failure::UpstreamConnect)
+        }
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            shard.metrics.connect(upstream, endpoint, true);
+            Ok((UpstreamConn::new(stream), false))
+        }
+    }
+}
