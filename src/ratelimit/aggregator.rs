@@ -302,10 +302,9 @@ impl Aggregator {
     fn run(&mut self, control: &Receiver<Control>) {
         let mut next_tick = Instant::now();
         loop {
-            let shared = super::Limiter::has_shared(&self.snapshot.rate_limits);
             // With no shared policy there is nothing to do but wait for a
             // reload or the stop; reports cannot arrive.
-            let interval = if shared {
+            let interval = if super::Limiter::has_shared(&self.snapshot.rate_limits) {
                 self.snapshot.rate_limit_sync
             } else {
                 Duration::from_millis(200)
@@ -315,14 +314,25 @@ impl Aggregator {
             if next_tick < now {
                 next_tick = now;
             }
-            match control.recv_timeout(next_tick - now) {
-                Ok(Control::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    return;
+            // Control messages are handled as they come, but never move a
+            // tick: a grant computed early (right after a reload) would
+            // split the limit by the demand of a fraction of an interval,
+            // leaving a worker whose report had not arrived yet with only
+            // the floor share, and its clients refused.
+            loop {
+                let left = next_tick.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
                 }
-                Ok(Control::Reload(snapshot)) => self.reload(snapshot),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                match control.recv_timeout(left) {
+                    Ok(Control::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        return;
+                    }
+                    Ok(Control::Reload(snapshot)) => self.reload(snapshot),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                }
             }
-            if shared {
+            if super::Limiter::has_shared(&self.snapshot.rate_limits) {
                 let started = Instant::now();
                 self.tick(clock::now());
                 self.stats.record_tick(started.elapsed());
@@ -736,8 +746,10 @@ mod tests {
                         entries,
                     });
                 }
-                for i in 0..demand(w, ms) {
-                    let at = now + i * 1000;
+                // Requests spread evenly over the millisecond.
+                let n = demand(w, ms);
+                for i in 0..n {
+                    let at = now + i * (MS / n);
                     if limiter.check(0, policy, b"", None, at).allowed {
                         this_ms += 1;
                     }
@@ -842,5 +854,37 @@ mod tests {
                 assert!(sum <= 100 + 100 + 3, "skewed={skewed}: {sum} in 100 ms");
             }
         }
+    }
+
+    #[test]
+    fn a_small_burst_does_not_cap_a_high_rate() {
+        // Bucket 100 000/s (100 per ms), burst 10, 2 workers: each worker's
+        // part of the burst is 5, but its part of the rate refills it all
+        // the time. (When a part was capped over a grant's life rather than
+        // at every moment, a worker admitted at most 5 per grant: ~1 per ms.)
+        let snap = snapshot("rate = \"100000/s\"\nburst = 10", 2);
+        let start = 3 * 1_000_000 * 1000 * MS;
+        let admitted = simulate(&snap, 2_000, start, |_, _| 20);
+        let total: u64 = admitted[100..].iter().sum();
+        let offered = 1_900 * 2 * 20;
+        println!("token bucket 100000/s burst 10, 2 workers at 40/ms: {total} of {offered}");
+        assert!(
+            total as f64 >= offered as f64 * 0.98,
+            "{total} of {offered} admitted, far below the rate"
+        );
+        // Offered 160/ms: the rate holds (burst + 100 per ms, at most).
+        let admitted = simulate(&snap, 2_000, start, |_, _| 80);
+        let mut total = 0u64;
+        for (ms, n) in admitted.iter().enumerate() {
+            total += n;
+            assert!(
+                total <= 10 + 100 * (ms as u64 + 1),
+                "{total} admitted by {ms} ms"
+            );
+        }
+        assert!(
+            total as f64 >= 100.0 * 2_000.0 * 0.95,
+            "only {total} admitted"
+        );
     }
 }

@@ -68,7 +68,7 @@ impl Seen {
     /// The most this worker's running total can reach by `t` under what it
     /// holds.
     fn ceiling(&self, kind: LimitKind, t: u64, parts: u64) -> u64 {
-        self.base + self.carried + self.grant.allowance(kind, t, parts)
+        self.base + self.carried + self.grant.ceiling(kind, t, parts)
     }
 
     /// What this worker may still admit, by `t`, beyond what was counted.

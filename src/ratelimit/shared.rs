@@ -132,6 +132,25 @@ impl Grant {
         }
     }
 
+    /// The most a worker holding this grant can admit by `now`: its amount
+    /// plus all the refill since `start`. The worker's part is a bucket of
+    /// its own (capped at `cap` at every moment, not over its life), so
+    /// one that keeps spending keeps refilling: this, not `allowance`,
+    /// bounds what the aggregator must hold room for.
+    pub fn ceiling(&self, kind: LimitKind, now: u64, parts: u64) -> u64 {
+        match kind {
+            LimitKind::Bucket { rate, .. } => {
+                let elapsed = u128::from(now.saturating_sub(self.start));
+                let refill = elapsed
+                    .saturating_mul(u128::from(rate.tokens))
+                    .saturating_mul(u128::from(self.share))
+                    / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
+                u64::try_from(u128::from(self.amount) + refill).unwrap_or(u64::MAX)
+            }
+            LimitKind::Window { .. } => self.allowance(kind, now, parts),
+        }
+    }
+
     /// Whether a worker holding this grant is indistinguishable from one
     /// holding none (so it need not keep an entry).
     pub fn is_default(&self, kind: LimitKind, now: u64, parts: u64) -> bool {
@@ -160,6 +179,12 @@ pub struct SharedSlot {
     refill_from: u64,
     /// Requests admitted under `current`.
     used: u64,
+    /// Token buckets: what is left of this worker's part, in
+    /// 1/`SHARE_ONE`ths of a request, as of `tokens_at`. Refilled at
+    /// `current.share` of the rate and capped at `current.cap` at every
+    /// moment, like the node-wide bucket it is a part of.
+    tokens: u128,
+    tokens_at: u64,
     /// Requests `current` took over from the grant before it (admitted
     /// while it was pending, beyond what the aggregator had counted).
     carried: u64,
@@ -185,6 +210,8 @@ impl SharedSlot {
             current,
             refill_from: now,
             used: 0,
+            tokens: u128::from(current.amount) * u128::from(SHARE_ONE),
+            tokens_at: now,
             carried: 0,
             next: None,
             admitted: 0,
@@ -235,6 +262,8 @@ impl SharedSlot {
         self.current = grant;
         self.refill_from = now;
         self.used = 0;
+        self.tokens = u128::from(grant.amount) * u128::from(SHARE_ONE);
+        self.tokens_at = now.max(grant.start);
         self.carried = uncounted;
         self.next = None;
         self.attempts_since_switch = 0;
@@ -261,9 +290,13 @@ impl SharedSlot {
                 }
             }
         };
-        let allowance = self
-            .current
-            .allowance_from(kind, now, parts, self.refill_from);
+        let allowance = match kind {
+            LimitKind::Bucket { rate, .. } => used + self.refill(rate, now),
+            LimitKind::Window { .. } => {
+                self.current
+                    .allowance_from(kind, now, parts, self.refill_from)
+            }
+        };
         let allowed = used < allowance;
         // A waiting request counts as demand each time it asks (so the
         // aggregator moves tokens here), but once toward the flood guard.
@@ -273,6 +306,7 @@ impl SharedSlot {
         }
         if allowed {
             self.used += 1;
+            self.tokens = self.tokens.saturating_sub(u128::from(SHARE_ONE));
             if let Some(p) = &mut self.next {
                 p.uncounted += 1;
             }
@@ -302,6 +336,21 @@ impl SharedSlot {
             && elsewhere > 0
             && self.attempts_since_switch <= allowance + (allowance / 8).max(2);
         decision
+    }
+
+    /// Refills this worker's part of a bucket up to `now`; returns the
+    /// whole requests it holds.
+    fn refill(&mut self, rate: crate::snapshot::Rate, now: u64) -> u64 {
+        let top = u128::from(self.current.cap.max(self.current.amount)) * u128::from(SHARE_ONE);
+        if now > self.tokens_at {
+            let added = u128::from(now - self.tokens_at)
+                .saturating_mul(u128::from(rate.tokens))
+                .saturating_mul(u128::from(self.current.share))
+                / u128::from(rate.per_nanos.max(1));
+            self.tokens = self.tokens.saturating_add(added).min(top);
+            self.tokens_at = now;
+        }
+        u64::try_from(self.tokens.min(top) / u128::from(SHARE_ONE)).unwrap_or(u64::MAX)
     }
 
     fn decision(
@@ -487,12 +536,27 @@ mod tests {
                 .count(),
             2
         );
-        // Ten seconds later: capped at 25 in all since the grant.
+        // Ten seconds later: full at its cap, 25, and no more.
         assert_eq!(
             (0..100)
                 .filter(|_| a.take(kind, 10 * S, 4, false).allowed)
                 .count(),
-            23
+            25
+        );
+        // The part is a bucket, capped at every moment rather than over the
+        // grant's life: spent, it refills at 25/s again (a second: 25).
+        assert_eq!(
+            (0..100)
+                .filter(|_| a.take(kind, 11 * S, 4, false).allowed)
+                .count(),
+            25
+        );
+        // Half a second: 12 whole requests (12.5 tokens).
+        assert_eq!(
+            (0..100)
+                .filter(|_| a.take(kind, 11 * S + S / 2, 4, false).allowed)
+                .count(),
+            12
         );
     }
 
