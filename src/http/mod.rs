@@ -192,6 +192,89 @@ mod tests {
         assert_eq!(parse_content_length(b"4 2"), None);
         assert_eq!(parse_content_length(b""), None);
         assert_eq!(parse_content_length(b"9999999999999999999999"), None);
+        // 18 digits is the most taken (it cannot overflow u64), 19 is not.
+        assert_eq!(
+            parse_content_length(b"999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        assert_eq!(parse_content_length(b"1000000000000000000"), None);
+    }
+
+    #[test]
+    fn spans_locate_parts_and_refuse_what_lies_outside() {
+        let whole = b"GET /path HTTP/1.1";
+        let buf = &whole[..9];
+        let path = Span::of(buf, &buf[4..9]);
+        assert_eq!((path.start, path.end), (4, 9));
+        assert_eq!(path.get(buf), b"/path");
+        assert_eq!(path.len(), 5);
+        assert!(!path.is_empty());
+        let empty = Span::of(buf, &buf[3..3]);
+        assert!(empty.is_empty() && empty.len() == 0);
+        // An empty part beyond the buffer's end (httparse's static "" can
+        // sit anywhere) is the empty span at 0, not a range past the end.
+        assert_eq!(Span::of(buf, &whole[12..12]), Span::default());
+        assert_eq!(Span::of(buf, &b""[..]), Span::default());
+    }
+
+    #[test]
+    fn hop_by_hop_and_framing_headers_are_known_in_any_case() {
+        for name in [
+            &b"te"[..],
+            b"Trailer",
+            b"upgrade",
+            b"Connection",
+            b"keep-alive",
+            b"content-length",
+            b"Proxy-Connection",
+            b"transfer-encoding",
+        ] {
+            assert!(is_hop_by_hop_or_framing(name), "{:?}", name);
+        }
+        for name in [
+            &b"tx"[..],
+            b"trailed",
+            b"upgradx",
+            b"connectiox",
+            b"keep-alivx",
+            b"content-lengtx",
+            b"proxy-connectiox",
+            b"transfer-encodinx",
+            b"content-type",
+            b"host",
+        ] {
+            assert!(!is_hop_by_hop_or_framing(name), "{:?}", name);
+        }
+    }
+
+    #[test]
+    fn connection_lists_name_headers() {
+        let buf = b"Connection: close, X-Trace\r\nX-Trace: 1\r\nKeep-Alive: x\r\n";
+        let span = |a: usize, b: usize| Span {
+            start: a as u32,
+            end: b as u32,
+        };
+        let headers = [
+            HeaderSpan {
+                name: span(0, 10),
+                value: span(12, 26),
+            },
+            HeaderSpan {
+                name: span(28, 35),
+                value: span(37, 38),
+            },
+            HeaderSpan {
+                name: span(40, 50),
+                value: span(52, 53),
+            },
+        ];
+        assert_eq!(headers[0].value.get(buf), b"close, X-Trace");
+        assert!(connection_names(buf, &headers, b"x-trace"));
+        assert!(connection_names(buf, &headers, b"close"));
+        // Named by another header's value is not named by Connection.
+        assert!(!connection_names(buf, &headers, b"x"));
+        assert!(!connection_names(buf, &headers, b"keep-alive"));
+        assert!(!connection_names(&buf[..0], &[], b"close"));
     }
 
     #[test]

@@ -638,4 +638,151 @@ GET http://three/c HTTP/1.1\r\nHost: ignored\r\nConnection: close\r\n\r\n";
             Err(ParseError::Malformed(_))
         ));
     }
+
+    #[test]
+    fn methods_are_classified_and_only_safe_ones_retried() {
+        let table = [
+            (&b"GET"[..], Method::Get, true),
+            (b"HEAD", Method::Head, true),
+            (b"POST", Method::Post, false),
+            (b"PUT", Method::Put, true),
+            (b"DELETE", Method::Delete, true),
+            (b"OPTIONS", Method::Options, true),
+            (b"PATCH", Method::Patch, false),
+            (b"TRACE", Method::Trace, true),
+            (b"get", Method::Other, false),
+            (b"PURGE", Method::Other, false),
+        ];
+        for (token, method, idempotent) in table {
+            assert_eq!(Method::classify(token), method, "{:?}", token);
+            assert_eq!(method.is_idempotent(), idempotent, "{method:?}");
+        }
+    }
+
+    #[test]
+    fn the_head_limit_is_inclusive() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut headers = Vec::new();
+        let at = |max: usize, bytes: &[u8], headers: &mut Vec<HeaderSpan>| {
+            parse_request(bytes, max, 64, headers).map(|h| h.map(|h| h.len))
+        };
+        assert_eq!(at(raw.len(), raw, &mut headers), Ok(Some(raw.len())));
+        assert_eq!(
+            at(raw.len() - 1, raw, &mut headers),
+            Err(ParseError::HeadTooLarge)
+        );
+        // A partial head is waited for until it is past the limit.
+        let partial = &raw[..raw.len() - 2];
+        assert_eq!(at(partial.len(), partial, &mut headers), Ok(None));
+        assert_eq!(
+            at(partial.len() - 1, partial, &mut headers),
+            Err(ParseError::HeadTooLarge)
+        );
+    }
+
+    #[test]
+    fn only_the_named_headers_are_interpreted() {
+        // Same-length names: Date (4), Referer (7), User-Agent (10),
+        // Accept-Charset (14), If-Modified-Since (17).
+        let raw = b"POST / HTTP/1.1\r\nDate: x\r\nHost: a\r\nReferer: y\r\nUser-Agent: close\r\nAccept-Charset: abc\r\nIf-Modified-Since: chunked\r\nContent-Length: 3\r\n\r\n";
+        let h = head(raw);
+        assert_eq!(h.host.unwrap().get(raw), b"a");
+        assert!(!h.upgrade);
+        assert!(h.keep_alive && !h.connection_names_others);
+        assert_eq!(h.framing, BodyFraming::Length(3));
+        let h =
+            head(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+        assert!(h.upgrade && h.keep_alive && !h.connection_names_others);
+    }
+
+    #[test]
+    fn expect_continue_needs_a_body_and_http11() {
+        let expect = |raw: &[u8]| head(raw).expect_continue;
+        assert!(expect(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!expect(
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n"
+        ));
+        assert!(!expect(
+            b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!expect(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn target_forms_are_split_or_refused() {
+        let split = |method: Method, line: &'static [u8]| {
+            let target_start = line.iter().position(|&b| b == b' ').unwrap() + 1;
+            let target_end = line[target_start..]
+                .iter()
+                .position(|&b| b == b' ')
+                .map_or(line.len(), |e| target_start + e);
+            split_target(line, &line[target_start..target_end], method).map(|(p, q, a)| {
+                (
+                    p.get(line).to_vec(),
+                    q.get(line).to_vec(),
+                    a.map(|a| a.get(line).to_vec()),
+                )
+            })
+        };
+        assert_eq!(
+            split(Method::Get, b"GET /a?b HTTP/1.1"),
+            Ok((b"/a".to_vec(), b"?b".to_vec(), None))
+        );
+        assert_eq!(
+            split(Method::Get, b"GET http://h:1/p?q HTTP/1.1"),
+            Ok((b"/p".to_vec(), b"?q".to_vec(), Some(b"h:1".to_vec())))
+        );
+        assert_eq!(
+            split(Method::Options, b"OPTIONS * HTTP/1.1"),
+            Ok((b"*".to_vec(), vec![], None))
+        );
+        let refused = |method, line| matches!(split(method, line), Err(ParseError::Malformed(_)));
+        assert!(refused(Method::Get, b"GET * HTTP/1.1"));
+        assert!(
+            refused(Method::Get, b"GET http:///p HTTP/1.1"),
+            "empty authority"
+        );
+        assert!(
+            refused(Method::Get, b"GET http://u@h/p HTTP/1.1"),
+            "userinfo"
+        );
+        assert!(
+            refused(Method::Get, b"GET http://h{x/p HTTP/1.1"),
+            "bad host byte"
+        );
+        assert!(
+            refused(Method::Other, b"FOO h:1 HTTP/1.1"),
+            "authority-form"
+        );
+        assert!(refused(Method::Get, b"GET a/b HTTP/1.1"));
+        assert_eq!(
+            split(Method::Other, b"CONNECT h:1 HTTP/1.1"),
+            Err(ParseError::UnsupportedMethod)
+        );
+    }
+
+    #[test]
+    fn httparse_errors_keep_their_reasons() {
+        let reason = |raw: &[u8]| match parse(raw) {
+            Err(ParseError::Malformed(r)) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            "invalid header name (whitespace before colon, or obs-fold)"
+        );
+        assert_eq!(
+            reason(b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n"),
+            "invalid character in header value"
+        );
+        assert_eq!(
+            reason(b"GET / HTTP/2.0\r\n\r\n"),
+            "unsupported HTTP version"
+        );
+        assert_eq!(reason(b"G\x01T / HTTP/1.1\r\n\r\n"), "invalid method token");
+    }
 }

@@ -288,4 +288,54 @@ mod tests {
         assert!(h.is_interim());
         assert_eq!(h.framing, ResponseFraming::None);
     }
+
+    #[test]
+    fn interim_means_1xx() {
+        for (status, interim) in [
+            (100, true),
+            (103, true),
+            (199, true),
+            (200, false),
+            (304, false),
+        ] {
+            let raw = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let h = parse(raw.as_bytes(), false).unwrap().unwrap();
+            assert_eq!(h.is_interim(), interim, "{status}");
+        }
+    }
+
+    #[test]
+    fn the_head_limit_is_inclusive() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        let at = |max: usize, bytes: &[u8]| {
+            parse_response(bytes, max, 64, false, &mut Vec::new()).map(|h| h.map(|h| h.len))
+        };
+        assert_eq!(at(raw.len(), raw), Ok(Some(raw.len())));
+        assert_eq!(at(raw.len() - 1, raw), Err(ResponseError::TooLarge));
+        let partial = &raw[..raw.len() - 2];
+        assert_eq!(at(partial.len() + 1, partial), Ok(None));
+        assert_eq!(at(partial.len(), partial), Ok(None));
+        assert_eq!(at(partial.len() - 1, partial), Err(ResponseError::TooLarge));
+    }
+
+    #[test]
+    fn only_the_named_headers_are_interpreted() {
+        // Same-length names: Set-Cookie (10), Content-Digest (14),
+        // If-Modified-Since (17).
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: close\r\nContent-Digest: sha\r\nIf-Modified-Since: chunked\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive && !h.connection_names_others);
+        assert_eq!(h.framing, ResponseFraming::Length(2));
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+    }
 }
