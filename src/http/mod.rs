@@ -210,7 +210,8 @@ mod tests {
         assert_eq!(path.len(), 5);
         assert!(!path.is_empty());
         let empty = Span::of(buf, &buf[3..3]);
-        assert!(empty.is_empty() && empty.len() == 0);
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
         // An empty part beyond the buffer's end (httparse's static "" can
         // sit anywhere) is the empty span at 0, not a range past the end.
         assert_eq!(Span::of(buf, &whole[12..12]), Span::default());
