@@ -4,16 +4,6 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::Version;
-
-#[inline]
-pub fn version_bytes(v: Version) -> &'static [u8] {
-    match v {
-        Version::Http10 => b"HTTP/1.0",
-        Version::Http11 => b"HTTP/1.1",
-    }
-}
-
 #[inline]
 pub fn header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
@@ -132,5 +122,63 @@ mod tests {
         out.put_u8(b' ');
         chunk_start(&mut out, 0x1a2b);
         assert_eq!(&out[..], b"0 18446744073709551615 1a2b\r\n");
+    }
+
+    #[test]
+    fn headers_and_lengths_are_written_as_lines() {
+        let mut out = BytesMut::new();
+        header(&mut out, b"x-a", b"1 2");
+        content_length(&mut out, 1234);
+        assert_eq!(&out[..], b"x-a: 1 2\r\ncontent-length: 1234\r\n");
+    }
+
+    #[test]
+    fn status_lines_carry_the_standard_reason_or_none() {
+        let table: [(u16, &str); 36] = [
+            (100, "Continue"),
+            (101, "Switching Protocols"),
+            (103, "Early Hints"),
+            (200, "OK"),
+            (201, "Created"),
+            (202, "Accepted"),
+            (204, "No Content"),
+            (206, "Partial Content"),
+            (301, "Moved Permanently"),
+            (302, "Found"),
+            (303, "See Other"),
+            (304, "Not Modified"),
+            (307, "Temporary Redirect"),
+            (308, "Permanent Redirect"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (414, "URI Too Long"),
+            (415, "Unsupported Media Type"),
+            (417, "Expectation Failed"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (502, "Bad Gateway"),
+            (503, "Service Unavailable"),
+            (504, "Gateway Timeout"),
+            (505, "HTTP Version Not Supported"),
+            (299, ""),
+            (599, ""),
+        ];
+        for (status, reason) in table {
+            let mut out = BytesMut::new();
+            status_line(&mut out, status);
+            assert_eq!(
+                std::str::from_utf8(&out).unwrap(),
+                format!("HTTP/1.1 {status} {reason}\r\n")
+            );
+        }
     }
 }
