@@ -28,10 +28,48 @@ pub struct Client {
 impl Client {
     /// The first value of header `name` (case-insensitive), trimmed.
     pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.view().header(name)
+    }
+
+    /// The request as the phases read it.
+    pub fn view(&self) -> RequestView<'_> {
+        RequestView {
+            buf: &self.buf,
+            headers: &self.headers,
+            peer: self.peer,
+            peer_ip: self.peer_ip.as_bytes(),
+        }
+    }
+}
+
+/// What a phase may read of a request: the head's bytes and header spans,
+/// and who sent it. No socket, so phases are unit-tested without one.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    pub buf: &'a [u8],
+    pub headers: &'a [HeaderSpan],
+    pub peer: SocketAddr,
+    /// The peer IP as text.
+    pub peer_ip: &'a [u8],
+}
+
+impl<'a> RequestView<'a> {
+    /// The first value of header `name` (case-insensitive), trimmed.
+    pub fn header(&self, name: &[u8]) -> Option<&'a [u8]> {
+        let buf = self.buf;
         self.headers
             .iter()
-            .find(|h| h.name.get(&self.buf).eq_ignore_ascii_case(name))
-            .map(|h| http::trim_ows(h.value.get(&self.buf)))
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(buf)))
+    }
+
+    /// Every value of header `name`, in order, untrimmed.
+    pub fn values(&self, name: &'a [u8]) -> impl DoubleEndedIterator<Item = &'a [u8]> + 'a {
+        let buf = self.buf;
+        self.headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(move |h| h.value.get(buf))
     }
 }
 

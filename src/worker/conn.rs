@@ -246,7 +246,7 @@ async fn handle_request(
     exchange: &mut Exchange,
 ) -> bool {
     let snapshot: &Snapshot = &generation.snapshot;
-    let Some(route_index) = phase::route::find(snapshot, client, head) else {
+    let Some(route_index) = phase::route::find(snapshot, &client.view(), head) else {
         return refuse(shard, snapshot, client, head, Failure::NotFound, exchange).await;
     };
     exchange.route = Some(route_index);
@@ -262,8 +262,9 @@ async fn handle_request(
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
     let mut limits = phase::ratelimit::Progress::default();
+    let request = client.view();
     if let Some(failure) =
-        decide(|| phase::ratelimit::check(shard, generation, route, client, &mut limits)).await
+        decide(|| phase::ratelimit::check(shard, generation, route, &request, &mut limits)).await
     {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
