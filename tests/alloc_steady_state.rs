@@ -8,6 +8,9 @@
 //! harness's, which allocates when a test runs longer than a minute (its
 //! "has been running for over 60 seconds" bookkeeping) — on a busy machine
 //! this test does.
+//!
+//! `RINGGATE_ALLOC_TRACE=1` prints a backtrace for each of the first
+//! allocations inside a measured window: how a failure is diagnosed.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -18,10 +21,23 @@ use std::time::Duration;
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Inside a measured window (backtraces are printed only there).
+static MEASURING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Backtraces printed so far (at most `MAX_TRACES`), when tracing.
+static TRACED: AtomicU64 = AtomicU64::new(0);
+const MAX_TRACES: u64 = 8;
 
 thread_local! {
     /// Whether this thread is the process's main thread (the harness's).
     static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    /// This thread is capturing a backtrace (whose own allocations are not
+    /// traced again).
+    static TRACING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn tracing_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("RINGGATE_ALLOC_TRACE").is_some())
 }
 
 fn count() {
@@ -37,6 +53,17 @@ fn count() {
     });
     if !main {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if MEASURING.load(Ordering::Relaxed) && !TRACING.with(|t| t.replace(true)) {
+            if tracing_enabled() && TRACED.fetch_add(1, Ordering::Relaxed) < MAX_TRACES {
+                let thread = std::thread::current();
+                eprintln!(
+                    "allocation in the measured window on thread {:?}:\n{}",
+                    thread.name(),
+                    std::backtrace::Backtrace::force_capture()
+                );
+            }
+            TRACING.with(|t| t.set(false));
+        }
     }
 }
 
@@ -183,7 +210,9 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
     run_requests(&mut stream, &request, 3_000);
     let measured = 20_000;
     let before = ALLOCATIONS.load(Ordering::SeqCst);
+    MEASURING.store(true, Ordering::SeqCst);
     run_requests(&mut stream, &request, measured);
+    MEASURING.store(false, Ordering::SeqCst);
     let after = ALLOCATIONS.load(Ordering::SeqCst);
     drop(stream);
     running.drain().unwrap();

@@ -337,5 +337,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(!h.keep_alive);
+        // HTTP/1.0: kept alive only when asked, and never when also closed.
+        let keep = |raw: &[u8]| parse(raw, false).unwrap().unwrap().keep_alive;
+        assert!(keep(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keep(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
     }
 }

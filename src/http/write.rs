@@ -6,7 +6,6 @@ use bytes::{BufMut, BytesMut};
 
 #[inline]
 pub fn header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.reserve(name.len() + value.len() + 4);
     out.put_slice(name);
     out.put_slice(b": ");
     out.put_slice(value);
