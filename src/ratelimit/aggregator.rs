@@ -62,6 +62,10 @@ impl Stats {
     }
 }
 
+/// Longest the aggregator sleeps before looking at its control channel
+/// (how late a reload or stop can be taken).
+const CONTROL_POLL: Duration = Duration::from_millis(10);
+
 pub enum Control {
     Reload(Arc<Snapshot>),
     Stop,
@@ -314,23 +318,30 @@ impl Aggregator {
             if next_tick < now {
                 next_tick = now;
             }
-            // Control messages are handled as they come, but never move a
-            // tick: a grant computed early (right after a reload) would
-            // split the limit by the demand of a fraction of an interval,
-            // leaving a worker whose report had not arrived yet with only
-            // the floor share, and its clients refused.
+            // Control messages are taken between short sleeps, and never
+            // move a tick: a grant computed early (right after a reload)
+            // would split the limit by the demand of a fraction of an
+            // interval. A plain sleep rather than a blocking receive:
+            // crossbeam allocates a thread's wait context on its first
+            // blocking receive, which on a starved thread could happen in
+            // the middle of steady-state traffic (the allocation test saw
+            // it).
             loop {
+                match control.try_recv() {
+                    Ok(Control::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        return;
+                    }
+                    Ok(Control::Reload(snapshot)) => {
+                        self.reload(snapshot);
+                        continue;
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                }
                 let left = next_tick.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                match control.recv_timeout(left) {
-                    Ok(Control::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                        return;
-                    }
-                    Ok(Control::Reload(snapshot)) => self.reload(snapshot),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
-                }
+                std::thread::sleep(left.min(CONTROL_POLL));
             }
             if super::Limiter::has_shared(&self.snapshot.rate_limits) {
                 let started = Instant::now();
