@@ -630,4 +630,52 @@ mod tests {
         split_exactly(3, &[SHARE_ONE / 4; 4], &mut out);
         assert_eq!(out.iter().sum::<u64>(), 3);
     }
+
+    const KIND: LimitKind = LimitKind::Window {
+        limit: 100,
+        window_nanos: 60_000_000_000,
+    };
+
+    #[test]
+    fn shares_are_an_even_floor_plus_demand_and_sum_to_one() {
+        let mut seen = [Seen::new(KIND, 0, 2), Seen::new(KIND, 0, 2)];
+        let mut out = [0u64; 2];
+        // No demand anywhere: equal halves.
+        shares(&seen, &mut out);
+        assert_eq!(out, [SHARE_ONE / 2, SHARE_ONE / 2]);
+        // Demand 3:1 — 5% each as a floor, the other 90% split 3:1.
+        seen[0].demand = 3;
+        seen[1].demand = 1;
+        shares(&seen, &mut out);
+        let floor = SHARE_ONE / 10 / 2;
+        let spread = SHARE_ONE - 2 * floor;
+        assert_eq!(out[1], floor + spread / 4);
+        assert_eq!(out[0], SHARE_ONE - out[1], "leftovers go to the busiest");
+        assert!(out[0] >= floor + spread * 3 / 4);
+        // All demand on one worker: the other keeps only the floor.
+        seen[1].demand = 0;
+        shares(&seen, &mut out);
+        assert_eq!(out, [SHARE_ONE - floor, floor]);
+    }
+
+    #[test]
+    fn the_allow_fallback_grants_what_no_request_rate_reaches() {
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        let mut shares = [0u64; 2];
+        ledger.grant(
+            KIND,
+            0,
+            20_000_000,
+            Source::Fallback(OnRedisError::Allow),
+            0,
+            1,
+            &mut shares,
+        );
+        let (grant, _, _) = ledger.grant_for(0);
+        assert!(
+            grant.amount >= 1 << 38,
+            "an allow fallback grants {} only",
+            grant.amount
+        );
+    }
 }
