@@ -66,8 +66,9 @@ impl BufferPool {
 pub struct Generation {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: RefCell<Vec<UpstreamState<UpstreamConn>>>,
-    /// Worker-scope rate-limit state for this snapshot's policies (a
-    /// reload starts limits afresh).
+    /// This worker's rate-limit state for this snapshot's policies (its
+    /// buckets and windows, and its grants of shared limits); a reload
+    /// carries the state of unchanged policies over (`Limiter::carry_over`).
     pub limiter: RefCell<crate::ratelimit::Limiter>,
 }
 
