@@ -656,6 +656,25 @@ mod tests {
         seen[1].demand = 0;
         shares(&seen, &mut out);
         assert_eq!(out, [SHARE_ONE - floor, floor]);
+        // Thirds do not divide 2^32: the rounding leftover goes to one
+        // worker (the last of the busiest), so the parts still sum to one.
+        let mut three = [
+            Seen::new(KIND, 0, 3),
+            Seen::new(KIND, 0, 3),
+            Seen::new(KIND, 0, 3),
+        ];
+        let mut out = [0u64; 3];
+        shares(&three, &mut out);
+        let third = SHARE_ONE / 3;
+        assert_eq!(out, [third, third, SHARE_ONE - 2 * third]);
+        for s in &mut three {
+            s.demand = 1;
+        }
+        shares(&three, &mut out);
+        assert_eq!(out.iter().sum::<u64>(), SHARE_ONE);
+        assert_eq!(out[0], out[1]);
+        assert_eq!(out[2], out[0] + (SHARE_ONE - 3 * out[0]));
+        assert!(out[2] > out[0], "a leftover exists here");
     }
 
     #[test]
