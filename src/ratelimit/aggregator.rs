@@ -898,4 +898,43 @@ mod tests {
             "only {total} admitted"
         );
     }
+
+    #[test]
+    fn an_idle_bucket_does_not_bank_refill_past_its_burst() {
+        // Bucket 1 000/s, burst 100, 4 workers. Drain it, leave it idle for
+        // 2 s (full after 0.1 s: the other 1.9 s of refill are lost), then
+        // flood it from one worker for 1 s: burst + rate = 1 100 at most.
+        let snap = snapshot("rate = \"1000/s\"\nburst = 100", 4);
+        let start = 11 * 1_000_000 * 1000 * MS;
+        let admitted = simulate(&snap, 3_500, start, |w, ms| {
+            if w == 0 && (ms < 500 || ms >= 2_500) {
+                8
+            } else {
+                0
+            }
+        });
+        let flood: u64 = admitted[2_500..].iter().sum();
+        println!("token bucket 1000/s burst 100, after 2 s idle, 1 s flood: {flood} admitted");
+        assert!(
+            flood <= 1_100 + 3,
+            "{flood} admitted: refill banked while full"
+        );
+        assert!(flood >= 1_050, "only {flood} admitted of 1 100");
+    }
+
+    #[test]
+    fn every_window_starts_whole_for_the_busiest_worker() {
+        // Window 1 000/s, 4 workers, all demand on worker 0 for three
+        // windows: each whole window admits its limit, not only worker 0's
+        // fresh part (250).
+        let snap = snapshot("limit = 1000\nwindow = \"1s\"", 4);
+        let start = 1_000_000 * 1000 * MS + 900 * MS;
+        let admitted = simulate(&snap, 3_100, start, |w, _| if w == 0 { 20 } else { 0 });
+        for window in [100..1_100, 1_100..2_100, 2_100..3_100] {
+            let n: u64 = admitted[window.clone()].iter().sum();
+            println!("window quota 1000/s, one busy worker, ms {window:?}: {n} admitted");
+            assert!(n <= 1_000 + 3, "{n} admitted in one window of 1000");
+            assert!(n >= 950, "only {n} of 1000 admitted in ms {window:?}");
+        }
+    }
 }
