@@ -907,7 +907,7 @@ mod tests {
         let snap = snapshot("rate = \"1000/s\"\nburst = 100", 4);
         let start = 11 * 1_000_000 * 1000 * MS;
         let admitted = simulate(&snap, 3_500, start, |w, ms| {
-            if w == 0 && (ms < 500 || ms >= 2_500) {
+            if w == 0 && !(500..2_500).contains(&ms) {
                 8
             } else {
                 0
