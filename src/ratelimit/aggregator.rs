@@ -937,4 +937,16 @@ mod tests {
             assert!(n >= 950, "only {n} of 1000 admitted in ms {window:?}");
         }
     }
+
+    #[test]
+    fn a_fresh_key_gives_its_whole_burst_to_the_worker_that_wants_it() {
+        // Bucket with a negligible refill (1/min), burst 100, 4 workers:
+        // one worker's first burst gets all 100, not only its fresh part.
+        let snap = snapshot("rate = \"1/min\"\nburst = 100", 4);
+        let start = 13 * 1_000_000 * 1000 * MS;
+        let admitted = simulate(&snap, 500, start, |w, _| if w == 0 { 8 } else { 0 });
+        let total: u64 = admitted.iter().sum();
+        println!("token bucket burst 100, fresh key, one busy worker: {total} admitted");
+        assert_eq!(total, 100);
+    }
 }

@@ -697,4 +697,69 @@ mod tests {
             grant.amount
         );
     }
+
+    fn report(incarnation: u32, admitted: u64, attempts: u64) -> ReportRecord {
+        let mut arena = super::super::sync::Keyed::<ReportRecord>::default();
+        ReportRecord {
+            policy: 0,
+            tier: 0,
+            key: arena.push_key(b"k"),
+            incarnation,
+            admitted,
+            attempts,
+            window: 0,
+            grant_start: 0,
+            carried: 0,
+        }
+    }
+
+    #[test]
+    fn running_totals_count_once_and_restart_with_a_new_entry() {
+        let mut ledger = Ledger::new(0, KIND, 0, 2, false);
+        assert_eq!(
+            ledger.newly_admitted(0, &report(5, 10, 12), KIND, 0),
+            (10, 12)
+        );
+        assert_eq!(
+            ledger.newly_admitted(0, &report(5, 15, 20), KIND, 0),
+            (5, 8)
+        );
+        // The worker evicted its entry and made a new one (new incarnation):
+        // its totals count from zero again.
+        assert_eq!(ledger.newly_admitted(0, &report(6, 3, 4), KIND, 0), (3, 4));
+        // The same incarnation number but a smaller total: also a new entry.
+        assert_eq!(ledger.newly_admitted(0, &report(6, 1, 1), KIND, 0), (1, 1));
+        // Another worker's totals are its own.
+        assert_eq!(ledger.newly_admitted(1, &report(5, 2, 2), KIND, 0), (2, 2));
+        assert_eq!(ledger.newly_admitted(9, &report(5, 2, 2), KIND, 0), (0, 0));
+    }
+
+    #[test]
+    fn cluster_demand_sizes_claims_and_wakes_an_idle_key() {
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        ledger.claims.as_mut().unwrap().idle_ticks = 5;
+        ledger.newly_admitted(0, &report(1, 0, 0), KIND, 0);
+        let claims = ledger.claims.unwrap();
+        assert_eq!(
+            (claims.demand, claims.idle_ticks),
+            (0, 5),
+            "no attempts: still idle"
+        );
+        ledger.newly_admitted(0, &report(1, 3, 4), KIND, 0);
+        ledger.newly_admitted(1, &report(1, 1, 3), KIND, 0);
+        let claims = ledger.claims.unwrap();
+        assert_eq!((claims.demand, claims.idle_ticks), (7, 0));
+    }
+
+    #[test]
+    fn the_local_share_fallback_holds_this_node_to_its_part() {
+        // Cluster scope, Redis away, 2 nodes last seen: this node may
+        // grant half of the window's 100, from a fresh local window.
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        let mut shares = [0u64; 2];
+        let source = Source::Fallback(OnRedisError::LocalShare);
+        ledger.grant(KIND, 0, 20_000_000, source, 1, 2, &mut shares);
+        let total: u64 = (0..2).map(|w| ledger.grant_for(w).0.amount).sum();
+        assert_eq!(total, 50);
+    }
 }
