@@ -762,4 +762,25 @@ mod tests {
         let total: u64 = (0..2).map(|w| ledger.grant_for(w).0.amount).sum();
         assert_eq!(total, 50);
     }
+
+    #[test]
+    fn a_new_fallback_period_starts_the_local_share_afresh() {
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        let source = Source::Fallback(OnRedisError::LocalShare);
+        let now = 60_000_000_000 * 1_000 + 5_000_000_000;
+        let window = window_start(now, 60_000_000_000);
+        ledger.charge(KIND, 40, window, source, 1, 2, now);
+        let local = node_part(KIND, 2);
+        assert_eq!(
+            ledger.local_left(local, now),
+            10,
+            "50 of 100 here, 40 spent"
+        );
+        // Same period: unchanged. A new period (Redis was back, then away
+        // again): this node's part is whole again.
+        assert_eq!(ledger.local_kind(KIND, source, 1, 2, now), local);
+        assert_eq!(ledger.local_left(local, now), 10);
+        assert_eq!(ledger.local_kind(KIND, source, 2, 2, now), local);
+        assert_eq!(ledger.local_left(local, now), 50);
+    }
 }
