@@ -783,4 +783,39 @@ mod tests {
         assert_eq!(ledger.local_kind(KIND, source, 2, 2, now), local);
         assert_eq!(ledger.local_left(local, now), 50);
     }
+
+    #[test]
+    fn claimed_tokens_are_spent_only_in_their_window() {
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        let now = 60_000_000_000 * 1_000 + 5_000_000_000;
+        let window = window_start(now, 60_000_000_000);
+        {
+            let claims = ledger.claims.as_mut().unwrap();
+            claims.window = window;
+            claims.held = 30;
+        }
+        ledger.charge(KIND, 10, window, Source::Claimed, 0, 1, now);
+        assert_eq!(ledger.claims.unwrap().held, 20);
+        // Admissions reported for the window before: not from these tokens.
+        ledger.charge(KIND, 5, window - 60_000_000_000, Source::Claimed, 0, 1, now);
+        assert_eq!(ledger.claims.unwrap().held, 20);
+    }
+
+    #[test]
+    fn the_local_bucket_refills_at_the_rate_up_to_its_burst() {
+        let bucket = LimitKind::Bucket {
+            rate: crate::snapshot::Rate {
+                tokens: 10,
+                per_nanos: 1_000_000_000,
+            },
+            burst: 100,
+        };
+        let t0 = 1_000_000_000_000;
+        let mut ledger = Ledger::new(0, bucket, t0, 2, false);
+        ledger.charge(bucket, 100, 0, Source::Node, 0, 1, t0);
+        assert_eq!(ledger.local_left(bucket, t0), 0);
+        assert_eq!(ledger.local_left(bucket, t0 + 1_000_000_000), 10);
+        assert_eq!(ledger.local_left(bucket, t0 + 2_500_000_000), 25);
+        assert_eq!(ledger.local_left(bucket, t0 + 60_000_000_000), 100);
+    }
 }
