@@ -786,8 +786,8 @@ mod tests {
 
     #[test]
     fn claimed_tokens_are_spent_only_in_their_window() {
-        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
         let now = 60_000_000_000 * 1_000 + 5_000_000_000;
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
         let window = window_start(now, 60_000_000_000);
         {
             let claims = ledger.claims.as_mut().unwrap();
