@@ -818,4 +818,31 @@ mod tests {
         assert_eq!(ledger.local_left(bucket, t0 + 2_500_000_000), 25);
         assert_eq!(ledger.local_left(bucket, t0 + 60_000_000_000), 100);
     }
+
+    #[test]
+    fn a_window_left_without_reports_rolls_when_grants_are_made() {
+        let minute = 60_000_000_000;
+        let now = minute * 1_000 + 5_000_000_000;
+        let mut ledger = Ledger::new(0, KIND, now, 2, false);
+        ledger.charge(
+            KIND,
+            100,
+            window_start(now, minute),
+            Source::Node,
+            0,
+            1,
+            now,
+        );
+        assert_eq!(ledger.local_left(KIND, now), 0);
+        // No report since, but the next window has begun when grants are
+        // made (advance, from `grant`): the whole limit again.
+        ledger.advance(KIND, KIND, now + minute);
+        assert_eq!(ledger.local_left(KIND, now + minute), 100);
+        ledger.advance(KIND, KIND, now + minute + 1);
+        assert_eq!(
+            ledger.local_left(KIND, now + minute),
+            100,
+            "same window: kept"
+        );
+    }
 }
