@@ -845,4 +845,54 @@ mod tests {
             "same window: kept"
         );
     }
+
+    #[test]
+    fn an_entry_is_fresh_only_when_dropping_it_loses_nothing() {
+        let minute = 60_000_000_000;
+        let now = minute * 1_000 + 5_000_000_000;
+        let window = window_start(now, minute);
+        let mut ledger = Ledger::new(0, KIND, now, 2, false);
+        assert!(ledger.is_fresh(KIND, now));
+        ledger.charge(KIND, 10, window, Source::Node, 0, 1, now);
+        assert!(!ledger.is_fresh(KIND, now), "part of the window is spent");
+        assert!(
+            ledger.is_fresh(KIND, now + minute),
+            "the next window is whole"
+        );
+        let mut ledger = Ledger::new(0, KIND, now, 2, false);
+        ledger.waiting = true;
+        assert!(!ledger.is_fresh(KIND, now), "grants are due");
+        ledger.waiting = false;
+        ledger.grants_effective = now + 1;
+        assert!(!ledger.is_fresh(KIND, now), "grants not in force yet");
+        assert!(ledger.is_fresh(KIND, now + 1));
+        ledger.seen[1].grant.amount = 0;
+        assert!(
+            !ledger.is_fresh(KIND, now + 1),
+            "a worker holds less than its part"
+        );
+
+        // A bucket: fresh again once refilled to its burst.
+        let bucket = LimitKind::Bucket {
+            rate: crate::snapshot::Rate {
+                tokens: 10,
+                per_nanos: 1_000_000_000,
+            },
+            burst: 100,
+        };
+        let mut ledger = Ledger::new(0, bucket, now, 2, false);
+        assert!(ledger.is_fresh(bucket, now));
+        ledger.charge(bucket, 1, 0, Source::Node, 0, 1, now);
+        assert!(!ledger.is_fresh(bucket, now));
+        assert!(ledger.is_fresh(bucket, now + 100_000_000));
+
+        // Cluster scope: fresh only with nothing claimed or being claimed.
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        assert!(ledger.is_fresh(KIND, now));
+        ledger.claims.as_mut().unwrap().held = 5;
+        assert!(!ledger.is_fresh(KIND, now));
+        ledger.claims.as_mut().unwrap().held = 0;
+        ledger.claims.as_mut().unwrap().in_flight = true;
+        assert!(!ledger.is_fresh(KIND, now));
+    }
 }
