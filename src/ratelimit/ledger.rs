@@ -895,4 +895,98 @@ mod tests {
         ledger.claims.as_mut().unwrap().in_flight = true;
         assert!(!ledger.is_fresh(KIND, now));
     }
+
+    #[test]
+    fn claims_are_sized_by_demand_capped_at_a_fair_part() {
+        let minute = 60_000_000_000;
+        let now = minute * 1_000 + 5_000_000_000;
+        let window = window_start(now, minute);
+        let tick = 10_000_000;
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        // No demand, nothing held: no claim (one more idle tick).
+        assert!(ledger.next_claim(KIND, now, tick, 2).is_none());
+        assert_eq!(ledger.claims.unwrap().idle_ticks, 1);
+        // Demand 10: twice that, within the fair part (100 / (2 × 2 nodes)).
+        ledger.claims.as_mut().unwrap().demand = 10;
+        let claim = ledger.next_claim(KIND, now, tick, 2).unwrap();
+        assert_eq!(
+            (claim.want, claim.give_back, claim.window),
+            (20, 0, Some(window))
+        );
+        let c = ledger.claims.unwrap();
+        assert!(c.in_flight && c.demand == 0);
+        // One claim at a time.
+        ledger.claims.as_mut().unwrap().demand = 10;
+        assert!(ledger.next_claim(KIND, now, tick, 2).is_none());
+        // A flood: the fair part less what is held.
+        {
+            let c = ledger.claims.as_mut().unwrap();
+            c.in_flight = false;
+            c.demand = 100;
+            c.held = 5;
+        }
+        assert_eq!(ledger.next_claim(KIND, now, tick, 2).unwrap().want, 20);
+        // A claim for a new window forgets what was held in the old one.
+        {
+            let c = ledger.claims.as_mut().unwrap();
+            c.in_flight = false;
+            c.demand = 1;
+            c.held = 1;
+        }
+        let claim = ledger.next_claim(KIND, now + minute, tick, 2).unwrap();
+        assert_eq!(claim.window, Some(window + minute));
+        assert_eq!(ledger.claims.unwrap().held, 0);
+    }
+
+    #[test]
+    fn an_idle_key_gives_its_unreserved_tokens_back() {
+        let now = 1_000_000_000_000;
+        let tick = 10_000_000;
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        {
+            let c = ledger.claims.as_mut().unwrap();
+            c.held = 10;
+            c.idle_ticks = IDLE_TICKS_BEFORE_GIVING_BACK - 2;
+        }
+        // Idle, but not long enough yet.
+        assert!(ledger.next_claim(KIND, now, tick, 2).is_none());
+        assert!(ledger.next_claim(KIND, now, tick, 2).is_none());
+        let claim = ledger.next_claim(KIND, now, tick, 2).unwrap();
+        assert_eq!((claim.want, claim.give_back), (0, 10));
+        assert_eq!(ledger.claims.unwrap().held, 0);
+        // With demand (which what is held covers), nothing goes back and
+        // nothing is claimed.
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        {
+            let c = ledger.claims.as_mut().unwrap();
+            c.held = 10;
+            c.demand = 4;
+            c.idle_ticks = IDLE_TICKS_BEFORE_GIVING_BACK;
+        }
+        assert!(ledger.next_claim(KIND, now, tick, 2).is_none());
+        assert_eq!(ledger.claims.unwrap().held, 10);
+    }
+
+    #[test]
+    fn a_fast_bucket_claims_at_least_a_few_rounds_of_refill() {
+        let tick = 10_000_000;
+        let bucket = |burst| LimitKind::Bucket {
+            rate: crate::snapshot::Rate {
+                tokens: 1_000,
+                per_nanos: 1_000_000_000,
+            },
+            burst,
+        };
+        let want = |burst: u64, demand: u64| {
+            let mut ledger = Ledger::new(0, bucket(burst), 0, 2, true);
+            ledger.claims.as_mut().unwrap().demand = demand;
+            ledger.next_claim(bucket(burst), 0, tick, 2).unwrap().want
+        };
+        // 1 000/s × 10 ms × 3 rounds = 30, more than burst 10 / 4.
+        assert_eq!(want(10, 1_000), 30);
+        // A large burst: its fair part, 1 000 / 4.
+        assert_eq!(want(1_000, 1_000), 250);
+        // Small demand: twice the demand.
+        assert_eq!(want(1_000, 7), 14);
+    }
 }
