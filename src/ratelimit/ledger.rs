@@ -989,4 +989,98 @@ mod tests {
         // Small demand: twice the demand.
         assert_eq!(want(1_000, 7), 14);
     }
+
+    #[test]
+    fn a_key_is_looked_at_while_it_holds_awaits_or_wants_tokens() {
+        assert!(!Ledger::new(0, KIND, 0, 2, false).still_claiming());
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        assert!(!ledger.still_claiming());
+        assert!(!ledger.claims.unwrap().listed);
+        for set in [
+            |c: &mut Claims| c.held = 1,
+            |c: &mut Claims| c.in_flight = true,
+            |c: &mut Claims| c.demand = 1,
+        ] {
+            let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+            set(ledger.claims.as_mut().unwrap());
+            assert!(ledger.still_claiming());
+            assert!(ledger.claims.unwrap().listed);
+        }
+    }
+
+    /// A cluster ledger at `now` holding `held` claimed tokens for the
+    /// current window, with `cluster_left` more in Redis.
+    fn claimed(now: u64, held: u64, cluster_left: u64) -> Ledger {
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        let c = ledger.claims.as_mut().unwrap();
+        c.held = held;
+        c.cluster_left = cluster_left;
+        ledger
+    }
+
+    #[test]
+    fn claimed_tokens_are_granted_and_then_reserved() {
+        let minute = 60_000_000_000;
+        let now = minute * 1_000 + 5_000_000_000;
+        let effective = now + 20_000_000;
+        let mut shares = [0u64; 2];
+        let mut ledger = claimed(now, 10, 40);
+        assert_eq!(
+            ledger.unreserved_claims(KIND, now),
+            10,
+            "nothing granted yet"
+        );
+        ledger.seen[0].demand = 8;
+        ledger.grant(KIND, now, effective, Source::Claimed, 0, 2, &mut shares);
+        let grants: Vec<Grant> = (0..2).map(|w| ledger.grant_for(w).0).collect();
+        assert_eq!(grants[0].amount + grants[1].amount, 10);
+        for g in &grants {
+            assert_eq!(g.node_left, 50, "held + what Redis still has");
+            assert_eq!(g.elsewhere, 10 - g.amount + 40);
+            assert_eq!(g.window, window_start(now, minute));
+            assert_eq!(g.share, 0, "claimed tokens do not refill here");
+        }
+        assert_eq!(ledger.unreserved_claims(KIND, effective), 0, "all granted");
+        assert_eq!(ledger.seen[0].demand, 4, "demand fades by half per grant");
+        // Tokens claimed for another window are not this window's.
+        let mut ledger = claimed(now, 10, 40);
+        ledger.claims.as_mut().unwrap().window -= minute;
+        ledger.grant(KIND, now, effective, Source::Claimed, 0, 2, &mut shares);
+        assert_eq!(
+            ledger.grant_for(0).0.amount + ledger.grant_for(1).0.amount,
+            0
+        );
+    }
+
+    #[test]
+    fn the_fallbacks_grant_everything_nothing_or_this_nodes_part() {
+        let minute = 60_000_000_000;
+        let now = minute * 1_000 + 5_000_000_000;
+        let effective = now + 20_000_000;
+        let mut shares = [0u64; 2];
+        let mut ledger = Ledger::new(0, KIND, now, 2, true);
+        let deny = Source::Fallback(OnRedisError::Deny);
+        ledger.grant(KIND, now, effective, deny, 0, 2, &mut shares);
+        let g = ledger.grant_for(0).0;
+        assert_eq!((g.amount, g.node_left), (0, 0));
+        assert_eq!(g.window, window_start(effective, minute));
+        // Local share of a bucket: this node refills at its part of the
+        // rate (the workers' refill shares sum to 1 / nodes).
+        let bucket = LimitKind::Bucket {
+            rate: crate::snapshot::Rate {
+                tokens: 10,
+                per_nanos: 1_000_000_000,
+            },
+            burst: 100,
+        };
+        let mut ledger = Ledger::new(0, bucket, now, 2, true);
+        let local = Source::Fallback(OnRedisError::LocalShare);
+        ledger.grant(bucket, now, effective, local, 1, 2, &mut shares);
+        let refill: u64 = (0..2).map(|w| ledger.grant_for(w).0.share).sum();
+        assert!(
+            refill.abs_diff(SHARE_ONE / 2) <= 2,
+            "refill shares {refill} of {SHARE_ONE}"
+        );
+        assert_eq!(ledger.grant_for(0).0.window, 0, "buckets have no window");
+    }
 }

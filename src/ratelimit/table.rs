@@ -158,6 +158,9 @@ mod tests {
     #[test]
     fn bounded_under_a_flood_of_new_keys() {
         let mut t: KeyTable<u32> = KeyTable::new(1000);
+        assert!(t.is_empty());
+        t.get_or_insert(b"first", || 0, |_| false);
+        assert!(!t.is_empty());
         for k in 0..100_000u32 {
             *t.get_or_insert(&k.to_le_bytes(), || 0, |_| false) += 1;
         }
