@@ -186,6 +186,25 @@ mod tests {
     }
 
     #[test]
+    fn the_fresh_scan_starts_at_the_hand_and_lists_every_key() {
+        let fresh = |v: &u32| *v == 0;
+        let mut t: KeyTable<u32> = KeyTable::new(4);
+        for (key, value) in [(&b"a"[..], 5), (b"b", 0), (b"c", 7), (b"d", 0)] {
+            *t.get_or_insert(key, || 1, fresh) = value;
+        }
+        let mut keys: Vec<&[u8]> = t.keys().collect();
+        keys.sort();
+        assert_eq!(keys, [&b"a"[..], b"b", b"c", b"d"]);
+        // The first fresh entry from the hand (slot 0) is b; the next
+        // search starts after it and finds d, not b's replacement.
+        t.get_or_insert(b"e", || 1, fresh);
+        assert!(!t.contains(b"b") && t.contains(b"e"));
+        t.get_or_insert(b"f", || 1, fresh);
+        assert!(!t.contains(b"d") && t.contains(b"f"));
+        assert!(t.contains(b"a") && t.contains(b"c"));
+    }
+
+    #[test]
     fn fresh_entries_are_evicted_first() {
         let mut t: KeyTable<u32> = KeyTable::new(3);
         *t.get_or_insert(b"a", || 0, |v| *v == 0) = 5;
