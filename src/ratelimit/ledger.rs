@@ -988,6 +988,16 @@ mod tests {
         assert_eq!(want(1_000, 1_000), 250);
         // Small demand: twice the demand.
         assert_eq!(want(1_000, 7), 14);
+        // Three nodes: a fair part is 1 000 / (2 × 3).
+        let mut ledger = Ledger::new(0, bucket(1_000), 0, 2, true);
+        ledger.claims.as_mut().unwrap().demand = 1_000;
+        assert_eq!(
+            ledger.next_claim(bucket(1_000), 0, tick, 3).unwrap().want,
+            166
+        );
+        let mut ledger = Ledger::new(0, KIND, 0, 2, true);
+        ledger.claims.as_mut().unwrap().demand = 1_000;
+        assert_eq!(ledger.next_claim(KIND, 0, tick, 3).unwrap().want, 16);
     }
 
     #[test]
