@@ -1065,7 +1065,8 @@ mod tests {
     #[test]
     fn the_fallbacks_grant_everything_nothing_or_this_nodes_part() {
         let minute = 60_000_000_000;
-        let now = minute * 1_000 + 5_000_000_000;
+        // 10 ms before a window ends: the grants take effect in the next.
+        let now = minute * 1_001 - 10_000_000;
         let effective = now + 20_000_000;
         let mut shares = [0u64; 2];
         let mut ledger = Ledger::new(0, KIND, now, 2, true);
@@ -1074,6 +1075,7 @@ mod tests {
         let g = ledger.grant_for(0).0;
         assert_eq!((g.amount, g.node_left), (0, 0));
         assert_eq!(g.window, window_start(effective, minute));
+        assert_eq!(g.window, minute * 1_001, "the window the grant is for");
         // Local share of a bucket: this node refills at its part of the
         // rate (the workers' refill shares sum to 1 / nodes).
         let bucket = LimitKind::Bucket {

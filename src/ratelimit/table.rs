@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fresh_scan_starts_at_the_hand_and_lists_every_key() {
+    fn the_fresh_scan_starts_after_the_last_victim_and_lists_every_key() {
         let fresh = |v: &u32| *v == 0;
         let mut t: KeyTable<u32> = KeyTable::new(4);
         for (key, value) in [(&b"a"[..], 5), (b"b", 0), (b"c", 7), (b"d", 0)] {
@@ -195,13 +195,40 @@ mod tests {
         let mut keys: Vec<&[u8]> = t.keys().collect();
         keys.sort();
         assert_eq!(keys, [&b"a"[..], b"b", b"c", b"d"]);
-        // The first fresh entry from the hand (slot 0) is b; the next
-        // search starts after it and finds d, not b's replacement.
-        t.get_or_insert(b"e", || 1, fresh);
+        // The first fresh entry from the hand (slot 0) is b (slot 1); e,
+        // itself fresh, takes its slot and the hand moves past it.
+        t.get_or_insert(b"e", || 0, fresh);
         assert!(!t.contains(b"b") && t.contains(b"e"));
+        // a is fresh now too, but behind the hand: d (slot 3) goes next.
+        *t.get_or_insert(b"a", || 1, fresh) = 0;
         t.get_or_insert(b"f", || 1, fresh);
         assert!(!t.contains(b"d") && t.contains(b"f"));
-        assert!(t.contains(b"a") && t.contains(b"c"));
+        assert!(t.contains(b"a") && t.contains(b"c") && t.contains(b"e"));
+    }
+
+    #[test]
+    fn the_clock_hand_clears_at_most_two_windows_then_takes_what_is_under_it() {
+        // 200 keys, all used again since they were added, none fresh.
+        let never = |_: &u32| false;
+        let mut t: KeyTable<u32> = KeyTable::new(200);
+        let key = |k: u32| k.to_le_bytes();
+        for _ in 0..2 {
+            for k in 0..200 {
+                t.get_or_insert(&key(k), || 1, never);
+            }
+        }
+        // The hand clears 2 × 64 marks (slots 0..128), then takes slot 128.
+        t.get_or_insert(&key(1000), || 1, never);
+        assert!(!t.contains(&key(128)) && t.contains(&key(1000)));
+        assert!(t.contains(&key(66)), "not after 2 + 64 steps");
+        // Mark 0..128 used again. From slot 129 the hand clears 129..200
+        // and 0..57 (128 marks), then takes slot 57.
+        for k in 0..128 {
+            t.get_or_insert(&key(k), || 1, never);
+        }
+        t.get_or_insert(&key(1001), || 1, never);
+        assert!(!t.contains(&key(57)));
+        assert!(t.contains(&key(56)) && t.contains(&key(1000)) && t.contains(&key(127)));
     }
 
     #[test]
