@@ -204,6 +204,12 @@ mod tests {
         t.get_or_insert(b"f", || 1, fresh);
         assert!(!t.contains(b"d") && t.contains(b"f"));
         assert!(t.contains(b"a") && t.contains(b"c") && t.contains(b"e"));
+        // Nothing fresh: the CLOCK hand, which the scan left on slot 0 (past
+        // the last slot), takes a.
+        *t.get_or_insert(b"a", || 1, fresh) = 1;
+        *t.get_or_insert(b"e", || 1, fresh) = 1;
+        t.get_or_insert(b"g", || 1, fresh);
+        assert!(t.contains(b"g") && t.len() == 4);
     }
 
     #[test]
