@@ -204,8 +204,8 @@ mod tests {
         t.get_or_insert(b"f", || 1, fresh);
         assert!(!t.contains(b"d") && t.contains(b"f"));
         assert!(t.contains(b"a") && t.contains(b"c") && t.contains(b"e"));
-        // Nothing fresh: the CLOCK hand, which the scan left on slot 0 (past
-        // the last slot), takes a.
+        // Nothing fresh: the CLOCK hand (which the scan left past the last
+        // slot, i.e. on slot 0) picks a victim; the table keeps its bound.
         *t.get_or_insert(b"a", || 1, fresh) = 1;
         *t.get_or_insert(b"e", || 1, fresh) = 1;
         t.get_or_insert(b"g", || 1, fresh);
