@@ -112,11 +112,7 @@ impl Grant {
     pub fn allowance_from(&self, kind: LimitKind, now: u64, parts: u64, refill_from: u64) -> u64 {
         match kind {
             LimitKind::Bucket { rate, .. } => {
-                let elapsed = u128::from(now.saturating_sub(refill_from.max(self.start)));
-                let refill = elapsed
-                    .saturating_mul(u128::from(rate.tokens))
-                    .saturating_mul(u128::from(self.share))
-                    / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
+                let refill = self.refill(rate, now, refill_from);
                 (u128::from(self.amount) + refill).min(u128::from(self.cap.max(self.amount))) as u64
             }
             LimitKind::Window {
@@ -140,15 +136,21 @@ impl Grant {
     pub fn ceiling(&self, kind: LimitKind, now: u64, parts: u64) -> u64 {
         match kind {
             LimitKind::Bucket { rate, .. } => {
-                let elapsed = u128::from(now.saturating_sub(self.start));
-                let refill = elapsed
-                    .saturating_mul(u128::from(rate.tokens))
-                    .saturating_mul(u128::from(self.share))
-                    / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE));
+                let refill = self.refill(rate, now, self.start);
                 u64::try_from(u128::from(self.amount) + refill).unwrap_or(u64::MAX)
             }
             LimitKind::Window { .. } => self.allowance(kind, now, parts),
         }
+    }
+
+    /// Whole requests this grant's share of `rate` refills from `from`
+    /// (or `start`, if later) to `now`.
+    fn refill(&self, rate: crate::snapshot::Rate, now: u64, from: u64) -> u128 {
+        let elapsed = u128::from(now.saturating_sub(from.max(self.start)));
+        elapsed
+            .saturating_mul(u128::from(rate.tokens))
+            .saturating_mul(u128::from(self.share))
+            / (u128::from(rate.per_nanos.max(1)) * u128::from(SHARE_ONE))
     }
 
     /// Whether a worker holding this grant is indistinguishable from one

@@ -254,7 +254,6 @@ async fn handle_request(
     let ctx = RequestCtx {
         shard,
         generation,
-        snapshot,
         head,
         route,
     };

@@ -62,7 +62,6 @@ impl ProxyOutcome {
 struct Trip<'a> {
     shard: &'a Shard,
     generation: &'a Generation,
-    snapshot: &'a Snapshot,
     route: &'a Route,
     head: &'a RequestHead,
     spec: &'a UpstreamSpec,
@@ -86,12 +85,11 @@ pub async fn forward(
     close_after: bool,
     exchange: &mut Exchange,
 ) -> ProxyOutcome {
-    let spec = &ctx.snapshot.upstreams[upstream];
+    let spec = &ctx.snapshot().upstreams[upstream];
     let (endpoint, _in_flight) = pick_endpoint(ctx.generation, spec, upstream, client);
     let trip = Trip {
         shard: ctx.shard,
         generation: ctx.generation,
-        snapshot: ctx.snapshot,
         route: ctx.route,
         head: ctx.head,
         spec,
@@ -111,6 +109,10 @@ pub async fn forward(
 }
 
 impl Trip<'_> {
+    fn snapshot(&self) -> &Snapshot {
+        &self.generation.snapshot
+    }
+
     /// Writes the upstream request head into the client's output buffer,
     /// consumes the client's head, and appends a small body that has
     /// already arrived (so head and body go in one write, and can be
@@ -125,7 +127,7 @@ impl Trip<'_> {
             self.route,
             &self.spec.endpoints[self.endpoint],
             exchange.request_id.as_bytes(),
-            self.snapshot.limits.forwarded,
+            self.snapshot().limits.forwarded,
         );
         client.out = out;
         client.buf.advance(self.head.len);
@@ -150,7 +152,7 @@ impl Trip<'_> {
         body_in_hand: bool,
         exchange: &mut Exchange,
     ) -> Result<Answered, ProxyOutcome> {
-        let write_timeout = self.snapshot.limits.idle_timeout;
+        let write_timeout = self.snapshot().limits.idle_timeout;
         let mut attempt = 0;
         loop {
             let (mut conn, reused) = acquire(
@@ -182,14 +184,15 @@ impl Trip<'_> {
             if !body_in_hand {
                 // The request cannot be replayed, so its bytes need not be kept.
                 client.out.clear();
-                match send_request_body(self.snapshot, self.route, client, &mut conn, self.head)
+                match send_request_body(self.snapshot(), self.route, client, &mut conn, self.head)
                     .await
                 {
                     Ok(moved) => exchange.received += moved,
                     Err(failure) => return Err(ProxyOutcome::failed(failure, false)),
                 }
             }
-            match read_response_head(&mut conn, client, self.head, self.spec, self.snapshot).await {
+            match read_response_head(&mut conn, client, self.head, self.spec, self.snapshot()).await
+            {
                 Ok(response) => {
                     return Ok(Answered {
                         conn,
@@ -261,7 +264,7 @@ impl Trip<'_> {
             iov: &mut client.iov,
             read_timeout: self.spec.response_timeout,
             deadline: None,
-            write_timeout: self.snapshot.limits.idle_timeout,
+            write_timeout: self.snapshot().limits.idle_timeout,
             moved: 0,
         };
         let relayed = match response.framing {

@@ -47,9 +47,16 @@ pub struct RequestCtx<'a> {
     /// The generation current when the head arrived; the request uses it
     /// to the end.
     pub generation: &'a Generation,
-    pub snapshot: &'a Snapshot,
     pub head: &'a RequestHead,
     pub route: &'a Route,
+}
+
+impl RequestCtx<'_> {
+    /// The compiled config of the request's generation.
+    #[inline]
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.generation.snapshot
+    }
 }
 
 /// Runs a phase until it stops asking to wait: `None` to go on, or the

@@ -53,7 +53,7 @@ pub async fn respond(
     client.buf.advance(ctx.head.len);
     exchange.status = answer.status;
     exchange.sent = client.out.len() as u64;
-    let timeout = ctx.snapshot.limits.idle_timeout;
+    let timeout = ctx.snapshot().limits.idle_timeout;
     write_all_clear(&mut client.stream, &mut client.out, timeout)
         .await
         .is_ok()
