@@ -21,5 +21,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod router;
 pub mod snapshot;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod worker;

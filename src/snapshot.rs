@@ -76,6 +76,8 @@ pub enum ForwardedMode {
 pub struct ListenerSpec {
     pub addr: SocketAddr,
     pub backlog: u32,
+    /// HTTPS: certificates, policies and handshake limits.
+    pub tls: Option<std::sync::Arc<crate::tls::listener::ListenerTls>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,9 @@ impl Errors<'_> {
         self.list
             .push(self.map.error(Some(spanned.span()), message));
     }
+    fn span(&mut self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) {
+        self.list.push(self.map.error(span, message));
+    }
     fn nowhere(&mut self, message: impl Into<String>) {
         self.list.push(self.map.error(None, message));
     }
@@ -140,7 +143,20 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     }
     for l in &cfg.listeners {
         match l.bind.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => listeners.push(ListenerSpec { addr, backlog: l.backlog.clamp(1, 65535) }),
+            Ok(addr) => {
+                let tls = l.tls.as_ref().and_then(|section| {
+                    match crate::tls::listener::compile(section.get_ref()) {
+                        Ok(tls) => Some(std::sync::Arc::new(tls)),
+                        Err(list) => {
+                            for e in list {
+                                errors.span(e.span.or(Some(section.span())), format!("tls: {}", e.message));
+                            }
+                            None
+                        }
+                    }
+                });
+                listeners.push(ListenerSpec { addr, backlog: l.backlog.clamp(1, 65535), tls })
+            }
             Err(_) => errors.at(
                 &l.bind,
                 format!("bind must be an IP address and port like \"127.0.0.1:8080\" or \"[::]:8080\", got `{}`", l.bind.get_ref()),

@@ -261,6 +261,98 @@ pub struct ListenerSection {
     pub bind: Spanned<String>,
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// HTTPS on this listener.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTlsSection>>,
+}
+
+/// TLS termination on a listener (docs/tls.md).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSection {
+    /// Certificate chains and keys; chosen per connection by SNI.
+    pub certificates: Vec<Spanned<CertificateEntry>>,
+    /// A ClientHello whose SNI no certificate covers (or with no SNI):
+    /// "default" (the first certificate, or the one marked `default`) or
+    /// "refuse" (a handshake alert).
+    #[serde(default)]
+    pub unknown_sni: Option<Spanned<String>>,
+    /// "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<Spanned<String>>,
+    /// ALPN protocols offered, in preference order.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<Spanned<String>>,
+    /// "none" (default), "optional" or "required"; a certificate entry may
+    /// override it for its names.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    /// PEM CA bundle client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+    /// From accept to a finished handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Handshakes one worker runs at once; later ones wait (within their
+    /// timeout) so a flood of ClientHellos cannot starve established
+    /// connections.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes_in_flight: usize,
+    #[serde(default = "yes")]
+    pub session_tickets: bool,
+    /// At least 32 random bytes shared by every node (and kept across
+    /// restarts) so their tickets resume anywhere; default: a random key
+    /// per process.
+    #[serde(default)]
+    pub ticket_key_file: Option<Spanned<String>>,
+    /// How long a ticket key is used for sealing; tickets open for up to
+    /// twice this.
+    #[serde(default = "default_ticket_rotation")]
+    pub ticket_rotation: HumanDuration,
+    /// Warn (log and metric) this long before a certificate expires.
+    #[serde(default = "default_expiry_warning")]
+    pub expiry_warning: HumanDuration,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    /// PEM: the certificate, then its chain.
+    pub cert: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    pub key: Spanned<String>,
+    /// The names this certificate serves (`*.example.com` allowed);
+    /// default: the DNS names in its subjectAltName.
+    #[serde(default)]
+    pub names: Option<Vec<Spanned<String>>>,
+    /// Served to ClientHellos whose SNI matches no certificate.
+    #[serde(default)]
+    pub default: bool,
+    /// Overrides the listener's `client_auth` / `client_ca` for these names.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_ca: Option<Spanned<String>>,
+}
+
+fn default_alpn() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "http/1.1".to_string())]
+}
+
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+fn default_max_handshakes() -> usize {
+    64
+}
+
+fn default_ticket_rotation() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(6 * 3600))
+}
+
+fn default_expiry_warning() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(14 * 86400))
 }
 
 fn default_backlog() -> u32 {

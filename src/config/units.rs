@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// A duration written with a unit suffix: `ms`, `s`, `m` or `h`.
+/// A duration written with a unit suffix: `ms`, `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -22,7 +22,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration `{text}` needs a unit: ms, s, m or h (e.g. \"250ms\")"))?;
+        .ok_or_else(|| {
+            format!("duration `{text}` needs a unit: ms, s, m, h or d (e.g. \"250ms\")")
+        })?;
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -33,9 +35,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         _ => {
             return Err(format!(
-                "unknown duration unit `{unit}` in `{text}`: use ms, s, m or h"
+                "unknown duration unit `{unit}` in `{text}`: use ms, s, m, h or d"
             ));
         }
     };
@@ -135,6 +138,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("ms").is_err());

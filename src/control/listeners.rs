@@ -9,15 +9,15 @@ use std::net::SocketAddr;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::snapshot::ListenerSpec;
+use crate::worker::ListenerSocket;
 
 /// Binds `workers` sockets per listener. Returns per-worker socket lists and
 /// the bound addresses (port 0 resolved to the port actually chosen).
 pub fn bind_all(
     specs: &[ListenerSpec],
     workers: usize,
-) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), String> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
-        (0..workers).map(|_| Vec::new()).collect();
+) -> Result<(Vec<Vec<ListenerSocket>>, Vec<SocketAddr>), String> {
+    let mut per_worker: Vec<Vec<ListenerSocket>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for spec in specs {
         let mut addr = spec.addr;
@@ -31,7 +31,10 @@ pub fn bind_all(
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             // With port 0 the first bind picks a port; the rest join it.
             addr = socket.local_addr().map_err(|e| e.to_string())?;
-            sockets.push(socket);
+            sockets.push(ListenerSocket {
+                configured: spec.addr,
+                socket,
+            });
         }
         bound.push(addr);
     }

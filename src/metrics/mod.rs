@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use hdrhistogram::Histogram;
 
 use crate::failure::{FAILURE_KINDS, Failure};
+use crate::tls::handshake::HANDSHAKE_FAILURES;
 
 pub use render::{render_limit_sync, render_prometheus};
 
@@ -63,6 +64,12 @@ pub struct WorkerMetrics {
     pub upstream_reuses: Cell<u64>,
     pub upstream_retries: Cell<u64>,
     pub panics: Cell<u64>,
+    /// TLS handshakes finished: [full, resumed].
+    pub tls_handshakes: [Cell<u64>; 2],
+    /// TLS handshakes that failed, by `HandshakeError::index`.
+    pub tls_handshake_failures: [Cell<u64>; HANDSHAKE_FAILURES.len()],
+    /// Handshakes that had to wait for a free slot (max_handshakes_in_flight).
+    pub tls_handshakes_queued: Cell<u64>,
     /// routes+1 (the last is "no route") × METHODS × CLASSES, flattened.
     by_route: RefCell<Vec<u64>>,
     /// Per upstream, per endpoint.
@@ -93,6 +100,9 @@ impl WorkerMetrics {
             upstream_reuses: Cell::new(0),
             upstream_retries: Cell::new(0),
             panics: Cell::new(0),
+            tls_handshakes: Default::default(),
+            tls_handshake_failures: Default::default(),
+            tls_handshakes_queued: Cell::new(0),
             by_route: RefCell::new(vec![0; (routes + 1) * METHODS.len() * CLASSES]),
             endpoints: RefCell::new(
                 endpoints_per_upstream
@@ -165,6 +175,20 @@ impl WorkerMetrics {
         bump(&self.panics);
     }
 
+    pub fn tls_handshake(&self, resumed: bool) {
+        bump(&self.tls_handshakes[usize::from(resumed)]);
+    }
+
+    pub fn tls_handshake_failed(&self, index: usize) {
+        if let Some(cell) = self.tls_handshake_failures.get(index) {
+            bump(cell);
+        }
+    }
+
+    pub fn tls_handshake_queued(&self) {
+        bump(&self.tls_handshakes_queued);
+    }
+
     #[inline]
     pub fn bytes(&self, received: u64, sent: u64) {
         self.bytes_received
@@ -234,6 +258,9 @@ impl WorkerMetrics {
             upstream_reuses: self.upstream_reuses.get(),
             upstream_retries: self.upstream_retries.get(),
             panics: self.panics.get(),
+            tls_handshakes: std::array::from_fn(|i| self.tls_handshakes[i].get()),
+            tls_handshake_failures: std::array::from_fn(|i| self.tls_handshake_failures[i].get()),
+            tls_handshakes_queued: self.tls_handshakes_queued.get(),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
             policies: self.policies.borrow().clone(),
@@ -267,6 +294,9 @@ pub struct WorkerReport {
     pub upstream_reuses: u64,
     pub upstream_retries: u64,
     pub panics: u64,
+    pub tls_handshakes: [u64; 2],
+    pub tls_handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
+    pub tls_handshakes_queued: u64,
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
     pub policies: Vec<[u64; 2]>,

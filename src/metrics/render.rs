@@ -299,7 +299,86 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         "Connection tasks that panicked (the worker kept serving).",
     );
     let _ = writeln!(out, "{PANICS} {}", total(|r| r.panics));
+    render_tls(&mut out, snapshot, reports);
     out
+}
+
+fn render_tls(out: &mut String, snapshot: &Snapshot, reports: &[WorkerReport]) {
+    let tls_listeners: Vec<_> = snapshot
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().map(|t| (l.addr, t)))
+        .collect();
+    if tls_listeners.is_empty() {
+        return;
+    }
+    let total = |f: &dyn Fn(&WorkerReport) -> u64| reports.iter().map(f).sum::<u64>();
+    header(
+        out,
+        TLS_HANDSHAKES,
+        "counter",
+        "TLS handshakes completed, full or resumed.",
+    );
+    for (i, kind) in ["full", "resumed"].iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{TLS_HANDSHAKES}{{kind=\"{kind}\"}} {}",
+            total(&|r| r.tls_handshakes[i])
+        );
+    }
+    header(
+        out,
+        TLS_HANDSHAKE_FAILURES,
+        "counter",
+        "TLS handshakes that failed, by reason.",
+    );
+    for (i, reason) in crate::tls::handshake::HANDSHAKE_FAILURES.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{TLS_HANDSHAKE_FAILURES}{{reason=\"{reason}\"}} {}",
+            total(&|r| r.tls_handshake_failures[i])
+        );
+    }
+    header(
+        out,
+        TLS_HANDSHAKES_QUEUED,
+        "counter",
+        "TLS handshakes that waited for a slot (max_handshakes_in_flight per worker).",
+    );
+    let _ = writeln!(
+        out,
+        "{TLS_HANDSHAKES_QUEUED} {}",
+        total(&|r| r.tls_handshakes_queued)
+    );
+    header(
+        out,
+        TLS_CERT_EXPIRY,
+        "gauge",
+        "Seconds until each served certificate expires (negative once expired).",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for (addr, tls) in tls_listeners {
+        for site in tls.sites() {
+            for cert in &site.certificates {
+                let _ = writeln!(
+                    out,
+                    "{TLS_CERT_EXPIRY}{{listener=\"{addr}\",certificate=\"{}\",subject=\"{}\"}} {}",
+                    escape_label(&cert.path),
+                    escape_label(&cert.facts.subject),
+                    cert.facts.expires_in(now)
+                );
+            }
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped (exposition format).
+fn escape_label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The rate-limit aggregator's own figures (node and cluster scope).

@@ -5,16 +5,15 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use monoio::net::TcpStream;
 
 use crate::http::{self, HeaderSpan};
 
-use super::io::IoVecPair;
 use super::request_id::RequestId;
+use crate::transport::{IoVecPair, Transport};
 
 /// The client side of a connection, with its reusable buffers.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub peer: SocketAddr,
     /// The peer IP as text, computed once for X-Forwarded-For.
     pub peer_ip: PeerIp,
@@ -23,6 +22,8 @@ pub struct Client {
     pub headers: Vec<HeaderSpan>,
     /// iovec room for vectored writes, allocated on first use.
     pub iov: Option<IoVecPair>,
+    /// What the handshake established, on a TLS connection.
+    pub tls: Option<Box<super::tls::ConnTls>>,
 }
 
 impl Client {
@@ -38,6 +39,7 @@ impl Client {
             headers: &self.headers,
             peer: self.peer,
             peer_ip: self.peer_ip.as_bytes(),
+            tls: self.tls.as_deref(),
         }
     }
 }
@@ -51,6 +53,8 @@ pub struct RequestView<'a> {
     pub peer: SocketAddr,
     /// The peer IP as text.
     pub peer_ip: &'a [u8],
+    /// The connection's TLS facts (`None`: plain HTTP).
+    pub tls: Option<&'a super::tls::ConnTls>,
 }
 
 impl<'a> RequestView<'a> {

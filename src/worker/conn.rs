@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -17,13 +18,17 @@ use monoio::net::TcpStream;
 use crate::failure::Failure;
 use crate::http::{BodyFraming, RequestHead, parse_request};
 use crate::snapshot::{RouteAction, Snapshot};
+use crate::tls::listener::ListenerTls;
+use crate::transport::Transport;
 
 use super::client::{Client, Exchange, PeerIp};
 use super::forward::{self, ProxyOutcome};
-use super::io::{HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear};
 use super::phase::{self, RequestCtx, decide};
 use super::request_id::RequestId;
 use super::shard::{ConnectionGuard, Generation, Shard};
+use crate::transport::{
+    HEAD_READ, IoFailure, read_more_cancelable, read_more_timed, write_all_clear,
+};
 
 /// Initial capacity of a connection's read buffer. It lives as long as the
 /// connection, idle or not, so it starts small and grows only if a request
@@ -50,18 +55,34 @@ enum HeadOutcome {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    shard: Rc<Shard>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<ListenerTls>>,
+) {
     let _guard = ConnectionGuard::new(shard.clone());
-    let _ = stream.set_nodelay(true);
+    let _ = socket.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
+    let (stream, tls) = match tls {
+        None => (Transport::Plain(socket), None),
+        Some(listener) => {
+            match super::tls::handshake(&shard, socket, peer, listener, &mut buf).await {
+                Some((stream, facts)) => (stream, Some(Box::new(facts))),
+                None => return,
+            }
+        }
+    };
     let mut client = Client {
         stream,
         peer,
         peer_ip: PeerIp::new(&peer),
-        buf: BytesMut::with_capacity(INITIAL_READ_BUFFER),
+        buf,
         // Lent from the worker's pool for each exchange (see BufferPool).
         out: BytesMut::new(),
         headers: Vec::with_capacity(32),
         iov: None,
+        tls,
     };
     let mut served: u64 = 0;
     loop {
@@ -335,8 +356,7 @@ const LINGER_BYTES: usize = 1 << 20;
 /// can destroy the answer before the client reads it (a 413 whose body was
 /// never read, a 400 followed by pipelined requests).
 async fn linger_close(mut client: Client) {
-    use monoio::io::AsyncWriteRent;
-    if client.stream.shutdown().await.is_err() {
+    if client.stream.shutdown(LINGER_TIME).await.is_err() {
         return;
     }
     let deadline = Instant::now() + LINGER_TIME;

@@ -10,10 +10,11 @@ mod catch;
 pub mod client;
 pub mod conn;
 pub mod forward;
-mod io;
+pub mod handshake_gate;
 pub mod phase;
 pub mod request_id;
 pub mod shard;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -43,7 +44,7 @@ pub enum Command {
     /// Switch to a new snapshot, then acknowledge with the worker id.
     Reload(Arc<Snapshot>, Sender<usize>),
     /// Start accepting on these sockets (listeners added by a reload).
-    AddListeners(Vec<std::net::TcpListener>),
+    AddListeners(Vec<ListenerSocket>),
     /// Stop accepting on this address (a listener removed by a reload).
     RemoveListener(std::net::SocketAddr),
 }
@@ -68,10 +69,19 @@ pub enum Event {
 }
 
 /// Everything a worker thread needs, moved into it at spawn.
+/// A listener socket for one worker, with the address the config gave
+/// it (port 0 stays 0 here): how the worker finds the listener's settings
+/// in each snapshot.
+#[derive(Debug)]
+pub struct ListenerSocket {
+    pub configured: std::net::SocketAddr,
+    pub socket: std::net::TcpListener,
+}
+
 pub struct WorkerSetup {
     pub id: usize,
     pub cpu: Option<core_affinity::CoreId>,
-    pub listeners: Vec<std::net::TcpListener>,
+    pub listeners: Vec<ListenerSocket>,
     pub snapshot: Arc<Snapshot>,
     pub commands: Receiver<Command>,
     pub events: Sender<Event>,
@@ -174,9 +184,9 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     };
     let shard = Rc::new(shard);
     let mut listeners = Vec::new();
-    for std_listener in setup.listeners {
-        match TcpListener::from_std(std_listener) {
-            Ok(l) => listeners.push(l),
+    for socket in setup.listeners {
+        match TcpListener::from_std(socket.socket) {
+            Ok(l) => listeners.push((socket.configured, l)),
             Err(e) => {
                 let _ = setup.events.send(Event::Failed {
                     worker: setup.id,
@@ -186,8 +196,8 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             }
         }
     }
-    for listener in listeners {
-        start_accepting(&shard, listener);
+    for (configured, listener) in listeners {
+        start_accepting(&shard, configured, listener);
     }
     let _ = setup.events.send(Event::Started {
         worker: setup.id,
@@ -235,8 +245,8 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                 }
                 Command::AddListeners(sockets) => {
                     for socket in sockets {
-                        match TcpListener::from_std(socket) {
-                            Ok(l) => start_accepting(&shard, l),
+                        match TcpListener::from_std(socket.socket) {
+                            Ok(l) => start_accepting(&shard, socket.configured, l),
                             Err(e) => {
                                 tracing::error!(worker = shard.id, error = %e, "cannot register an added listener")
                             }
@@ -342,7 +352,7 @@ impl LimitSync {
 
 /// Registers a listener with the shard (so a reload can stop it and a
 /// drain stops them all) and starts its accept loop.
-fn start_accepting(shard: &Rc<Shard>, listener: TcpListener) {
+fn start_accepting(shard: &Rc<Shard>, configured: std::net::SocketAddr, listener: TcpListener) {
     let addr = listener.local_addr().ok();
     let stop = Rc::new(std::cell::Cell::new(false));
     let canceller = monoio::io::Canceller::new();
@@ -352,7 +362,13 @@ fn start_accepting(shard: &Rc<Shard>, listener: TcpListener) {
         stop: stop.clone(),
         canceller,
     });
-    monoio::spawn(accept_loop(shard.clone(), listener, handle, stop));
+    monoio::spawn(accept_loop(
+        shard.clone(),
+        configured,
+        listener,
+        handle,
+        stop,
+    ));
 }
 
 /// Stops accepting on `addr` (the listener closes when its loop ends).
@@ -372,6 +388,7 @@ fn stop_accepting(shard: &Shard, addr: std::net::SocketAddr) {
 
 async fn accept_loop(
     shard: Rc<Shard>,
+    configured: std::net::SocketAddr,
     listener: TcpListener,
     cancel: monoio::io::CancelHandle,
     stop: Rc<std::cell::Cell<bool>>,
@@ -384,11 +401,17 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 shard.metrics.accepted();
-                let max = shard
-                    .generation()
+                let generation = shard.generation();
+                let max = generation.snapshot.limits.max_connections_per_worker;
+                // TLS settings as of this accept: a reload that changes
+                // certificates applies to new connections only.
+                let tls = generation
                     .snapshot
-                    .limits
-                    .max_connections_per_worker;
+                    .listeners
+                    .iter()
+                    .find(|l| l.addr == configured)
+                    .and_then(|l| l.tls.clone());
+                drop(generation);
                 if shard.active_connections.get() >= max {
                     // Refuse early: existing connections are unharmed.
                     shard.metrics.refused();
@@ -398,7 +421,7 @@ async fn accept_loop(
                 let conn_shard = shard.clone();
                 monoio::spawn(async move {
                     let stats_shard = conn_shard.clone();
-                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer))
+                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer, tls))
                         .await
                         .is_err()
                     {

@@ -159,6 +159,8 @@ pub struct Shard {
     pub log: Option<crate::accesslog::WorkerLog>,
     /// Cancels every idle keep-alive read and pending accept at once (drain).
     idle_canceller: RefCell<Canceller>,
+    /// Caps TLS handshakes in flight on this worker.
+    pub handshakes: super::handshake_gate::HandshakeGate,
 }
 
 impl Shard {
@@ -176,6 +178,7 @@ impl Shard {
             request_ids: RefCell::new(super::request_id::IdGenerator::new(id)),
             log: None,
             idle_canceller: RefCell::new(Canceller::new()),
+            handshakes: Default::default(),
         }
     }
 

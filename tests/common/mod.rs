@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::disallowed_types)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -208,8 +210,8 @@ impl Response {
 
 /// A client connection that keeps unread bytes between responses, so
 /// pipelined responses can be read one after another.
-pub struct Conn {
-    pub stream: TcpStream,
+pub struct Conn<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -220,6 +222,13 @@ impl Conn {
             .set_read_timeout(Some(Duration::from_secs(15)))
             .unwrap();
         stream.set_nodelay(true).unwrap();
+        Conn::over(stream)
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// A connection over an already open stream (a TLS one, say).
+    pub fn over(stream: S) -> Conn<S> {
         Conn {
             stream,
             buf: Vec::new(),
@@ -372,7 +381,9 @@ impl Conn {
             self.buf.drain(..2);
         }
     }
+}
 
+impl Conn {
     /// True if the gateway closed the connection (EOF or reset) within 5s.
     pub fn is_closed(&mut self) -> bool {
         self.stream

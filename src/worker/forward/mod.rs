@@ -24,9 +24,9 @@ use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 use crate::upstream::UpstreamConn;
 
 use super::client::{Client, Exchange};
-use super::io::{IoFailure, write_all_keep};
 use super::phase::RequestCtx;
 use super::shard::{Generation, Shard};
+use crate::transport::{IoFailure, write_all_keep};
 use relay::{Relay, send_request_body};
 use response_head::{HeadError, OutFraming, build_response_head, read_response_head};
 use upstream::{acquire, pick_endpoint};

@@ -6,16 +6,15 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::failure::{Failure, client_chunk_failure};
 use crate::http::{self, BodyFraming, ChunkedDecoder, RequestHead, Step};
 use crate::snapshot::{Route, Snapshot};
 
 use super::super::client::Client;
-use super::super::io::{
-    BODY_READ, IoFailure, IoVecPair, read_more_timed, write_all_clear, write_front, write_two,
+use crate::transport::{
+    BODY_READ, IoFailure, IoVecPair, Transport, read_more_timed, write_all_clear, write_front,
+    write_static, write_two,
 };
 use crate::upstream::UpstreamConn;
 
@@ -33,12 +32,12 @@ pub(super) async fn send_request_body(
 ) -> Result<u64, Failure> {
     if head.expect_continue && client.buf.is_empty() {
         // Bounded like every other write to a client that may not read.
-        let write = client
-            .stream
-            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]);
-        match monoio::time::timeout(snapshot.limits.idle_timeout, write).await {
-            Ok((Ok(_), _)) => {}
-            _ => return Err(Failure::BadRequestBody("client went away")),
+        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if write_static(&mut client.stream, interim, snapshot.limits.idle_timeout)
+            .await
+            .is_err()
+        {
+            return Err(Failure::BadRequestBody("client went away"));
         }
     }
     let mut relay = Relay {
@@ -82,9 +81,9 @@ pub(super) enum RelayError {
 /// body (a head) and collects framing and small pieces so that one write
 /// carries as much as possible; large pieces go straight from `src_buf`.
 pub(super) struct Relay<'a> {
-    pub(super) src: &'a mut TcpStream,
+    pub(super) src: &'a mut Transport,
     pub(super) src_buf: &'a mut BytesMut,
-    pub(super) dst: &'a mut TcpStream,
+    pub(super) dst: &'a mut Transport,
     pub(super) out: &'a mut BytesMut,
     /// Reused iovec room for head + body `writev`s.
     pub(super) iov: &'a mut Option<IoVecPair>,

@@ -19,8 +19,38 @@ fn is_forwarded_identity(name: &[u8]) -> bool {
         15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
         16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
         17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
-        _ => false,
+        _ => is_client_cert_header(name),
     }
+}
+
+/// The verified client certificate (mTLS), as the upstream receives it.
+pub const CLIENT_CERT_SUBJECT: &[u8] = b"x-client-cert-subject";
+pub const CLIENT_CERT_SAN: &[u8] = b"x-client-cert-san";
+pub const CLIENT_CERT_FINGERPRINT: &[u8] = b"x-client-cert-sha256";
+
+/// Client-certificate headers come only from the handshake: a client's
+/// own copies are dropped on every listener, TLS or not.
+fn is_client_cert_header(name: &[u8]) -> bool {
+    name.len() > 14
+        && name[..14].eq_ignore_ascii_case(b"x-client-cert-")
+        && [
+            CLIENT_CERT_SUBJECT,
+            CLIENT_CERT_SAN,
+            CLIENT_CERT_FINGERPRINT,
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+fn write_client_cert(out: &mut BytesMut, client: &Client) {
+    let Some(cert) = client.tls.as_ref().and_then(|t| t.client_cert.as_ref()) else {
+        return;
+    };
+    http::write::header(out, CLIENT_CERT_SUBJECT, cert.subject.as_bytes());
+    if !cert.sans.is_empty() {
+        http::write::header(out, CLIENT_CERT_SAN, cert.sans.as_bytes());
+    }
+    http::write::header(out, CLIENT_CERT_FINGERPRINT, cert.fingerprint.as_bytes());
 }
 
 /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto` and
@@ -62,7 +92,13 @@ fn write_forwarded(out: &mut BytesMut, client: &Client, head: &RequestHead, mode
         out.put_slice(b"for=");
         out.put_slice(peer);
     }
-    out.put_slice(b";proto=http");
+    let proto: &[u8] = if client.stream.is_tls() {
+        b"https"
+    } else {
+        b"http"
+    };
+    out.put_slice(b";proto=");
+    out.put_slice(proto);
     if let Some(h) = head.host {
         out.put_slice(b";host=\"");
         out.put_slice(h.get(buf));
@@ -70,7 +106,7 @@ fn write_forwarded(out: &mut BytesMut, client: &Client, head: &RequestHead, mode
     }
     out.put_slice(b"\r\n");
     http::write::header(out, b"x-real-ip", peer);
-    out.put_slice(b"x-forwarded-proto: http\r\n");
+    http::write::header(out, b"x-forwarded-proto", proto);
     if let Some(h) = head.host {
         http::write::header(out, b"x-forwarded-host", h.get(buf));
     }
@@ -126,6 +162,7 @@ pub(super) fn build_request_head(
     let edits = &route.request_headers;
     let check_edits = !edits.is_empty();
     write_forwarded(out, client, head, forwarded);
+    write_client_cert(out, client);
     for h in &client.headers {
         let name = h.name.get(buf);
         let skip = http::is_hop_by_hop_or_framing(name)

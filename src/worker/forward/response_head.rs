@@ -12,8 +12,8 @@ use crate::http::{self, MAX_HEADERS, Method, RequestHead, ResponseHead, Version,
 use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 
 use super::super::client::Client;
-use super::super::io::{IoFailure, read_more_timed, write_all_clear};
 use super::super::phase::response_headers;
+use crate::transport::{IoFailure, read_more_timed, write_all_clear};
 use crate::upstream::UpstreamConn;
 use crate::upstream::conn::UPSTREAM_BUFFER;
 

@@ -8,6 +8,7 @@ use monoio::net::TcpStream;
 
 use crate::failure::Failure;
 use crate::snapshot::{Balance, HashKey, UpstreamSpec};
+use crate::transport::Transport;
 use crate::upstream::UpstreamConn;
 use crate::upstream::hash::stable_hash;
 
@@ -96,7 +97,7 @@ pub(super) async fn acquire(
             let pooled = generation.upstreams.borrow_mut()[upstream].pools[endpoint]
                 .checkout(Instant::now());
             let Some(conn) = pooled else { break };
-            if is_quiet(&conn.stream) {
+            if is_quiet(conn.stream.socket()) {
                 shard.metrics.reuse();
                 return Ok((conn, true));
             }
@@ -118,7 +119,7 @@ pub(super) async fn acquire(
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             shard.metrics.connect(upstream, endpoint, true);
-            Ok((UpstreamConn::new(stream), false))
+            Ok((UpstreamConn::new(Transport::Plain(stream)), false))
         }
     }
 }

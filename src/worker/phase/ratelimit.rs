@@ -199,6 +199,7 @@ mod tests {
             headers: &headers,
             peer,
             peer_ip: peer_ip.as_bytes(),
+            tls: None,
         };
         let snapshot = &fx.generation.snapshot;
         let wait = snapshot.rate_limit_sync;

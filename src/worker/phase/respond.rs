@@ -7,8 +7,8 @@ use bytes::{Buf, BufMut};
 use crate::http::{self, Method};
 
 use super::super::client::{Client, Exchange};
-use super::super::io::write_all_clear;
 use super::{RequestCtx, response_headers};
+use crate::transport::write_all_clear;
 
 /// A route's fixed answer.
 pub struct DirectResponse<'a> {

@@ -84,6 +84,7 @@ mod tests {
             headers: &headers,
             peer: "127.0.0.1:1".parse().unwrap(),
             peer_ip: b"127.0.0.1",
+            tls: None,
         };
         let route = &snapshot.routes[find(snapshot, &request, &head)?];
         Some((route.name.clone(), check_body_size(route, &head)))

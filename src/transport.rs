@@ -1,0 +1,393 @@
+//! [hot] A connection's byte stream, plain TCP or TLS, and the owned-buffer
+//! I/O every connection does through it (io_uring takes ownership of a
+//! buffer while the kernel uses it). Each helper moves the caller's buffer in
+//! and puts it back, so buffers keep their capacity across requests and the
+//! steady state allocates nothing. If a future is dropped mid-operation (a
+//! timeout), the runtime keeps the buffer alive until the kernel is done and
+//! the caller is left with an empty one; callers close the connection then.
+//!
+//! Over TLS the same helpers read ciphertext into the session's buffer and
+//! open it into the caller's (`tls::session`), and seal the caller's bytes
+//! into the session's outgoing buffer before writing it: one copy each way,
+//! which the encryption needs anyway, and no allocation once warm.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+};
+use monoio::net::TcpStream;
+
+use crate::tls::session::TlsSession;
+
+/// A connection's stream.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream>),
+}
+
+/// A TCP stream carrying an established TLS session.
+pub struct TlsStream {
+    pub socket: TcpStream,
+    pub session: TlsSession,
+}
+
+/// Most plaintext sealed before the records are written: bounds the
+/// outgoing buffer whatever the size of one write.
+const SEAL_BATCH: usize = 64 * 1024;
+
+impl Transport {
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(t) => &t.socket,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+
+    /// Ends our side: close_notify first over TLS, then a TCP half-close.
+    pub async fn shutdown(&mut self, limit: Duration) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.shutdown().await,
+            Transport::Tls(t) => {
+                t.session.seal_close_notify();
+                let _ = t.flush(limit).await;
+                t.socket.shutdown().await
+            }
+        }
+    }
+}
+
+impl TlsStream {
+    /// Writes and clears the session's sealed records.
+    async fn flush(&mut self, limit: Duration) -> Result<(), IoFailure> {
+        let mut out = std::mem::take(&mut self.session.outgoing);
+        let result = write_buf(&mut self.socket, &mut out, limit).await;
+        out.clear();
+        self.session.outgoing = out;
+        result
+    }
+
+    /// Seals `plaintext` and writes it, a batch at a time.
+    async fn write(&mut self, mut plaintext: &[u8], limit: Duration) -> Result<(), IoFailure> {
+        // Also flushes what was sealed before, when `plaintext` is empty.
+        loop {
+            let n = plaintext.len().min(SEAL_BATCH);
+            self.session
+                .seal(&plaintext[..n])
+                .map_err(|e| IoFailure::Io(e.into()))?;
+            self.flush(limit).await?;
+            plaintext = &plaintext[n..];
+            if plaintext.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends the plaintext of the records that arrive next to `buf`;
+    /// `Ok(0)` once the peer closed (close_notify or end of stream).
+    async fn read_more(
+        &mut self,
+        buf: &mut BytesMut,
+        cancel: Option<CancelHandle>,
+    ) -> io::Result<usize> {
+        loop {
+            let n = self.session.open_records(buf)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if self.session.peer_closed() {
+                return Ok(0);
+            }
+            // Room for the rest of a partial record, or a head's worth:
+            // an idle connection keeps a small buffer.
+            let want = self.session.pending_need().max(HEAD_READ);
+            let mut incoming = std::mem::take(&mut self.session.incoming);
+            if incoming.capacity() - incoming.len() < want {
+                incoming.reserve(want);
+            }
+            let read = match cancel.clone() {
+                Some(cancel) => {
+                    let (result, slice) = self
+                        .socket
+                        .cancelable_read(spare(&mut incoming, want), cancel)
+                        .await;
+                    incoming = slice.into_inner();
+                    result
+                }
+                None => {
+                    let (result, slice) = self.socket.read(spare(&mut incoming, want)).await;
+                    incoming = slice.into_inner();
+                    result
+                }
+            };
+            self.session.incoming = incoming;
+            if read? == 0 {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// Writes all of `buf` to a socket, leaving its contents in place.
+async fn write_buf(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(limit, stream.write_all(owned)).await {
+        Err(_) => Err(IoFailure::TimedOut),
+        Ok((result, owned)) => {
+            *buf = owned;
+            result.map(|_| ()).map_err(IoFailure::Io)
+        }
+    }
+}
+
+/// Free space wanted before reading a head: small, because a connection's
+/// read buffer lives as long as the connection (idle ones included).
+pub const HEAD_READ: usize = 2 * 1024;
+/// Free space wanted before reading body bytes: large, for fewer syscalls.
+pub const BODY_READ: usize = 16 * 1024;
+
+/// Why a timed I/O operation did not complete.
+#[derive(Debug)]
+pub enum IoFailure {
+    TimedOut,
+    /// Orderly close by the peer (read returned 0).
+    Closed,
+    Io(#[allow(dead_code)] io::Error),
+}
+
+/// Moves `buf` out as a view of its spare capacity (what a read fills),
+/// first growing it if less than a quarter of `want` is free.
+fn spare(buf: &mut BytesMut, want: usize) -> SliceMut<BytesMut> {
+    if buf.capacity() - buf.len() < want / 4 {
+        buf.reserve(want);
+    }
+    let owned = std::mem::take(buf);
+    let (len, cap) = (owned.len(), owned.capacity());
+    owned.slice_mut(len..cap)
+}
+
+/// Appends whatever the peer sends next to `buf`, first growing it if less
+/// than a quarter of `want` is free; `Ok(0)` is end of stream.
+pub async fn read_more(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    want: usize,
+) -> io::Result<usize> {
+    match stream {
+        Transport::Plain(socket) => {
+            let (result, slice) = socket.read(spare(buf, want)).await;
+            *buf = slice.into_inner();
+            result
+        }
+        Transport::Tls(tls) => tls.read_more(buf, None).await,
+    }
+}
+
+/// Like `read_more`, but the read can be cancelled through `cancel` (used for
+/// idle keep-alive waits, which a drain cancels all at once).
+pub async fn read_more_cancelable(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    cancel: CancelHandle,
+) -> io::Result<usize> {
+    match stream {
+        Transport::Plain(socket) => {
+            let (result, slice) = socket.cancelable_read(spare(buf, HEAD_READ), cancel).await;
+            *buf = slice.into_inner();
+            result
+        }
+        Transport::Tls(tls) => tls.read_more(buf, Some(cancel)).await,
+    }
+}
+
+/// `read_more` bounded by `limit`; end of stream is `IoFailure::Closed`.
+pub async fn read_more_timed(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    want: usize,
+    limit: Duration,
+) -> Result<usize, IoFailure> {
+    match monoio::time::timeout(limit, read_more(stream, buf, want)).await {
+        Err(_) => Err(IoFailure::TimedOut),
+        Ok(Ok(0)) => Err(IoFailure::Closed),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(IoFailure::Io(e)),
+    }
+}
+
+/// Writes all of `buf` and clears it (capacity kept).
+pub async fn write_all_clear(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    write_all_keep(stream, buf, limit).await?;
+    buf.clear();
+    Ok(())
+}
+
+/// Writes all of `buf`, leaving its contents in place (for a possible retry).
+pub async fn write_all_keep(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    match stream {
+        Transport::Plain(socket) => write_buf(socket, buf, limit).await,
+        Transport::Tls(tls) => tls.write(buf, limit).await,
+    }
+}
+
+/// Writes bytes known at compile time (an interim `100 Continue`).
+pub async fn write_static(
+    stream: &mut Transport,
+    bytes: &'static [u8],
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    match stream {
+        Transport::Plain(socket) => {
+            match monoio::time::timeout(limit, socket.write_all(bytes)).await {
+                Err(_) => Err(IoFailure::TimedOut),
+                Ok((result, _)) => result.map(|_| ()).map_err(IoFailure::Io),
+            }
+        }
+        Transport::Tls(tls) => tls.write(bytes, limit).await,
+    }
+}
+
+/// Writes the first `n` bytes of `buf` and consumes them, without copying
+/// (over TLS: sealed from where they lie).
+pub async fn write_front(
+    stream: &mut Transport,
+    buf: &mut BytesMut,
+    n: usize,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    let socket = match stream {
+        Transport::Plain(socket) => socket,
+        Transport::Tls(tls) => {
+            tls.write(&buf[..n], limit).await?;
+            buf.advance(n);
+            return Ok(());
+        }
+    };
+    let owned = std::mem::take(buf);
+    match monoio::time::timeout(limit, socket.write_all(owned.slice(0..n))).await {
+        Err(_) => Err(IoFailure::TimedOut),
+        Ok((result, slice)) => {
+            *buf = slice.into_inner();
+            result.map_err(IoFailure::Io)?;
+            buf.advance(n);
+            Ok(())
+        }
+    }
+}
+
+/// Room for one two-part vectored write, kept per connection so vectored
+/// writes allocate nothing after the first.
+pub type IoVecPair = Box<[libc::iovec; 2]>;
+
+/// Two buffers handed to the kernel together for one `writev`. Owning both
+/// (and the iovec array, on the heap so its address survives moves of this
+/// value) keeps the memory alive even if the write is abandoned on timeout.
+struct TwoPart {
+    first: BytesMut,
+    second: BytesMut,
+    iov: IoVecPair,
+    count: usize,
+}
+
+// SAFETY: the iovecs point into `first`/`second`, whose heap storage does not
+// move when `TwoPart` moves, and which live as long as the value the kernel
+// is handed.
+unsafe impl monoio::buf::IoVecBuf for TwoPart {
+    fn read_iovec_ptr(&self) -> *const libc::iovec {
+        self.iov.as_ptr()
+    }
+    fn read_iovec_len(&self) -> usize {
+        self.count
+    }
+}
+
+/// Writes all of `first`, then the first `second_len` bytes of `second`, in
+/// as few `writev` calls as the socket allows. `first` ends up empty and the
+/// written part of `second` is consumed, without copying either.
+pub async fn write_two(
+    stream: &mut Transport,
+    first: &mut BytesMut,
+    second: &mut BytesMut,
+    mut second_len: usize,
+    iov_slot: &mut Option<IoVecPair>,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    let stream = match stream {
+        Transport::Plain(socket) => socket,
+        Transport::Tls(tls) => {
+            // Both parts sealed into one batch of records, one write.
+            tls.session
+                .seal(first)
+                .map_err(|e| IoFailure::Io(e.into()))?;
+            first.clear();
+            tls.write(&second[..second_len], limit).await?;
+            second.advance(second_len);
+            return Ok(());
+        }
+    };
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    while !first.is_empty() || second_len > 0 {
+        let mut iov = iov_slot.take().unwrap_or_else(|| Box::new([empty, empty]));
+        let mut count = 0;
+        for part in [&first[..], &second[..second_len]] {
+            if !part.is_empty() {
+                iov[count] = libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                };
+                count += 1;
+            }
+        }
+        let parts = TwoPart {
+            first: std::mem::take(first),
+            second: std::mem::take(second),
+            iov,
+            count,
+        };
+        let (result, parts) = match monoio::time::timeout(limit, stream.writev(parts)).await {
+            Err(_) => return Err(IoFailure::TimedOut),
+            Ok(done) => done,
+        };
+        *first = parts.first;
+        *second = parts.second;
+        *iov_slot = Some(parts.iov);
+        let mut written = match result {
+            Ok(0) => return Err(IoFailure::Closed),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(IoFailure::Io(e)),
+        };
+        let from_first = written.min(first.len());
+        first.advance(from_first);
+        written -= from_first;
+        second.advance(written);
+        second_len -= written;
+    }
+    first.clear();
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! HTTPS listeners end to end: certificates by SNI, versions, ALPN,
+//! resumption across workers, the record layer under real clients (rustls
+//! and openssl), and what the upstream receives.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::tls::{
+    Alg, ClientOptions, Pki, client_config, connect, listener_tls, resumed, server_names,
+};
+use common::{Gateway, Reply, Upstream, config, drivers, ok};
+
+fn proxy_to(upstream: &Upstream) -> String {
+    format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        upstream.addr
+    )
+}
+
+fn get(path: &str, host: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn https_requests_are_proxied_with_forwarded_proto_and_exact_bytes() {
+    let pki = Pki::new("basic");
+    let cert = pki.server(&["app.test"], Alg::EcdsaP256);
+    let big = vec![b'x'; 1 << 20];
+    let big_reply = big.clone();
+    let upstream = Upstream::start("app", move |r| match r.target.as_str() {
+        "/big" => Reply::Ok(200, vec![], big_reply.clone()),
+        "/echo" => Reply::Ok(200, vec![], r.body.clone()),
+        _ => ok("hello over tls"),
+    });
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+        ));
+        let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+        let mut conn = connect(gw.addr, "app.test", &client).expect("handshake");
+        assert_eq!(conn.stream.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        conn.send(&get("/", "app.test"));
+        let r = conn.read_response(false);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello over tls"),
+            "{driver}"
+        );
+        // Many records each way on the same connection.
+        conn.send(&get("/big", "app.test"));
+        let r = conn.read_response(false);
+        assert_eq!(r.body.len(), big.len(), "{driver}");
+        assert!(r.body == big);
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut post = format!(
+            "POST /echo HTTP/1.1\r\nHost: app.test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&body);
+        conn.send(&post);
+        let r = conn.read_response(false);
+        assert!(r.body == body, "{driver}: echoed body differs");
+        // Pipelined requests in one write, answered in order.
+        let mut two = get("/", "app.test");
+        two.extend_from_slice(&get("/big", "app.test"));
+        conn.send(&two);
+        assert_eq!(conn.read_response(false).text(), "hello over tls");
+        assert_eq!(conn.read_response(false).body.len(), big.len());
+        let seen = upstream.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(last.header("x-forwarded-proto"), Some("https"), "{driver}");
+    }
+}
+
+#[test]
+fn a_client_key_update_is_followed_and_close_notify_ends_the_connection() {
+    let pki = Pki::new("keyupdate");
+    let cert = pki.server(&["app.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+        ));
+        let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+        let mut conn = connect(gw.addr, "app.test", &client).unwrap();
+        for round in 0..3 {
+            conn.send(&get("/", "app.test"));
+            assert_eq!(
+                conn.read_response(false).status,
+                200,
+                "{driver} round {round}"
+            );
+            // KeyUpdate(update_requested): the gateway must switch its
+            // receive key and answer with its own update.
+            conn.stream.conn.refresh_traffic_keys().unwrap();
+        }
+        conn.send(&get("/", "app.test"));
+        assert_eq!(conn.read_response(false).status, 200, "{driver}");
+        conn.stream.conn.send_close_notify();
+        conn.stream.flush().unwrap();
+        let _ = conn.stream.conn.write_tls(&mut conn.stream.sock);
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut conn.stream, &mut rest);
+        assert!(rest.is_empty(), "{driver}: nothing after close_notify");
+    }
+}
+
+#[test]
+fn sni_selects_the_certificate_and_unknown_names_get_the_default_or_an_alert() {
+    let pki = Pki::new("sni");
+    let api = pki.server(&["api.test"], Alg::EcdsaP256);
+    let wild = pki.server(&["*.apps.test"], Alg::EcdsaP256);
+    let fallback = pki.server(&["fallback.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &format!(
+                "[listeners.tls]\ncertificates = [\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\", default = true }},\n]\n\n{}",
+                api.cert.display(),
+                api.key.display(),
+                wild.cert.display(),
+                wild.key.display(),
+                fallback.cert.display(),
+                fallback.key.display(),
+                proxy_to(&upstream)
+            ),
+        ));
+        for (sni, expect) in [
+            ("api.test", "api.test"),
+            ("API.Test", "api.test"),
+            ("one.apps.test", "*.apps.test"),
+            ("two.apps.test", "*.apps.test"),
+        ] {
+            let mut conn = connect(gw.addr, sni, &client).expect(sni);
+            assert_eq!(server_names(&conn), [expect], "{driver} {sni}");
+            conn.send(&get("/", sni));
+            assert_eq!(conn.read_response(false).status, 200);
+        }
+        // Unknown name: the default certificate, which the client rejects.
+        let err = connect(gw.addr, "other.test", &client)
+            .err()
+            .expect("name mismatch");
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForNameContext { .. }
+                    )
+            ),
+            "{driver}: {err:?}"
+        );
+        // The gateway is unharmed.
+        let mut conn = connect(gw.addr, "api.test", &client).unwrap();
+        conn.send(&get("/", "api.test"));
+        assert_eq!(conn.read_response(false).status, 200);
+    }
+    // unknown_sni = "refuse": an alert, and nothing else.
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n{}",
+            listener_tls(&[&api], "unknown_sni = \"refuse\""),
+            proxy_to(&upstream)
+        ),
+    ));
+    let err = connect(gw.addr, "other.test", &client)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, rustls::Error::AlertReceived(_)), "{err:?}");
+    assert!(connect(gw.addr, "api.test", &client).is_ok());
+}
+
+#[test]
+fn an_ecdsa_and_an_rsa_certificate_for_one_name_are_chosen_by_what_the_client_supports() {
+    let pki = Pki::new("dual");
+    let ecdsa = pki.server(&["dual.test"], Alg::EcdsaP256);
+    let rsa = pki.server(&["dual.test"], Alg::Rsa2048);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n{}",
+            listener_tls(&[&rsa, &ecdsa], ""),
+            proxy_to(&upstream)
+        ),
+    ));
+    let any = client_config(&[&pki.ca_der], &ClientOptions::default());
+    let conn = connect(gw.addr, "dual.test", &any).unwrap();
+    assert!(!common::tls::server_key_is_rsa(&conn), "ECDSA preferred");
+    for versions in [vec![&rustls::version::TLS13], vec![&rustls::version::TLS12]] {
+        let rsa_only = client_config(
+            &[&pki.ca_der],
+            &ClientOptions {
+                only_rsa: true,
+                versions,
+                ..Default::default()
+            },
+        );
+        let mut conn = connect(gw.addr, "dual.test", &rsa_only).unwrap();
+        assert!(common::tls::server_key_is_rsa(&conn));
+        conn.send(&get("/", "dual.test"));
+        assert_eq!(conn.read_response(false).status, 200);
+    }
+}
+
+#[test]
+fn tls12_and_tls13_with_every_suite_work_and_min_version_is_enforced() {
+    let pki = Pki::new("versions");
+    let cert = pki.server(&["v.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+        ));
+        for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+            for chacha in [false, true] {
+                let client = client_config(
+                    &[&pki.ca_der],
+                    &ClientOptions {
+                        versions: vec![version],
+                        chacha_only: chacha,
+                        ..Default::default()
+                    },
+                );
+                let mut conn = connect(gw.addr, "v.test", &client).unwrap();
+                assert_eq!(conn.stream.conn.protocol_version(), Some(version.version));
+                for _ in 0..3 {
+                    conn.send(&get("/", "v.test"));
+                    assert_eq!(
+                        conn.read_response(false).text(),
+                        "app",
+                        "{driver} {version:?}"
+                    );
+                }
+            }
+        }
+    }
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n{}",
+            listener_tls(&[&cert], "min_version = \"1.3\""),
+            proxy_to(&upstream)
+        ),
+    ));
+    let old = client_config(
+        &[&pki.ca_der],
+        &ClientOptions {
+            versions: vec![&rustls::version::TLS12],
+            ..Default::default()
+        },
+    );
+    assert!(connect(gw.addr, "v.test", &old).is_err(), "TLS 1.2 refused");
+}
+
+#[test]
+fn alpn_offers_http11_and_refuses_a_client_that_wants_only_h2() {
+    let pki = Pki::new("alpn");
+    let cert = pki.server(&["a.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+    ));
+    let none = client_config(
+        &[&pki.ca_der],
+        &ClientOptions {
+            alpn: vec![],
+            ..Default::default()
+        },
+    );
+    let conn = connect(gw.addr, "a.test", &none).unwrap();
+    assert_eq!(conn.stream.conn.alpn_protocol(), None);
+    let h2 = client_config(
+        &[&pki.ca_der],
+        &ClientOptions {
+            alpn: vec![b"h2".to_vec()],
+            ..Default::default()
+        },
+    );
+    let err = connect(gw.addr, "a.test", &h2)
+        .err()
+        .expect("no common protocol");
+    assert!(
+        matches!(
+            err,
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn resumed_sessions_resume_on_whichever_worker_they_land() {
+    let pki = Pki::new("resume");
+    let cert = pki.server(&["r.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    for (version, name) in [
+        (&rustls::version::TLS13, "1.3"),
+        (&rustls::version::TLS12, "1.2"),
+    ] {
+        let gw = Gateway::start(
+            &config(
+                "epoll",
+                &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+            )
+            .replace("workers = 1", "workers = 4"),
+        );
+        let client = client_config(
+            &[&pki.ca_der],
+            &ClientOptions {
+                versions: vec![version],
+                ..Default::default()
+            },
+        );
+        let total = 60;
+        let mut resumptions = 0;
+        for i in 0..total {
+            // A fresh source port each time: SO_REUSEPORT spreads these
+            // connections over the 4 workers.
+            let mut conn = connect(gw.addr, "r.test", &client).unwrap();
+            if resumed(&conn) {
+                resumptions += 1;
+            }
+            conn.send(&get("/", "r.test"));
+            assert_eq!(conn.read_response(false).status, 200, "TLS {name} #{i}");
+        }
+        // Every connection after the first resumes, whichever worker took it.
+        assert_eq!(resumptions, total - 1, "TLS {name}");
+    }
+}
+
+#[test]
+fn openssl_s_client_sees_the_certificate_its_servername_asks_for() {
+    let pki = Pki::new("openssl");
+    let one = pki.server(&["one.test"], Alg::EcdsaP256);
+    let two = pki.server(&["two.test"], Alg::Rsa2048);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n{}",
+            listener_tls(&[&one, &two], ""),
+            proxy_to(&upstream)
+        ),
+    ));
+    for (name, tls_flag) in [("one.test", "-tls1_3"), ("two.test", "-tls1_2")] {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &gw.addr.to_string(),
+                "-servername",
+                name,
+            ])
+            .args([
+                tls_flag,
+                "-CAfile",
+                pki.ca_path.to_str().unwrap(),
+                "-verify_return_error",
+                "-quiet",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                let mut stdin = child.stdin.take().unwrap();
+                stdin.write_all(
+                    format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )?;
+                std::thread::sleep(Duration::from_millis(300));
+                drop(stdin);
+                child.wait_with_output()
+            })
+            .expect("openssl s_client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("CN={name}")) || stderr.contains(&format!("CN = {name}")),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stdout.starts_with("HTTP/1.1 200"),
+            "{name}: {stdout} / {stderr}"
+        );
+    }
+}
