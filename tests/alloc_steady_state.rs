@@ -9,8 +9,14 @@
 //! "has been running for over 60 seconds" bookkeeping) — on a busy machine
 //! this test does.
 //!
+//! Over HTTPS the client is rustls, which allocates for every record it
+//! seals or opens; its thread is marked uncounted, so what is counted is
+//! still the gateway's alone.
+//!
 //! `RINGGATE_ALLOC_TRACE=1` prints a backtrace for each of the first
 //! allocations inside a measured window: how a failure is diagnosed.
+
+mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -30,6 +36,8 @@ const MAX_TRACES: u64 = 8;
 thread_local! {
     /// Whether this thread is the process's main thread (the harness's).
     static MAIN_THREAD: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    /// This thread's allocations are not the gateway's (a TLS client).
+    static UNCOUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// This thread is capturing a backtrace (whose own allocations are not
     /// traced again).
     static TRACING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -51,7 +59,7 @@ fn count() {
             main
         }
     });
-    if !main {
+    if !main && !UNCOUNTED.with(|u| u.get()) {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if MEASURING.load(Ordering::Relaxed) && !TRACING.with(|t| t.replace(true)) {
             if tracing_enabled() && TRACED.fetch_add(1, Ordering::Relaxed) < MAX_TRACES {
@@ -121,13 +129,31 @@ fn start_upstream() -> SocketAddr {
     addr
 }
 
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// An HTTPS listener and a client that trusts it.
+struct Https {
+    section: String,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+fn https() -> Https {
+    let pki = common::tls::Pki::new("alloc");
+    let cert = pki.server(&["api.example.com"], common::tls::Alg::EcdsaP256);
+    Https {
+        section: common::tls::listener_tls(&[&cert], ""),
+        client: common::tls::client_config(&[&pki.ca_der], &Default::default()),
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Sends `n` keep-alive requests and reads each response completely, with
 /// fixed buffers. Returns the status code of the last one.
-fn run_requests(stream: &mut TcpStream, request: &[u8], n: usize) {
+fn run_requests(stream: &mut impl ReadWrite, request: &[u8], n: usize) {
     let mut buf = [0u8; 8192];
     for _ in 0..n {
         stream.write_all(request).unwrap();
@@ -157,12 +183,24 @@ fn run_requests(stream: &mut TcpStream, request: &[u8], n: usize) {
 }
 
 fn allocations_per_request(driver: &str, upstream: SocketAddr, path: &str, extra: &str) -> f64 {
+    allocations_per_request_over(driver, upstream, path, extra, None)
+}
+
+fn allocations_per_request_over(
+    driver: &str,
+    upstream: SocketAddr,
+    path: &str,
+    extra: &str,
+    tls: Option<&Https>,
+) -> f64 {
+    let tls_section = tls.map_or("", |t| t.section.as_str());
     let config = format!(
         r#"workers = 1
 io_driver = "{driver}"
 {extra}
 [[listeners]]
 bind = "127.0.0.1:0"
+{tls_section}
 [upstreams.app]
 endpoints = ["{upstream}"]
 [rate_limits.generous]
@@ -196,11 +234,21 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
     let snapshot = ringgate::config::load_str(&config, "alloc-test").unwrap();
     let running = ringgate::control::start(snapshot).unwrap();
     let addr = running.addrs()[0];
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream: Box<dyn ReadWrite> = match tls {
+        None => {
+            let stream = TcpStream::connect(addr).unwrap();
+            stream.set_nodelay(true).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            Box::new(stream)
+        }
+        Some(tls) => {
+            UNCOUNTED.with(|u| u.set(true));
+            let conn = common::tls::connect(addr, "api.example.com", &tls.client).unwrap();
+            Box::new(conn.stream)
+        }
+    };
     let request = format!(
         "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
     )
@@ -215,6 +263,7 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
     MEASURING.store(false, Ordering::SeqCst);
     let after = ALLOCATIONS.load(Ordering::SeqCst);
     drop(stream);
+    UNCOUNTED.with(|u| u.set(false));
     running.drain().unwrap();
     (after - before) as f64 / measured as f64
 }
@@ -259,5 +308,9 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         let node = allocations_per_request(driver, upstream, "/node-limited/items", "");
         eprintln!("{driver}: heap allocations per node-scope rate-limited request: {node:.4}");
         assert_eq!(node, 0.0, "{driver}: node-scope limiting allocates");
+        let https = https();
+        let tls = allocations_per_request_over(driver, upstream, "/api/items", "", Some(&https));
+        eprintln!("{driver}: heap allocations per proxied HTTPS request: {tls:.4}");
+        assert_eq!(tls, 0.0, "{driver}: requests on an established TLS connection allocate");
     }
 }
