@@ -37,6 +37,10 @@ pub enum Failure {
     UpstreamTimeout,
     /// The client stopped sending its body or sent a malformed one (400, close).
     BadRequestBody(&'static str),
+    /// On a listener with client authentication, Host names a server the
+    /// connection's handshake did not cover (421, close: the client must
+    /// connect again with that name as SNI).
+    Misdirected,
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -46,7 +50,7 @@ pub enum Failure {
 }
 
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 15;
+pub const FAILURE_KINDS: usize = 16;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -71,6 +75,7 @@ impl Failure {
             retry_after: 0,
         },
         Failure::UriTooLong,
+        Failure::Misdirected,
     ];
 
     pub fn status(self) -> u16 {
@@ -88,6 +93,7 @@ impl Failure {
             }
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
             Failure::RateLimited { .. } => 429,
+            Failure::Misdirected => 421,
         }
     }
 
@@ -109,6 +115,7 @@ impl Failure {
             Failure::UpstreamTimeout => "upstream_timeout",
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::RateLimited { .. } => "rate_limited",
+            Failure::Misdirected => "misdirected_request",
         }
     }
 
@@ -129,6 +136,7 @@ impl Failure {
             Failure::BadRequestBody(_) => 12,
             Failure::RateLimited { .. } => 13,
             Failure::UriTooLong => 14,
+            Failure::Misdirected => 15,
         }
     }
 
@@ -150,6 +158,9 @@ impl Failure {
             Failure::UpstreamTimeout => "the upstream did not respond in time",
             Failure::RateLimited { .. } => {
                 "rate limit exceeded; retry after the time in Retry-After"
+            }
+            Failure::Misdirected => {
+                "this connection's TLS handshake did not cover the requested host"
             }
         }
     }

@@ -187,6 +187,8 @@ pub struct Route {
     pub max_body_bytes: u64,
     /// Indices into `Snapshot::rate_limits`.
     pub rate_limits: Vec<usize>,
+    /// Plain-HTTP requests get a 308 to HTTPS on this port.
+    pub https_redirect: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +198,9 @@ pub enum LimitKey {
     Header(Box<[u8]>),
     Route,
     Global,
+    /// The verified client certificate's SHA-256 (mTLS); requests without
+    /// one share the empty key.
+    ClientCert,
 }
 
 /// A refill rate: `tokens` every `per_nanos` ("100/s", "10/min").

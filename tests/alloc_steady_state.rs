@@ -311,6 +311,9 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         let https = https();
         let tls = allocations_per_request_over(driver, upstream, "/api/items", "", Some(&https));
         eprintln!("{driver}: heap allocations per proxied HTTPS request: {tls:.4}");
-        assert_eq!(tls, 0.0, "{driver}: requests on an established TLS connection allocate");
+        assert_eq!(
+            tls, 0.0,
+            "{driver}: requests on an established TLS connection allocate"
+        );
     }
 }

@@ -396,3 +396,266 @@ fn openssl_s_client_sees_the_certificate_its_servername_asks_for() {
         );
     }
 }
+
+fn mtls_client(
+    pki: &Pki,
+    who: Option<&common::tls::Issued>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    client_config(
+        &[&pki.ca_der],
+        &ClientOptions {
+            identity: who.map(|c| (c.cert_pem.clone(), c.key_pem.clone())),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn mtls_required_admits_trusted_clients_and_passes_their_identity_upstream() {
+    let pki = Pki::new("mtls");
+    let stranger_ca = Pki::new("stranger");
+    let cert = pki.server(&["m.test"], Alg::EcdsaP256);
+    let alice = pki.client("alice");
+    let mallory = stranger_ca.client("mallory");
+    let upstream = Upstream::named("app");
+    let log = common::temp_path("access.log");
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &format!(
+                "{}\n[access_log]\npath = \"{}\"\n\n{}",
+                listener_tls(
+                    &[&cert],
+                    &format!(
+                        "client_auth = \"required\"\nclient_ca = \"{}\"",
+                        pki.ca_path.display()
+                    )
+                ),
+                log.display(),
+                proxy_to(&upstream)
+            ),
+        ));
+        let mut conn = connect(gw.addr, "m.test", &mtls_client(&pki, Some(&alice))).unwrap();
+        conn.send(b"GET /who HTTP/1.1\r\nHost: m.test\r\nX-Client-Cert-Subject: CN=admin\r\nx-client-cert-sha256: forged\r\n\r\n");
+        assert_eq!(conn.read_response(false).status, 200, "{driver}");
+        let seen = upstream.requests().pop().unwrap();
+        let subject = seen.header("x-client-cert-subject").unwrap();
+        assert!(subject.contains("CN=alice"), "{driver}: {subject}");
+        assert_eq!(
+            seen.headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("x-client-cert-subject"))
+                .count(),
+            1
+        );
+        assert_eq!(
+            seen.header("x-client-cert-san"),
+            Some("DNS:alice.clients.test")
+        );
+        let sha = seen.header("x-client-cert-sha256").unwrap();
+        assert_eq!(sha.len(), 64, "{driver}: {sha}");
+        assert_ne!(sha, "forged");
+        // No certificate, or one from a CA the listener does not trust:
+        // the handshake fails, nothing else happens.
+        let before = upstream.request_count();
+        let none = connect(gw.addr, "m.test", &mtls_client(&pki, None));
+        let none_refused = match none {
+            Err(_) => true,
+            // TLS 1.3: the client finishes first and learns on its first read.
+            Ok(mut c) => {
+                c.send(&get("/", "m.test"));
+                c.try_read_response(false).is_none()
+            }
+        };
+        assert!(none_refused, "{driver}: no certificate admitted");
+        let stranger = connect(gw.addr, "m.test", &mtls_client(&pki, Some(&mallory)));
+        let stranger_refused = match stranger {
+            Err(_) => true,
+            Ok(mut c) => {
+                c.send(&get("/", "m.test"));
+                c.try_read_response(false).is_none()
+            }
+        };
+        assert!(stranger_refused, "{driver}: untrusted certificate admitted");
+        assert_eq!(upstream.request_count(), before);
+        common::wait_until(Duration::from_secs(10), "the access log line", || {
+            std::fs::read_to_string(&log).is_ok_and(|l| {
+                l.contains("\"tls\":\"1.3\",\"client_cert\":{\"subject\":\"CN=alice")
+            })
+        });
+        drop(gw);
+        let _ = std::fs::remove_file(&log);
+    }
+}
+
+#[test]
+fn mtls_optional_serves_anonymous_clients_without_identity_headers() {
+    let pki = Pki::new("optional");
+    let cert = pki.server(&["o.test"], Alg::EcdsaP256);
+    let bob = pki.client("bob");
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n{}",
+            listener_tls(
+                &[&cert],
+                &format!(
+                    "client_auth = \"optional\"\nclient_ca = \"{}\"",
+                    pki.ca_path.display()
+                )
+            ),
+            proxy_to(&upstream)
+        ),
+    ));
+    let mut anon = connect(gw.addr, "o.test", &mtls_client(&pki, None)).unwrap();
+    anon.send(b"GET / HTTP/1.1\r\nHost: o.test\r\nX-Client-Cert-Subject: CN=bob\r\n\r\n");
+    assert_eq!(anon.read_response(false).status, 200);
+    let seen = upstream.requests().pop().unwrap();
+    assert!(
+        !seen.has_header("x-client-cert-subject"),
+        "a spoofed identity was passed on"
+    );
+    let mut known = connect(gw.addr, "o.test", &mtls_client(&pki, Some(&bob))).unwrap();
+    known.send(&get("/", "o.test"));
+    assert_eq!(known.read_response(false).status, 200);
+    let seen = upstream.requests().pop().unwrap();
+    assert!(
+        seen.header("x-client-cert-subject")
+            .unwrap()
+            .contains("CN=bob")
+    );
+}
+
+#[test]
+fn client_cert_headers_sent_over_plain_http_are_stripped() {
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config("epoll", &proxy_to(&upstream)));
+    let r = common::request(
+        gw.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Client-Cert-Subject: CN=root\r\nX-Client-Cert-SAN: DNS:x\r\nX-Client-Cert-SHA256: ab\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let seen = upstream.requests().pop().unwrap();
+    for h in [
+        "x-client-cert-subject",
+        "x-client-cert-san",
+        "x-client-cert-sha256",
+    ] {
+        assert!(!seen.has_header(h), "{h} passed through");
+    }
+}
+
+#[test]
+fn an_mtls_listener_answers_421_when_host_names_a_server_the_handshake_did_not_cover() {
+    let pki = Pki::new("misdirect");
+    let open = pki.server(&["open.test"], Alg::EcdsaP256);
+    let secure = pki.server(&["secure.test"], Alg::EcdsaP256);
+    let carol = pki.client("carol");
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[listeners.tls]\ncertificates = [\n  {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\", client_auth = \"required\", client_ca = \"{}\" }},\n]\n\n{}",
+            open.cert.display(),
+            open.key.display(),
+            secure.cert.display(),
+            secure.key.display(),
+            pki.ca_path.display(),
+            proxy_to(&upstream)
+        ),
+    ));
+    // Authenticated nowhere, asking for the server that needs a certificate.
+    let mut anon = connect(gw.addr, "open.test", &mtls_client(&pki, None)).unwrap();
+    anon.send(&get("/", "open.test"));
+    assert_eq!(anon.read_response(false).status, 200);
+    let before = upstream.request_count();
+    anon.send(&get("/admin", "secure.test"));
+    let r = anon.read_response(false);
+    assert_eq!(r.status, 421);
+    assert!(r.text().contains("misdirected_request"));
+    assert_eq!(
+        upstream.request_count(),
+        before,
+        "the upstream never saw it"
+    );
+    // The authenticated connection is held to its own server too.
+    let mut carol = connect(gw.addr, "secure.test", &mtls_client(&pki, Some(&carol))).unwrap();
+    carol.send(&get("/", "secure.test:443"));
+    assert_eq!(carol.read_response(false).status, 200);
+    carol.send(&get("/", "open.test"));
+    assert_eq!(carol.read_response(false).status, 421);
+    // Without a certificate the secure name cannot even be reached.
+    let refused = match connect(gw.addr, "secure.test", &mtls_client(&pki, None)) {
+        Err(_) => true,
+        Ok(mut c) => {
+            c.send(&get("/", "secure.test"));
+            c.try_read_response(false).is_none()
+        }
+    };
+    assert!(refused);
+}
+
+#[test]
+fn a_rate_limit_keyed_on_the_client_certificate_counts_each_client_apart() {
+    let pki = Pki::new("certlimit");
+    let cert = pki.server(&["l.test"], Alg::EcdsaP256);
+    let dave = pki.client("dave");
+    let erin = pki.client("erin");
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n[rate_limits.per_client]\nkey = \"client_cert\"\nrate = \"1/h\"\nburst = 2\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nrate_limits = [\"per_client\"]\n",
+            listener_tls(
+                &[&cert],
+                &format!(
+                    "client_auth = \"required\"\nclient_ca = \"{}\"",
+                    pki.ca_path.display()
+                )
+            ),
+            upstream.addr
+        ),
+    ));
+    let mut d = connect(gw.addr, "l.test", &mtls_client(&pki, Some(&dave))).unwrap();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| {
+            d.send(&get("/", "l.test"));
+            d.read_response(false).status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    let mut e = connect(gw.addr, "l.test", &mtls_client(&pki, Some(&erin))).unwrap();
+    e.send(&get("/", "l.test"));
+    assert_eq!(
+        e.read_response(false).status,
+        200,
+        "another certificate has its own bucket"
+    );
+}
+
+#[test]
+fn a_route_can_redirect_plain_http_to_https() {
+    let pki = Pki::new("redirect");
+    let cert = pki.server(&["shop.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[[listeners]]\nbind = \"127.0.0.1:0\"\n{}\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nhttps_redirect = true\nhttps_port = 8443\n",
+            listener_tls(&[&cert], ""),
+            upstream.addr
+        ),
+    ));
+    // The first listener is plain: redirected, and the upstream sees nothing.
+    let r = common::request(
+        gw.addr,
+        b"GET /cart?id=7 HTTP/1.1\r\nHost: shop.test:8080\r\n\r\n",
+    );
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://shop.test:8443/cart?id=7")
+    );
+    assert_eq!(upstream.request_count(), 0);
+}

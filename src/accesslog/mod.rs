@@ -36,10 +36,17 @@ const MAX_LOGGED_PATH: usize = 2048;
 const MAX_LOGGED_ROUTE: usize = 128;
 const MAX_LOGGED_REQUEST_ID: usize = 128;
 const MAX_LOGGED_METHOD: usize = 32;
+const MAX_LOGGED_CERT_SUBJECT: usize = 256;
 /// An upper bound on one formatted line: every logged byte may escape to six
 /// (`\u00XX`), plus the fixed fields (addresses, numbers, timestamp).
-pub const MAX_LINE_BYTES: usize =
-    6 * (MAX_LOGGED_PATH + MAX_LOGGED_ROUTE + MAX_LOGGED_REQUEST_ID + MAX_LOGGED_METHOD) + 512;
+pub const MAX_LINE_BYTES: usize = 6
+    * (MAX_LOGGED_PATH
+        + MAX_LOGGED_ROUTE
+        + MAX_LOGGED_REQUEST_ID
+        + MAX_LOGGED_METHOD
+        + MAX_LOGGED_CERT_SUBJECT
+        + 64)
+    + 512;
 
 pub enum LogMsg {
     Lines(Vec<u8>),
@@ -162,6 +169,16 @@ pub struct Entry<'a> {
     pub duration_us: u64,
     pub upstream_us: Option<u64>,
     pub worker: usize,
+    /// HTTPS connections: the TLS version and the verified client
+    /// certificate (subject, SHA-256 fingerprint), if any.
+    pub tls: Option<TlsFields<'a>>,
+}
+
+#[derive(Clone, Copy)]
+pub struct TlsFields<'a> {
+    pub version: &'static str,
+    pub client_subject: Option<&'a str>,
+    pub client_sha256: Option<&'a str>,
 }
 
 /// A worker's side of the access log.
@@ -306,7 +323,18 @@ pub fn format_line(out: &mut Vec<u8>, e: &Entry<'_>) {
         }
         None => out.extend_from_slice(b"null"),
     }
-    let _ = writeln!(out, ",\"worker\":{}}}", e.worker);
+    let _ = write!(out, ",\"worker\":{}", e.worker);
+    if let Some(tls) = &e.tls {
+        let _ = write!(out, ",\"tls\":\"{}\"", tls.version);
+        if let (Some(subject), Some(sha256)) = (tls.client_subject, tls.client_sha256) {
+            out.extend_from_slice(b",\"client_cert\":{\"subject\":\"");
+            json_escape_bounded(out, subject.as_bytes(), MAX_LOGGED_CERT_SUBJECT);
+            out.extend_from_slice(b"\",\"sha256\":\"");
+            json_escape_bounded(out, sha256.as_bytes(), 64);
+            out.extend_from_slice(b"\"}");
+        }
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// JSON string escaping; bytes ≥ 0x80 are written as \u00XX so the line is
@@ -373,6 +401,7 @@ mod tests {
                 duration_us: 1500,
                 upstream_us: Some(700),
                 worker: 3,
+                tls: None,
             },
         );
         let text = String::from_utf8(out).expect("valid UTF-8");
@@ -406,6 +435,11 @@ mod tests {
                 duration_us: u64::MAX,
                 upstream_us: Some(u64::MAX),
                 worker: usize::MAX,
+                tls: Some(TlsFields {
+                    version: "1.3",
+                    client_subject: Some(&route),
+                    client_sha256: Some("ab12"),
+                }),
             },
         );
         assert!(
@@ -431,6 +465,7 @@ mod tests {
             duration_us: 3,
             upstream_us: None,
             worker: 0,
+            tls: None,
         }
     }
 

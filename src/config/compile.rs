@@ -662,6 +662,13 @@ fn compile_route(
             ),
         }
     }
+    if let Some(port) = &r.https_port {
+        if !r.https_redirect {
+            errors.at(port, "https_port needs https_redirect = true");
+        } else if *port.get_ref() == 0 {
+            errors.at(port, "https_port must be a port number (1-65535)");
+        }
+    }
     let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
     let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
 
@@ -677,6 +684,9 @@ fn compile_route(
         response_headers,
         max_body_bytes: r.max_body_bytes.map_or(limits.max_body_bytes, |b| b.0),
         rate_limits: route_limits,
+        https_redirect: r
+            .https_redirect
+            .then(|| r.https_port.as_ref().map_or(443, |p| *p.get_ref())),
     };
     Some((
         route,
@@ -752,6 +762,7 @@ fn compile_rate_limit(
         "client_ip" => LimitKey::ClientIp,
         "route" => LimitKey::Route,
         "global" => LimitKey::Global,
+        "client_cert" => LimitKey::ClientCert,
         other => match other.strip_prefix("header:") {
             Some(h) if is_token(h.as_bytes()) => {
                 LimitKey::Header(h.to_ascii_lowercase().into_bytes().into())
@@ -759,7 +770,7 @@ fn compile_rate_limit(
             _ => {
                 errors.at(
                     &r.key,
-                    "key must be \"client_ip\", \"header:NAME\", \"route\" or \"global\"",
+                    "key must be \"client_ip\", \"header:NAME\", \"client_cert\", \"route\" or \"global\"",
                 );
                 return None;
             }

@@ -459,6 +459,13 @@ pub struct RouteSection {
     pub request_headers: HeaderEdits,
     #[serde(default)]
     pub response_headers: HeaderEdits,
+    /// Requests on a plain-HTTP connection are answered with a 308 to the
+    /// same URL over HTTPS (HTTPS ones are served as usual).
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// The HTTPS port the redirect names (default 443, left out of the URL).
+    #[serde(default)]
+    pub https_port: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

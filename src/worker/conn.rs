@@ -267,6 +267,9 @@ async fn handle_request(
     exchange: &mut Exchange,
 ) -> bool {
     let snapshot: &Snapshot = &generation.snapshot;
+    if let Some(failure) = decide(|| phase::tls_host::check(&client.view(), head)).await {
+        return refuse(shard, snapshot, client, head, failure, exchange).await;
+    }
     let Some(route_index) = phase::route::find(snapshot, &client.view(), head) else {
         return refuse(shard, snapshot, client, head, Failure::NotFound, exchange).await;
     };
@@ -278,6 +281,10 @@ async fn handle_request(
         head,
         route,
     };
+    let close_after = !head.keep_alive || last_allowed || shard.draining.get();
+    if let Some(port) = phase::https_redirect::applies(&ctx, client) {
+        return phase::https_redirect::redirect(&ctx, port, client, close_after, exchange).await;
+    }
     if let Some(failure) = decide(|| phase::route::check_body_size(route, head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
@@ -290,7 +297,6 @@ async fn handle_request(
     }
     exchange.ratelimit = limits.tightest();
 
-    let close_after = !head.keep_alive || last_allowed || shard.draining.get();
     match &route.action {
         RouteAction::Respond {
             status,

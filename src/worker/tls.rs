@@ -24,6 +24,8 @@ pub struct ConnTls {
     pub site: Option<usize>,
     /// The verified client certificate (mTLS).
     pub client_cert: Option<CertFacts>,
+    /// "1.2" or "1.3", for the access log.
+    pub version: &'static str,
 }
 
 /// Runs the server handshake for a new connection. `None`: it failed (and
@@ -74,6 +76,11 @@ pub async fn handshake(
             listener,
             site: accepted.site,
             client_cert,
+            version: if accepted.version == rustls::ProtocolVersion::TLSv1_3 {
+                "1.3"
+            } else {
+                "1.2"
+            },
         },
     ))
 }

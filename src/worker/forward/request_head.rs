@@ -18,7 +18,7 @@ fn is_forwarded_identity(name: &[u8]) -> bool {
         9 => name.eq_ignore_ascii_case(b"forwarded") || name.eq_ignore_ascii_case(b"x-real-ip"),
         15 => name.eq_ignore_ascii_case(b"x-forwarded-for"),
         16 => name.eq_ignore_ascii_case(b"x-forwarded-host"),
-        17 => name.eq_ignore_ascii_case(b"x-forwarded-proto"),
+        17 => name.eq_ignore_ascii_case(b"x-forwarded-proto") || is_client_cert_header(name),
         _ => is_client_cert_header(name),
     }
 }

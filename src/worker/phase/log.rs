@@ -86,6 +86,7 @@ pub fn record(
             duration_us,
             upstream_us: exchange.upstream_us,
             worker: shard.id,
+            tls: tls_fields(client),
         });
     }
 }
@@ -110,6 +111,17 @@ pub fn record_refused(shard: &Shard, client: &Client, exchange: &Exchange) {
             duration_us: 0,
             upstream_us: None,
             worker: shard.id,
+            tls: tls_fields(client),
         });
     }
+}
+
+fn tls_fields(client: &Client) -> Option<crate::accesslog::TlsFields<'_>> {
+    let tls = client.tls.as_deref()?;
+    let cert = tls.client_cert.as_ref();
+    Some(crate::accesslog::TlsFields {
+        version: tls.version,
+        client_subject: cert.map(|c| &*c.subject),
+        client_sha256: cert.map(|c| &*c.fingerprint),
+    })
 }

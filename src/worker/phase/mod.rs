@@ -4,7 +4,8 @@
 //! `Generation`). `conn::handle_request` runs them in this fixed order:
 //!
 //! ```text
-//! read head ─▶ normalize ─▶ route (+ body size) ─▶ rate limits
+//! [tls handshake] ─▶ read head ─▶ normalize ─▶ tls host ─▶ route
+//!   ─▶ https redirect ─▶ body size ─▶ rate limits
 //!   ─▶ respond | forward ─▶ response headers ─▶ log + metrics
 //! ```
 //!
@@ -13,12 +14,14 @@
 //! Phases a route does not configure cost one branch. Adding a phase is a
 //! module here plus one line in `handle_request`.
 
+pub mod https_redirect;
 pub mod log;
 pub mod normalize;
 pub mod ratelimit;
 pub mod respond;
 pub mod response_headers;
 pub mod route;
+pub mod tls_host;
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -119,6 +119,10 @@ fn check_policies(
             LimitKey::Header(name) => request.header(name).unwrap_or(b""),
             LimitKey::Route => route.name.as_bytes(),
             LimitKey::Global => b"",
+            LimitKey::ClientCert => request
+                .tls
+                .and_then(|t| t.client_cert.as_ref())
+                .map_or(&b""[..], |c| c.fingerprint.as_bytes()),
         };
         let mut scratch = [0u8; crate::ratelimit::HASHED_KEY_LEN];
         let key = crate::ratelimit::bounded_key(key, &mut scratch);
