@@ -659,3 +659,116 @@ fn a_route_can_redirect_plain_http_to_https() {
     );
     assert_eq!(upstream.request_count(), 0);
 }
+
+fn metric(gw: &Gateway, line_prefix: &str) -> u64 {
+    let text = common::get(gw.admin.unwrap(), "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+#[test]
+fn silent_connections_hold_no_handshake_slot_and_time_out() {
+    let pki = Pki::new("silent");
+    let cert = pki.server(&["s.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    for driver in drivers() {
+        // One slot, a long timeout: if a silent connection held the slot,
+        // the real client below would wait 30 s for it.
+        let gw = Gateway::start(&config(
+            driver,
+            &format!(
+                "{}\n[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+                listener_tls(
+                    &[&cert],
+                    "max_handshakes_in_flight = 1\nhandshake_timeout = \"30s\""
+                ),
+                proxy_to(&upstream)
+            ),
+        ));
+        let silent: Vec<_> = (0..20).map(|_| common::Conn::open(gw.addr)).collect();
+        // One that sends half a ClientHello and stops.
+        let mut half = common::Conn::open(gw.addr);
+        half.send(&[22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3]);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut conn =
+            connect(gw.addr, "s.test", &client).expect("handshake while others are silent");
+        conn.send(&get("/", "s.test"));
+        assert_eq!(conn.read_response(false).status, 200, "{driver}");
+        drop(silent);
+    }
+    // A silent connection is closed when the handshake timeout passes.
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+            listener_tls(&[&cert], "handshake_timeout = \"500ms\""),
+            proxy_to(&upstream)
+        ),
+    ));
+    let mut silent = common::Conn::open(gw.addr);
+    assert!(silent.is_closed(), "closed after the handshake timeout");
+    common::wait_until(Duration::from_secs(10), "the timeout counted", || {
+        metric(
+            &gw,
+            "ringgate_tls_handshake_failures_total{reason=\"timeout\"} ",
+        ) == 1
+    });
+}
+
+#[test]
+fn a_handshake_flood_leaves_established_connections_served() {
+    let pki = Pki::new("flood");
+    // RSA-2048: each full handshake costs the gateway about a millisecond.
+    let cert = pki.server(&["f.test"], Alg::Rsa2048);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+            listener_tls(&[&cert], "max_handshakes_in_flight = 4"),
+            proxy_to(&upstream)
+        ),
+    ));
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    let mut established = connect(gw.addr, "f.test", &client).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = gw.addr;
+    let flooders: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            let ca = pki.ca_der.clone();
+            std::thread::spawn(move || {
+                let mut config = (*client_config(&[&ca], &ClientOptions::default())).clone();
+                // Full handshakes every time.
+                config.resumption = rustls::client::Resumption::disabled();
+                let config = std::sync::Arc::new(config);
+                let mut done = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if connect(addr, "f.test", &config).is_ok() {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut slowest = Duration::ZERO;
+    for i in 0..200 {
+        let started = std::time::Instant::now();
+        established.send(&get("/", "f.test"));
+        assert_eq!(
+            established.read_response(false).status,
+            200,
+            "request {i} during the flood"
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let handshakes: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    eprintln!("{handshakes} flood handshakes; slowest established request {slowest:?}");
+    assert!(handshakes > 0);
+    assert!(metric(&gw, "ringgate_tls_handshakes_total{kind=\"full\"} ") >= handshakes);
+}

@@ -87,6 +87,23 @@ impl std::fmt::Display for HandshakeError {
     }
 }
 
+/// Paces a handshake's CPU work: `busy` before rustls processes what
+/// arrived (may wait for a turn), `idle` while the handshake waits on the
+/// network. A connection that sends nothing, or stalls between flights,
+/// holds no turn.
+pub trait Pacer {
+    fn busy(&mut self) -> impl std::future::Future<Output = ()>;
+    fn idle(&mut self);
+}
+
+/// No pacing (upstream handshakes: the worker started them itself).
+pub struct Unpaced;
+
+impl Pacer for Unpaced {
+    async fn busy(&mut self) {}
+    fn idle(&mut self) {}
+}
+
 /// What a finished server handshake established.
 pub struct Accepted {
     pub session: TlsSession,
@@ -105,6 +122,7 @@ pub async fn accept(
     tls: &ListenerTls,
     early: &mut BytesMut,
     deadline: Instant,
+    pacer: &mut impl Pacer,
 ) -> Result<Accepted, HandshakeError> {
     let mut incoming = BytesMut::with_capacity(HELLO_READ);
     let mut outgoing = BytesMut::new();
@@ -144,6 +162,7 @@ pub async fn accept(
     drop(hello);
 
     // 2. The handshake proper, replaying the hello into the chosen config.
+    pacer.busy().await;
     let mut conn = UnbufferedServerConnection::new(config).map_err(HandshakeError::Tls)?;
     drive(
         stream,
@@ -152,6 +171,7 @@ pub async fn accept(
         &mut outgoing,
         early,
         deadline,
+        pacer,
     )
     .await?;
     let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
@@ -192,6 +212,7 @@ pub async fn connect(
         &mut outgoing,
         &mut early,
         deadline,
+        &mut Unpaced,
     )
     .await?;
     let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
@@ -253,6 +274,7 @@ async fn drive<C: Unbuffered>(
     outgoing: &mut BytesMut,
     early: &mut BytesMut,
     deadline: Instant,
+    pacer: &mut impl Pacer,
 ) -> Result<(), HandshakeError> {
     let mut failed: Option<rustls::Error> = None;
     loop {
@@ -329,7 +351,9 @@ async fn drive<C: Unbuffered>(
             Next::Send => write_out(stream, outgoing, deadline).await?,
             Next::SendAndRead => {
                 write_out(stream, outgoing, deadline).await?;
+                pacer.idle();
                 read_some(stream, incoming, HELLO_READ, deadline).await?;
+                pacer.busy().await;
             }
             Next::Done => return write_out(stream, outgoing, deadline).await,
             Next::Fail(e) => {

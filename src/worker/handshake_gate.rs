@@ -4,8 +4,10 @@
 //! for RSA-2048), and the worker runs tasks cooperatively: a thousand
 //! ClientHellos at once would put established connections' requests behind
 //! all of them. So each worker runs at most `max_handshakes_in_flight`;
-//! later ones wait in FIFO order (reading nothing, costing nothing) within
-//! their own handshake timeout.
+//! later ones wait in FIFO order (costing nothing) within their own
+//! handshake timeout. A handshake holds its slot only while it has work:
+//! one waiting for the client's next flight (or for its ClientHello) has
+//! given it back, so silent or stalling clients cannot use the slots up.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;

@@ -1,5 +1,6 @@
-//! [warm] The TLS phase of a connection: wait for a handshake slot
-//! (`handshake_gate`), run the handshake under its deadline, count the
+//! [warm] The TLS phase of a connection: run the handshake under its
+//! deadline, holding a slot of the worker's `handshake_gate` while rustls
+//! has work (not while the client is silent), count the
 //! outcome, and keep what requests on the connection will ask about it (the
 //! site the SNI chose, the client certificate).
 
@@ -15,6 +16,7 @@ use crate::tls::identity::CertFacts;
 use crate::tls::listener::ListenerTls;
 use crate::transport::{TlsStream, Transport};
 
+use super::handshake_gate::Slot;
 use super::shard::Shard;
 
 /// What requests on a TLS connection may ask about it.
@@ -28,6 +30,29 @@ pub struct ConnTls {
     pub version: &'static str,
 }
 
+/// Holds a handshake slot of the worker's gate while rustls works.
+struct GatePacer<'a> {
+    shard: &'a Shard,
+    max: usize,
+    slot: Option<Slot<'a>>,
+}
+
+impl handshake::Pacer for GatePacer<'_> {
+    async fn busy(&mut self) {
+        if self.slot.is_none() {
+            let (slot, waited) = self.shard.handshakes.acquire(self.max).await;
+            if waited {
+                self.shard.metrics.tls_handshake_queued();
+            }
+            self.slot = Some(slot);
+        }
+    }
+
+    fn idle(&mut self) {
+        self.slot = None;
+    }
+}
+
 /// Runs the server handshake for a new connection. `None`: it failed (and
 /// was counted); the connection is closed.
 pub async fn handshake(
@@ -38,20 +63,18 @@ pub async fn handshake(
     early: &mut BytesMut,
 ) -> Option<(Transport, ConnTls)> {
     let deadline = Instant::now() + listener.handshake_timeout;
-    let result = monoio::time::timeout_at(deadline.into(), async {
-        let (slot, waited) = shard
-            .handshakes
-            .acquire(listener.max_handshakes_in_flight)
-            .await;
-        if waited {
-            shard.metrics.tls_handshake_queued();
-        }
-        let accepted = handshake::accept(&mut socket, &listener, early, deadline).await;
-        drop(slot);
-        accepted
-    })
+    let mut pacer = GatePacer {
+        shard,
+        max: listener.max_handshakes_in_flight,
+        slot: None,
+    };
+    let result = monoio::time::timeout_at(
+        deadline.into(),
+        handshake::accept(&mut socket, &listener, early, deadline, &mut pacer),
+    )
     .await
     .unwrap_or(Err(handshake::HandshakeError::TimedOut));
+    drop(pacer);
     let accepted = match result {
         Ok(accepted) => accepted,
         Err(e) => {
