@@ -772,3 +772,168 @@ fn a_handshake_flood_leaves_established_connections_served() {
     assert!(handshakes > 0);
     assert!(metric(&gw, "ringgate_tls_handshakes_total{kind=\"full\"} ") >= handshakes);
 }
+
+fn fingerprint(conn: &common::tls::TlsConn) -> Vec<u8> {
+    conn.stream.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
+fn a_reload_swaps_the_certificate_with_zero_failed_requests_under_load() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let pki = Pki::new("reload");
+    let old = pki.server(&["re.test"], Alg::EcdsaP256);
+    let new = pki.server(&["re.test"], Alg::EcdsaP256);
+    // The config names one pair of files; the reload finds new contents.
+    let cert_path = common::temp_path("live.pem");
+    let key_path = cert_path.with_file_name("live.key");
+    std::fs::copy(&old.cert, &cert_path).unwrap();
+    std::fs::copy(&old.key, &key_path).unwrap();
+    let live = common::tls::Issued {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let upstream = Upstream::named("app");
+    for driver in drivers() {
+        std::fs::copy(&old.cert, &cert_path).unwrap();
+        std::fs::copy(&old.key, &key_path).unwrap();
+        let gw = Gateway::start(&config(
+            driver,
+            &format!(
+                "{}\n[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+                listener_tls(&[&live], ""),
+                proxy_to(&upstream)
+            )
+            .replace("workers = 1", "workers = 2"),
+        ));
+        let full_only = {
+            let mut c = (*client_config(&[&pki.ca_der], &ClientOptions::default())).clone();
+            c.resumption = rustls::client::Resumption::disabled();
+            std::sync::Arc::new(c)
+        };
+        let old_der = fingerprint(&connect(gw.addr, "re.test", &full_only).unwrap());
+        // A connection established before the reload, used after it.
+        let mut before = connect(gw.addr, "re.test", &full_only).unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let failures = std::sync::Arc::new(AtomicUsize::new(0));
+        let addr = gw.addr;
+        let load: Vec<_> = (0..4)
+            .map(|i| {
+                let (stop, failures) = (stop.clone(), failures.clone());
+                // Half resume (tickets outlive the reload), half do not.
+                let config = if i % 2 == 0 {
+                    full_only.clone()
+                } else {
+                    client_config(&[&pki.ca_der], &ClientOptions::default())
+                };
+                std::thread::spawn(move || {
+                    let mut served = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(mut conn) = connect(addr, "re.test", &config) else {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        };
+                        for _ in 0..3 {
+                            conn.send(&get("/", "re.test"));
+                            match conn.try_read_response(false) {
+                                Some(r) if r.status == 200 => served += 1,
+                                _ => {
+                                    failures.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    served
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::copy(&new.cert, &cert_path).unwrap();
+        std::fs::copy(&new.key, &key_path).unwrap();
+        let r = common::request(
+            gw.admin.unwrap(),
+            b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{driver}: {}", r.text());
+        let new_der = std::fs::read(&new.cert).unwrap();
+        assert!(!new_der.is_empty());
+        common::wait_until(
+            Duration::from_secs(10),
+            "new handshakes get the new certificate",
+            || fingerprint(&connect(addr, "re.test", &full_only).unwrap()) != old_der,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let served: usize = load.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(served > 50, "{driver}: the load ran ({served})");
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            0,
+            "{driver}: failures across the swap"
+        );
+        // The connection from before the reload still works, on its session.
+        before.send(&get("/", "re.test"));
+        assert_eq!(before.read_response(false).status, 200);
+        assert_eq!(fingerprint(&before), old_der);
+    }
+}
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning_and_a_negative_expiry_metric() {
+    let pki = Pki::new("expiry");
+    let expired = pki.server_valid(&["old.test"], Alg::EcdsaP256, -30, -1);
+    let soon = pki.server_valid(&["soon.test"], Alg::EcdsaP256, -30, 5);
+    let fine = pki.server_valid(&["fine.test"], Alg::EcdsaP256, -30, 90);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "{}\n[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+            listener_tls(&[&expired, &soon, &fine], ""),
+            proxy_to(&upstream)
+        ),
+    ));
+    common::wait_until(
+        Duration::from_secs(10),
+        "expiry warnings in the log",
+        || {
+            let log = gw.log_text();
+            log.contains("TLS certificate has expired")
+                && log.contains("TLS certificate expires soon")
+        },
+    );
+    let log = gw.log_text();
+    assert!(
+        !log.contains("fine.test"),
+        "a certificate with 90 days left is not warned about"
+    );
+    let metrics = common::get(gw.admin.unwrap(), "/metrics").text();
+    let expiry = |name: &str| -> i64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("ringgate_tls_certificate_expiry_seconds") && l.contains(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(expiry("old.test") < 0);
+    assert!((4 * 86_400..=5 * 86_400).contains(&expiry("soon.test")));
+    assert!(expiry("fine.test") > 89 * 86_400);
+    // Clients refuse the expired one; the rest are served.
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    let err = connect(gw.addr, "old.test", &client)
+        .err()
+        .expect("expired");
+    assert!(
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired | rustls::CertificateError::ExpiredContext { .. }
+            )
+        ),
+        "{err:?}"
+    );
+    assert!(connect(gw.addr, "fine.test", &client).is_ok());
+}

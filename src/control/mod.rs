@@ -42,6 +42,30 @@ pub fn run(snapshot: Snapshot) -> Result<(), String> {
     running.serve_until_signal()
 }
 
+/// How often the running certificates are checked for coming expiry (also
+/// at start and after every reload).
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
+/// Logs a warning for each served certificate that expires within its
+/// listener's `expiry_warning` (the metric
+/// `ringgate_tls_certificate_expiry_seconds` tells the same at any time).
+pub fn warn_expiring_certificates(snapshot: &Snapshot) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for listener in &snapshot.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        for (cert, left) in tls.expiring(now) {
+            let (path, subject) = (&*cert.path, &*cert.facts.subject);
+            if left <= 0 {
+                tracing::warn!(listener = %listener.addr, certificate = path, subject, expired_days_ago = -left / 86_400, "TLS certificate has expired; clients will refuse it");
+            } else {
+                tracing::warn!(listener = %listener.addr, certificate = path, subject, days_left = left / 86_400, "TLS certificate expires soon");
+            }
+        }
+    }
+}
+
 /// A started gateway: workers running, listeners accepting.
 pub struct Running {
     snapshot: Arc<Snapshot>,
@@ -198,7 +222,15 @@ impl Running {
 
     /// Waits for SIGTERM/SIGINT (blocked by `signals::block`), then drains.
     pub fn serve_until_signal(self) -> Result<(), String> {
+        warn_expiring_certificates(&self.snapshot);
+        let mut expiry_checked = Instant::now();
         loop {
+            if expiry_checked.elapsed() >= EXPIRY_CHECK_INTERVAL {
+                expiry_checked = Instant::now();
+                if let Ok(r) = self.reloader.lock() {
+                    warn_expiring_certificates(&r.current());
+                }
+            }
             match signals::wait(Duration::from_millis(200)) {
                 Some(signals::Signal::Terminate) => break,
                 Some(signals::Signal::Reload) => {

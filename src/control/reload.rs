@@ -161,6 +161,7 @@ impl Reloader {
         }
         self.current = next;
         self.generation += 1;
+        super::warn_expiring_certificates(&self.current);
         let summary = format!(
             "reloaded {} (generation {}): {} routes, {} upstreams; {switched}/{} workers switched{}",
             self.current.source,

@@ -150,6 +150,17 @@ impl ListenerTls {
     pub fn sites(&self) -> &[Site] {
         &self.sites
     }
+
+    /// Served certificates that expire within `expiry_warning` of
+    /// `unix_now` (or already have), with the seconds left.
+    pub fn expiring(&self, unix_now: i64) -> impl Iterator<Item = (&ServedCert, i64)> {
+        let warn = self.expiry_warning.as_secs() as i64;
+        self.sites
+            .iter()
+            .flat_map(|s| &s.certificates)
+            .map(move |c| (c, c.facts.expires_in(unix_now)))
+            .filter(move |(_, left)| *left <= warn)
+    }
 }
 
 /// A config error and where it points.
