@@ -122,6 +122,7 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         response_timeout: Duration::from_secs(1),
         pool_max_idle: 64,
         pool_idle_timeout: Duration::from_secs(60),
+        tls: None,
     }
 }
 

@@ -116,6 +116,8 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     pub pool_max_idle: usize,
     pub pool_idle_timeout: Duration,
+    /// HTTPS to the endpoints.
+    pub tls: Option<std::sync::Arc<crate::tls::upstream::UpstreamTls>>,
 }
 
 /// (lower-case name, value).

@@ -98,13 +98,29 @@ const RESPONSE: &[u8] =
 /// An upstream that answers every request head with `RESPONSE`, using one
 /// fixed buffer per connection.
 fn start_upstream() -> SocketAddr {
+    start_upstream_over(None)
+}
+
+/// The same upstream, speaking TLS with `tls` when given (rustls, on
+/// threads marked uncounted).
+fn start_upstream_over(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
+        UNCOUNTED.with(|u| u.set(tls.is_some()));
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
+            let tls = tls.clone();
             std::thread::spawn(move || {
                 let _ = stream.set_nodelay(true);
+                let mut stream: Box<dyn ReadWrite> = match tls {
+                    None => Box::new(stream),
+                    Some(config) => {
+                        UNCOUNTED.with(|u| u.set(true));
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        Box::new(rustls::StreamOwned::new(conn, stream))
+                    }
+                };
                 let mut buf = [0u8; 8192];
                 let mut filled = 0;
                 loop {
@@ -135,6 +151,8 @@ impl<T: Read + Write> ReadWrite for T {}
 /// An HTTPS listener and a client that trusts it.
 struct Https {
     section: String,
+    /// An `[upstreams.app.tls]` table, when the upstream speaks TLS.
+    upstream_tls: Option<String>,
     client: std::sync::Arc<rustls::ClientConfig>,
 }
 
@@ -143,8 +161,20 @@ fn https() -> Https {
     let cert = pki.server(&["api.example.com"], common::tls::Alg::EcdsaP256);
     Https {
         section: common::tls::listener_tls(&[&cert], ""),
+        upstream_tls: None,
         client: common::tls::client_config(&[&pki.ca_der], &Default::default()),
     }
+}
+
+/// An HTTPS listener whose upstream `app` is reached over TLS, trusting
+/// the CA at `upstream_ca`.
+fn https_to(upstream_ca: &std::path::Path) -> Https {
+    let mut https = https();
+    https.upstream_tls = Some(format!(
+        "[upstreams.app.tls]\nca_file = \"{}\"\n",
+        upstream_ca.display()
+    ));
+    https
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -194,6 +224,7 @@ fn allocations_per_request_over(
     tls: Option<&Https>,
 ) -> f64 {
     let tls_section = tls.map_or("", |t| t.section.as_str());
+    let upstream_tls = tls.and_then(|t| t.upstream_tls.as_deref()).unwrap_or("");
     let config = format!(
         r#"workers = 1
 io_driver = "{driver}"
@@ -203,6 +234,7 @@ bind = "127.0.0.1:0"
 {tls_section}
 [upstreams.app]
 endpoints = ["{upstream}"]
+{upstream_tls}
 [rate_limits.generous]
 key = "client_ip"
 rate = "1000000/s"
@@ -282,6 +314,12 @@ fn drivers() -> Vec<&'static str> {
 #[test]
 fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
     let upstream = start_upstream();
+    let tls_upstream = {
+        let pki = common::tls::Pki::new("alloc-upstream");
+        let cert = pki.server(&["127.0.0.1"], common::tls::Alg::EcdsaP256);
+        let addr = start_upstream_over(Some(common::tls::server_config(&cert, None)));
+        (addr, pki.ca_path.clone())
+    };
     for driver in drivers() {
         let proxied = allocations_per_request(driver, upstream, "/api/items", "");
         let direct = allocations_per_request(driver, upstream, "/direct", "");
@@ -314,6 +352,21 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         assert_eq!(
             tls, 0.0,
             "{driver}: requests on an established TLS connection allocate"
+        );
+        // HTTPS on both sides: the pooled upstream connection is TLS too.
+        let both = allocations_per_request_over(
+            driver,
+            tls_upstream.0,
+            "/api/items",
+            "",
+            Some(&https_to(&tls_upstream.1)),
+        );
+        eprintln!(
+            "{driver}: heap allocations per request, HTTPS client and HTTPS upstream: {both:.4}"
+        );
+        assert_eq!(
+            both, 0.0,
+            "{driver}: requests over TLS to a TLS upstream allocate"
         );
     }
 }

@@ -937,3 +937,176 @@ fn an_expired_certificate_is_served_with_a_warning_and_a_negative_expiry_metric(
     );
     assert!(connect(gw.addr, "fine.test", &client).is_ok());
 }
+
+fn tls_upstream_config(upstream: &Upstream, tls: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.app]\nendpoints = [\"{}\"]\n{extra}\n[upstreams.app.tls]\n{tls}\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        upstream.addr
+    )
+}
+
+#[test]
+fn upstream_tls_verifies_the_endpoint_and_carries_requests_both_ways() {
+    let pki = Pki::new("up");
+    let backend = pki.server(&["backend.test"], Alg::EcdsaP256);
+    let upstream =
+        Upstream::start_tls(
+            "secure",
+            common::tls::server_config(&backend, None),
+            |r| match r.target.as_str() {
+                "/echo" => Reply::Ok(200, vec![], r.body.clone()),
+                "/big" => Reply::Chunked(200, vec![vec![7u8; 100_000]; 5]),
+                _ => ok("over tls"),
+            },
+        );
+    for driver in drivers() {
+        let gw = Gateway::start(&config(
+            driver,
+            &tls_upstream_config(
+                &upstream,
+                &format!(
+                    "ca_file = \"{}\"\nserver_name = \"backend.test\"",
+                    pki.ca_path.display()
+                ),
+                "",
+            ),
+        ));
+        for _ in 0..5 {
+            let r = common::get(gw.addr, "/");
+            assert_eq!((r.status, r.text().as_str()), (200, "over tls"), "{driver}");
+        }
+        let body: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
+        let mut post = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(&body);
+        let r = common::request(gw.addr, &post);
+        assert!(r.body == body, "{driver}: echoed body differs");
+        let r = common::get(gw.addr, "/big");
+        assert_eq!(r.body.len(), 500_000, "{driver}");
+        let seen = upstream.tls_seen();
+        assert!(
+            seen.iter()
+                .all(|s| s.sni.as_deref() == Some("backend.test")),
+            "{seen:?}"
+        );
+    }
+}
+
+#[test]
+fn upstream_tls_pools_connections_and_resumes_new_ones() {
+    let pki = Pki::new("uppool");
+    let backend = pki.server(&["127.0.0.1"], Alg::EcdsaP256);
+    let upstream =
+        Upstream::start_tls("secure", common::tls::server_config(&backend, None), |_| {
+            ok("x")
+        });
+    // The endpoint's IP is the name verified (its certificate carries it).
+    let gw = Gateway::start(&config(
+        "epoll",
+        &tls_upstream_config(
+            &upstream,
+            &format!("ca_file = \"{}\"", pki.ca_path.display()),
+            "",
+        ),
+    ));
+    let mut conn = common::Conn::open(gw.addr);
+    for _ in 0..20 {
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(conn.read_response(false).status, 200);
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one pooled TLS connection served them all"
+    );
+    // No pooling: every request a new connection, resumed after the first.
+    let upstream2 = Upstream::start_tls(
+        "secure2",
+        common::tls::server_config(&backend, None),
+        |_| ok("y"),
+    );
+    let gw2 = Gateway::start(&config(
+        "epoll",
+        &tls_upstream_config(
+            &upstream2,
+            &format!("ca_file = \"{}\"", pki.ca_path.display()),
+            "pool_max_idle = 0",
+        ),
+    ));
+    for _ in 0..6 {
+        assert_eq!(common::get(gw2.addr, "/").status, 200);
+    }
+    let seen = upstream2.tls_seen();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(!seen[0].resumed);
+    assert!(seen[1..].iter().all(|s| s.resumed), "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.sni.is_none()),
+        "no SNI for an IP address"
+    );
+}
+
+#[test]
+fn an_untrusted_or_misnamed_upstream_certificate_is_a_502_with_a_log_line() {
+    let pki = Pki::new("trusted");
+    let rogue = Pki::new("rogue");
+    let imposter = rogue.server(&["backend.test"], Alg::EcdsaP256);
+    let misnamed = pki.server(&["other.test"], Alg::EcdsaP256);
+    for (cert, why) in [
+        (&imposter, "UnknownIssuer"),
+        (&misnamed, "not valid for name"),
+    ] {
+        let upstream = Upstream::start_tls("bad", common::tls::server_config(cert, None), |_| {
+            ok("leak")
+        });
+        let gw = Gateway::start(&config(
+            "epoll",
+            &tls_upstream_config(
+                &upstream,
+                &format!(
+                    "ca_file = \"{}\"\nserver_name = \"backend.test\"",
+                    pki.ca_path.display()
+                ),
+                "",
+            ),
+        ));
+        let r = common::get(gw.addr, "/");
+        assert_eq!(r.status, 502, "{why}");
+        assert!(r.text().contains("upstream_connect_failed"), "{}", r.text());
+        assert_eq!(upstream.request_count(), 0, "{why}: nothing was sent");
+        common::wait_until(Duration::from_secs(10), "the log line", || {
+            let log = gw.log_text();
+            log.contains("upstream TLS handshake failed") && log.contains(why)
+        });
+    }
+}
+
+#[test]
+fn upstream_mtls_presents_the_configured_client_certificate() {
+    let pki = Pki::new("upmtls");
+    let backend = pki.server(&["backend.test"], Alg::EcdsaP256);
+    let gateway_id = pki.client("gateway");
+    let upstream = Upstream::start_tls(
+        "strict",
+        common::tls::server_config(&backend, Some(&pki)),
+        |_| ok("admitted"),
+    );
+    let gw = Gateway::start(&config(
+        "epoll",
+        &tls_upstream_config(
+            &upstream,
+            &format!(
+                "ca_file = \"{}\"\nserver_name = \"backend.test\"\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+                pki.ca_path.display(),
+                gateway_id.cert.display(),
+                gateway_id.key.display()
+            ),
+            "",
+        ),
+    ));
+    assert_eq!(common::get(gw.addr, "/").text(), "admitted");
+    assert!(upstream.tls_seen()[0].client_cert);
+}

@@ -466,7 +466,26 @@ fn compile_upstream(
             "connect_timeout and response_timeout must be greater than zero",
         );
     }
+    let tls = u.tls.as_ref().and_then(|section| {
+        let authorities: Vec<&str> = endpoints
+            .iter()
+            .map(|e| std::str::from_utf8(&e.authority).unwrap_or(""))
+            .collect();
+        match crate::tls::upstream::compile(section, &authorities) {
+            Ok(tls) => Some(std::sync::Arc::new(tls)),
+            Err(list) => {
+                for e in list {
+                    errors.span(
+                        e.span.or(Some(section.span())),
+                        format!("upstream `{name}` tls: {}", e.message),
+                    );
+                }
+                None
+            }
+        }
+    });
     UpstreamSpec {
+        tls,
         name: name.to_string(),
         endpoints,
         balance,

@@ -376,6 +376,32 @@ pub struct UpstreamSection {
     pub pool_max_idle: usize,
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: HumanDuration,
+    /// HTTPS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<Spanned<UpstreamTlsSection>>,
+}
+
+/// TLS toward an upstream's endpoints (docs/tls.md).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// PEM CA bundle to verify endpoints against; default: the system's.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// SNI and the name verified; default: each endpoint's host.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// Verify the endpoint's certificate (default true).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// A client certificate (PEM chain) and key for upstream mTLS.
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+    /// "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<String>,
 }
 
 fn default_connect_timeout() -> HumanDuration {

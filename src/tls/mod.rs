@@ -9,3 +9,4 @@ pub mod listener;
 pub mod record;
 pub mod session;
 pub mod tickets;
+pub mod upstream;

@@ -144,6 +144,7 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             pool_max_idle: 1,
             pool_idle_timeout: Duration::from_secs(1),
+            tls: None,
         }
     }
 

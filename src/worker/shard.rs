@@ -130,6 +130,8 @@ fn same_upstream(a: &crate::snapshot::UpstreamSpec, b: &crate::snapshot::Upstrea
         && a.hash_key == b.hash_key
         && a.pool_max_idle == b.pool_max_idle
         && a.pool_idle_timeout == b.pool_idle_timeout
+        // Pooled connections carry their TLS settings.
+        && a.tls == b.tls
         && a.endpoints.len() == b.endpoints.len()
         && a.endpoints
             .iter()

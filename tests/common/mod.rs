@@ -508,6 +508,7 @@ pub struct Upstream {
 
 struct UpstreamState {
     requests: Mutex<Vec<Recorded>>,
+    tls_seen: Mutex<Vec<TlsSeen>>,
     connections: AtomicUsize,
     stop: AtomicBool,
     handler: Box<Handler>,
@@ -524,10 +525,28 @@ impl Upstream {
         name: &str,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
+        Self::start_on(name, None, handler)
+    }
+
+    /// An upstream speaking HTTPS with `config` (rustls).
+    pub fn start_tls(
+        name: &str,
+        config: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        Self::start_on(name, Some(config), handler)
+    }
+
+    fn start_on(
+        name: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(UpstreamState {
             requests: Mutex::new(Vec::new()),
+            tls_seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             handler: Box::new(handler),
@@ -541,7 +560,26 @@ impl Upstream {
                 let Ok(stream) = stream else { continue };
                 let id = s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
-                std::thread::spawn(move || serve_upstream(s, stream, id));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve_upstream(s, stream, id),
+                    Some(config) => {
+                        let mut stream = stream;
+                        let _ = stream.set_nodelay(true);
+                        let mut conn = rustls::ServerConnection::new(config).unwrap();
+                        while conn.is_handshaking() {
+                            if conn.complete_io(&mut stream).is_err() {
+                                return;
+                            }
+                        }
+                        s.tls_seen.lock().unwrap().push(TlsSeen {
+                            sni: conn.server_name().map(str::to_string),
+                            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                            client_cert: conn.peer_certificates().is_some(),
+                        });
+                        serve_upstream_on(s, rustls::StreamOwned::new(conn, stream), id);
+                    }
+                });
             }
         });
         Upstream {
@@ -562,6 +600,11 @@ impl Upstream {
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
     }
+
+    /// The TLS handshakes this upstream completed, in order.
+    pub fn tls_seen(&self) -> Vec<TlsSeen> {
+        self.state.tls_seen.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Upstream {
@@ -571,8 +614,21 @@ impl Drop for Upstream {
     }
 }
 
-fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: usize) {
+fn serve_upstream(state: Arc<UpstreamState>, stream: TcpStream, connection: usize) {
     let _ = stream.set_nodelay(true);
+    serve_upstream_on(state, stream, connection);
+}
+
+/// What a TLS upstream saw of one connection's handshake.
+#[derive(Debug, Clone)]
+pub struct TlsSeen {
+    pub sni: Option<String>,
+    pub resumed: bool,
+    /// The client presented a certificate (upstream mTLS).
+    pub client_cert: bool,
+}
+
+fn serve_upstream_on<S: Read + Write>(state: Arc<UpstreamState>, mut stream: S, connection: usize) {
     let mut buf: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 65536];
     loop {
@@ -690,7 +746,7 @@ fn serve_upstream(state: Arc<UpstreamState>, mut stream: TcpStream, connection: 
 }
 
 /// Writes a reply; returns whether the connection stays open.
-fn write_reply(stream: &mut TcpStream, reply: Reply, head: bool) -> bool {
+fn write_reply(stream: &mut impl Write, reply: Reply, head: bool) -> bool {
     match reply {
         Reply::Ok(status, headers, body) => {
             let mut out =

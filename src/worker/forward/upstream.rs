@@ -8,7 +8,7 @@ use monoio::net::TcpStream;
 
 use crate::failure::Failure;
 use crate::snapshot::{Balance, HashKey, UpstreamSpec};
-use crate::transport::Transport;
+use crate::transport::{TlsStream, Transport};
 use crate::upstream::UpstreamConn;
 use crate::upstream::hash::stable_hash;
 
@@ -106,6 +106,8 @@ pub(super) async fn acquire(
         }
     }
     let addr = spec.endpoints[endpoint].addr;
+    // connect_timeout covers the TCP connect and, over TLS, the handshake.
+    let deadline = Instant::now() + spec.connect_timeout;
     match monoio::time::timeout(spec.connect_timeout, TcpStream::connect_addr(addr)).await {
         Err(_) => {
             shard.metrics.connect(upstream, endpoint, false);
@@ -116,10 +118,39 @@ pub(super) async fn acquire(
             tracing::debug!(worker = shard.id, %addr, error = %e, "upstream connect failed");
             Err(Failure::UpstreamConnect)
         }
-        Ok(Ok(stream)) => {
+        Ok(Ok(mut stream)) => {
             let _ = stream.set_nodelay(true);
-            shard.metrics.connect(upstream, endpoint, true);
-            Ok((UpstreamConn::new(Transport::Plain(stream)), false))
+            let Some(tls) = &spec.tls else {
+                shard.metrics.connect(upstream, endpoint, true);
+                return Ok((UpstreamConn::new(Transport::Plain(stream)), false));
+            };
+            let name = tls.names[endpoint].clone();
+            let shaken = monoio::time::timeout_at(
+                deadline.into(),
+                crate::tls::handshake::connect(&mut stream, tls.config.clone(), name, deadline),
+            )
+            .await
+            .unwrap_or(Err(crate::tls::handshake::HandshakeError::TimedOut));
+            match shaken {
+                Ok((session, _resumed)) => {
+                    shard.metrics.connect(upstream, endpoint, true);
+                    let stream = Transport::Tls(Box::new(TlsStream {
+                        socket: stream,
+                        session,
+                    }));
+                    Ok((UpstreamConn::new(stream), false))
+                }
+                Err(e) => {
+                    shard.metrics.connect(upstream, endpoint, false);
+                    tracing::warn!(worker = shard.id, upstream = %spec.name, %addr, error = %e, "upstream TLS handshake failed");
+                    Err(match e {
+                        crate::tls::handshake::HandshakeError::TimedOut => {
+                            Failure::UpstreamConnectTimeout
+                        }
+                        _ => Failure::UpstreamConnect,
+                    })
+                }
+            }
         }
     }
 }
