@@ -1110,3 +1110,49 @@ fn upstream_mtls_presents_the_configured_client_certificate() {
     assert_eq!(common::get(gw.addr, "/").text(), "admitted");
     assert!(upstream.tls_seen()[0].client_cert);
 }
+
+#[test]
+fn a_shared_ticket_key_file_lets_sessions_resume_across_a_restart() {
+    let pki = Pki::new("ticketfile");
+    let cert = pki.server(&["t.test"], Alg::EcdsaP256);
+    let key_file = common::temp_path("tickets.key");
+    std::fs::write(&key_file, [42u8; 48]).unwrap();
+    let upstream = Upstream::named("app");
+    let section = listener_tls(
+        &[&cert],
+        &format!("ticket_key_file = \"{}\"", key_file.display()),
+    );
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    let first = Gateway::start(&config(
+        "epoll",
+        &format!("{section}\n{}", proxy_to(&upstream)),
+    ));
+    let mut conn = connect(first.addr, "t.test", &client).unwrap();
+    conn.send(&get("/", "t.test"));
+    assert_eq!(conn.read_response(false).status, 200);
+    drop(conn);
+    drop(first);
+    // Another process (a restart, or another node) with the same key file.
+    let second = Gateway::start(&config(
+        "epoll",
+        &format!("{section}\n{}", proxy_to(&upstream)),
+    ));
+    let conn = connect(second.addr, "t.test", &client).unwrap();
+    assert!(
+        resumed(&conn),
+        "the ticket from the first process resumed on the second"
+    );
+    // Without the file, a new process cannot open the old tickets.
+    let plain = listener_tls(&[&cert], "");
+    let third = Gateway::start(&config(
+        "epoll",
+        &format!("{plain}\n{}", proxy_to(&upstream)),
+    ));
+    let mut fresh = (*client).clone();
+    fresh.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let fresh = std::sync::Arc::new(fresh);
+    let conn = connect(second.addr, "t.test", &fresh).unwrap();
+    assert!(!resumed(&conn));
+    let conn = connect(third.addr, "t.test", &fresh).unwrap();
+    assert!(!resumed(&conn), "a ticket from another key must not resume");
+}

@@ -618,6 +618,67 @@ mod tests {
         }
     }
 
+    /// Compiles a listener with a plain name and a client-auth name, from
+    /// certificates made here.
+    fn two_policies() -> ListenerTls {
+        let dir = std::env::temp_dir().join(format!("ringgate-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let mut entries = Vec::new();
+        for name in ["open.test", "secure.test"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+            let auth = if name == "secure.test" {
+                format!(
+                    ", client_auth = \"required\", client_ca = \"{}\"",
+                    dir.join("ca.pem").display()
+                )
+            } else {
+                String::new()
+            };
+            entries.push(format!(
+                "{{ cert = \"{}\", key = \"{}\"{auth} }}",
+                dir.join(format!("{name}.pem")).display(),
+                dir.join(format!("{name}.key")).display()
+            ));
+        }
+        let text = format!("certificates = [{}]", entries.join(", "));
+        let section: crate::config::file::ListenerTlsSection = toml::from_str(&text).unwrap();
+        let compiled = compile(&section);
+        std::fs::remove_dir_all(&dir).unwrap();
+        compiled.unwrap_or_else(|e| panic!("{}", e[0].message))
+    }
+
+    #[test]
+    fn names_with_different_client_auth_get_configs_whose_tickets_do_not_cross() {
+        let tls = two_policies();
+        assert!(tls.checks_host);
+        let open = tls.site_for(Some("open.test"));
+        let secure = tls.site_for(Some("secure.test"));
+        let (a, b) = (tls.config_for(open), tls.config_for(secure));
+        assert!(!Arc::ptr_eq(&a, &b));
+        let ticket = a.ticketer.encrypt(b"session").unwrap();
+        assert_eq!(a.ticketer.decrypt(&ticket).unwrap(), b"session");
+        assert!(
+            b.ticketer.decrypt(&ticket).is_none(),
+            "a plain ticket opened under client auth"
+        );
+        let back = b.ticketer.encrypt(b"authenticated").unwrap();
+        assert!(a.ticketer.decrypt(&back).is_none());
+        // Unknown names get the first certificate's site, and its config.
+        assert_eq!(tls.site_for(Some("elsewhere.test")), open);
+        assert!(Arc::ptr_eq(&tls.config_for(tls.site_for(None)), &a));
+    }
+
     #[test]
     fn a_host_is_covered_only_by_the_site_its_handshake_chose() {
         let l = listener();
