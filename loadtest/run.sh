@@ -49,7 +49,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 if [ "$SCENARIOS" = all ]; then
     # The documented order first, then any scenario file added since.
-    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log,ratelimit-cost,ratelimit-admitted
+    SCENARIOS=small-get,latency,response-16k,post-1k,new-connection,idle-10k,mixed,access-log,ratelimit-cost,ratelimit-admitted,https-small-get,https-response-16k,https-new-connection,https-new-connection-rsa,https-resumed,https-idle-10k
     for f in "$HERE"/scenarios/*.sh; do
         s=$(basename "$f" .sh)
         [[ ",$SCENARIOS," == *",$s,"* ]] || SCENARIOS="$SCENARIOS,$s"
@@ -69,6 +69,10 @@ command -v pgrep >/dev/null || need_apt+=(procps)
 command -v taskset >/dev/null || need_apt+=(util-linux)
 [[ ",$PEERS," == *",nginx,"* ]] && ! command -v nginx >/dev/null && need_apt+=(nginx-light)
 [[ ",$PEERS," == *",haproxy,"* ]] && ! command -v haproxy >/dev/null && need_apt+=(haproxy)
+# HTTPS scenarios: test certificates are made with the openssl CLI.
+TLS_WANTED=0
+[[ ",$SCENARIOS," == *",https-"* ]] && TLS_WANTED=1
+[ "$TLS_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$INSTALL" = 1 ] || { log "missing: ${need_apt[*]} (and --no-install given)"; exit 2; }
     log "installing ${need_apt[*]} from Debian's packages"
@@ -151,7 +155,7 @@ layout() { # sets GW_CPUS STUB_CPUS GEN_CPUS GEN_THREADS STUB_THREADS for $1 wor
 }
 
 render() { # template output port
-    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
+    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@PORT2@|${PORT2:-}|g" -e "s|@CERTDIR@|$RUN/certs|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
         -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" -e "s|@MAXCONN@|$MAXCONN|g" \
         -e "s|@FDLIMIT@|$FD_LIMIT|g" -e "s|@LIMITS@|${LIMITS:-}|g" "$1" > "$3"
 }
@@ -167,7 +171,8 @@ wait_port() { # port
 }
 
 STUB_PORT=19000
-declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008)
+declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008
+    [ringgate-tls-ecdsa]=19009 [ringgate-tls-rsa]=19010 [nginx-tls-ecdsa]=19011 [nginx-tls-rsa]=19012)
 # The node-wide limit of the ratelimit-admitted scenario (requests/s), well
 # under what one worker serves here, and its burst.
 CAP_RATE=20000
@@ -210,6 +215,7 @@ start_targets() {
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-capped.toml" > "$RUN/ringgate-capped.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-capped]=$!
     wait_port "${PORT[ringgate-capped]}"
+    [ "$TLS_WANTED" = 1 ] && start_tls_targets
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
@@ -226,6 +232,46 @@ start_targets() {
         PIDS+=($!); TPID[l4]=$!
         wait_port "${PORT[haproxy]}"
         wait_port "${PORT[l4]}"
+    fi
+}
+
+# Self-signed ECDSA P-256 and RSA-2048 certificates for 127.0.0.1, shared by
+# ringgate's and nginx's TLS listeners.
+make_certs() {
+    mkdir -p "$RUN/certs"
+    local kind
+    for kind in ecdsa rsa; do
+        local key_args=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+        [ "$kind" = rsa ] && key_args=(-newkey rsa:2048)
+        openssl req -x509 "${key_args[@]}" -nodes -days 7 -subj /CN=loadtest \
+            -addext "subjectAltName=DNS:loadtest,IP:127.0.0.1" \
+            -keyout "$RUN/certs/$kind.key" -out "$RUN/certs/$kind.pem" 2>/dev/null
+    done
+}
+
+# One ringgate with two TLS listeners (ECDSA, RSA) and, with nginx among
+# the peers, one nginx with the same two; HTTPS scenarios use them.
+start_tls_targets() {
+    make_certs
+    local ecdsa=${PORT[ringgate-tls-ecdsa]} rsa=${PORT[ringgate-tls-rsa]}
+    render "$HERE/gateway.toml" "$ecdsa" "$RUN/ringgate-tls.toml"
+    # The first listener gets the ECDSA certificate; a second one serves RSA.
+    awk -v dir="$RUN/certs" '{print} /^backlog/ && !done {print "[listeners.tls]\ncertificates = [{ cert = \"" dir "/ecdsa.pem\", key = \"" dir "/ecdsa.key\" }]"; done = 1}' \
+        "$RUN/ringgate-tls.toml" > "$RUN/ringgate-tls.toml.new"
+    mv "$RUN/ringgate-tls.toml.new" "$RUN/ringgate-tls.toml"
+    printf '\n[[listeners]]\nbind = "127.0.0.1:%s"\nbacklog = 4096\n[listeners.tls]\ncertificates = [{ cert = "%s", key = "%s" }]\n' \
+        "$rsa" "$RUN/certs/rsa.pem" "$RUN/certs/rsa.key" >> "$RUN/ringgate-tls.toml"
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-tls.toml" > "$RUN/ringgate-tls.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-tls-ecdsa]=$!; TPID[ringgate-tls-rsa]=$!
+    wait_port "$ecdsa"
+    wait_port "$rsa"
+    if [[ ",$PEERS," == *",nginx,"* ]]; then
+        mkdir -p "$RUN/nginx-tls-body" "$RUN/nginx-tls-proxy"
+        PORT2=${PORT[nginx-tls-rsa]} render "$HERE/peers/nginx-tls.conf" "${PORT[nginx-tls-ecdsa]}" "$RUN/nginx-tls.conf"
+        taskset -c "$GW_CPUS" nginx -e "$RUN/nginx-tls-error.log" -c "$RUN/nginx-tls.conf" > "$RUN/nginx-tls.log" 2>&1 &
+        PIDS+=($!); TPID[nginx-tls-ecdsa]=$!; TPID[nginx-tls-rsa]=$!
+        wait_port "${PORT[nginx-tls-ecdsa]}"
+        wait_port "${PORT[nginx-tls-rsa]}"
     fi
 }
 
@@ -251,17 +297,21 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OHA_ARGS=""
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
-    local url="http://127.0.0.1:${PORT[$target]}$REQUEST_PATH"
+    # HTTPS scenarios: "ringgate" and "nginx" name their TLS processes
+    # (reported under the plain names, so ratios compare like with like).
+    local process=$target scheme=http
+    if [ -n "$TLS" ]; then process="$target-tls-$TLS"; scheme=https; fi
+    local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"
-    local pid=${TPID[$target]}
+    local pid=${TPID[$process]}
     local holder="" rss_before="" rss_after=""
     if [ "$HOLD_IDLE" = 1 ]; then
         rss_before=$(rss_kib "$pid")
         mkfifo "$raw.hold"
-        python3 "$HERE/idle_conns.py" 127.0.0.1 "${PORT[$target]}" "$IDLE" < "$raw.hold" > "$raw.holder" 2>&1 &
+        python3 "$HERE/idle_conns.py" 127.0.0.1 "${PORT[$process]}" "$IDLE" $([ -n "$TLS" ] && echo --tls) < "$raw.hold" > "$raw.holder" 2>&1 &
         holder=$!
         PIDS+=("$holder")
         exec {HOLDFD}>"$raw.hold"
@@ -274,8 +324,11 @@ run_one() { # scenario target round
     local ticks_before ticks_after
     ticks_before=$(cpu_ticks "$pid")
     if [ "$TOOL" = oha ]; then
+        local rate_args=()
+        [ "$FIXED_RATE" = 1 ] && rate_args=(-q "$RATE" --latency-correction)
+        # shellcheck disable=SC2086
         taskset -c "$GEN_CPUS" oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" \
-            -q "$RATE" --latency-correction "$url" > "$raw.json" 2> "$raw.err" || true
+            "${rate_args[@]}" $OHA_ARGS "$url" > "$raw.json" 2> "$raw.err" || true
     else
         local args=(-t "$GEN_THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
         [ -n "$WRK_SCRIPT" ] && args+=(-s "$HERE/lua/$WRK_SCRIPT")
@@ -306,7 +359,14 @@ scenario_targets() { # scenario → the targets it runs against
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$1.sh"
     if [ -n "$TARGETS_ONLY" ]; then
-        echo "$TARGETS_ONLY"
+        # Peers only where this run started them (--quick starts none).
+        local t
+        for t in $TARGETS_ONLY; do
+            case $t in
+                nginx|haproxy|l4|direct) [[ " ${TARGETS[*]} " == *" $t "* ]] || continue ;;
+            esac
+            echo "$t"
+        done
     else
         echo "${TARGETS[@]}"
     fi

@@ -1,0 +1,7 @@
+DESCRIPTION="a new TLS connection per request, full handshake every time (RSA-2048, TLS 1.3)"
+TOOL=wrk
+REQUEST_PATH=/
+CONNECTIONS=32
+HEADER="Connection: close"
+TLS=rsa
+TARGETS_ONLY="ringgate nginx"

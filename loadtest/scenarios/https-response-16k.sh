@@ -1,0 +1,6 @@
+DESCRIPTION="HTTPS 16 KiB response, keep-alive (ECDSA P-256, TLS 1.3)"
+TOOL=wrk
+REQUEST_PATH=/bytes/16384
+CONNECTIONS=64
+TLS=ecdsa
+TARGETS_ONLY="ringgate nginx"
