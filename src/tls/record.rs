@@ -33,10 +33,10 @@ const EXPLICIT_NONCE: usize = 8;
 const MAX_CIPHERTEXT_TLS13: usize = MAX_PLAINTEXT + 256;
 const MAX_CIPHERTEXT_TLS12: usize = MAX_PLAINTEXT + 2048;
 
-/// A record's (inner) content type.
+/// A record's (inner) content type. ChangeCipherSpec is not among them:
+/// after the handshake it is never valid, so it is refused as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    ChangeCipherSpec,
     Alert,
     Handshake,
     ApplicationData,
@@ -45,7 +45,6 @@ pub enum Kind {
 impl Kind {
     fn code(self) -> u8 {
         match self {
-            Kind::ChangeCipherSpec => 20,
             Kind::Alert => 21,
             Kind::Handshake => 22,
             Kind::ApplicationData => 23,
@@ -54,7 +53,6 @@ impl Kind {
 
     fn from_code(code: u8) -> Option<Kind> {
         Some(match code {
-            20 => Kind::ChangeCipherSpec,
             21 => Kind::Alert,
             22 => Kind::Handshake,
             23 => Kind::ApplicationData,
@@ -415,15 +413,16 @@ mod tests {
             for suite in 0..3 {
                 let (mut tx, mut rx) = pair(version, suite);
                 let mut wire = BytesMut::new();
-                let payloads: [(Kind, &[u8]); 3] = [
+                let payloads: [(Kind, &[u8]); 4] = [
                     (Kind::ApplicationData, b"GET / HTTP/1.1\r\n\r\n"),
                     (Kind::ApplicationData, &[0u8; MAX_PLAINTEXT]),
                     (Kind::Alert, &[1, 0]),
+                    (Kind::Handshake, &[24, 0, 0, 1, 0]),
                 ];
                 for (kind, payload) in payloads {
                     tx.seal(kind, payload, &mut wire).unwrap();
                 }
-                assert_eq!(tx.sequence(), 10);
+                assert_eq!(tx.sequence(), 11);
                 let mut at = 0;
                 for (kind, payload) in payloads {
                     let len = record_len(&wire[at..], rx.max_record()).unwrap().unwrap();
@@ -538,6 +537,59 @@ mod tests {
             record_len(&[23, 3, 3, longest[0], longest[1]], max),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn the_protocol_limits_are_the_rfcs() {
+        // RFC 8446 §5.1 and §5.2, RFC 5246 §6.2.3.
+        assert_eq!(MAX_PLAINTEXT, 16_384);
+        assert_eq!(
+            pair(ProtocolVersion::TLSv1_3, 0).0.max_record(),
+            5 + 16_384 + 256
+        );
+        assert_eq!(
+            pair(ProtocolVersion::TLSv1_2, 0).0.max_record(),
+            5 + 16_384 + 2048
+        );
+        assert_eq!(
+            pair(ProtocolVersion::TLSv1_2, 2).0.max_record(),
+            5 + 16_384 + 2048
+        );
+        // Only the four record types there are, and only version 3.x.
+        for (typ, ok) in [
+            (19, false),
+            (20, false),
+            (21, true),
+            (22, true),
+            (23, true),
+            (24, false),
+        ] {
+            assert_eq!(
+                record_len(&[typ, 3, 3, 0, 0], 100).is_ok(),
+                ok,
+                "type {typ}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tls13_record_whose_plaintext_exceeds_16_kib_is_refused() {
+        let (tx, mut rx) = pair(ProtocolVersion::TLSv1_3, 1);
+        let mut body = vec![1u8; MAX_PLAINTEXT + 1];
+        body.push(Kind::ApplicationData.code());
+        let header = header(Kind::ApplicationData, body.len() + TAG);
+        let tag = tx
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(tx.nonce()),
+                Aad::from(header),
+                &mut body,
+            )
+            .unwrap();
+        let mut record = header.to_vec();
+        record.extend_from_slice(&body);
+        record.extend_from_slice(tag.as_ref());
+        assert_eq!(rx.open(&mut record), Err(RecordError::Overflow));
     }
 
     #[test]

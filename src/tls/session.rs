@@ -206,9 +206,6 @@ impl TlsSession {
                 }
                 Kind::Alert => self.on_alert(payload)?,
                 Kind::Handshake => self.on_handshake(payload)?,
-                Kind::ChangeCipherSpec => {
-                    return Err(TlsError::Protocol("ChangeCipherSpec after the handshake"));
-                }
             }
             incoming.advance(len);
         }
@@ -319,5 +316,304 @@ impl TlsSession {
                 &mut self.outgoing,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The record layer against a real rustls client: an in-memory
+    //! handshake with rustls's unbuffered server (as `handshake` drives
+    //! it), then the session takes over and talks to the client.
+
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use bytes::BytesMut;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls::server::UnbufferedServerConnection;
+    use rustls::unbuffered::{ConnectionState, EncodeError};
+    use rustls::{ClientConfig, ClientConnection, ProtocolVersion, ServerConfig};
+
+    use super::{Kernel, TlsError, TlsSession};
+
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ClientConfig>, Arc<ServerConfig>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["s.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        server.enable_secret_extraction = true;
+        server.send_tls13_tickets = 0;
+        (Arc::new(client), Arc::new(server))
+    }
+
+    /// Runs a handshake in memory; returns the client and the server's
+    /// session.
+    fn established(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (ClientConnection, TlsSession) {
+        let (client_config, server_config) = configs(version);
+        let mut client =
+            ClientConnection::new(client_config, ServerName::try_from("s.test").unwrap()).unwrap();
+        let mut server = UnbufferedServerConnection::new(server_config).unwrap();
+        let mut incoming = BytesMut::new();
+        loop {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            incoming.extend_from_slice(&wire);
+            let mut to_client = Vec::new();
+            loop {
+                let status = server.process_tls_records(&mut incoming[..]);
+                let discard = status.discard;
+                let done = match status.state.unwrap() {
+                    ConnectionState::EncodeTlsData(mut e) => {
+                        let mut out = vec![0u8; 16 * 1024];
+                        match e.encode(&mut out) {
+                            Ok(n) => to_client.extend_from_slice(&out[..n]),
+                            Err(EncodeError::InsufficientSize(_)) => panic!("room"),
+                            Err(EncodeError::AlreadyEncoded) => {}
+                        }
+                        None
+                    }
+                    ConnectionState::TransmitTlsData(t) => {
+                        t.done();
+                        None
+                    }
+                    ConnectionState::BlockedHandshake => Some(false),
+                    ConnectionState::WriteTraffic(_) => Some(true),
+                    other => panic!("unexpected {other:?}"),
+                };
+                let _ = bytes::Buf::advance(&mut incoming, discard);
+                match done {
+                    None => continue,
+                    Some(finished) => {
+                        client.read_tls(&mut &to_client[..]).unwrap();
+                        client.process_new_packets().unwrap();
+                        if finished && !client.is_handshaking() && !client.wants_write() {
+                            let (secrets, kernel) =
+                                server.dangerous_into_kernel_connection().unwrap();
+                            let session = TlsSession::new(
+                                Kernel::Server(kernel),
+                                secrets,
+                                incoming,
+                                BytesMut::new(),
+                            )
+                            .unwrap();
+                            return (client, session);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves what the client has to send into the session's incoming.
+    fn client_to_session(client: &mut ClientConnection, session: &mut TlsSession) {
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        session.incoming.extend_from_slice(&wire);
+    }
+
+    /// Hands the session's sealed records to the client; returns the
+    /// plaintext it reads.
+    fn session_to_client(session: &mut TlsSession, client: &mut ClientConnection) -> Vec<u8> {
+        let wire = std::mem::take(&mut session.outgoing);
+        let mut at = 0;
+        let mut plain = Vec::new();
+        while at < wire.len() {
+            at += client.read_tls(&mut &wire[at..]).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut plain);
+        }
+        plain
+    }
+
+    const VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+
+    #[test]
+    fn data_flows_both_ways_in_records_of_at_most_16_kib() {
+        for version in VERSIONS {
+            let (mut client, mut session) = established(version);
+            assert_eq!(session.version(), version.version);
+            let request: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+            client.writer().write_all(&request).unwrap();
+            client_to_session(&mut client, &mut session);
+            let mut got = BytesMut::new();
+            // Feed a byte at a time at first: partial records wait.
+            let all = std::mem::take(&mut session.incoming);
+            session.incoming.extend_from_slice(&all[..3]);
+            assert_eq!(session.open_records(&mut got).unwrap(), 0);
+            assert!(session.pending_need() == 0, "no header yet");
+            session.incoming.extend_from_slice(&all[3..10]);
+            assert_eq!(session.open_records(&mut got).unwrap(), 0);
+            let record = 5 + u16::from_be_bytes([all[3], all[4]]) as usize;
+            assert_eq!(session.pending_need(), record - 10);
+            session.incoming.extend_from_slice(&all[10..]);
+            assert_eq!(session.open_records(&mut got).unwrap(), request.len());
+            assert_eq!(&got[..], &request[..]);
+            assert!(session.incoming.is_empty());
+
+            let response = vec![b'r'; 50_000];
+            session.seal(&response).unwrap();
+            // 16 KiB + 16 KiB + 16 KiB + the rest: four records, each with
+            // its header, tag and (1.3) inner type or (1.2 GCM) explicit nonce.
+            let overhead = if version.version == ProtocolVersion::TLSv1_3 {
+                22
+            } else {
+                29
+            };
+            assert_eq!(session.outgoing.len(), response.len() + 4 * overhead);
+            assert_eq!(session_to_client(&mut session, &mut client), response);
+        }
+    }
+
+    #[test]
+    fn key_updates_from_the_client_are_followed_and_answered() {
+        let (mut client, mut session) = established(&rustls::version::TLS13);
+        for round in 0..3u8 {
+            client.refresh_traffic_keys().unwrap();
+            client.writer().write_all(&[round; 10]).unwrap();
+            client_to_session(&mut client, &mut session);
+            let mut got = BytesMut::new();
+            assert_eq!(session.open_records(&mut got).unwrap(), 10);
+            assert_eq!(&got[..], &[round; 10]);
+            // The answer starts with our own KeyUpdate; the client (now on
+            // its new receive key) must read the data after it.
+            session.seal(b"ok").unwrap();
+            assert_eq!(session_to_client(&mut session, &mut client), b"ok");
+            session.seal(b"again").unwrap();
+            assert_eq!(session_to_client(&mut session, &mut client), b"again");
+        }
+    }
+
+    #[test]
+    fn close_notify_both_ways() {
+        for version in VERSIONS {
+            let (mut client, mut session) = established(version);
+            client.writer().write_all(b"last").unwrap();
+            client.send_close_notify();
+            client_to_session(&mut client, &mut session);
+            let mut got = BytesMut::new();
+            assert_eq!(session.open_records(&mut got).unwrap(), 4);
+            assert!(session.peer_closed());
+            // Nothing is opened after close_notify.
+            assert_eq!(session.open_records(&mut got).unwrap(), 0);
+            session.seal_close_notify();
+            let _ = session_to_client(&mut session, &mut client);
+            let mut rest = Vec::new();
+            assert_eq!(
+                client.reader().read_to_end(&mut rest).unwrap(),
+                0,
+                "clean end for the client"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fatal_alert_or_a_tampered_record_ends_the_session() {
+        for version in VERSIONS {
+            let (mut client, mut session) = established(version);
+            client.writer().write_all(b"hello").unwrap();
+            client_to_session(&mut client, &mut session);
+            let last = session.incoming.len() - 1;
+            session.incoming[last] ^= 1;
+            let mut got = BytesMut::new();
+            assert!(matches!(
+                session.open_records(&mut got),
+                Err(TlsError::Record(_))
+            ));
+            assert!(got.is_empty());
+        }
+    }
+
+    #[test]
+    fn handshake_messages_after_the_handshake_are_refused_but_key_update() {
+        let (_, mut session) = established(&rustls::version::TLS12);
+        assert!(
+            matches!(
+                session.on_handshake(&[24, 0, 0, 1, 0]),
+                Err(TlsError::Protocol(_))
+            ),
+            "TLS 1.2 has no KeyUpdate: renegotiation refused"
+        );
+        let (_, mut session) = established(&rustls::version::TLS13);
+        assert!(
+            session.on_handshake(&[4, 0, 0, 0]).is_err(),
+            "a ticket sent to a server"
+        );
+        assert!(
+            session.on_handshake(&[24, 0, 0, 1, 2]).is_err(),
+            "bad KeyUpdate value"
+        );
+        assert!(
+            session.on_handshake(&[24, 0, 0, 1, 0, 24]).is_err(),
+            "data after KeyUpdate"
+        );
+        assert!(
+            session.on_handshake(&[24, 0, 0, 2, 0]).is_err(),
+            "split across records"
+        );
+        assert!(session.on_handshake(&[24, 0]).is_err(), "truncated");
+        assert!(session.on_handshake(&[24, 0, 0, 1, 1]).is_ok());
+        assert!(session.update_tx, "update_requested is answered");
+    }
+
+    #[test]
+    fn alerts_other_than_close_notify_end_the_session_unless_benign() {
+        let (_, mut session) = established(&rustls::version::TLS13);
+        assert!(session.on_alert(&[1, 90]).is_ok(), "user_canceled");
+        assert!(matches!(
+            session.on_alert(&[2, 40]),
+            Err(TlsError::Alert(40))
+        ));
+        assert!(
+            session.on_alert(&[1, 100]).is_err(),
+            "TLS 1.3: every other alert is fatal"
+        );
+        assert!(session.on_alert(&[1]).is_err(), "malformed");
+        let (_, mut session) = established(&rustls::version::TLS12);
+        assert!(session.on_alert(&[1, 100]).is_ok(), "a TLS 1.2 warning");
+        assert!(session.on_alert(&[2, 100]).is_err());
+        assert!(!session.peer_closed());
+        assert!(session.on_alert(&[1, 0]).is_ok());
+        assert!(session.peer_closed());
+    }
+
+    #[test]
+    fn a_tls12_key_past_its_limit_refuses_to_seal_and_tls13_rotates() {
+        let (mut client, mut session) = established(&rustls::version::TLS13);
+        session.tx_limit = session.tx.sequence() + 1;
+        session.seal(b"one").unwrap();
+        session.seal(b"two").unwrap();
+        assert_eq!(session_to_client(&mut session, &mut client), b"onetwo");
+        assert_eq!(session.tx.sequence(), 1, "a new key after the update");
+        let (_, mut session) = established(&rustls::version::TLS12);
+        session.tx_limit = session.tx.sequence();
+        assert!(session.seal(b"x").is_err());
     }
 }
