@@ -56,8 +56,10 @@ impl Transport {
         match self {
             Transport::Plain(s) => s.shutdown().await,
             Transport::Tls(t) => {
+                t.session.outgoing = outgoing::take();
                 t.session.seal_close_notify();
                 let _ = t.flush(limit).await;
+                outgoing::give(std::mem::take(&mut t.session.outgoing));
                 t.socket.shutdown().await
             }
         }
@@ -74,20 +76,30 @@ impl TlsStream {
         result
     }
 
-    /// Seals `plaintext` and writes it, a batch at a time.
-    async fn write(&mut self, mut plaintext: &[u8], limit: Duration) -> Result<(), IoFailure> {
-        // Also flushes what was sealed before, when `plaintext` is empty.
-        loop {
-            let n = plaintext.len().min(SEAL_BATCH);
-            self.session
-                .seal(&plaintext[..n])
-                .map_err(|e| IoFailure::Io(e.into()))?;
-            self.flush(limit).await?;
-            plaintext = &plaintext[n..];
-            if plaintext.is_empty() {
-                return Ok(());
+    /// Seals `parts` in order and writes them, a batch at a time, through
+    /// an outgoing buffer borrowed for the length of the write.
+    async fn write(&mut self, parts: &[&[u8]], limit: Duration) -> Result<(), IoFailure> {
+        self.session.outgoing = outgoing::take();
+        let result = self.seal_and_flush(parts, limit).await;
+        outgoing::give(std::mem::take(&mut self.session.outgoing));
+        result
+    }
+
+    async fn seal_and_flush(&mut self, parts: &[&[u8]], limit: Duration) -> Result<(), IoFailure> {
+        for part in parts {
+            let mut rest = *part;
+            while !rest.is_empty() {
+                let n = rest.len().min(SEAL_BATCH);
+                self.session
+                    .seal(&rest[..n])
+                    .map_err(|e| IoFailure::Io(e.into()))?;
+                if self.session.outgoing.len() >= SEAL_BATCH {
+                    self.flush(limit).await?;
+                }
+                rest = &rest[n..];
             }
         }
+        self.flush(limit).await
     }
 
     /// Appends the plaintext of the records that arrive next to `buf`;
@@ -132,6 +144,44 @@ impl TlsStream {
                 return Ok(0);
             }
         }
+    }
+}
+
+/// The buffers TLS records are sealed into. Records are written as soon as
+/// they are sealed, so a connection needs one only during a write: it is
+/// borrowed from this thread's stock (a worker's) and given back, and an
+/// idle TLS connection holds none. No lock: each worker thread has its own.
+mod outgoing {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Room for a 16 KiB record sealed (header, tag, inner type).
+    const SIZE: usize = 17 * 1024;
+    /// Buffers that grew past this (large writes) are not kept.
+    const MAX_KEPT: usize = 128 * 1024;
+    const STOCK: usize = 256;
+
+    thread_local! {
+        static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> BytesMut {
+        FREE.with(|f| f.borrow_mut().pop())
+            .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+    }
+
+    pub fn give(mut buf: BytesMut) {
+        if !(SIZE..=MAX_KEPT).contains(&buf.capacity()) {
+            return;
+        }
+        buf.clear();
+        FREE.with(|f| {
+            let mut free = f.borrow_mut();
+            if free.len() < STOCK {
+                free.push(buf);
+            }
+        });
     }
 }
 
@@ -248,7 +298,7 @@ pub async fn write_all_keep(
 ) -> Result<(), IoFailure> {
     match stream {
         Transport::Plain(socket) => write_buf(socket, buf, limit).await,
-        Transport::Tls(tls) => tls.write(buf, limit).await,
+        Transport::Tls(tls) => tls.write(&[buf], limit).await,
     }
 }
 
@@ -265,7 +315,7 @@ pub async fn write_static(
                 Ok((result, _)) => result.map(|_| ()).map_err(IoFailure::Io),
             }
         }
-        Transport::Tls(tls) => tls.write(bytes, limit).await,
+        Transport::Tls(tls) => tls.write(&[bytes], limit).await,
     }
 }
 
@@ -280,7 +330,7 @@ pub async fn write_front(
     let socket = match stream {
         Transport::Plain(socket) => socket,
         Transport::Tls(tls) => {
-            tls.write(&buf[..n], limit).await?;
+            tls.write(&[&buf[..n]], limit).await?;
             buf.advance(n);
             return Ok(());
         }
@@ -338,11 +388,8 @@ pub async fn write_two(
         Transport::Plain(socket) => socket,
         Transport::Tls(tls) => {
             // Both parts sealed into one batch of records, one write.
-            tls.session
-                .seal(first)
-                .map_err(|e| IoFailure::Io(e.into()))?;
+            tls.write(&[first, &second[..second_len]], limit).await?;
             first.clear();
-            tls.write(&second[..second_len], limit).await?;
             second.advance(second_len);
             return Ok(());
         }

@@ -180,8 +180,9 @@ pub async fn accept(
         .dangerous_into_kernel_connection()
         .map_err(HandshakeError::Tls)?;
     let version = kernel.protocol_version();
-    outgoing.clear();
-    let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, outgoing)
+    // The session borrows a buffer for each write (`transport`).
+    drop(outgoing);
+    let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, BytesMut::new())
         .map_err(HandshakeError::Session)?;
     Ok(Accepted {
         session,
@@ -219,8 +220,8 @@ pub async fn connect(
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(HandshakeError::Tls)?;
-    outgoing.clear();
-    let session = TlsSession::new(Kernel::Client(kernel), secrets, incoming, outgoing)
+    drop(outgoing);
+    let session = TlsSession::new(Kernel::Client(kernel), secrets, incoming, BytesMut::new())
         .map_err(HandshakeError::Session)?;
     Ok((session, resumed))
 }
