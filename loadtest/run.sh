@@ -155,7 +155,7 @@ layout() { # sets GW_CPUS STUB_CPUS GEN_CPUS GEN_THREADS STUB_THREADS for $1 wor
 }
 
 render() { # template output port
-    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@PORT2@|${PORT2:-}|g" -e "s|@CERTDIR@|$RUN/certs|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
+    sed -e "s|@WORKERS@|$WORKERS|g" -e "s|@PORT@|$2|g" -e "s|@PORT2@|${PORT2:-}|g" -e "s|@PORT3@|${PORT3:-}|g" -e "s|@CERTDIR@|$RUN/certs|g" -e "s|@UPSTREAM@|127.0.0.1:$STUB_PORT|g" \
         -e "s|@RUNDIR@|$RUN|g" -e "s|@DRIVER@|$DRIVER|g" -e "s|@MAXCONN@|$MAXCONN|g" \
         -e "s|@FDLIMIT@|$FD_LIMIT|g" -e "s|@LIMITS@|${LIMITS:-}|g" "$1" > "$3"
 }
@@ -172,7 +172,8 @@ wait_port() { # port
 
 STUB_PORT=19000
 declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008
-    [ringgate-tls-ecdsa]=19009 [ringgate-tls-rsa]=19010 [nginx-tls-ecdsa]=19011 [nginx-tls-rsa]=19012)
+    [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
+    [nginx-tls-ecdsa]=19012 [nginx-tls-ecdsa-full]=19013 [nginx-tls-rsa-full]=19014)
 # The node-wide limit of the ratelimit-admitted scenario (requests/s), well
 # under what one worker serves here, and its burst.
 CAP_RATE=20000
@@ -249,29 +250,34 @@ make_certs() {
     done
 }
 
-# One ringgate with two TLS listeners (ECDSA, RSA) and, with nginx among
-# the peers, one nginx with the same two; HTTPS scenarios use them.
+# One ringgate with three TLS listeners and, with nginx among the peers,
+# one nginx with the same three: ECDSA with session resumption (tickets),
+# then ECDSA and RSA with resumption off. Clients resume when they can (wrk
+# and oha both do), so full handshakes are measured where neither server
+# offers resumption, the same way on both.
 start_tls_targets() {
     make_certs
-    local ecdsa=${PORT[ringgate-tls-ecdsa]} rsa=${PORT[ringgate-tls-rsa]}
-    render "$HERE/gateway.toml" "$ecdsa" "$RUN/ringgate-tls.toml"
-    # The first listener gets the ECDSA certificate; a second one serves RSA.
+    local p
+    render "$HERE/gateway.toml" "${PORT[ringgate-tls-ecdsa]}" "$RUN/ringgate-tls.toml"
     awk -v dir="$RUN/certs" '{print} /^backlog/ && !done {print "[listeners.tls]\ncertificates = [{ cert = \"" dir "/ecdsa.pem\", key = \"" dir "/ecdsa.key\" }]"; done = 1}' \
         "$RUN/ringgate-tls.toml" > "$RUN/ringgate-tls.toml.new"
     mv "$RUN/ringgate-tls.toml.new" "$RUN/ringgate-tls.toml"
-    printf '\n[[listeners]]\nbind = "127.0.0.1:%s"\nbacklog = 4096\n[listeners.tls]\ncertificates = [{ cert = "%s", key = "%s" }]\n' \
-        "$rsa" "$RUN/certs/rsa.pem" "$RUN/certs/rsa.key" >> "$RUN/ringgate-tls.toml"
+    for p in ecdsa-full rsa-full; do
+        printf '\n[[listeners]]\nbind = "127.0.0.1:%s"\nbacklog = 4096\n[listeners.tls]\ncertificates = [{ cert = "%s", key = "%s" }]\nsession_tickets = false\n' \
+            "${PORT[ringgate-tls-$p]}" "$RUN/certs/${p%-full}.pem" "$RUN/certs/${p%-full}.key" >> "$RUN/ringgate-tls.toml"
+    done
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-tls.toml" > "$RUN/ringgate-tls.log" 2>&1 &
-    PIDS+=($!); TPID[ringgate-tls-ecdsa]=$!; TPID[ringgate-tls-rsa]=$!
-    wait_port "$ecdsa"
-    wait_port "$rsa"
+    PIDS+=($!)
+    for p in ecdsa ecdsa-full rsa-full; do TPID[ringgate-tls-$p]=$!; done
+    for p in ecdsa ecdsa-full rsa-full; do wait_port "${PORT[ringgate-tls-$p]}"; done
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-tls-body" "$RUN/nginx-tls-proxy"
-        PORT2=${PORT[nginx-tls-rsa]} render "$HERE/peers/nginx-tls.conf" "${PORT[nginx-tls-ecdsa]}" "$RUN/nginx-tls.conf"
+        PORT2=${PORT[nginx-tls-ecdsa-full]} PORT3=${PORT[nginx-tls-rsa-full]} \
+            render "$HERE/peers/nginx-tls.conf" "${PORT[nginx-tls-ecdsa]}" "$RUN/nginx-tls.conf"
         taskset -c "$GW_CPUS" nginx -e "$RUN/nginx-tls-error.log" -c "$RUN/nginx-tls.conf" > "$RUN/nginx-tls.log" 2>&1 &
-        PIDS+=($!); TPID[nginx-tls-ecdsa]=$!; TPID[nginx-tls-rsa]=$!
-        wait_port "${PORT[nginx-tls-ecdsa]}"
-        wait_port "${PORT[nginx-tls-rsa]}"
+        PIDS+=($!)
+        for p in ecdsa ecdsa-full rsa-full; do TPID[nginx-tls-$p]=$!; done
+        for p in ecdsa ecdsa-full rsa-full; do wait_port "${PORT[nginx-tls-$p]}"; done
     fi
 }
 
@@ -297,7 +303,7 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OHA_ARGS=""
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS=""
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
     # HTTPS scenarios: "ringgate" and "nginx" name their TLS processes
@@ -326,9 +332,8 @@ run_one() { # scenario target round
     if [ "$TOOL" = oha ]; then
         local rate_args=()
         [ "$FIXED_RATE" = 1 ] && rate_args=(-q "$RATE" --latency-correction)
-        # shellcheck disable=SC2086
         taskset -c "$GEN_CPUS" oha --no-tui --output-format json -z "$DURATION" -c "$CONNECTIONS" \
-            "${rate_args[@]}" $OHA_ARGS "$url" > "$raw.json" 2> "$raw.err" || true
+            "${rate_args[@]}" "$url" > "$raw.json" 2> "$raw.err" || true
     else
         local args=(-t "$GEN_THREADS" -c "$CONNECTIONS" -d "$DURATION" --latency)
         [ -n "$WRK_SCRIPT" ] && args+=(-s "$HERE/lua/$WRK_SCRIPT")

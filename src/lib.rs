@@ -12,6 +12,7 @@
 pub mod accesslog;
 pub mod config;
 pub mod control;
+pub mod crypto;
 pub mod failure;
 #[doc(hidden)]
 pub mod fuzzing;

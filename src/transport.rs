@@ -57,6 +57,7 @@ impl Transport {
             Transport::Plain(s) => s.shutdown().await,
             Transport::Tls(t) => {
                 t.session.outgoing = outgoing::take();
+                t.session.take_pending();
                 t.session.seal_close_notify();
                 let _ = t.flush(limit).await;
                 outgoing::give(std::mem::take(&mut t.session.outgoing));
@@ -80,6 +81,7 @@ impl TlsStream {
     /// an outgoing buffer borrowed for the length of the write.
     async fn write(&mut self, parts: &[&[u8]], limit: Duration) -> Result<(), IoFailure> {
         self.session.outgoing = outgoing::take();
+        self.session.take_pending();
         let result = self.seal_and_flush(parts, limit).await;
         outgoing::give(std::mem::take(&mut self.session.outgoing));
         result

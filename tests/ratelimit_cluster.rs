@@ -425,6 +425,11 @@ fn cluster_limits_work_over_tls_and_refuse_an_untrusted_server() {
         Gateway::start(&text)
     };
     let gw = start("ca.crt");
+    // Until the first round over TLS has answered, `deny` refuses: wait
+    // for it (the handshake's length depends on the machine).
+    common::wait_until(Duration::from_secs(10), "Redis over TLS answers", || {
+        metric(&gw, "ringgate_rate_limit_redis_up") == 1
+    });
     let statuses: Vec<u16> = (0..4).map(|_| get(gw.addr, "/x").status).collect();
     assert_eq!(
         statuses,

@@ -1,7 +1,7 @@
-DESCRIPTION="a new TLS connection per request, full handshake every time (RSA-2048, TLS 1.3)"
+DESCRIPTION="a new TLS connection per request, full handshake every time (listeners without resumption; RSA-2048, TLS 1.3)"
 TOOL=wrk
 REQUEST_PATH=/
 CONNECTIONS=32
 HEADER="Connection: close"
-TLS=rsa
+TLS=rsa-full
 TARGETS_ONLY="ringgate nginx"

@@ -1,7 +1,7 @@
-DESCRIPTION="a new TLS connection per request, resumed from a session ticket (oha --disable-keepalive keeps one rustls session cache; TLS 1.3)"
-TOOL=oha
-OHA_ARGS="--disable-keepalive --insecure"
+DESCRIPTION="a new TLS connection per request, resumed from a session ticket (wrk resumes its sessions; ECDSA P-256, TLS 1.3)"
+TOOL=wrk
 REQUEST_PATH=/
 CONNECTIONS=32
+HEADER="Connection: close"
 TLS=ecdsa
 TARGETS_ONLY="ringgate nginx"

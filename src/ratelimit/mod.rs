@@ -618,7 +618,7 @@ pub fn bounded_key<'a>(key: &'a [u8], scratch: &'a mut [u8; HASHED_KEY_LEN]) -> 
     if key.len() <= MAX_RAW_KEY {
         return key;
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    let digest = crate::crypto::digest::digest(&crate::crypto::digest::SHA256, key);
     scratch[..KEY_PREFIX].copy_from_slice(&key[..KEY_PREFIX]);
     scratch[KEY_PREFIX..].copy_from_slice(&digest.as_ref()[..16]);
     &scratch[..]

@@ -221,7 +221,7 @@ pub fn tls_config(
             .add(rustls::pki_types::CertificateDer::from(der.clone()))
             .map_err(|e| RedisError::Protocol(format!("CA certificate: {e}")))?;
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(crate::crypto::provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| RedisError::Protocol(format!("TLS: {e}")))?
@@ -361,7 +361,7 @@ impl Script {
 /// SHA-1, only to name scripts for EVALSHA (ring's, already linked
 /// through rustls).
 fn sha1_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
+    crate::crypto::digest::digest(&crate::crypto::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))

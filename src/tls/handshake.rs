@@ -180,9 +180,14 @@ pub async fn accept(
         .dangerous_into_kernel_connection()
         .map_err(HandshakeError::Tls)?;
     let version = kernel.protocol_version();
-    // The session borrows a buffer for each write (`transport`).
-    drop(outgoing);
-    let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, BytesMut::new())
+    // A TLS 1.2 server's last flight holds its Finished, which the client
+    // waits for before it sends a request: it goes now. A TLS 1.3 server's
+    // holds only session tickets: they go out with the first response,
+    // saving a write (and a wake-up of the client) per connection.
+    if version == ProtocolVersion::TLSv1_2 {
+        write_out(stream, &mut outgoing, deadline).await?;
+    }
+    let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, outgoing)
         .map_err(HandshakeError::Session)?;
     Ok(Accepted {
         session,
@@ -220,8 +225,9 @@ pub async fn connect(
     let (secrets, kernel) = conn
         .dangerous_into_kernel_connection()
         .map_err(HandshakeError::Tls)?;
-    drop(outgoing);
-    let session = TlsSession::new(Kernel::Client(kernel), secrets, incoming, BytesMut::new())
+    // The client's Finished goes out with the request (the server reads
+    // them in order), one write instead of two.
+    let session = TlsSession::new(Kernel::Client(kernel), secrets, incoming, outgoing)
         .map_err(HandshakeError::Session)?;
     Ok((session, resumed))
 }
@@ -267,7 +273,8 @@ enum Next {
 }
 
 /// Steps rustls until the handshake is done (it offers `WriteTraffic`),
-/// sending what it encodes and reading what it waits for.
+/// sending what it encodes and reading what it waits for. Records encoded
+/// after the peer's last flight are left in `outgoing`.
 async fn drive<C: Unbuffered>(
     stream: &mut TcpStream,
     conn: &mut C,
@@ -311,9 +318,15 @@ async fn drive<C: Unbuffered>(
                     }
                 }
             }
+            // Records pile up until rustls waits for the peer (or the
+            // handshake ends): one write per flight.
             Ok(ConnectionState::TransmitTlsData(transmit)) => {
                 transmit.done();
-                Next::Send
+                if failed.is_some() {
+                    Next::Send
+                } else {
+                    Next::Process
+                }
             }
             Ok(ConnectionState::BlockedHandshake) => Next::SendAndRead,
             Ok(ConnectionState::WriteTraffic(_)) => Next::Done,
@@ -356,7 +369,9 @@ async fn drive<C: Unbuffered>(
                 read_some(stream, incoming, HELLO_READ, deadline).await?;
                 pacer.busy().await;
             }
-            Next::Done => return write_out(stream, outgoing, deadline).await,
+            // What is left (a TLS 1.3 server's tickets, a client's
+            // Finished) may wait for the first write: the caller decides.
+            Next::Done => return Ok(()),
             Next::Fail(e) => {
                 let _ = write_out(stream, outgoing, deadline).await;
                 return Err(e);

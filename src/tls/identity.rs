@@ -61,7 +61,7 @@ impl CertFacts {
                 sans.push_str(&text);
             }
         }
-        let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+        let digest = crate::crypto::digest::digest(&crate::crypto::digest::SHA256, der.as_ref());
         let mut fingerprint = String::with_capacity(64);
         for b in digest.as_ref() {
             use std::fmt::Write;

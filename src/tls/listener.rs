@@ -233,7 +233,7 @@ pub fn compile(
     section: &crate::config::file::ListenerTlsSection,
 ) -> Result<ListenerTls, Vec<TlsConfigError>> {
     let mut errors = Vec::new();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::crypto::provider());
 
     let min_tls13 = match section
         .min_version
@@ -569,7 +569,7 @@ fn client_verifier(
     let verifier = builder
         .build()
         .map_err(|e| format!("client_ca `{ca}`: {e}"))?;
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let digest = crate::crypto::digest::digest(&crate::crypto::digest::SHA256, &bytes);
     let mut label = if required {
         b"client-auth:required:".to_vec()
     } else {

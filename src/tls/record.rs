@@ -16,8 +16,8 @@
 
 use std::ops::Range;
 
+use crate::crypto::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use bytes::{BufMut, BytesMut};
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion};
 
 /// Largest plaintext a record may carry (RFC 8446 §5.1).

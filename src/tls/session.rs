@@ -121,18 +121,22 @@ pub struct TlsSession {
     /// Ciphertext received and not yet opened (at most a partial record
     /// after `open_records`).
     pub incoming: BytesMut,
-    /// Sealed records waiting to be written.
+    /// Sealed records waiting to be written (a buffer lent for one write).
     pub outgoing: BytesMut,
+    /// Handshake records not yet sent (a TLS 1.3 server's tickets, a
+    /// client's Finished): written before the first sealed record.
+    pub pending: BytesMut,
 }
 
 impl TlsSession {
     /// Takes over from rustls after the handshake: `incoming` may already
-    /// hold records the peer sent after its last handshake message.
+    /// hold records the peer sent after its last handshake message, and
+    /// `pending` handshake records still to be sent.
     pub fn new(
         kernel: Kernel,
         secrets: ExtractedSecrets,
         incoming: BytesMut,
-        outgoing: BytesMut,
+        pending: BytesMut,
     ) -> Result<TlsSession, TlsError> {
         let version = kernel.version();
         let (rx_seq, rx) = secrets.rx;
@@ -152,7 +156,8 @@ impl TlsSession {
             update_tx: false,
             peer_closed: false,
             incoming,
-            outgoing,
+            outgoing: BytesMut::new(),
+            pending,
         })
     }
 
@@ -272,6 +277,15 @@ impl TlsSession {
         Ok(())
     }
 
+    /// Moves handshake records still unsent to the front of `outgoing`
+    /// (once; the buffer that held them is freed).
+    pub fn take_pending(&mut self) {
+        if !self.pending.is_empty() {
+            self.outgoing.extend_from_slice(&self.pending);
+            self.pending = BytesMut::new();
+        }
+    }
+
     /// Seals `plaintext` into `outgoing` as records of at most 16 KiB.
     pub fn seal(&mut self, mut plaintext: &[u8]) -> Result<(), TlsError> {
         while !plaintext.is_empty() {
@@ -346,7 +360,7 @@ mod tests {
             .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(crate::crypto::provider());
         let client = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[version])
             .unwrap()

@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use ring::hkdf;
-use ring::rand::{SecureRandom, SystemRandom};
+use crate::crypto::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use crate::crypto::hkdf;
+use crate::crypto::rand::{SecureRandom, SystemRandom};
 
 const VERSION: u8 = 1;
 const SALT: usize = 16;

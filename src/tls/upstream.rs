@@ -61,7 +61,7 @@ pub fn compile(
     let mut errors = Vec::new();
     let span = Some(section.span());
     let t = section.get_ref();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::crypto::provider());
     let mut identity = Vec::new();
 
     let mut roots = rustls::RootCertStore::empty();

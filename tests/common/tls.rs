@@ -166,7 +166,7 @@ pub fn client_config(
     roots: &[&CertificateDer<'static>],
     options: &ClientOptions,
 ) -> Arc<ClientConfig> {
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if options.only_rsa {
         provider.cipher_suites.retain(|s| {
             !matches!(
@@ -344,7 +344,7 @@ pub fn server_config(cert: &Issued, client_ca: Option<&Pki>) -> Arc<rustls::Serv
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap();
