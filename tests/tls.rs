@@ -1156,3 +1156,33 @@ fn a_shared_ticket_key_file_lets_sessions_resume_across_a_restart() {
     let conn = connect(third.addr, "t.test", &fresh).unwrap();
     assert!(!resumed(&conn), "a ticket from another key must not resume");
 }
+
+#[test]
+fn tls13_session_tickets_are_sent_right_after_the_handshake() {
+    // Holding the tickets back until the first response would also hold
+    // back the ACK of the client's Finished: a client with Nagle on (the
+    // default) would then wait for a delayed ACK before sending its
+    // request. The tickets must arrive without a request.
+    use std::io::Read;
+    let pki = Pki::new("tickets");
+    let cert = pki.server(&["k.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+    ));
+    let client = client_config(&[&pki.ca_der], &ClientOptions::default());
+    let mut conn = connect(gw.addr, "k.test", &client).unwrap();
+    conn.stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = conn
+        .stream
+        .sock
+        .read(&mut buf)
+        .expect("tickets arrive unasked");
+    assert!(n > 0);
+    assert_eq!(buf[0], 23, "a TLS 1.3 record (NewSessionTicket, encrypted)");
+}

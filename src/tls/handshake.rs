@@ -180,13 +180,12 @@ pub async fn accept(
         .dangerous_into_kernel_connection()
         .map_err(HandshakeError::Tls)?;
     let version = kernel.protocol_version();
-    // A TLS 1.2 server's last flight holds its Finished, which the client
-    // waits for before it sends a request: it goes now. A TLS 1.3 server's
-    // holds only session tickets: they go out with the first response,
-    // saving a write (and a wake-up of the client) per connection.
-    if version == ProtocolVersion::TLSv1_2 {
-        write_out(stream, &mut outgoing, deadline).await?;
-    }
+    // The server's last flight goes now: in TLS 1.2 it holds the Finished
+    // the client waits for; in TLS 1.3 only session tickets, but holding
+    // them back until the response also holds back the ACK of the client's
+    // Finished, and a client with Nagle on then waits for a delayed ACK
+    // (40 ms) before it sends its request.
+    write_out(stream, &mut outgoing, deadline).await?;
     let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, outgoing)
         .map_err(HandshakeError::Session)?;
     Ok(Accepted {
