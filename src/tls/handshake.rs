@@ -186,7 +186,7 @@ pub async fn accept(
     // Finished, and a client with Nagle on then waits for a delayed ACK
     // (40 ms) before it sends its request.
     write_out(stream, &mut outgoing, deadline).await?;
-    let session = TlsSession::new(Kernel::Server(kernel), secrets, incoming, outgoing)
+    let session = TlsSession::new(Kernel::Server(kernel), secrets, settled(incoming), outgoing)
         .map_err(HandshakeError::Session)?;
     Ok(Accepted {
         session,
@@ -226,9 +226,20 @@ pub async fn connect(
         .map_err(HandshakeError::Tls)?;
     // The client's Finished goes out with the request (the server reads
     // them in order), one write instead of two.
-    let session = TlsSession::new(Kernel::Client(kernel), secrets, incoming, outgoing)
+    let session = TlsSession::new(Kernel::Client(kernel), secrets, settled(incoming), outgoing)
         .map_err(HandshakeError::Session)?;
     Ok((session, resumed))
+}
+
+/// The handshake's read buffer, kept for the session only if it still
+/// holds bytes: an idle connection then holds no read buffer of its own
+/// until its next read (which takes a small one).
+fn settled(incoming: BytesMut) -> BytesMut {
+    if incoming.is_empty() {
+        BytesMut::new()
+    } else {
+        incoming
+    }
 }
 
 /// The one operation the driver needs from either side of rustls.

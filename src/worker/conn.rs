@@ -66,8 +66,15 @@ pub async fn serve(
     let mut buf = BytesMut::with_capacity(INITIAL_READ_BUFFER);
     let (stream, tls) = match tls {
         None => (Transport::Plain(socket), None),
+        // Boxed: a handshake's state (rustls's connection, the acceptor) is
+        // large, and inline it would size every connection's task, plain
+        // ones included, for as long as the connection lives.
         Some(listener) => {
-            match super::tls::handshake(&shard, socket, peer, listener, &mut buf).await {
+            match Box::pin(super::tls::handshake(
+                &shard, socket, peer, listener, &mut buf,
+            ))
+            .await
+            {
                 Some((stream, facts)) => (stream, Some(Box::new(facts))),
                 None => return,
             }

@@ -125,9 +125,16 @@ pub(super) async fn acquire(
                 return Ok((UpstreamConn::new(Transport::Plain(stream)), false));
             };
             let name = tls.names[endpoint].clone();
+            // Boxed, like the server side: the handshake's state would
+            // otherwise size every request's task.
             let shaken = monoio::time::timeout_at(
                 deadline.into(),
-                crate::tls::handshake::connect(&mut stream, tls.config.clone(), name, deadline),
+                Box::pin(crate::tls::handshake::connect(
+                    &mut stream,
+                    tls.config.clone(),
+                    name,
+                    deadline,
+                )),
             )
             .await
             .unwrap_or(Err(crate::tls::handshake::HandshakeError::TimedOut));
