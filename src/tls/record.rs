@@ -540,6 +540,45 @@ mod tests {
     }
 
     #[test]
+    fn empty_records_open_and_shorter_ones_are_malformed_never_a_panic() {
+        for version in VERSIONS {
+            for suite in 0..3 {
+                let (mut tx, mut rx) = pair(version, suite);
+                let mut wire = BytesMut::new();
+                tx.seal(Kind::ApplicationData, b"", &mut wire).unwrap();
+                let shortest = wire.len();
+                let (kind, range) = rx.open(&mut wire).unwrap();
+                assert_eq!((kind, range.len()), (Kind::ApplicationData, 0));
+                // Every shorter record, with a header that agrees with it.
+                for len in 0..shortest {
+                    let (_, mut rx) = pair(version, suite);
+                    let mut record = vec![0u8; len];
+                    if len >= HEADER {
+                        record[..HEADER]
+                            .copy_from_slice(&header(Kind::ApplicationData, len - HEADER));
+                    } else if len > 0 {
+                        record[0] = 23;
+                    }
+                    assert_eq!(
+                        rx.open(&mut record),
+                        Err(RecordError::Malformed),
+                        "{version:?} suite {suite}: {len} bytes"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_tls13_record_must_be_application_data_outside() {
+        let (mut tx, mut rx) = pair(ProtocolVersion::TLSv1_3, 0);
+        let mut wire = BytesMut::new();
+        tx.seal(Kind::ApplicationData, b"x", &mut wire).unwrap();
+        wire[0] = 21;
+        assert_eq!(rx.open(&mut wire), Err(RecordError::Malformed));
+    }
+
+    #[test]
     fn the_protocol_limits_are_the_rfcs() {
         // RFC 8446 §5.1 and §5.2, RFC 5246 §6.2.3.
         assert_eq!(MAX_PLAINTEXT, 16_384);
