@@ -619,6 +619,30 @@ mod tests {
     }
 
     #[test]
+    fn keys_rotate_well_before_the_suites_confidentiality_limit() {
+        for version in VERSIONS {
+            let (_, session) = established(version);
+            let limit = session.kernel.confidentiality_limit();
+            assert_eq!(limit - session.tx_limit, 65_536, "{version:?}");
+        }
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        assert!(TlsError::Alert(40).to_string().contains("alert 40"));
+        assert!(
+            TlsError::Protocol("renegotiation")
+                .to_string()
+                .contains("renegotiation")
+        );
+        assert!(
+            TlsError::Record(super::RecordError::BadMac)
+                .to_string()
+                .contains("BadMac")
+        );
+    }
+
+    #[test]
     fn a_tls12_key_past_its_limit_refuses_to_seal_and_tls13_rotates() {
         let (mut client, mut session) = established(&rustls::version::TLS13);
         session.tx_limit = session.tx.sequence() + 1;
