@@ -593,6 +593,11 @@ mod tests {
             "split across records"
         );
         assert!(session.on_handshake(&[24, 0]).is_err(), "truncated");
+        assert!(session.on_handshake(&[24, 0, 0, 1, 0]).is_ok());
+        assert!(
+            !session.update_tx,
+            "update_not_requested asks for nothing back"
+        );
         assert!(session.on_handshake(&[24, 0, 0, 1, 1]).is_ok());
         assert!(session.update_tx, "update_requested is answered");
     }
@@ -625,6 +630,18 @@ mod tests {
             let limit = session.kernel.confidentiality_limit();
             assert_eq!(limit - session.tx_limit, 65_536, "{version:?}");
         }
+    }
+
+    #[test]
+    fn handshake_records_left_over_go_first_and_only_once() {
+        let (_, mut session) = established(&rustls::version::TLS13);
+        session.pending.extend_from_slice(b"finished");
+        session.outgoing.clear();
+        session.take_pending();
+        assert_eq!(&session.outgoing[..], b"finished");
+        assert!(session.pending.is_empty());
+        session.take_pending();
+        assert_eq!(&session.outgoing[..], b"finished");
     }
 
     #[test]
