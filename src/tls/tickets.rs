@@ -246,6 +246,9 @@ mod tests {
         assert!(t.open_at(&ticket, start - 1).is_some());
         assert!(t.open_at(&ticket, start - 6 * HOUR - 1).is_none());
         assert_eq!(rustls::server::ProducesTickets::lifetime(&*t), 6 * 3600);
+        assert!(rustls::server::ProducesTickets::enabled(&*t));
+        // Rotation follows the real clock.
+        assert!(unix_now() > 1_700_000_000);
     }
 
     #[test]
