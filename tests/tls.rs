@@ -410,6 +410,18 @@ fn mtls_client(
     )
 }
 
+/// Whether a client certificate check refused the connection: at the
+/// handshake, or (TLS 1.3: the client finishes first) on its first read.
+fn refused(conn: Result<common::tls::TlsConn, rustls::Error>, host: &str) -> bool {
+    match conn {
+        Err(_) => true,
+        Ok(mut c) => {
+            c.send(&get("/", host));
+            c.try_read_response(false).is_none()
+        }
+    }
+}
+
 #[test]
 fn mtls_required_admits_trusted_clients_and_passes_their_identity_upstream() {
     let pki = Pki::new("mtls");
@@ -458,24 +470,15 @@ fn mtls_required_admits_trusted_clients_and_passes_their_identity_upstream() {
         // No certificate, or one from a CA the listener does not trust:
         // the handshake fails, nothing else happens.
         let before = upstream.request_count();
-        let none = connect(gw.addr, "m.test", &mtls_client(&pki, None));
-        let none_refused = match none {
-            Err(_) => true,
-            // TLS 1.3: the client finishes first and learns on its first read.
-            Ok(mut c) => {
-                c.send(&get("/", "m.test"));
-                c.try_read_response(false).is_none()
-            }
-        };
+        let none_refused = refused(
+            connect(gw.addr, "m.test", &mtls_client(&pki, None)),
+            "m.test",
+        );
         assert!(none_refused, "{driver}: no certificate admitted");
-        let stranger = connect(gw.addr, "m.test", &mtls_client(&pki, Some(&mallory)));
-        let stranger_refused = match stranger {
-            Err(_) => true,
-            Ok(mut c) => {
-                c.send(&get("/", "m.test"));
-                c.try_read_response(false).is_none()
-            }
-        };
+        let stranger_refused = refused(
+            connect(gw.addr, "m.test", &mtls_client(&pki, Some(&mallory))),
+            "m.test",
+        );
         assert!(stranger_refused, "{driver}: untrusted certificate admitted");
         assert_eq!(upstream.request_count(), before);
         common::wait_until(Duration::from_secs(10), "the access log line", || {
@@ -586,14 +589,10 @@ fn an_mtls_listener_answers_421_when_host_names_a_server_the_handshake_did_not_c
     carol.send(&get("/", "open.test"));
     assert_eq!(carol.read_response(false).status, 421);
     // Without a certificate the secure name cannot even be reached.
-    let refused = match connect(gw.addr, "secure.test", &mtls_client(&pki, None)) {
-        Err(_) => true,
-        Ok(mut c) => {
-            c.send(&get("/", "secure.test"));
-            c.try_read_response(false).is_none()
-        }
-    };
-    assert!(refused);
+    assert!(refused(
+        connect(gw.addr, "secure.test", &mtls_client(&pki, None)),
+        "secure.test"
+    ));
 }
 
 #[test]

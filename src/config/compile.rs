@@ -891,17 +891,8 @@ fn compile_rate_limit(
 
 /// The certificates in a PEM file (at least one).
 fn load_pem_certs(path: &str) -> Result<Vec<Vec<u8>>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let certs: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{path}`: {e}"))?
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{path}` is not valid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("`{path}` holds no certificate"));
-    }
-    Ok(certs)
+    let pem = crate::tls::pem::read_certs(path)?;
+    Ok(pem.certs.iter().map(|c| c.to_vec()).collect())
 }
 
 fn check_path(p: &Spanned<String>, errors: &mut Errors) {

@@ -105,6 +105,22 @@ pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 #[inline]
+/// The host of an authority (`host[:port]`): the port, if any, removed;
+/// an IPv6 literal keeps its brackets (`[::1]:8080` → `[::1]`).
+pub fn host_without_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => &host[..colon],
+            None => host,
+        }
+    }
+}
+
 pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -182,6 +198,15 @@ pub(crate) fn classify_transfer_encoding<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_dropped_from_names_and_bracketed_literals() {
+        assert_eq!(host_without_port(b"example.com:8080"), b"example.com");
+        assert_eq!(host_without_port(b"example.com"), b"example.com");
+        assert_eq!(host_without_port(b"[::1]:8080"), b"[::1]");
+        assert_eq!(host_without_port(b"[::1]"), b"[::1]");
+        assert_eq!(host_without_port(b""), b"");
+    }
 
     #[test]
     fn content_length_lists_must_agree() {

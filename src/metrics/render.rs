@@ -365,20 +365,13 @@ fn render_tls(out: &mut String, snapshot: &Snapshot, reports: &[WorkerReport]) {
                 let _ = writeln!(
                     out,
                     "{TLS_CERT_EXPIRY}{{listener=\"{addr}\",certificate=\"{}\",subject=\"{}\"}} {}",
-                    escape_label(&cert.path),
-                    escape_label(&cert.facts.subject),
+                    label(&cert.path),
+                    label(&cert.facts.subject),
                     cert.facts.expires_in(now)
                 );
             }
         }
     }
-}
-
-/// A label value with `\`, `"` and newlines escaped (exposition format).
-fn escape_label(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The rate-limit aggregator's own figures (node and cluster scope).

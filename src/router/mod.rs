@@ -230,17 +230,7 @@ impl Router {
 /// Lower-cases the host and strips a port (IPv6 literals keep their brackets).
 /// Returns None for hosts too long to be valid.
 pub fn normalize_host<'a>(host: &[u8], out: &'a mut [u8; MAX_HOST]) -> Option<&'a [u8]> {
-    let without_port = if host.first() == Some(&b'[') {
-        match host.iter().position(|&b| b == b']') {
-            Some(end) => &host[..=end],
-            None => host,
-        }
-    } else {
-        match host.iter().rposition(|&b| b == b':') {
-            Some(colon) => &host[..colon],
-            None => host,
-        }
-    };
+    let without_port = crate::http::host_without_port(host);
     // A trailing dot names the same host (RFC 1034 §3.1).
     let without_dot = without_port.strip_suffix(b".").unwrap_or(without_port);
     if without_dot.len() > MAX_HOST {

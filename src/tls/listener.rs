@@ -135,12 +135,7 @@ impl ListenerTls {
     /// Whether a request's Host (`host[:port]`) names a server the
     /// handshake that chose `site` covered.
     pub fn covers(&self, site: Option<usize>, host: &[u8]) -> bool {
-        let name = match host.iter().rposition(|&b| b == b':') {
-            // A port, unless this is the end of a bracketed IPv6 literal.
-            Some(colon) if !host.ends_with(b"]") => &host[..colon],
-            _ => host,
-        };
-        let Ok(name) = std::str::from_utf8(name) else {
+        let Ok(name) = std::str::from_utf8(crate::http::host_without_port(host)) else {
             return false;
         };
         let named = self.table.named(name.trim_end_matches('.'));
@@ -498,23 +493,13 @@ fn load_certified_key(
     entry: &crate::config::file::CertificateEntry,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<(CertifiedKey, CertFacts), TlsConfigError> {
+    use rustls::pki_types::PrivateKeyDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let cert_path = entry.cert.get_ref();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|certs| certs.collect::<Result<_, _>>())
-        .map_err(|e| {
-            error(
-                Some(entry.cert.span()),
-                format!("cannot read `{cert_path}`: {e}"),
-            )
-        })?;
-    let Some(leaf) = chain.first() else {
-        return Err(error(
-            Some(entry.cert.span()),
-            format!("`{cert_path}` holds no certificate"),
-        ));
-    };
+    let chain = super::pem::read_certs(cert_path)
+        .map_err(|e| error(Some(entry.cert.span()), e))?
+        .certs;
+    let leaf = &chain[0];
     let facts = CertFacts::parse(leaf).map_err(|e| {
         error(
             Some(entry.cert.span()),
@@ -547,19 +532,7 @@ fn client_verifier(
     required: bool,
     provider: &Arc<rustls::crypto::CryptoProvider>,
 ) -> Result<(Option<Verifier>, Vec<u8>), String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let bytes = std::fs::read(ca).map_err(|e| format!("client_ca: cannot read `{ca}`: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&bytes) {
-        let cert = cert.map_err(|e| format!("client_ca `{ca}`: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("client_ca `{ca}`: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("client_ca `{ca}` holds no certificate"));
-    }
+    let (roots, bytes) = super::pem::read_roots(ca).map_err(|e| format!("client_ca: {e}"))?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     let builder = if required {
         builder

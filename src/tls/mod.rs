@@ -6,6 +6,7 @@
 pub mod handshake;
 pub mod identity;
 pub mod listener;
+pub mod pem;
 pub mod record;
 pub mod session;
 pub mod tickets;

@@ -483,26 +483,30 @@ mod tests {
         assert!(rx.open(&mut second).is_ok());
     }
 
+    /// A TLS 1.3 record sealed by hand around `inner` (plaintext, inner
+    /// type, padding: whatever the test needs, unchecked).
+    fn seal_tls13_raw(tx: &RecordKey, inner: &[u8]) -> Vec<u8> {
+        let mut body = inner.to_vec();
+        let header = header(Kind::ApplicationData, body.len() + TAG);
+        let tag = tx
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(tx.nonce()),
+                Aad::from(header),
+                &mut body,
+            )
+            .unwrap();
+        let mut record = header.to_vec();
+        record.extend_from_slice(&body);
+        record.extend_from_slice(tag.as_ref());
+        record
+    }
+
     #[test]
     fn tls13_padding_is_stripped_and_all_zero_plaintext_refused() {
         let (tx, mut rx) = pair(ProtocolVersion::TLSv1_3, 2);
-        // Seal by hand: payload, inner type, then padding zeros.
-        let seal_raw = |inner: &[u8]| {
-            let mut body = inner.to_vec();
-            let header = header(Kind::ApplicationData, body.len() + TAG);
-            let tag = tx
-                .key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(tx.nonce()),
-                    Aad::from(header),
-                    &mut body,
-                )
-                .unwrap();
-            let mut record = header.to_vec();
-            record.extend_from_slice(&body);
-            record.extend_from_slice(tag.as_ref());
-            record
-        };
+        // Payload, inner type, then padding zeros.
+        let seal_raw = |inner: &[u8]| seal_tls13_raw(&tx, inner);
         let mut padded = seal_raw(b"hi\x17\0\0\0");
         let (kind, range) = rx.open(&mut padded).unwrap();
         assert_eq!((kind, &padded[range]), (Kind::ApplicationData, &b"hi"[..]));
@@ -614,20 +618,9 @@ mod tests {
     #[test]
     fn a_tls13_record_whose_plaintext_exceeds_16_kib_is_refused() {
         let (tx, mut rx) = pair(ProtocolVersion::TLSv1_3, 1);
-        let mut body = vec![1u8; MAX_PLAINTEXT + 1];
-        body.push(Kind::ApplicationData.code());
-        let header = header(Kind::ApplicationData, body.len() + TAG);
-        let tag = tx
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(tx.nonce()),
-                Aad::from(header),
-                &mut body,
-            )
-            .unwrap();
-        let mut record = header.to_vec();
-        record.extend_from_slice(&body);
-        record.extend_from_slice(tag.as_ref());
+        let mut inner = vec![1u8; MAX_PLAINTEXT + 1];
+        inner.push(Kind::ApplicationData.code());
+        let mut record = seal_tls13_raw(&tx, &inner);
         assert_eq!(rx.open(&mut record), Err(RecordError::Overflow));
     }
 

@@ -45,11 +45,12 @@ fn error(span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> Tl
 
 /// The host part of `host:port` or `[v6]:port`.
 fn host_of(authority: &str) -> &str {
-    let host = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
-    };
-    host.trim_start_matches('[').trim_end_matches(']')
+    let host = crate::http::host_without_port(authority.as_bytes());
+    // A prefix of a str cut at an ASCII ':' or after ']' is still UTF-8.
+    std::str::from_utf8(host)
+        .unwrap_or(authority)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
 }
 
 /// Compiles an upstream's `tls` table for endpoints written as
@@ -66,27 +67,12 @@ pub fn compile(
 
     let mut roots = rustls::RootCertStore::empty();
     match &t.ca_file {
-        Some(path) => match std::fs::read(path.get_ref()) {
-            Ok(bytes) => {
-                use rustls::pki_types::pem::PemObject;
+        Some(path) => match super::pem::read_roots(path.get_ref()) {
+            Ok((found, bytes)) => {
                 identity.extend_from_slice(&bytes);
-                for cert in CertificateDer::pem_slice_iter(&bytes) {
-                    match cert
-                        .map_err(|e| e.to_string())
-                        .and_then(|c| roots.add(c).map_err(|e| e.to_string()))
-                    {
-                        Ok(()) => {}
-                        Err(e) => errors.push(error(Some(path.span()), format!("ca_file: {e}"))),
-                    }
-                }
-                if roots.is_empty() {
-                    errors.push(error(Some(path.span()), "ca_file holds no certificate"));
-                }
+                roots = found;
             }
-            Err(e) => errors.push(error(
-                Some(path.span()),
-                format!("ca_file: cannot read `{}`: {e}", path.get_ref()),
-            )),
+            Err(e) => errors.push(error(Some(path.span()), format!("ca_file: {e}"))),
         },
         None => {
             identity.extend_from_slice(b"system roots");
@@ -124,14 +110,10 @@ pub fn compile(
     let mut config = match (&t.client_cert, &t.client_key) {
         (Some(cert), Some(key)) => {
             use rustls::pki_types::pem::PemObject;
-            let chain = std::fs::read(cert.get_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    identity.extend_from_slice(&bytes);
-                    CertificateDer::pem_slice_iter(&bytes)
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| e.to_string())
-                });
+            let chain = super::pem::read_certs(cert.get_ref()).map(|pem| {
+                identity.extend_from_slice(&pem.bytes);
+                pem.certs
+            });
             let key = std::fs::read(key.get_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {
@@ -139,22 +121,16 @@ pub fn compile(
                     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| e.to_string())
                 });
             match (chain, key) {
-                (Ok(chain), Ok(key)) if !chain.is_empty() => {
-                    match builder.with_client_auth_cert(chain, key) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            return Err(vec![error(
-                                Some(cert.span()),
-                                format!("client_cert/client_key: {e}"),
-                            )]);
-                        }
+                (Ok(chain), Ok(key)) => match builder.with_client_auth_cert(chain, key) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Err(vec![error(
+                            Some(cert.span()),
+                            format!("client_cert/client_key: {e}"),
+                        )]);
                     }
-                }
-                (chain, key) => {
-                    let why = match (chain, key) {
-                        (Err(e), _) | (_, Err(e)) => e,
-                        _ => "client_cert holds no certificate".to_string(),
-                    };
+                },
+                (Err(why), _) | (_, Err(why)) => {
                     return Err(vec![error(
                         Some(cert.span()),
                         format!("client_cert/client_key: {why}"),

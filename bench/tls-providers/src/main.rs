@@ -27,7 +27,13 @@ fn pki(rsa: bool) -> Pki {
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
     let key = if rsa {
         let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
             .output()
             .expect("openssl makes the RSA key");
         rcgen::KeyPair::from_pem_and_sign_algo(
@@ -144,68 +150,45 @@ fn handshakes_per_sec(side: &Side, resume: bool) -> f64 {
     n as f64 / server.as_secs_f64()
 }
 
-/// Bytes per second sealing (or opening) 16 KiB records.
-fn aead_ring(alg: &'static ring::aead::Algorithm, open: bool) -> f64 {
-    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).unwrap());
-    let mut buf = vec![1u8; 16 * 1024];
-    let tag = key
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut buf)
-        .unwrap();
-    let mut sealed = buf.clone();
-    sealed.extend_from_slice(tag.as_ref());
-    // Opening decrypts in place: each round restores the ciphertext first
-    // (a 16 KiB copy, the same for both providers).
-    let mut copy = sealed.clone();
-    let start = Instant::now();
-    let mut bytes = 0u64;
-    while start.elapsed() < ROUND {
-        if open {
-            copy.copy_from_slice(&sealed);
-            key.open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut copy)
+/// Bytes per second sealing (or opening) 16 KiB records, for one
+/// provider's `aead` module (ring's and aws-lc-rs's have the same API).
+macro_rules! aead_throughput {
+    ($name:ident, $($aead:ident)::+) => {
+        fn $name(alg: &'static $($aead)::+::Algorithm, open: bool) -> f64 {
+            use $($aead)::+::{Aad, LessSafeKey, Nonce, UnboundKey};
+            let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).unwrap());
+            let mut buf = vec![1u8; 16 * 1024];
+            let tag = key
+                .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut buf)
                 .unwrap();
-        } else {
-            let _ = key.seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key([0; 12]),
-                Aad::empty(),
-                &mut buf,
-            );
+            let mut sealed = buf.clone();
+            sealed.extend_from_slice(tag.as_ref());
+            // Opening decrypts in place: each round restores the ciphertext first
+            // (a 16 KiB copy, the same for both providers).
+            let mut copy = sealed.clone();
+            let start = Instant::now();
+            let mut bytes = 0u64;
+            while start.elapsed() < ROUND {
+                if open {
+                    copy.copy_from_slice(&sealed);
+                    key.open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut copy)
+                        .unwrap();
+                } else {
+                    let _ = key.seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([0; 12]),
+                        Aad::empty(),
+                        &mut buf,
+                    );
+                }
+                bytes += 16 * 1024;
+            }
+            bytes as f64 / start.elapsed().as_secs_f64()
         }
-        bytes += 16 * 1024;
-    }
-    bytes as f64 / start.elapsed().as_secs_f64()
+    };
 }
 
-fn aead_aws(alg: &'static aws_lc_rs::aead::Algorithm, open: bool) -> f64 {
-    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
-    let key = LessSafeKey::new(UnboundKey::new(alg, &[7u8; 32][..alg.key_len()]).unwrap());
-    let mut buf = vec![1u8; 16 * 1024];
-    let tag = key
-        .seal_in_place_separate_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut buf)
-        .unwrap();
-    let mut sealed = buf.clone();
-    sealed.extend_from_slice(tag.as_ref());
-    // Opening decrypts in place: each round restores the ciphertext first
-    // (a 16 KiB copy, the same for both providers).
-    let mut copy = sealed.clone();
-    let start = Instant::now();
-    let mut bytes = 0u64;
-    while start.elapsed() < ROUND {
-        if open {
-            copy.copy_from_slice(&sealed);
-            key.open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut copy)
-                .unwrap();
-        } else {
-            let _ = key.seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key([0; 12]),
-                Aad::empty(),
-                &mut buf,
-            );
-        }
-        bytes += 16 * 1024;
-    }
-    bytes as f64 / start.elapsed().as_secs_f64()
-}
+aead_throughput!(aead_ring, ring::aead);
+aead_throughput!(aead_aws, aws_lc_rs::aead);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -218,11 +201,17 @@ fn main() {
     let sides = |p: &Pki| {
         [
             side("ring", rustls::crypto::ring::default_provider(), p),
-            side("aws-lc-rs", rustls::crypto::aws_lc_rs::default_provider(), p),
+            side(
+                "aws-lc-rs",
+                rustls::crypto::aws_lc_rs::default_provider(),
+                p,
+            ),
         ]
     };
     let (ecdsa_sides, rsa_sides) = (sides(&ecdsa), sides(&rsa));
-    println!("TLS 1.3, X25519, server-side handshakes per second of server CPU (median of {ROUNDS} interleaved rounds)");
+    println!(
+        "TLS 1.3, X25519, server-side handshakes per second of server CPU (median of {ROUNDS} interleaved rounds)"
+    );
     println!("| case | ring | aws-lc-rs | aws-lc-rs ÷ ring |");
     println!("|---|---|---|---|");
     for (case, sides, resume) in [
@@ -244,10 +233,26 @@ fn main() {
     println!("AEAD on 16 KiB records, MB/s (median of {ROUNDS} interleaved rounds)");
     println!("| cipher | ring seal | aws-lc-rs seal | ring open | aws-lc-rs open |");
     println!("|---|---|---|---|---|");
-    let ciphers: [(&str, &'static ring::aead::Algorithm, &'static aws_lc_rs::aead::Algorithm); 3] = [
-        ("AES-128-GCM", &ring::aead::AES_128_GCM, &aws_lc_rs::aead::AES_128_GCM),
-        ("AES-256-GCM", &ring::aead::AES_256_GCM, &aws_lc_rs::aead::AES_256_GCM),
-        ("ChaCha20-Poly1305", &ring::aead::CHACHA20_POLY1305, &aws_lc_rs::aead::CHACHA20_POLY1305),
+    let ciphers: [(
+        &str,
+        &'static ring::aead::Algorithm,
+        &'static aws_lc_rs::aead::Algorithm,
+    ); 3] = [
+        (
+            "AES-128-GCM",
+            &ring::aead::AES_128_GCM,
+            &aws_lc_rs::aead::AES_128_GCM,
+        ),
+        (
+            "AES-256-GCM",
+            &ring::aead::AES_256_GCM,
+            &aws_lc_rs::aead::AES_256_GCM,
+        ),
+        (
+            "ChaCha20-Poly1305",
+            &ring::aead::CHACHA20_POLY1305,
+            &aws_lc_rs::aead::CHACHA20_POLY1305,
+        ),
     ];
     for (name, r, a) in ciphers {
         let mut v: [Vec<f64>; 4] = Default::default();

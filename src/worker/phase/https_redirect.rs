@@ -3,13 +3,12 @@
 //! part. A 308 keeps the method and body (RFC 9110 §15.4.9); the body, if
 //! any, is not read, so the connection closes after the answer.
 
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
 
 use crate::http::{self, BodyFraming};
 
 use super::super::client::{Client, Exchange};
-use super::{RequestCtx, response_headers};
-use crate::transport::write_all_clear;
+use super::{RequestCtx, respond};
 
 /// Whether this request is answered with a redirect (plain connection, and
 /// the route asks for HTTPS).
@@ -34,7 +33,7 @@ pub async fn redirect(
     http::write::status_line(out, 308);
     out.put_slice(b"location: https://");
     let host = head.host.map_or(&b""[..], |h| h.get(buf));
-    out.put_slice(host_without_port(host));
+    out.put_slice(http::host_without_port(host));
     if port != 443 {
         out.put_u8(b':');
         http::write::decimal(out, u64::from(port));
@@ -44,45 +43,6 @@ pub async fn redirect(
     out.put_slice(head.query.get(buf));
     out.put_slice(b"\r\n");
     http::write::content_length(out, 0);
-    response_headers::write(
-        out,
-        &ctx.route.response_headers,
-        exchange.request_id.as_bytes(),
-        exchange.ratelimit.as_ref(),
-    );
-    out.put_slice(if close {
-        &b"connection: close\r\n\r\n"[..]
-    } else {
-        b"\r\n"
-    });
-    client.buf.advance(head.len);
-    exchange.status = 308;
-    exchange.sent = client.out.len() as u64;
-    let timeout = ctx.snapshot().limits.idle_timeout;
-    write_all_clear(&mut client.stream, &mut client.out, timeout)
-        .await
-        .is_ok()
-        && !close
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
-fn host_without_port(host: &[u8]) -> &[u8] {
-    match host.iter().rposition(|&b| b == b':') {
-        Some(colon) if !host.ends_with(b"]") => &host[..colon],
-        _ => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_without_port;
-
-    #[test]
-    fn ports_are_dropped_from_names_and_bracketed_literals() {
-        assert_eq!(host_without_port(b"example.com:8080"), b"example.com");
-        assert_eq!(host_without_port(b"example.com"), b"example.com");
-        assert_eq!(host_without_port(b"[::1]:8080"), b"[::1]");
-        assert_eq!(host_without_port(b"[::1]"), b"[::1]");
-        assert_eq!(host_without_port(b""), b"");
-    }
+    respond::end_head(ctx, out, close, exchange);
+    respond::send(ctx, client, 308, close, exchange).await
 }

@@ -2,7 +2,7 @@
 //! status, content type and body. Compiled part: `RouteAction::Respond`
 //! (204/304 with a body are refused at load). No per-worker part.
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, BytesMut};
 
 use crate::http::{self, Method};
 
@@ -36,6 +36,16 @@ pub async fn respond(
         out.put_slice(b"\r\n");
         http::write::content_length(out, answer.body.len() as u64);
     }
+    end_head(ctx, out, close, exchange);
+    if ctx.head.method != Method::Head && !bodiless {
+        out.put_slice(answer.body);
+    }
+    send(ctx, client, answer.status, close, exchange).await
+}
+
+/// Ends a head the gateway writes itself: the route's response headers,
+/// `x-request-id`, rate-limit headers and the connection line.
+pub fn end_head(ctx: &RequestCtx<'_>, out: &mut BytesMut, close: bool, exchange: &Exchange) {
     response_headers::write(
         out,
         &ctx.route.response_headers,
@@ -47,11 +57,19 @@ pub async fn respond(
     } else {
         b"\r\n"
     });
-    if ctx.head.method != Method::Head && !bodiless {
-        out.put_slice(answer.body);
-    }
+}
+
+/// Sends the answer in `client.out` (the request's head is consumed);
+/// returns whether the connection stays open.
+pub async fn send(
+    ctx: &RequestCtx<'_>,
+    client: &mut Client,
+    status: u16,
+    close: bool,
+    exchange: &mut Exchange,
+) -> bool {
     client.buf.advance(ctx.head.len);
-    exchange.status = answer.status;
+    exchange.status = status;
     exchange.sent = client.out.len() as u64;
     let timeout = ctx.snapshot().limits.idle_timeout;
     write_all_clear(&mut client.stream, &mut client.out, timeout)
