@@ -425,6 +425,14 @@ async fn write_out(
     if outgoing.is_empty() {
         return Ok(());
     }
+    // A flight nearly always fits the empty socket buffer: send it now
+    // rather than after the worker's other ready tasks (`send_now`).
+    let sent = crate::transport::send_now(stream, outgoing).map_err(|_| HandshakeError::Closed)?;
+    if sent == outgoing.len() {
+        outgoing.clear(); // capacity kept for the session
+        return Ok(());
+    }
+    outgoing.advance(sent);
     let owned = std::mem::take(outgoing);
     let limit = deadline.saturating_duration_since(Instant::now());
     match monoio::time::timeout(limit, stream.write_all(owned)).await {
@@ -437,5 +445,73 @@ async fn write_out(
                 HandshakeError::Closed
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::Duration;
+
+    /// The regression this guards: on io_uring a queued write reaches the
+    /// kernel only when the worker runs out of ready tasks, so a flight
+    /// written after a signature waited for every other handshake's
+    /// signature too. Here the worker thread blocks right after writing;
+    /// the peer must still receive the flight.
+    #[test]
+    fn a_flight_is_on_the_wire_before_the_worker_moves_on() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (received_tx, received_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut peer = std::net::TcpStream::connect(addr).expect("connect");
+            let mut got = [0u8; 6];
+            peer.read_exact(&mut got).expect("read");
+            received_tx.send(got).expect("report");
+            // Hold the connection until the worker side is done.
+            let _ = peer.read(&mut [0u8; 1]);
+        });
+        let (ours, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let run = |ours: std::net::TcpStream| async move {
+            let mut stream = TcpStream::from_std(ours).expect("register");
+            // The handshake task writes its flight and finishes; another
+            // ready task (standing for the next handshake's signature)
+            // then holds the thread without yielding. A write merely
+            // queued in the ring would reach the kernel only after it.
+            let handshake = monoio::spawn(async move {
+                let mut flight = BytesMut::from(&b"flight"[..]);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                write_out(&mut stream, &mut flight, deadline)
+                    .await
+                    .map(|()| stream)
+            });
+            let busy =
+                monoio::spawn(async move { received_rx.recv_timeout(Duration::from_secs(20)) });
+            let stream = handshake.await.expect("write");
+            let got = busy.await;
+            drop(stream);
+            got
+        };
+        let got = match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .uring_builder({
+                let mut b = io_uring::IoUring::builder();
+                b.setup_coop_taskrun().setup_single_issuer();
+                b
+            })
+            .build()
+        {
+            Ok(mut rt) => rt.block_on(run(ours)),
+            // No io_uring here: the epoll driver writes at once anyway.
+            Err(_) => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("runtime")
+                .block_on(run(ours)),
+        };
+        assert_eq!(&got.expect("the flight never reached the peer"), b"flight");
+        reader.join().expect("reader");
     }
 }
