@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::tls::{
@@ -1184,4 +1185,86 @@ fn tls13_session_tickets_are_sent_right_after_the_handshake() {
         .expect("tickets arrive unasked");
     assert!(n > 0);
     assert_eq!(buf[0], 23, "a TLS 1.3 record (NewSessionTicket, encrypted)");
+}
+
+/// Counts the TLS 1.3 tickets a client is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[test]
+fn a_full_handshake_gets_two_tickets_and_a_resumption_one() {
+    // Two after a full handshake, for a client opening parallel
+    // connections; one after a resumption, replacing the ticket it spent.
+    // Each extra ticket costs both sides work on every new connection.
+    let pki = Pki::new("ticketcount");
+    let cert = pki.server(&["n.test"], Alg::EcdsaP256);
+    let upstream = Upstream::named("app");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!("{}\n{}", listener_tls(&[&cert], ""), proxy_to(&upstream)),
+    ));
+    let store = Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(32),
+        tickets: Default::default(),
+    });
+    let mut client = (*client_config(&[&pki.ca_der], &ClientOptions::default())).clone();
+    client.resumption = rustls::client::Resumption::store(store.clone());
+    let client = Arc::new(client);
+    let count = || store.tickets.load(std::sync::atomic::Ordering::SeqCst);
+    let mut expected = 0;
+    for (i, (resumes, tickets)) in [(false, 2), (true, 1), (true, 1), (true, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut conn = connect(gw.addr, "n.test", &client).unwrap();
+        assert_eq!(resumed(&conn), resumes, "connection {i}");
+        conn.send(&get("/", "n.test"));
+        // The tickets precede the response on the wire.
+        assert_eq!(conn.read_response(false).status, 200);
+        expected += tickets;
+        assert_eq!(count(), expected, "tickets after connection {i}");
+    }
 }

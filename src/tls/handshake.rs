@@ -158,7 +158,7 @@ pub async fn accept(
         }
     };
     let site = tls.site_for(hello.client_hello().server_name());
-    let config = tls.config_for(site);
+    let config = tls.config_for(site, super::client_hello::offers_resumption(&incoming));
     drop(hello);
 
     // 2. The handshake proper, replaying the hello into the chosen config.

@@ -22,6 +22,10 @@ use rustls::{ServerConfig, SignatureAlgorithm};
 use super::identity::CertFacts;
 use super::tickets::{MasterSecret, Tickets};
 
+/// TLS 1.3 tickets sent after a full handshake: one per connection a
+/// client may open in parallel right after it (OpenSSL sends two too).
+const TICKETS_AFTER_FULL_HANDSHAKE: usize = 2;
+
 /// The longest DNS name (RFC 1035); longer SNI or Host values match nothing.
 const MAX_NAME: usize = 253;
 
@@ -30,13 +34,21 @@ pub struct ListenerTls {
     sites: Vec<Site>,
     table: Arc<SniTable>,
     /// One per client-auth policy; `Site::policy` indexes it.
-    configs: Vec<Arc<ServerConfig>>,
+    configs: Vec<PolicyConfigs>,
     pub handshake_timeout: Duration,
     pub max_handshakes_in_flight: usize,
     /// Some names need client certificates: each request's Host must be a
     /// name its connection's handshake covered.
     pub checks_host: bool,
     pub expiry_warning: Duration,
+}
+
+/// A policy's server configs: the same certificates, verifier and ticket
+/// keys, differing only in how many TLS 1.3 tickets a handshake gets
+/// (`client_hello`: two after a full handshake, one after a resumption).
+struct PolicyConfigs {
+    full: Arc<ServerConfig>,
+    resuming: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for ListenerTls {
@@ -124,12 +136,16 @@ impl ListenerTls {
         self.table.lookup(sni)
     }
 
-    /// The server config for a handshake that selected `site`. A refused
-    /// name still gets one: its resolver finds no certificate and rustls
-    /// answers with an alert.
-    pub fn config_for(&self, site: Option<usize>) -> Arc<ServerConfig> {
-        let policy = site.map_or(0, |s| self.sites[s].policy);
-        self.configs[policy].clone()
+    /// The server config for a handshake that selected `site`, by whether
+    /// the client offers to resume. A refused name still gets one: its
+    /// resolver finds no certificate and rustls answers with an alert.
+    pub fn config_for(&self, site: Option<usize>, resuming: bool) -> Arc<ServerConfig> {
+        let policy = &self.configs[site.map_or(0, |s| self.sites[s].policy)];
+        if resuming {
+            policy.resuming.clone()
+        } else {
+            policy.full.clone()
+        }
     }
 
     /// Whether a request's Host (`host[:port]`) names a server the
@@ -470,10 +486,16 @@ pub fn compile(
             (Ok(master), true) => {
                 config.ticketer =
                     Tickets::new(master.clone(), label, section.ticket_rotation.0.as_secs());
+                config.send_tls13_tickets = TICKETS_AFTER_FULL_HANDSHAKE;
             }
             _ => config.send_tls13_tickets = 0,
         }
-        configs.push(Arc::new(config));
+        let mut resuming = config.clone();
+        resuming.send_tls13_tickets = resuming.send_tls13_tickets.min(1);
+        configs.push(PolicyConfigs {
+            full: Arc::new(config),
+            resuming: Arc::new(resuming),
+        });
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -637,8 +659,16 @@ mod tests {
         assert!(tls.checks_host);
         let open = tls.site_for(Some("open.test"));
         let secure = tls.site_for(Some("secure.test"));
-        let (a, b) = (tls.config_for(open), tls.config_for(secure));
+        let (a, b) = (tls.config_for(open, false), tls.config_for(secure, false));
         assert!(!Arc::ptr_eq(&a, &b));
+        // Resumptions get one ticket, full handshakes two, under the
+        // same ticket keys.
+        let (a1, b1) = (tls.config_for(open, true), tls.config_for(secure, true));
+        assert_eq!((a.send_tls13_tickets, a1.send_tls13_tickets), (2, 1));
+        assert_eq!((b.send_tls13_tickets, b1.send_tls13_tickets), (2, 1));
+        assert!(Arc::ptr_eq(&a.ticketer, &a1.ticketer));
+        assert!(Arc::ptr_eq(&b.ticketer, &b1.ticketer));
+        assert!(!Arc::ptr_eq(&a.ticketer, &b1.ticketer));
         let ticket = a.ticketer.encrypt(b"session").unwrap();
         assert_eq!(a.ticketer.decrypt(&ticket).unwrap(), b"session");
         assert!(
@@ -649,7 +679,7 @@ mod tests {
         assert!(a.ticketer.decrypt(&back).is_none());
         // Unknown names get the first certificate's site, and its config.
         assert_eq!(tls.site_for(Some("elsewhere.test")), open);
-        assert!(Arc::ptr_eq(&tls.config_for(tls.site_for(None)), &a));
+        assert!(Arc::ptr_eq(&tls.config_for(tls.site_for(None), false), &a));
     }
 
     #[test]

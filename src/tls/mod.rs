@@ -3,6 +3,7 @@
 //! connection allocates nothing. `listener` compiles a listener's
 //! certificates and policies; `tickets` makes resumption work on every
 //! core and node; `identity` reads certificates.
+pub mod client_hello;
 pub mod handshake;
 pub mod identity;
 pub mod listener;
