@@ -41,6 +41,10 @@ pub enum Failure {
     /// connection's handshake did not cover (421, close: the client must
     /// connect again with that name as SNI).
     Misdirected,
+    /// The route needs authentication the request did not pass (401 with
+    /// `WWW-Authenticate`, or 403 for a consumer the route does not admit;
+    /// RFC 6750 §3). The body is not read.
+    Unauthorized(AuthRefusal),
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -49,8 +53,19 @@ pub enum Failure {
     },
 }
 
+/// Why authentication refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// No credential (401, no error code: RFC 6750 §3.1).
+    Missing,
+    /// A credential that authenticates no one (401, `invalid_token`).
+    Invalid,
+    /// A known consumer the route does not admit (403, `insufficient_scope`).
+    Forbidden,
+}
+
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 16;
+pub const FAILURE_KINDS: usize = 18;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -76,6 +91,8 @@ impl Failure {
         },
         Failure::UriTooLong,
         Failure::Misdirected,
+        Failure::Unauthorized(AuthRefusal::Invalid),
+        Failure::Unauthorized(AuthRefusal::Forbidden),
     ];
 
     pub fn status(self) -> u16 {
@@ -94,6 +111,8 @@ impl Failure {
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
+            Failure::Unauthorized(AuthRefusal::Forbidden) => 403,
+            Failure::Unauthorized(_) => 401,
         }
     }
 
@@ -116,6 +135,8 @@ impl Failure {
             Failure::BadRequestBody(_) => "bad_request_body",
             Failure::RateLimited { .. } => "rate_limited",
             Failure::Misdirected => "misdirected_request",
+            Failure::Unauthorized(AuthRefusal::Forbidden) => "forbidden",
+            Failure::Unauthorized(_) => "unauthorized",
         }
     }
 
@@ -137,6 +158,8 @@ impl Failure {
             Failure::RateLimited { .. } => 13,
             Failure::UriTooLong => 14,
             Failure::Misdirected => 15,
+            Failure::Unauthorized(AuthRefusal::Forbidden) => 17,
+            Failure::Unauthorized(_) => 16,
         }
     }
 
@@ -162,6 +185,11 @@ impl Failure {
             Failure::Misdirected => {
                 "this connection's TLS handshake did not cover the requested host"
             }
+            Failure::Unauthorized(AuthRefusal::Missing) => "this route needs credentials",
+            Failure::Unauthorized(AuthRefusal::Invalid) => "the credentials are not valid",
+            Failure::Unauthorized(AuthRefusal::Forbidden) => {
+                "the credentials do not allow this route"
+            }
         }
     }
 
@@ -173,6 +201,7 @@ impl Failure {
             self,
             Failure::NotFound
                 | Failure::RateLimited { .. }
+                | Failure::Unauthorized(_)
                 | Failure::UpstreamConnect
                 | Failure::UpstreamReset
                 | Failure::UpstreamMalformed(_)
@@ -214,6 +243,19 @@ impl Failure {
                     defer: false,
                 },
             );
+        }
+        if let Failure::Unauthorized(why) = self {
+            out.put_slice(match why {
+                AuthRefusal::Missing => {
+                    b"www-authenticate: Bearer realm=\"ringgate\"\r\n".as_slice()
+                }
+                AuthRefusal::Invalid => {
+                    b"www-authenticate: Bearer realm=\"ringgate\", error=\"invalid_token\"\r\n"
+                }
+                AuthRefusal::Forbidden => {
+                    b"www-authenticate: Bearer realm=\"ringgate\", error=\"insufficient_scope\"\r\n"
+                }
+            });
         }
         if close {
             out.put_slice(b"connection: close\r\n");
@@ -317,5 +359,53 @@ mod tests {
             assert!(!seen[f.index()]);
             seen[f.index()] = true;
         }
+    }
+
+    #[test]
+    fn auth_refusals_say_how_to_authenticate() {
+        for (why, status, code, challenge) in [
+            (
+                AuthRefusal::Missing,
+                401,
+                "unauthorized",
+                "www-authenticate: Bearer realm=\"ringgate\"\r\n",
+            ),
+            (
+                AuthRefusal::Invalid,
+                401,
+                "unauthorized",
+                "www-authenticate: Bearer realm=\"ringgate\", error=\"invalid_token\"\r\n",
+            ),
+            (
+                AuthRefusal::Forbidden,
+                403,
+                "forbidden",
+                "www-authenticate: Bearer realm=\"ringgate\", error=\"insufficient_scope\"\r\n",
+            ),
+        ] {
+            let f = Failure::Unauthorized(why);
+            assert_eq!((f.status(), f.code()), (status, code));
+            assert!(!f.closes_connection());
+            let mut out = BytesMut::new();
+            f.write_response(&mut out, false, b"");
+            let text = std::str::from_utf8(&out).unwrap();
+            assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+            assert!(text.contains(challenge), "{text}");
+            assert_eq!(text.matches("www-authenticate").count(), 1);
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(!head.contains("connection: close"));
+            assert!(body.contains(code));
+        }
+        assert_eq!(
+            Failure::Unauthorized(AuthRefusal::Missing).index(),
+            Failure::Unauthorized(AuthRefusal::Invalid).index()
+        );
+        let mut out = BytesMut::new();
+        Failure::NotFound.write_response(&mut out, false, b"");
+        assert!(
+            !std::str::from_utf8(&out)
+                .unwrap()
+                .contains("www-authenticate")
+        );
     }
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod accesslog;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod crypto;

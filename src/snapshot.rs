@@ -191,6 +191,19 @@ pub struct Route {
     pub rate_limits: Vec<usize>,
     /// Plain-HTTP requests get a 308 to HTTPS on this port.
     pub https_redirect: Option<u16>,
+    /// Who may use the route (`None`: anyone).
+    pub auth: Option<RouteAuth>,
+}
+
+/// A route's authentication requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    /// Indices into `Snapshot::auth`.
+    pub providers: Vec<u16>,
+    /// Every provider must accept (else one is enough).
+    pub all: bool,
+    /// Requests with no credential at all pass, anonymous.
+    pub optional: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +216,9 @@ pub enum LimitKey {
     /// The verified client certificate's SHA-256 (mTLS); requests without
     /// one share the empty key.
     ClientCert,
+    /// The authenticated consumer's name; anonymous requests share the
+    /// empty key.
+    Consumer,
 }
 
 /// A refill rate: `tokens` every `per_nanos` ("100/s", "10/min").
@@ -288,6 +304,8 @@ pub struct Snapshot {
     /// Unique within the process: tells which snapshot's policy indices a
     /// rate-limit report or view uses.
     pub id: u64,
+    /// Authentication providers (`[auth.NAME]`, in name order).
+    pub auth: Vec<crate::auth::Provider>,
     /// Where this snapshot came from (a path, or "<embedded default>").
     pub source: String,
     pub workers: usize,

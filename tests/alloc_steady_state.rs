@@ -282,7 +282,7 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
         }
     };
     let request = format!(
-        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"
+        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\nX-Api-Key: alloc-key\r\n\r\n"
     )
     .into_bytes();
 
@@ -346,6 +346,30 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
         let node = allocations_per_request(driver, upstream, "/node-limited/items", "");
         eprintln!("{driver}: heap allocations per node-scope rate-limited request: {node:.4}");
         assert_eq!(node, 0.0, "{driver}: node-scope limiting allocates");
+        // An API-key route: the key hashed and looked up, the consumer as
+        // the rate-limit key, the consumer in the access log.
+        let keys = std::env::temp_dir().join(format!("ringgate-alloc-keys-{}", std::process::id()));
+        std::fs::write(
+            &keys,
+            format!(
+                "{} alloc-consumer gold\n",
+                ringgate::auth::api_key::hash_hex(b"alloc-key")
+            ),
+        )
+        .unwrap();
+        let authed = allocations_per_request(
+            driver,
+            upstream,
+            "/authed/items",
+            &format!(
+                "[access_log]\npath = \"/dev/null\"\n[auth.keys]\ntype = \"api_key\"\nkeys_file = \"{}\"\n[rate_limits.per_consumer]\nkey = \"consumer\"\nrate = \"1000000/s\"\nburst = 1000000\n[rate_limits.per_consumer.tiers.gold]\nrate = \"2000000/s\"\nburst = 2000000\n[[routes]]\npath_prefix = \"/authed\"\nupstream = \"app\"\nauth = [\"keys\"]\nrate_limits = [\"per_consumer\"]\n",
+                keys.display()
+            ),
+        );
+        eprintln!(
+            "{driver}: heap allocations per API-key request (consumer-keyed limit, logged): {authed:.4}"
+        );
+        assert_eq!(authed, 0.0, "{driver}: an API-key request allocates");
         let https = https();
         let tls = allocations_per_request_over(driver, upstream, "/api/items", "", Some(&https));
         eprintln!("{driver}: heap allocations per proxied HTTPS request: {tls:.4}");

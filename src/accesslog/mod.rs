@@ -37,6 +37,7 @@ const MAX_LOGGED_ROUTE: usize = 128;
 const MAX_LOGGED_REQUEST_ID: usize = 128;
 const MAX_LOGGED_METHOD: usize = 32;
 const MAX_LOGGED_CERT_SUBJECT: usize = 256;
+const MAX_LOGGED_CONSUMER: usize = 128;
 /// An upper bound on one formatted line: every logged byte may escape to six
 /// (`\u00XX`), plus the fixed fields (addresses, numbers, timestamp).
 pub const MAX_LINE_BYTES: usize = 6
@@ -45,6 +46,7 @@ pub const MAX_LINE_BYTES: usize = 6
         + MAX_LOGGED_REQUEST_ID
         + MAX_LOGGED_METHOD
         + MAX_LOGGED_CERT_SUBJECT
+        + MAX_LOGGED_CONSUMER
         + 64)
     + 512;
 
@@ -172,6 +174,8 @@ pub struct Entry<'a> {
     /// HTTPS connections: the TLS version and the verified client
     /// certificate (subject, SHA-256 fingerprint), if any.
     pub tls: Option<TlsFields<'a>>,
+    /// The authenticated consumer's name.
+    pub consumer: Option<&'a str>,
 }
 
 #[derive(Clone, Copy)]
@@ -334,6 +338,11 @@ pub fn format_line(out: &mut Vec<u8>, e: &Entry<'_>) {
             out.extend_from_slice(b"\"}");
         }
     }
+    if let Some(consumer) = e.consumer {
+        out.extend_from_slice(b",\"consumer\":\"");
+        json_escape_bounded(out, consumer.as_bytes(), MAX_LOGGED_CONSUMER);
+        out.extend_from_slice(b"\"");
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -402,6 +411,7 @@ mod tests {
                 upstream_us: Some(700),
                 worker: 3,
                 tls: None,
+                consumer: None,
             },
         );
         let text = String::from_utf8(out).expect("valid UTF-8");
@@ -440,6 +450,7 @@ mod tests {
                     client_subject: Some(&route),
                     client_sha256: Some("ab12"),
                 }),
+                consumer: Some(&route),
             },
         );
         assert!(
@@ -466,6 +477,7 @@ mod tests {
             upstream_us: None,
             worker: 0,
             tls: None,
+            consumer: Some("acme"),
         }
     }
 

@@ -305,6 +305,14 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         upstreams.push(compile_upstream(name, section, &mut errors));
     }
 
+    let auth_names: Vec<&String> = cfg.auth.keys().collect();
+    let mut auth = Vec::new();
+    for (name, section) in &cfg.auth {
+        if let Some(provider) = compile_auth(name, section, &mut errors) {
+            auth.push(provider);
+        }
+    }
+
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     let mut seen_names = HashSet::new();
@@ -325,6 +333,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
             spanned,
             &upstream_names,
             &policy_names,
+            &auth_names,
             &limits,
             &mut errors,
         ) {
@@ -341,6 +350,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Snapshot {
+        auth,
         id,
         limits_id: id,
         source: map.name.to_string(),
@@ -390,6 +400,119 @@ fn redact(cfg: &mut FileConfig) {
             edits.set.values_mut().for_each(hide);
         }
     }
+}
+
+/// Compiles an `[auth.NAME]` section, reading the files it names.
+fn compile_auth(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    errors: &mut Errors,
+) -> Option<crate::auth::Provider> {
+    use crate::auth::api_key::{ApiKeys, KeyLocation};
+    let a = section.get_ref();
+    match a.kind.get_ref().as_str() {
+        "api_key" => {
+            let Some(file) = &a.keys_file else {
+                errors.at(
+                    section,
+                    format!("auth.{name}: type = \"api_key\" needs keys_file = \"PATH\""),
+                );
+                return None;
+            };
+            let mut header = None;
+            if let Some(h) = &a.header {
+                if !is_token(h.get_ref().as_bytes()) {
+                    errors.at(h, format!("auth.{name}: header must be a header name"));
+                    return None;
+                }
+                header = Some(h.get_ref().to_ascii_lowercase().into_bytes().into());
+            }
+            let mut query = None;
+            if let Some(q) = &a.query {
+                if q.get_ref().is_empty()
+                    || !q
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'&' && b != b'=')
+                {
+                    errors.at(
+                        q,
+                        format!("auth.{name}: query must be a query parameter name"),
+                    );
+                    return None;
+                }
+                query = Some(q.get_ref().as_bytes().into());
+            }
+            if header.is_none() && query.is_none() {
+                header = Some(b"x-api-key"[..].into());
+            }
+            let text = match std::fs::read_to_string(file.get_ref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.at(
+                        file,
+                        format!("auth.{name}: cannot read {}: {e}", file.get_ref()),
+                    );
+                    return None;
+                }
+            };
+            match ApiKeys::parse(&text, KeyLocation { header, query }, file.get_ref()) {
+                Ok(keys) => Some(crate::auth::Provider::ApiKey(keys)),
+                Err(e) => {
+                    errors.at(file, format!("auth.{name}: {e}"));
+                    None
+                }
+            }
+        }
+        other => {
+            errors.at(
+                &a.kind,
+                format!("auth.{name}: unknown type `{other}`; expected \"api_key\""),
+            );
+            None
+        }
+    }
+}
+
+/// A route's `auth`, `auth_mode` and `auth_optional`.
+fn compile_route_auth(
+    r: &file::RouteSection,
+    auth_names: &[&String],
+    errors: &mut Errors,
+) -> Option<crate::snapshot::RouteAuth> {
+    let all = match r.auth_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "any")) => false,
+        Some((_, "all")) => true,
+        Some((m, _)) => {
+            errors.at(m, "auth_mode must be \"any\" or \"all\"");
+            false
+        }
+    };
+    if r.auth.is_empty() {
+        if let Some(m) = &r.auth_mode {
+            errors.at(m, "auth_mode needs auth = [\"PROVIDER\", ...]");
+        }
+        return None;
+    }
+    let mut providers = Vec::new();
+    for p in &r.auth {
+        match auth_names.iter().position(|n| *n == p.get_ref()) {
+            Some(i) => providers.push(i as u16),
+            None => errors.at(
+                p,
+                format!(
+                    "unknown auth provider `{}`; define it as [auth.{}]",
+                    p.get_ref(),
+                    p.get_ref()
+                ),
+            ),
+        }
+    }
+    Some(crate::snapshot::RouteAuth {
+        providers,
+        all,
+        optional: r.auth_optional,
+    })
 }
 
 fn compile_upstream(
@@ -503,6 +626,7 @@ fn compile_route(
     spanned: &Spanned<file::RouteSection>,
     upstream_names: &[&String],
     policy_names: &[&String],
+    auth_names: &[&String],
     limits: &ServerLimits,
     errors: &mut Errors,
 ) -> Option<(Route, RouteMatcher)> {
@@ -681,6 +805,7 @@ fn compile_route(
             ),
         }
     }
+    let auth = compile_route_auth(r, auth_names, errors);
     if let Some(port) = &r.https_port {
         if !r.https_redirect {
             errors.at(port, "https_port needs https_redirect = true");
@@ -706,6 +831,7 @@ fn compile_route(
         https_redirect: r
             .https_redirect
             .then(|| r.https_port.as_ref().map_or(443, |p| *p.get_ref())),
+        auth,
     };
     Some((
         route,
@@ -782,6 +908,7 @@ fn compile_rate_limit(
         "route" => LimitKey::Route,
         "global" => LimitKey::Global,
         "client_cert" => LimitKey::ClientCert,
+        "consumer" => LimitKey::Consumer,
         other => match other.strip_prefix("header:") {
             Some(h) if is_token(h.as_bytes()) => {
                 LimitKey::Header(h.to_ascii_lowercase().into_bytes().into())
@@ -789,7 +916,7 @@ fn compile_rate_limit(
             _ => {
                 errors.at(
                     &r.key,
-                    "key must be \"client_ip\", \"header:NAME\", \"client_cert\", \"route\" or \"global\"",
+                    "key must be \"client_ip\", \"header:NAME\", \"client_cert\", \"consumer\", \"route\" or \"global\"",
                 );
                 return None;
             }
@@ -862,9 +989,6 @@ fn compile_rate_limit(
             }
             tiers.push((tier.as_bytes().into(), kind));
         }
-    }
-    if !tiers.is_empty() && r.tier_header.is_none() {
-        errors.at(section, format!("rate_limits.{name}: tiers need tier_header = \"NAME\" (the header naming the client's tier)"));
     }
     let mut trusted_proxies = Vec::new();
     for t in &r.trusted_proxies {

@@ -45,6 +45,28 @@ pub struct FileConfig {
     /// The Redis that cluster-scope limits share.
     #[serde(default)]
     pub redis: Option<Spanned<RedisSection>>,
+    /// Authentication providers, attached to routes by name.
+    #[serde(default)]
+    pub auth: BTreeMap<String, Spanned<AuthSection>>,
+}
+
+/// An authentication provider (`[auth.NAME]`).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// "api_key".
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// API keys: the key file (TOML `[[keys]]` or `HASH CONSUMER [TIER]` lines).
+    #[serde(default)]
+    pub keys_file: Option<Spanned<String>>,
+    /// API keys: the request header carrying the key (default `x-api-key`
+    /// unless `query` is given).
+    #[serde(default)]
+    pub header: Option<Spanned<String>>,
+    /// API keys: the query parameter carrying the key.
+    #[serde(default)]
+    pub query: Option<Spanned<String>>,
 }
 
 /// How node- and cluster-scope limits are kept in step.
@@ -481,6 +503,16 @@ pub struct RouteSection {
     /// Names of `[rate_limits.NAME]` policies applied to this route.
     #[serde(default)]
     pub rate_limits: Vec<Spanned<String>>,
+    /// Names of `[auth.NAME]` providers guarding this route.
+    #[serde(default)]
+    pub auth: Vec<Spanned<String>>,
+    /// "any" (default: one provider must accept) or "all".
+    #[serde(default)]
+    pub auth_mode: Option<Spanned<String>>,
+    /// Requests without credentials pass, anonymous; wrong credentials
+    /// are still refused.
+    #[serde(default)]
+    pub auth_optional: bool,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

@@ -40,6 +40,7 @@ impl Client {
             peer: self.peer,
             peer_ip: self.peer_ip.as_bytes(),
             tls: self.tls.as_deref(),
+            consumer: None,
         }
     }
 }
@@ -55,6 +56,9 @@ pub struct RequestView<'a> {
     pub peer_ip: &'a [u8],
     /// The connection's TLS facts (`None`: plain HTTP).
     pub tls: Option<&'a super::tls::ConnTls>,
+    /// Who the request is from, once the auth phase has decided (`None`:
+    /// anonymous, or before it).
+    pub consumer: Option<&'a crate::auth::Consumer>,
 }
 
 impl<'a> RequestView<'a> {
@@ -114,6 +118,8 @@ pub struct Exchange {
     pub upstream_us: Option<u64>,
     /// The tightest rate-limit decision, reported on the response.
     pub ratelimit: Option<crate::ratelimit::Decision>,
+    /// Who the request was from, if it authenticated.
+    pub identity: Option<crate::auth::Identity>,
 }
 
 impl Exchange {
@@ -127,6 +133,7 @@ impl Exchange {
             upstream: None,
             upstream_us: None,
             ratelimit: None,
+            identity: None,
         }
     }
 }

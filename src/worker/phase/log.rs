@@ -87,6 +87,10 @@ pub fn record(
             upstream_us: exchange.upstream_us,
             worker: shard.id,
             tls: tls_fields(client),
+            consumer: exchange.identity.and_then(|id| {
+                let provider = snapshot.auth.get(usize::from(id.provider))?;
+                Some(&*provider.consumer(id.consumer)?.name)
+            }),
         });
     }
 }
@@ -112,6 +116,7 @@ pub fn record_refused(shard: &Shard, client: &Client, exchange: &Exchange) {
             upstream_us: None,
             worker: shard.id,
             tls: tls_fields(client),
+            consumer: None,
         });
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! [tls handshake] ─▶ read head ─▶ normalize ─▶ tls host ─▶ route
-//!   ─▶ https redirect ─▶ body size ─▶ rate limits
+//!   ─▶ https redirect ─▶ auth ─▶ body size ─▶ rate limits
 //!   ─▶ respond | forward ─▶ response headers ─▶ log + metrics
 //! ```
 //!
@@ -14,6 +14,7 @@
 //! Phases a route does not configure cost one branch. Adding a phase is a
 //! module here plus one line in `handle_request`.
 
+pub mod auth;
 pub mod https_redirect;
 pub mod log;
 pub mod normalize;

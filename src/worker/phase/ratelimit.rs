@@ -123,13 +123,19 @@ fn check_policies(
                 .tls
                 .and_then(|t| t.client_cert.as_ref())
                 .map_or(&b""[..], |c| c.fingerprint.as_bytes()),
+            LimitKey::Consumer => request.consumer.map_or(&b""[..], |c| c.name.as_bytes()),
         };
         let mut scratch = [0u8; crate::ratelimit::HASHED_KEY_LEN];
         let key = crate::ratelimit::bounded_key(key, &mut scratch);
-        let tier = policy
-            .tier_header
-            .as_deref()
-            .and_then(|h| request.header(h));
+        // The tier a verified consumer holds; a tier header only where
+        // the policy names one (a client could set it to anything).
+        let tier = match policy.tier_header.as_deref() {
+            Some(h) => request.header(h),
+            None => request
+                .consumer
+                .and_then(|c| c.tier.as_deref())
+                .map(str::as_bytes),
+        };
         let decision = limiter.check_again(index, policy, key, tier, now, progress.waits > 0);
         if !decision.allowed {
             if !decision.defer || last_try {
@@ -204,6 +210,7 @@ mod tests {
             peer,
             peer_ip: peer_ip.as_bytes(),
             tls: None,
+            consumer: None,
         };
         let snapshot = &fx.generation.snapshot;
         let wait = snapshot.rate_limit_sync;

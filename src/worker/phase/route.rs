@@ -85,6 +85,7 @@ mod tests {
             peer: "127.0.0.1:1".parse().unwrap(),
             peer_ip: b"127.0.0.1",
             tls: None,
+            consumer: None,
         };
         let route = &snapshot.routes[find(snapshot, &request, &head)?];
         Some((route.name.clone(), check_body_size(route, &head)))

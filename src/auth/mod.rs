@@ -1,0 +1,71 @@
+//! [cold/hot] Authentication: who a request is from. Compiled from
+//! `[auth.NAME]` sections into `Provider`s (on the control thread, files
+//! read there, so a reload re-reads them); the request path asks them
+//! through `phase::auth`, which attaches an `Identity` to the request.
+//!
+//! An `Identity` is two indices (provider, consumer), `Copy`: a request
+//! that authenticates allocates nothing, and everything that wants the
+//! consumer — rate-limit keys and tiers, the access log — reads its name
+//! and tier from the provider by index.
+
+pub mod api_key;
+
+use crate::failure::AuthRefusal;
+
+/// A compiled `[auth.NAME]` section.
+#[derive(Debug)]
+pub enum Provider {
+    ApiKey(api_key::ApiKeys),
+}
+
+/// Who an authenticated request is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Index into `Snapshot::auth`.
+    pub provider: u16,
+    /// The provider's consumer index.
+    pub consumer: u32,
+}
+
+/// A consumer as the gateway knows it (an API key's owner, later a token's
+/// subject).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: Box<str>,
+    /// Selects a rate-limit tier (`[rate_limits.P.tiers.TIER]`).
+    pub tier: Option<Box<str>>,
+    /// Route names this consumer may use (`None`: all its provider guards).
+    pub routes: Option<Box<[Box<str>]>>,
+}
+
+/// What a provider made of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No credential of this provider's kind in the request.
+    Absent,
+    /// A credential that does not authenticate anyone.
+    Invalid,
+    /// Authenticated, but this consumer may not use the route.
+    Forbidden,
+    Authenticated(u32),
+}
+
+impl Outcome {
+    /// The answer a refused request gets for this outcome.
+    pub fn refusal(self) -> Option<AuthRefusal> {
+        match self {
+            Outcome::Absent => Some(AuthRefusal::Missing),
+            Outcome::Invalid => Some(AuthRefusal::Invalid),
+            Outcome::Forbidden => Some(AuthRefusal::Forbidden),
+            Outcome::Authenticated(_) => None,
+        }
+    }
+}
+
+impl Provider {
+    pub fn consumer(&self, index: u32) -> Option<&Consumer> {
+        match self {
+            Provider::ApiKey(keys) => keys.consumer(index),
+        }
+    }
+}
