@@ -150,7 +150,7 @@ fn keys_come_from_a_query_parameter_and_a_custom_header_and_any_or_all_decide() 
     let gw = Gateway::start(&config(
         "epoll",
         &format!(
-            "[auth.h]\ntype = \"api_key\"\nkeys_file = \"{header_keys}\"\nheader = \"X-Partner-Key\"\n\n[auth.q]\ntype = \"api_key\"\nkeys_file = \"{query_keys}\"\nquery = \"api_key\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"any\"\npath_prefix = \"/any\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/all\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\nauth_mode = \"all\"\n\n[[routes]]\nname = \"maybe\"\npath_prefix = \"/maybe\"\nupstream = \"app\"\nauth = [\"h\"]\nauth_optional = true\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[auth.h]\ntype = \"api_key\"\nkeys_file = \"{header_keys}\"\nheader = \"X-Partner-Key\"\n\n[auth.q]\ntype = \"api_key\"\nkeys_file = \"{query_keys}\"\nquery = \"api_key\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"any\"\npath_prefix = \"/any\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/all\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\nauth_mode = \"all\"\n\n[[routes]]\nname = \"maybe\"\npath_prefix = \"/maybe\"\nupstream = \"app\"\nauth = [\"h\"]\nauth_optional = true\n",
             upstream.addr
         ),
     ));

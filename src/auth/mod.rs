@@ -14,7 +14,13 @@ use crate::failure::AuthRefusal;
 
 /// A compiled `[auth.NAME]` section.
 #[derive(Debug)]
-pub enum Provider {
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug)]
+pub enum ProviderKind {
     ApiKey(api_key::ApiKeys),
 }
 
@@ -50,7 +56,20 @@ pub enum Outcome {
     Authenticated(u32),
 }
 
+/// Outcomes as metric labels (`Outcome::index`).
+pub const OUTCOMES: [&str; 4] = ["authenticated", "missing", "invalid", "forbidden"];
+
 impl Outcome {
+    /// Index of this outcome's label in `OUTCOMES`.
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Authenticated(_) => 0,
+            Outcome::Absent => 1,
+            Outcome::Invalid => 2,
+            Outcome::Forbidden => 3,
+        }
+    }
+
     /// The answer a refused request gets for this outcome.
     pub fn refusal(self) -> Option<AuthRefusal> {
         match self {
@@ -64,8 +83,8 @@ impl Outcome {
 
 impl Provider {
     pub fn consumer(&self, index: u32) -> Option<&Consumer> {
-        match self {
-            Provider::ApiKey(keys) => keys.consumer(index),
+        match &self.kind {
+            ProviderKind::ApiKey(keys) => keys.consumer(index),
         }
     }
 }

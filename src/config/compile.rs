@@ -457,7 +457,10 @@ fn compile_auth(
                 }
             };
             match ApiKeys::parse(&text, KeyLocation { header, query }, file.get_ref()) {
-                Ok(keys) => Some(crate::auth::Provider::ApiKey(keys)),
+                Ok(keys) => Some(crate::auth::Provider {
+                    name: name.to_string(),
+                    kind: crate::auth::ProviderKind::ApiKey(keys),
+                }),
                 Err(e) => {
                     errors.at(file, format!("auth.{name}: {e}"));
                     None

@@ -76,6 +76,8 @@ pub struct WorkerMetrics {
     endpoints: RefCell<Vec<Vec<EndpointCounts>>>,
     /// Per rate-limit policy: [allowed, limited].
     policies: RefCell<Vec<[u64; 2]>>,
+    /// Per auth provider, by `auth::Outcome::index`.
+    auth: RefCell<Vec<[u64; 4]>>,
     request_latency: RefCell<Histogram<u64>>,
     request_latency_sum_us: Cell<u64>,
     upstream_latency: RefCell<Histogram<u64>>,
@@ -111,6 +113,7 @@ impl WorkerMetrics {
                     .collect(),
             ),
             policies: RefCell::new(Vec::new()),
+            auth: RefCell::new(Vec::new()),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -128,9 +131,20 @@ impl WorkerMetrics {
             .collect();
     }
 
-    /// Sizes the per-policy counters (at start and after a reload).
-    pub fn resize_policies(&self, policies: usize) {
+    /// Sizes the per-policy and per-auth-provider counters (at start and
+    /// after a reload).
+    pub fn resize_policies(&self, policies: usize, auth_providers: usize) {
         *self.policies.borrow_mut() = vec![[0, 0]; policies];
+        *self.auth.borrow_mut() = vec![[0; 4]; auth_providers];
+    }
+
+    #[inline]
+    pub fn auth(&self, provider: usize, outcome: usize) {
+        if let Some(counts) = self.auth.borrow_mut().get_mut(provider) {
+            if let Some(count) = counts.get_mut(outcome) {
+                *count += 1;
+            }
+        }
     }
 
     #[inline]
@@ -264,6 +278,7 @@ impl WorkerMetrics {
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
             policies: self.policies.borrow().clone(),
+            auth: self.auth.borrow().clone(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -300,6 +315,7 @@ pub struct WorkerReport {
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
     pub policies: Vec<[u64; 2]>,
+    pub auth: Vec<[u64; 4]>,
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

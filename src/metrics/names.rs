@@ -25,6 +25,7 @@ pub const TLS_HANDSHAKES_QUEUED: &str = "ringgate_tls_handshakes_queued_total";
 pub const TLS_CERT_EXPIRY: &str = "ringgate_tls_certificate_expiry_seconds";
 pub const PANICS: &str = "ringgate_connection_panics_total";
 pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
+pub const AUTH_DECISIONS: &str = "ringgate_auth_decisions_total";
 pub const ACCESS_LOG_DROPPED: &str = "ringgate_access_log_dropped_lines_total";
 pub const LIMIT_SYNC_TICK: &str = "ringgate_rate_limit_sync_tick_duration_seconds";
 pub const LIMIT_SYNC_KEYS: &str = "ringgate_rate_limit_shared_keys";

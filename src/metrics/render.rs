@@ -225,6 +225,26 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
             );
         }
     }
+    header(
+        &mut out,
+        AUTH_DECISIONS,
+        "counter",
+        "What authentication providers made of requests, by provider and outcome.",
+    );
+    for (i, provider) in snapshot.auth.iter().enumerate() {
+        for (o, outcome) in crate::auth::OUTCOMES.iter().enumerate() {
+            let v: u64 = reports
+                .iter()
+                .filter_map(|r| r.auth.get(i))
+                .map(|c| c[o])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{AUTH_DECISIONS}{{provider=\"{}\",outcome=\"{outcome}\"}} {v}",
+                label(&provider.name)
+            );
+        }
+    }
 
     let endpoint_series =
         |out: &mut String,

@@ -292,11 +292,16 @@ async fn handle_request(
     if let Some(port) = phase::https_redirect::applies(&ctx, client) {
         return phase::https_redirect::redirect(&ctx, port, client, close_after, exchange).await;
     }
-    let identity =
-        match phase::auth::check(snapshot, route, &client.view(), head.query.get(&client.buf)) {
-            Ok(identity) => identity,
-            Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
-        };
+    let identity = match phase::auth::check(
+        &shard.metrics,
+        snapshot,
+        route,
+        &client.view(),
+        head.query.get(&client.buf),
+    ) {
+        Ok(identity) => identity,
+        Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
+    };
     exchange.identity = identity;
     if let Some(failure) = decide(|| phase::route::check_body_size(route, head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;

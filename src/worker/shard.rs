@@ -168,7 +168,7 @@ pub struct Shard {
 impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
-        metrics.resize_policies(snapshot.rate_limits.len());
+        metrics.resize_policies(snapshot.rate_limits.len(), snapshot.auth.len());
         Shard {
             id,
             current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
@@ -197,7 +197,7 @@ impl Shard {
         self.metrics
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
         self.metrics
-            .resize_policies(next.snapshot.rate_limits.len());
+            .resize_policies(next.snapshot.rate_limits.len(), next.snapshot.auth.len());
         *self.current.borrow_mut() = Rc::new(next);
     }
 

@@ -3,8 +3,9 @@
 //! whether anonymous callers pass). Decides without I/O; a refusal is a
 //! 401 or 403 before the body is read and nothing reaches the upstream.
 
-use crate::auth::{Identity, Outcome, Provider};
+use crate::auth::{Identity, Outcome, Provider, ProviderKind};
 use crate::failure::{AuthRefusal, Failure};
+use crate::metrics::WorkerMetrics;
 use crate::snapshot::{Route, Snapshot};
 
 use super::super::client::RequestView;
@@ -12,6 +13,7 @@ use super::super::client::RequestView;
 /// Who the request is from (`Ok(None)`: anonymous, allowed), or the
 /// refusal.
 pub fn check(
+    metrics: &WorkerMetrics,
     snapshot: &Snapshot,
     route: &Route,
     request: &RequestView,
@@ -30,6 +32,7 @@ pub fn check(
             continue;
         };
         let outcome = ask(provider, request, target_query, &route.name);
+        metrics.auth(usize::from(index), outcome.index());
         any_present |= outcome != Outcome::Absent;
         match outcome {
             Outcome::Authenticated(consumer) => {
@@ -61,8 +64,8 @@ pub fn check(
 }
 
 fn ask(provider: &Provider, request: &RequestView, target_query: &[u8], route: &str) -> Outcome {
-    match provider {
-        Provider::ApiKey(keys) => {
+    match &provider.kind {
+        ProviderKind::ApiKey(keys) => {
             let from_header = keys
                 .location
                 .header
