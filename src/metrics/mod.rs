@@ -140,10 +140,13 @@ impl WorkerMetrics {
 
     #[inline]
     pub fn auth(&self, provider: usize, outcome: usize) {
-        if let Some(counts) = self.auth.borrow_mut().get_mut(provider) {
-            if let Some(count) = counts.get_mut(outcome) {
-                *count += 1;
-            }
+        if let Some(count) = self
+            .auth
+            .borrow_mut()
+            .get_mut(provider)
+            .and_then(|counts| counts.get_mut(outcome))
+        {
+            *count += 1;
         }
     }
 
