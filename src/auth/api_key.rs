@@ -15,6 +15,7 @@
 //! consumer = "acme"
 //! tier = "gold"            # optional
 //! routes = ["orders"]      # optional: only these routes
+//! scopes = ["orders:read"] # optional: for routes with `auth_scopes`
 //! ```
 //!
 //! or one key per line, `SHA256-HEX CONSUMER [TIER]`, `#` starting a
@@ -61,6 +62,8 @@ struct KeyEntry {
     tier: Option<String>,
     #[serde(default)]
     routes: Option<Vec<String>>,
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 impl ApiKeys {
@@ -102,6 +105,7 @@ impl ApiKeys {
                 routes: entry
                     .routes
                     .map(|r| r.into_iter().map(Into::into).collect()),
+                scopes: entry.scopes.into_iter().map(Into::into).collect(),
             });
         }
         Ok(keys)
@@ -170,6 +174,7 @@ fn lines(text: &str, source: &str) -> Result<Vec<KeyEntry>, String> {
             consumer: consumer.to_string(),
             tier,
             routes: None,
+            scopes: Vec::new(),
         });
     }
     Ok(entries)

@@ -9,6 +9,7 @@
 //! and tier from the provider by index.
 
 pub mod api_key;
+pub mod jwt;
 
 use crate::failure::AuthRefusal;
 
@@ -42,6 +43,16 @@ pub struct Consumer {
     pub tier: Option<Box<str>>,
     /// Route names this consumer may use (`None`: all its provider guards).
     pub routes: Option<Box<[Box<str>]>>,
+    /// What the consumer may do (a token's `scope`, a key's `scopes`);
+    /// routes may require some (`auth_scopes`).
+    pub scopes: Box<[Box<str>]>,
+}
+
+impl Consumer {
+    /// Whether the consumer holds every scope in `required`.
+    pub fn has_scopes(&self, required: &[Box<str>]) -> bool {
+        required.iter().all(|r| self.scopes.iter().any(|s| s == r))
+    }
 }
 
 /// What a provider made of a request.

@@ -1,0 +1,524 @@
+//! [cold/warm] JWT bearer tokens: keys pinned to one algorithm each, the
+//! signature checked by jsonwebtoken (on the aws-lc-rs provider rustls
+//! uses), the claims checked here on the caller's clock.
+//!
+//! The algorithm is never taken from the token alone: every configured key
+//! carries the one algorithm it verifies (`kid` → key → algorithm), a token
+//! whose header names another is refused before any signature check, so an
+//! RSA public key can never be used as an HMAC secret (algorithm
+//! confusion) and `alg: none` does not parse. Time claims (`exp`, `nbf`,
+//! `iat`, the maximum lifetime) are checked here rather than by the crate
+//! so that they run on the time the caller passes (tests use simulated
+//! time) and share one leeway.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::Consumer;
+
+/// Where a request carries its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLocation {
+    /// `Authorization: Bearer TOKEN` (RFC 6750 §2.1).
+    Bearer,
+    /// The whole value of this (lower-case) header.
+    Header(Box<[u8]>),
+    /// A query parameter.
+    Query(Box<[u8]>),
+    /// A cookie.
+    Cookie(Box<[u8]>),
+}
+
+/// A verification key with the one algorithm it accepts.
+pub struct PinnedKey {
+    pub kid: Option<Box<str>>,
+    pub alg: Algorithm,
+    pub key: DecodingKey,
+    /// jsonwebtoken's checks for this key: the algorithm, `iss`, `aud`.
+    validation: Validation,
+}
+
+impl std::fmt::Debug for PinnedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key material (HMAC secrets).
+        f.debug_struct("PinnedKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the claims must satisfy, and which of them say who the caller is.
+#[derive(Debug, Clone)]
+pub struct ClaimRules {
+    pub issuers: Vec<String>,
+    pub audiences: Vec<String>,
+    /// Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway: u64,
+    /// Most seconds a token may live (`exp - iat`, and `exp - now`).
+    pub max_lifetime: Option<u64>,
+    /// Claims a token must carry (default `exp`).
+    pub required: Vec<String>,
+    pub consumer_claim: String,
+    pub tier_claim: Option<String>,
+    pub scope_claim: String,
+}
+
+/// A compiled JWT provider.
+#[derive(Debug)]
+pub struct JwtProvider {
+    pub location: TokenLocation,
+    keys: Vec<PinnedKey>,
+    rules: ClaimRules,
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    pub consumer: Consumer,
+    /// Unix seconds after which the token is no longer accepted (with the
+    /// leeway already added); `u64::MAX` without `exp`.
+    pub valid_until: u64,
+}
+
+/// Why a token was refused (for the debug log; clients see one answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    Malformed,
+    /// The header names an algorithm no key with its `kid` accepts.
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    TooLongLived,
+    MissingClaim,
+    WrongIssuerOrAudience,
+    BadConsumer,
+}
+
+impl JwtProvider {
+    /// Builds a provider; `keys` are `(kid, algorithm, key)`.
+    pub fn new(
+        location: TokenLocation,
+        keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+        rules: ClaimRules,
+    ) -> JwtProvider {
+        let keys = keys
+            .into_iter()
+            .map(|(kid, alg, key)| {
+                let mut validation = Validation::new(alg);
+                validation.algorithms = vec![alg];
+                // Time claims are ours (`check_claims`), on the caller's clock.
+                validation.validate_exp = false;
+                validation.validate_nbf = false;
+                validation.required_spec_claims = HashSet::new();
+                validation.leeway = 0;
+                validation.validate_aud = !rules.audiences.is_empty();
+                if !rules.audiences.is_empty() {
+                    validation.set_audience(&rules.audiences);
+                }
+                if !rules.issuers.is_empty() {
+                    validation.set_issuer(&rules.issuers);
+                }
+                PinnedKey {
+                    kid: kid.map(Into::into),
+                    alg,
+                    key,
+                    validation,
+                }
+            })
+            .collect();
+        JwtProvider {
+            location,
+            keys,
+            rules,
+        }
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Verifies `token` at `now` (Unix seconds).
+    pub fn verify(&self, token: &[u8], now: u64) -> Result<TokenFacts, Rejection> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        let mut named_key = false;
+        let mut last = Rejection::UnknownKey;
+        for key in &self.keys {
+            if let Some(kid) = &header.kid {
+                if key.kid.as_deref() != Some(kid.as_str()) {
+                    continue;
+                }
+                named_key = true;
+            }
+            if key.alg != header.alg {
+                last = Rejection::AlgorithmNotAllowed;
+                continue;
+            }
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
+                Ok(data) => return check_claims(&data.claims, &self.rules, now),
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    last = match e.kind() {
+                        ErrorKind::InvalidSignature => Rejection::BadSignature,
+                        ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => {
+                            return Err(Rejection::WrongIssuerOrAudience);
+                        }
+                        _ => Rejection::Malformed,
+                    };
+                }
+            }
+        }
+        if header.kid.is_some() && !named_key {
+            return Err(Rejection::UnknownKey);
+        }
+        Err(last)
+    }
+}
+
+/// The time and identity claims, at `now`.
+fn check_claims(
+    claims: &Map<String, Value>,
+    rules: &ClaimRules,
+    now: u64,
+) -> Result<TokenFacts, Rejection> {
+    for name in &rules.required {
+        if !claims.contains_key(name) {
+            return Err(Rejection::MissingClaim);
+        }
+    }
+    let time = |name: &str| -> Result<Option<u64>, Rejection> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .map(Some)
+                .ok_or(Rejection::Malformed),
+        }
+    };
+    let (exp, nbf, iat) = (time("exp")?, time("nbf")?, time("iat")?);
+    let leeway = rules.leeway;
+    if let Some(exp) = exp {
+        if now > exp.saturating_add(leeway) {
+            return Err(Rejection::Expired);
+        }
+    }
+    if let Some(nbf) = nbf {
+        if now.saturating_add(leeway) < nbf {
+            return Err(Rejection::NotYetValid);
+        }
+    }
+    if let Some(iat) = iat {
+        if now.saturating_add(leeway) < iat {
+            return Err(Rejection::NotYetValid);
+        }
+    }
+    if let Some(max) = rules.max_lifetime {
+        let Some(exp) = exp else {
+            return Err(Rejection::MissingClaim);
+        };
+        let from_iat = iat.is_some_and(|iat| exp.saturating_sub(iat) > max);
+        let from_now = exp.saturating_sub(now) > max.saturating_add(leeway);
+        if from_iat || from_now {
+            return Err(Rejection::TooLongLived);
+        }
+    }
+    let name = claims
+        .get(&rules.consumer_claim)
+        .and_then(Value::as_str)
+        .filter(|n| is_consumer_name(n))
+        .ok_or(Rejection::BadConsumer)?;
+    let tier = rules
+        .tier_claim
+        .as_deref()
+        .and_then(|c| claims.get(c))
+        .and_then(Value::as_str)
+        .filter(|t| is_consumer_name(t));
+    let scopes: Box<[Box<str>]> = match claims.get(&rules.scope_claim) {
+        Some(Value::String(s)) => s.split_ascii_whitespace().map(Into::into).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(Into::into)
+            .collect(),
+        _ => Box::new([]),
+    };
+    Ok(TokenFacts {
+        consumer: Consumer {
+            name: name.into(),
+            tier: tier.map(Into::into),
+            routes: None,
+            scopes,
+        },
+        valid_until: exp.map_or(u64::MAX, |e| e.saturating_add(leeway)),
+    })
+}
+
+/// A consumer name or tier from a token: printable ASCII without quotes or
+/// backslashes, at most 256 bytes (it goes into logs, metrics, headers).
+fn is_consumer_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: u64 = 1_900_000_000;
+
+    fn rules() -> ClaimRules {
+        ClaimRules {
+            issuers: vec!["https://issuer.test".into()],
+            audiences: vec!["api".into(), "other".into()],
+            leeway: 30,
+            max_lifetime: None,
+            required: vec!["exp".into()],
+            consumer_claim: "sub".into(),
+            tier_claim: Some("plan".into()),
+            scope_claim: "scope".into(),
+        }
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://issuer.test", "aud": "api", "sub": "alice", "exp": NOW + 600, "iat": NOW - 10, "plan": "gold", "scope": "orders:read orders:write"})
+    }
+
+    fn hs_provider(secret: &[u8], kid: Option<&str>) -> JwtProvider {
+        JwtProvider::new(
+            TokenLocation::Bearer,
+            vec![(
+                kid.map(str::to_string),
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret).unwrap(),
+            )],
+            rules(),
+        )
+    }
+
+    fn hs_token(secret: &[u8], kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_string);
+        encode(&header, claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_valid_token_says_who_what_tier_and_until_when() {
+        let p = hs_provider(b"s3cret-s3cret-s3cret-s3cret-s3cret", None);
+        let t = hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &claims());
+        let facts = p.verify(t.as_bytes(), NOW).unwrap();
+        assert_eq!(&*facts.consumer.name, "alice");
+        assert_eq!(facts.consumer.tier.as_deref(), Some("gold"));
+        assert!(
+            facts
+                .consumer
+                .has_scopes(&["orders:read".into(), "orders:write".into()])
+        );
+        assert!(!facts.consumer.has_scopes(&["admin".into()]));
+        assert_eq!(facts.valid_until, NOW + 600 + 30);
+        // Scopes as an array; no tier claim.
+        let mut c = claims();
+        c["scope"] = json!(["a", "b", 3]);
+        c.as_object_mut().unwrap().remove("plan");
+        let facts = p
+            .verify(
+                hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &c).as_bytes(),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(
+            &*facts.consumer.scopes,
+            &["a".into(), "b".into()] as &[Box<str>]
+        );
+        assert_eq!(facts.consumer.tier, None);
+    }
+
+    #[test]
+    fn time_claims_follow_the_callers_clock_with_the_leeway() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let p = hs_provider(secret, None);
+        let t = hs_token(secret, None, &claims());
+        let exp = NOW + 600;
+        assert!(p.verify(t.as_bytes(), exp + 30).is_ok());
+        assert_eq!(p.verify(t.as_bytes(), exp + 31), Err(Rejection::Expired));
+        let mut c = claims();
+        c["nbf"] = json!(NOW + 100);
+        let t = hs_token(secret, None, &c);
+        assert_eq!(
+            p.verify(t.as_bytes(), NOW + 69),
+            Err(Rejection::NotYetValid)
+        );
+        assert!(p.verify(t.as_bytes(), NOW + 70).is_ok());
+        // Issued in the future (beyond the leeway).
+        let mut c = claims();
+        c["iat"] = json!(NOW + 31);
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::NotYetValid)
+        );
+        // exp required by default; a non-numeric exp is malformed.
+        let mut c = claims();
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::MissingClaim)
+        );
+        let mut c = claims();
+        c["exp"] = json!("tomorrow");
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::Malformed)
+        );
+    }
+
+    #[test]
+    fn max_lifetime_bounds_exp_from_iat_and_from_now() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let mut r = rules();
+        r.max_lifetime = Some(3600);
+        let p = JwtProvider::new(
+            TokenLocation::Bearer,
+            vec![(
+                None,
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret).unwrap(),
+            )],
+            r,
+        );
+        let mut c = claims();
+        c["iat"] = json!(NOW);
+        c["exp"] = json!(NOW + 3600);
+        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        c["exp"] = json!(NOW + 3601);
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::TooLongLived)
+        );
+        // Without iat, measured from now (plus the leeway).
+        c.as_object_mut().unwrap().remove("iat");
+        c["exp"] = json!(NOW + 3630);
+        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        c["exp"] = json!(NOW + 3631);
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::TooLongLived)
+        );
+    }
+
+    #[test]
+    fn issuer_audience_consumer_and_signature_are_enforced() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let p = hs_provider(secret, None);
+        for (field, value, why) in [
+            (
+                "iss",
+                json!("https://evil.test"),
+                Rejection::WrongIssuerOrAudience,
+            ),
+            ("aud", json!("nope"), Rejection::WrongIssuerOrAudience),
+            ("sub", json!(42), Rejection::BadConsumer),
+            ("sub", json!("has space"), Rejection::BadConsumer),
+            ("sub", json!("a\"b"), Rejection::BadConsumer),
+            ("sub", json!("x".repeat(257)), Rejection::BadConsumer),
+        ] {
+            let mut c = claims();
+            c[field] = value;
+            assert_eq!(
+                p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+                Err(why),
+                "{field}"
+            );
+        }
+        // aud as a list with one accepted value passes.
+        let mut c = claims();
+        c["aud"] = json!(["x", "other"]);
+        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        // Another secret: bad signature.
+        let forged = hs_token(b"another-secret-another-secret-xx", None, &claims());
+        assert_eq!(
+            p.verify(forged.as_bytes(), NOW),
+            Err(Rejection::BadSignature)
+        );
+        for junk in [
+            &b""[..],
+            b"abc",
+            b"a.b.c",
+            b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        ] {
+            assert_eq!(p.verify(junk, NOW), Err(Rejection::Malformed), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn the_algorithm_is_pinned_by_the_key_not_the_token() {
+        // An ES256 key; a token signed HS256 with the key's public PEM as
+        // the secret (the classic confusion) is refused before any check.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let public_pem = key.public_key_pem();
+        let p = JwtProvider::new(
+            TokenLocation::Bearer,
+            vec![(
+                Some("ec-1".into()),
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(public_pem.as_bytes()).unwrap(),
+            )],
+            rules(),
+        );
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-1".into());
+        let good = encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(p.verify(good.as_bytes(), NOW).is_ok());
+        let confused = hs_token(public_pem.as_bytes(), Some("ec-1"), &claims());
+        assert_eq!(
+            p.verify(confused.as_bytes(), NOW),
+            Err(Rejection::AlgorithmNotAllowed)
+        );
+        // An unknown kid, and a token without kid (tries keys by algorithm).
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-2".into());
+        let unknown = encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            p.verify(unknown.as_bytes(), NOW),
+            Err(Rejection::UnknownKey)
+        );
+        let no_kid = encode(
+            &Header::new(Algorithm::ES256),
+            &claims(),
+            &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert!(p.verify(no_kid.as_bytes(), NOW).is_ok());
+        // The Debug form never shows key material.
+        assert!(!format!("{p:?}").contains("BEGIN"));
+    }
+
+    #[test]
+    fn consumer_names_are_printable_and_bounded() {
+        assert!(is_consumer_name("client-42@example.com"));
+        assert!(is_consumer_name(&"x".repeat(256)));
+        assert!(!is_consumer_name(""));
+        assert!(!is_consumer_name(&"x".repeat(257)));
+        assert!(!is_consumer_name("a b"));
+        assert!(!is_consumer_name("a\\b"));
+        assert!(!is_consumer_name("é"));
+    }
+}
