@@ -202,20 +202,16 @@ fn check_claims(
     };
     let (exp, nbf, iat) = (time("exp")?, time("nbf")?, time("iat")?);
     let leeway = rules.leeway;
-    if let Some(exp) = exp {
-        if now > exp.saturating_add(leeway) {
-            return Err(Rejection::Expired);
-        }
+    if exp.is_some_and(|exp| now > exp.saturating_add(leeway)) {
+        return Err(Rejection::Expired);
     }
-    if let Some(nbf) = nbf {
-        if now.saturating_add(leeway) < nbf {
-            return Err(Rejection::NotYetValid);
-        }
-    }
-    if let Some(iat) = iat {
-        if now.saturating_add(leeway) < iat {
-            return Err(Rejection::NotYetValid);
-        }
+    // Not valid before `nbf`, nor before it was issued.
+    if [nbf, iat]
+        .into_iter()
+        .flatten()
+        .any(|start| now.saturating_add(leeway) < start)
+    {
+        return Err(Rejection::NotYetValid);
     }
     if let Some(max) = rules.max_lifetime {
         let Some(exp) = exp else {
