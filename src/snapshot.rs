@@ -204,6 +204,8 @@ pub struct RouteAuth {
     pub all: bool,
     /// Requests with no credential at all pass, anonymous.
     pub optional: bool,
+    /// Scopes the consumer must hold (403 otherwise).
+    pub scopes: Box<[Box<str>]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

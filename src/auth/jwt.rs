@@ -66,6 +66,15 @@ pub struct ClaimRules {
     pub scope_claim: String,
 }
 
+/// A `type = "jwt"` section compiled: the provider and how its tokens are
+/// cached per worker.
+#[derive(Debug)]
+pub struct JwtCompiled {
+    pub provider: JwtProvider,
+    pub cache_ttl: std::time::Duration,
+    pub cache_size: usize,
+}
+
 /// A compiled JWT provider.
 #[derive(Debug)]
 pub struct JwtProvider {
@@ -261,6 +270,54 @@ fn is_consumer_name(s: &str) -> bool {
         && s.len() <= 256
         && s.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// The keys of a JWKS document, each pinned to its algorithm: the `alg`
+/// the set gives it, else the one its curve implies (P-256 → ES256,
+/// P-384 → ES384, Ed25519 → EdDSA). An RSA or symmetric key without `alg`
+/// is refused: it could verify more than one algorithm.
+pub fn jwks_keys(text: &str) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::new();
+    for (n, jwk) in set.keys.iter().enumerate() {
+        let which = || {
+            jwk.common
+                .key_id
+                .as_deref()
+                .map_or_else(|| format!("key {}", n + 1), |k| format!("key `{k}`"))
+        };
+        let alg = match (jwk.common.key_algorithm, &jwk.algorithm) {
+            // KeyAlgorithm's names are the JWA ones; the signature
+            // algorithms among them parse as an `Algorithm`.
+            (Some(alg), _) => format!("{alg:?}").parse::<Algorithm>().map_err(|_| {
+                format!(
+                    "{}: algorithm {alg:?} is not a JWS signature algorithm",
+                    which()
+                )
+            })?,
+            (None, AlgorithmParameters::EllipticCurve(ec)) => match ec.curve {
+                EllipticCurve::P256 => Algorithm::ES256,
+                EllipticCurve::P384 => Algorithm::ES384,
+                _ => return Err(format!("{}: unsupported curve", which())),
+            },
+            (None, AlgorithmParameters::OctetKeyPair(okp))
+                if okp.curve == EllipticCurve::Ed25519 =>
+            {
+                Algorithm::EdDSA
+            }
+            (None, _) => {
+                return Err(format!(
+                    "{}: needs \"alg\" (an RSA or symmetric key could verify several algorithms)",
+                    which()
+                ));
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: {e}", which()))?;
+        keys.push((jwk.common.key_id.clone(), alg, key));
+    }
+    Ok(keys)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod api_key;
 pub mod jwt;
+pub mod token_cache;
 
 use crate::failure::AuthRefusal;
 
@@ -23,15 +24,32 @@ pub struct Provider {
 #[derive(Debug)]
 pub enum ProviderKind {
     ApiKey(api_key::ApiKeys),
+    Jwt(jwt::JwtCompiled),
 }
 
-/// Who an authenticated request is from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Identity {
-    /// Index into `Snapshot::auth`.
-    pub provider: u16,
-    /// The provider's consumer index.
-    pub consumer: u32,
+/// Who an authenticated request is from: an index for a consumer the
+/// config lists (API keys), a shared handle for one a token describes
+/// (cloned from the worker's token cache, no allocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// Provider index into `Snapshot::auth`, consumer index in it.
+    Listed { provider: u16, consumer: u32 },
+    Token {
+        provider: u16,
+        facts: std::rc::Rc<jwt::TokenFacts>,
+    },
+}
+
+impl Identity {
+    /// The consumer, looked up in `providers` (`Snapshot::auth`).
+    pub fn consumer<'a>(&'a self, providers: &'a [Provider]) -> Option<&'a Consumer> {
+        match self {
+            Identity::Listed { provider, consumer } => {
+                providers.get(usize::from(*provider))?.consumer(*consumer)
+            }
+            Identity::Token { facts, .. } => Some(&facts.consumer),
+        }
+    }
 }
 
 /// A consumer as the gateway knows it (an API key's owner, later a token's
@@ -56,7 +74,7 @@ impl Consumer {
 }
 
 /// What a provider made of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// No credential of this provider's kind in the request.
     Absent,
@@ -65,6 +83,8 @@ pub enum Outcome {
     /// Authenticated, but this consumer may not use the route.
     Forbidden,
     Authenticated(u32),
+    /// A verified token.
+    Token(std::rc::Rc<jwt::TokenFacts>),
 }
 
 /// Outcomes as metric labels (`Outcome::index`).
@@ -72,9 +92,9 @@ pub const OUTCOMES: [&str; 4] = ["authenticated", "missing", "invalid", "forbidd
 
 impl Outcome {
     /// Index of this outcome's label in `OUTCOMES`.
-    pub fn index(self) -> usize {
+    pub fn index(&self) -> usize {
         match self {
-            Outcome::Authenticated(_) => 0,
+            Outcome::Authenticated(_) | Outcome::Token(_) => 0,
             Outcome::Absent => 1,
             Outcome::Invalid => 2,
             Outcome::Forbidden => 3,
@@ -82,12 +102,12 @@ impl Outcome {
     }
 
     /// The answer a refused request gets for this outcome.
-    pub fn refusal(self) -> Option<AuthRefusal> {
+    pub fn refusal(&self) -> Option<AuthRefusal> {
         match self {
             Outcome::Absent => Some(AuthRefusal::Missing),
             Outcome::Invalid => Some(AuthRefusal::Invalid),
             Outcome::Forbidden => Some(AuthRefusal::Forbidden),
-            Outcome::Authenticated(_) => None,
+            Outcome::Authenticated(_) | Outcome::Token(_) => None,
         }
     }
 }
@@ -96,6 +116,7 @@ impl Provider {
     pub fn consumer(&self, index: u32) -> Option<&Consumer> {
         match &self.kind {
             ProviderKind::ApiKey(keys) => keys.consumer(index),
+            ProviderKind::Jwt(_) => None,
         }
     }
 }

@@ -467,14 +467,191 @@ fn compile_auth(
                 }
             }
         }
+        "jwt" => compile_jwt(name, section, errors).map(|jwt| crate::auth::Provider {
+            name: name.to_string(),
+            kind: crate::auth::ProviderKind::Jwt(jwt),
+        }),
         other => {
             errors.at(
                 &a.kind,
-                format!("auth.{name}: unknown type `{other}`; expected \"api_key\""),
+                format!("auth.{name}: unknown type `{other}`; expected \"api_key\" or \"jwt\""),
             );
             None
         }
     }
+}
+
+/// A `type = "jwt"` provider: its keys (files and environment read now)
+/// and claim rules.
+fn compile_jwt(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    errors: &mut Errors,
+) -> Option<crate::auth::jwt::JwtCompiled> {
+    use crate::auth::jwt::{ClaimRules, JwtProvider, TokenLocation};
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    let a = section.get_ref();
+    let before = errors.list.len();
+    let location = match a.token.as_ref().map(|t| (t, t.get_ref().as_str())) {
+        None | Some((_, "bearer")) => TokenLocation::Bearer,
+        Some((t, spec)) => {
+            let (kind, what) = spec.split_once(':').unwrap_or((spec, ""));
+            match kind {
+                "header" if is_token(what.as_bytes()) => {
+                    TokenLocation::Header(what.to_ascii_lowercase().into_bytes().into())
+                }
+                "query" if !what.is_empty() => TokenLocation::Query(what.as_bytes().into()),
+                "cookie" if is_token(what.as_bytes()) => {
+                    TokenLocation::Cookie(what.as_bytes().into())
+                }
+                _ => {
+                    errors.at(t, format!("auth.{name}: token must be \"bearer\", \"header:NAME\", \"query:NAME\" or \"cookie:NAME\""));
+                    TokenLocation::Bearer
+                }
+            }
+        }
+    };
+    let mut keys: Vec<(Option<String>, Algorithm, DecodingKey)> = Vec::new();
+    for k in &a.keys {
+        let key = k.get_ref();
+        let Ok(alg) = key.alg.get_ref().parse::<Algorithm>() else {
+            errors.at(&key.alg, format!("auth.{name}: alg must be one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"));
+            continue;
+        };
+        let hmac = matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let decoding = match (&key.pem_file, &key.secret_file, &key.secret_env) {
+            (Some(pem), None, None) if !hmac => {
+                let bytes = match std::fs::read(pem.get_ref()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        errors.at(
+                            pem,
+                            format!("auth.{name}: cannot read {}: {e}", pem.get_ref()),
+                        );
+                        continue;
+                    }
+                };
+                let parsed = match alg {
+                    Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&bytes),
+                    Algorithm::EdDSA => DecodingKey::from_ed_pem(&bytes),
+                    _ => DecodingKey::from_rsa_pem(&bytes),
+                };
+                match parsed {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.at(
+                            pem,
+                            format!(
+                                "auth.{name}: {} is not a {} public key: {e}",
+                                pem.get_ref(),
+                                key.alg.get_ref()
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+            (None, file, env) if hmac && (file.is_some() != env.is_some()) => {
+                let secret = match (file, env) {
+                    (Some(f), _) => std::fs::read(f.get_ref())
+                        .map_err(|e| (f, format!("cannot read {}: {e}", f.get_ref()))),
+                    (_, Some(v)) => {
+                        std::env::var(v.get_ref())
+                            .map(String::into_bytes)
+                            .map_err(|_| {
+                                (
+                                    v,
+                                    format!("environment variable {} is not set", v.get_ref()),
+                                )
+                            })
+                    }
+                    _ => continue,
+                };
+                let mut secret = match secret {
+                    Ok(s) => s,
+                    Err((at, why)) => {
+                        errors.at(at, format!("auth.{name}: {why}"));
+                        continue;
+                    }
+                };
+                while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    secret.pop();
+                }
+                if secret.len() < 32 {
+                    errors.at(
+                        k,
+                        format!("auth.{name}: an HMAC secret needs at least 32 bytes"),
+                    );
+                    continue;
+                }
+                match DecodingKey::from_secret(&secret) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        errors.at(k, format!("auth.{name}: {e}"));
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                errors.at(k, format!("auth.{name}: a key needs pem_file (RS*, PS*, ES*, EdDSA) or one of secret_file / secret_env (HS*)"));
+                continue;
+            }
+        };
+        keys.push((key.kid.clone(), alg, decoding));
+    }
+    if let Some(jwks) = &a.jwks_file {
+        match std::fs::read_to_string(jwks.get_ref()) {
+            Ok(text) => match crate::auth::jwt::jwks_keys(&text) {
+                Ok(more) => keys.extend(more),
+                Err(e) => errors.at(jwks, format!("auth.{name}: {}: {e}", jwks.get_ref())),
+            },
+            Err(e) => errors.at(
+                jwks,
+                format!("auth.{name}: cannot read {}: {e}", jwks.get_ref()),
+            ),
+        }
+    }
+    if keys.is_empty() && errors.list.len() == before {
+        errors.at(
+            section,
+            format!("auth.{name}: type = \"jwt\" needs keys = [...] or jwks_file"),
+        );
+    }
+    for (field, set) in [
+        ("keys_file", a.keys_file.is_some()),
+        ("header", a.header.is_some()),
+        ("query", a.query.is_some()),
+    ] {
+        if set {
+            errors.at(
+                section,
+                format!("auth.{name}: {field} is for type = \"api_key\"; use token = \"...\""),
+            );
+        }
+    }
+    if errors.list.len() != before {
+        return None;
+    }
+    let rules = ClaimRules {
+        issuers: a.issuers.clone(),
+        audiences: a.audiences.clone(),
+        leeway: a.leeway.map_or(30, |l| l.0.as_secs()),
+        max_lifetime: a.max_lifetime.map(|m| m.0.as_secs()),
+        required: a
+            .required_claims
+            .clone()
+            .unwrap_or_else(|| vec!["exp".into()]),
+        consumer_claim: a.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
+        tier_claim: a.tier_claim.clone(),
+        scope_claim: a.scope_claim.clone().unwrap_or_else(|| "scope".into()),
+    };
+    Some(crate::auth::jwt::JwtCompiled {
+        provider: JwtProvider::new(location, keys, rules),
+        cache_ttl: a
+            .cache_ttl
+            .map_or(std::time::Duration::from_secs(300), |t| t.0),
+        cache_size: a.cache_size.unwrap_or(10_000).max(1),
+    })
 }
 
 /// A route's `auth`, `auth_mode` and `auth_optional`.
@@ -515,6 +692,7 @@ fn compile_route_auth(
         providers,
         all,
         optional: r.auth_optional,
+        scopes: r.auth_scopes.iter().map(|s| s.as_str().into()).collect(),
     })
 }
 

@@ -67,6 +67,69 @@ pub struct AuthSection {
     /// API keys: the query parameter carrying the key.
     #[serde(default)]
     pub query: Option<Spanned<String>>,
+
+    /// JWT: where the token is: "bearer" (default: `Authorization:
+    /// Bearer`), "header:NAME", "query:NAME" or "cookie:NAME".
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
+    /// JWT: verification keys, each pinned to one algorithm.
+    #[serde(default)]
+    pub keys: Vec<Spanned<JwtKeySection>>,
+    /// JWT: a JWKS document (keys with their `kid` and `alg`).
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// JWT: accepted `iss` values (any of; empty: not checked).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// JWT: accepted `aud` values (any of; empty: not checked).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// JWT: clock skew allowed on exp, nbf and iat.
+    #[serde(default)]
+    pub leeway: Option<HumanDuration>,
+    /// JWT: the longest lifetime a token may claim.
+    #[serde(default)]
+    pub max_lifetime: Option<HumanDuration>,
+    /// JWT: claims every token must carry (default `["exp"]`).
+    #[serde(default)]
+    pub required_claims: Option<Vec<String>>,
+    /// JWT: the claim naming the consumer (default `sub`).
+    #[serde(default)]
+    pub consumer_claim: Option<String>,
+    /// JWT: a claim naming the consumer's rate-limit tier.
+    #[serde(default)]
+    pub tier_claim: Option<String>,
+    /// JWT: the scopes claim (default `scope`: a space-separated string or
+    /// an array).
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+    /// JWT: how long a worker keeps a verified token (at most to its exp).
+    #[serde(default)]
+    pub cache_ttl: Option<HumanDuration>,
+    /// JWT: verified tokens kept per worker.
+    #[serde(default)]
+    pub cache_size: Option<usize>,
+}
+
+/// One JWT verification key.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeySection {
+    /// Matches the token header's `kid` (a token with a `kid` is checked
+    /// only against keys with that `kid`).
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// The one algorithm this key verifies (HS256 … EdDSA).
+    pub alg: Spanned<String>,
+    /// A PEM public key (RSA, EC or Ed25519) or certificate.
+    #[serde(default)]
+    pub pem_file: Option<Spanned<String>>,
+    /// An HMAC secret, read from this file (trailing newline removed).
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    /// An HMAC secret, read from this environment variable.
+    #[serde(default)]
+    pub secret_env: Option<Spanned<String>>,
 }
 
 /// How node- and cluster-scope limits are kept in step.
@@ -513,6 +576,9 @@ pub struct RouteSection {
     /// are still refused.
     #[serde(default)]
     pub auth_optional: bool,
+    /// Scopes an authenticated consumer must hold (else 403).
+    #[serde(default)]
+    pub auth_scopes: Vec<String>,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

@@ -294,26 +294,22 @@ async fn handle_request(
     }
     let identity = match phase::auth::check(
         &shard.metrics,
-        snapshot,
+        generation,
         route,
         &client.view(),
         head.query.get(&client.buf),
+        unix_now(),
     ) {
         Ok(identity) => identity,
         Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
     };
-    exchange.identity = identity;
+    exchange.identity = identity.clone();
     if let Some(failure) = decide(|| phase::route::check_body_size(route, head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
     let mut limits = phase::ratelimit::Progress::default();
     let mut request = client.view();
-    request.consumer = identity.and_then(|id| {
-        snapshot
-            .auth
-            .get(usize::from(id.provider))?
-            .consumer(id.consumer)
-    });
+    request.consumer = identity.as_ref().and_then(|id| id.consumer(&snapshot.auth));
     if let Some(failure) =
         decide(|| phase::ratelimit::check(shard, generation, route, &request, &mut limits)).await
     {
@@ -351,6 +347,13 @@ async fn handle_request(
             }
         }
     }
+}
+
+/// Wall-clock Unix seconds (token lifetimes are wall-clock claims).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Answers a request a phase refused before its body was read (so the

@@ -70,6 +70,9 @@ pub struct Generation {
     /// buckets and windows, and its grants of shared limits); a reload
     /// carries the state of unchanged policies over (`Limiter::carry_over`).
     pub limiter: RefCell<crate::ratelimit::Limiter>,
+    /// Verified tokens, per auth provider (`None` for providers that are
+    /// not JWT). A reload starts them empty: keys may have changed.
+    pub token_caches: RefCell<Vec<Option<crate::auth::token_cache::TokenCache>>>,
 }
 
 impl Generation {
@@ -116,10 +119,24 @@ impl Generation {
                 snapshot.workers,
             ),
         });
+        let token_caches = snapshot
+            .auth
+            .iter()
+            .map(|p| match &p.kind {
+                crate::auth::ProviderKind::Jwt(jwt) => {
+                    Some(crate::auth::token_cache::TokenCache::new(
+                        jwt.cache_size,
+                        jwt.cache_ttl.as_secs(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
         Generation {
             snapshot,
             upstreams: RefCell::new(upstreams),
             limiter,
+            token_caches: RefCell::new(token_caches),
         }
     }
 }

@@ -3,25 +3,32 @@
 //! whether anonymous callers pass). Decides without I/O; a refusal is a
 //! 401 or 403 before the body is read and nothing reaches the upstream.
 
+use std::rc::Rc;
+
+use crate::auth::jwt::{JwtCompiled, TokenLocation};
+use crate::auth::token_cache::token_hash;
 use crate::auth::{Identity, Outcome, Provider, ProviderKind};
 use crate::failure::{AuthRefusal, Failure};
 use crate::metrics::WorkerMetrics;
-use crate::snapshot::{Route, Snapshot};
+use crate::snapshot::Route;
 
 use super::super::client::RequestView;
+use super::super::shard::Generation;
 
 /// Who the request is from (`Ok(None)`: anonymous, allowed), or the
-/// refusal.
+/// refusal. `now` is Unix seconds (token lifetimes).
 pub fn check(
     metrics: &WorkerMetrics,
-    snapshot: &Snapshot,
+    generation: &Generation,
     route: &Route,
     request: &RequestView,
     target_query: &[u8],
+    now: u64,
 ) -> Result<Option<Identity>, Failure> {
     let Some(guard) = &route.auth else {
         return Ok(None);
     };
+    let snapshot = &generation.snapshot;
     let mut identity = None;
     // The most telling refusal seen: a wrong credential says more than a
     // missing one, a known-but-not-admitted consumer more than both.
@@ -31,26 +38,50 @@ pub fn check(
         let Some(provider) = snapshot.auth.get(usize::from(index)) else {
             continue;
         };
-        let outcome = ask(provider, request, target_query, &route.name);
+        let outcome = ask(
+            generation,
+            index,
+            provider,
+            request,
+            target_query,
+            &route.name,
+            now,
+        );
         metrics.auth(usize::from(index), outcome.index());
         any_present |= outcome != Outcome::Absent;
-        match outcome {
-            Outcome::Authenticated(consumer) => {
-                identity.get_or_insert(Identity {
-                    provider: index,
-                    consumer,
-                });
-                if !guard.all {
-                    return Ok(identity);
-                }
-            }
+        let found = match outcome {
+            Outcome::Authenticated(consumer) => Identity::Listed {
+                provider: index,
+                consumer,
+            },
+            Outcome::Token(facts) => Identity::Token {
+                provider: index,
+                facts,
+            },
             other => {
                 let why = other.refusal().unwrap_or(AuthRefusal::Invalid);
                 refusal = Some(refusal.map_or(why, |seen| seen.max_with(why)));
                 if guard.all && !guard.optional {
                     return Err(Failure::Unauthorized(refusal.unwrap_or(why)));
                 }
+                continue;
             }
+        };
+        let admitted = found
+            .consumer(&snapshot.auth)
+            .is_some_and(|c| c.has_scopes(&guard.scopes));
+        if !admitted {
+            refusal = Some(AuthRefusal::Forbidden);
+            if guard.all {
+                return Err(Failure::Unauthorized(AuthRefusal::Forbidden));
+            }
+            continue;
+        }
+        if identity.is_none() {
+            identity = Some(found);
+        }
+        if !guard.all {
+            return Ok(identity);
         }
     }
     if !any_present && guard.optional {
@@ -63,7 +94,15 @@ pub fn check(
     }
 }
 
-fn ask(provider: &Provider, request: &RequestView, target_query: &[u8], route: &str) -> Outcome {
+fn ask(
+    generation: &Generation,
+    index: u16,
+    provider: &Provider,
+    request: &RequestView,
+    target_query: &[u8],
+    route: &str,
+    now: u64,
+) -> Outcome {
     match &provider.kind {
         ProviderKind::ApiKey(keys) => {
             let from_header = keys
@@ -79,7 +118,77 @@ fn ask(provider: &Provider, request: &RequestView, target_query: &[u8], route: &
             };
             keys.check(from_header.or_else(from_query), route)
         }
+        ProviderKind::Jwt(jwt) => {
+            let Some(token) = token_in(&jwt.provider.location, request, target_query) else {
+                return Outcome::Absent;
+            };
+            verify_cached(generation, index, jwt, token, now)
+        }
     }
+}
+
+/// A token verified on this worker before costs a hash and a lookup;
+/// others are verified and remembered.
+fn verify_cached(
+    generation: &Generation,
+    index: u16,
+    jwt: &JwtCompiled,
+    token: &[u8],
+    now: u64,
+) -> Outcome {
+    let hash = token_hash(token);
+    let mut caches = generation.token_caches.borrow_mut();
+    let mut cache = caches.get_mut(usize::from(index)).and_then(Option::as_mut);
+    if let Some(facts) = cache.as_mut().and_then(|c| c.get(&hash, now)) {
+        return Outcome::Token(facts);
+    }
+    match jwt.provider.verify(token, now) {
+        Ok(facts) => {
+            let facts = Rc::new(facts);
+            if let Some(cache) = cache {
+                cache.insert(hash, facts.clone(), now);
+            }
+            Outcome::Token(facts)
+        }
+        Err(why) => {
+            tracing::debug!(reason = ?why, "token refused");
+            Outcome::Invalid
+        }
+    }
+}
+
+/// The token a request carries where `location` says.
+fn token_in<'a>(
+    location: &TokenLocation,
+    request: &RequestView<'a>,
+    target_query: &'a [u8],
+) -> Option<&'a [u8]> {
+    let token = match location {
+        TokenLocation::Bearer => {
+            let value = request.header(b"authorization")?;
+            let (scheme, rest) = split_at_space(value)?;
+            if !scheme.eq_ignore_ascii_case(b"bearer") {
+                return None;
+            }
+            crate::http::trim_ows(rest)
+        }
+        TokenLocation::Header(name) => request.header(name)?,
+        TokenLocation::Query(name) => query_param(target_query, name)?,
+        TokenLocation::Cookie(name) => request
+            .values(b"cookie")
+            .flat_map(|v| v.split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = crate::http::trim_ows(pair);
+                let at = pair.iter().position(|&b| b == b'=')?;
+                (pair[..at] == name[..]).then_some(&pair[at + 1..])
+            })?,
+    };
+    (!token.is_empty()).then_some(token)
+}
+
+fn split_at_space(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = value.iter().position(|&b| b == b' ')?;
+    Some((&value[..at], &value[at + 1..]))
 }
 
 /// The raw (not percent-decoded) value of the first `name=` parameter in

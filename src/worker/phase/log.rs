@@ -87,10 +87,10 @@ pub fn record(
             upstream_us: exchange.upstream_us,
             worker: shard.id,
             tls: tls_fields(client),
-            consumer: exchange.identity.and_then(|id| {
-                let provider = snapshot.auth.get(usize::from(id.provider))?;
-                Some(&*provider.consumer(id.consumer)?.name)
-            }),
+            consumer: exchange
+                .identity
+                .as_ref()
+                .and_then(|id| Some(&*id.consumer(&snapshot.auth)?.name)),
         });
     }
 }
