@@ -4,6 +4,7 @@
 
 #![allow(dead_code, clippy::disallowed_types)]
 
+pub mod jwt;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};
