@@ -212,6 +212,19 @@ fn run_requests(stream: &mut impl ReadWrite, request: &[u8], n: usize) {
     }
 }
 
+/// The HMAC secret of the JWT route, and a long-lived token signed with it.
+const JWT_SECRET: &[u8] = b"alloc-test-secret-alloc-test-secret!";
+
+fn alloc_token() -> String {
+    let claims = serde_json::json!({"sub": "alloc-user", "exp": 4_000_000_000u64, "scope": "read", "plan": "gold"});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
 fn allocations_per_request(driver: &str, upstream: SocketAddr, path: &str, extra: &str) -> f64 {
     allocations_per_request_over(driver, upstream, path, extra, None)
 }
@@ -282,7 +295,8 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
         }
     };
     let request = format!(
-        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\nX-Api-Key: alloc-key\r\n\r\n"
+        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\nX-Api-Key: alloc-key\r\nAuthorization: Bearer {}\r\n\r\n",
+        alloc_token()
     )
     .into_bytes();
 
@@ -370,6 +384,27 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
             "{driver}: heap allocations per API-key request (consumer-keyed limit, logged): {authed:.4}"
         );
         assert_eq!(authed, 0.0, "{driver}: an API-key request allocates");
+        // A JWT route with a cached token: the token hashed and found in
+        // the worker's cache, scopes checked, the consumer as the limit key.
+        let secret =
+            std::env::temp_dir().join(format!("ringgate-alloc-jwt-{}", std::process::id()));
+        std::fs::write(&secret, JWT_SECRET).unwrap();
+        let jwt = allocations_per_request(
+            driver,
+            upstream,
+            "/jwt/items",
+            &format!(
+                "[access_log]\npath = \"/dev/null\"\n[auth.users]\ntype = \"jwt\"\ntier_claim = \"plan\"\nkeys = [{{ alg = \"HS256\", secret_file = \"{}\" }}]\n[rate_limits.per_user]\nkey = \"consumer\"\nrate = \"1000000/s\"\nburst = 1000000\n[[routes]]\npath_prefix = \"/jwt\"\nupstream = \"app\"\nauth = [\"users\"]\nauth_scopes = [\"read\"]\nrate_limits = [\"per_user\"]\n",
+                secret.display()
+            ),
+        );
+        eprintln!(
+            "{driver}: heap allocations per JWT request (cached token, consumer-keyed limit, logged): {jwt:.4}"
+        );
+        assert_eq!(
+            jwt, 0.0,
+            "{driver}: a request with a cached token allocates"
+        );
         let https = https();
         let tls = allocations_per_request_over(driver, upstream, "/api/items", "", Some(&https));
         eprintln!("{driver}: heap allocations per proxied HTTPS request: {tls:.4}");
