@@ -206,6 +206,9 @@ pub struct RouteAuth {
     pub optional: bool,
     /// Scopes the consumer must hold (403 otherwise).
     pub scopes: Box<[Box<str>]>,
+    /// Client headers not sent on to the upstream (lower-case): the
+    /// providers' claim headers and hidden credentials.
+    pub hidden_headers: Box<[Box<[u8]>]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -381,3 +381,61 @@ fn the_token_consumer_is_the_rate_limit_key_and_its_tier_claim_picks_the_tier() 
         .collect();
     assert_eq!(statuses, [200, 200, 429, 200, 200, 200, 429]);
 }
+
+#[test]
+fn the_upstream_gets_the_consumer_and_claims_as_headers_never_a_clients_copies() {
+    let upstream = Upstream::named("app");
+    let key = SigningKey::new(Algorithm::ES384, "es384");
+    let drivers = drivers();
+    for (i, forward) in [true, false].into_iter().enumerate() {
+        let driver = drivers[i % drivers.len()];
+        let gw = gateway(
+            driver,
+            &[&key],
+            &format!(
+                "claims_to_headers = {{ email = \"X-User-Email\", groups = \"x-user-groups\" }}\nforward_credential = {forward}"
+            ),
+            &upstream,
+            "\n[[routes]]\nname = \"public\"\npath_prefix = \"/public\"\nupstream = \"app\"\n",
+        );
+        let mut c = claims("erin");
+        c["email"] = json!("erin@example.test");
+        c["groups"] = json!(["ops", "dev"]);
+        let token = key.sign(&c);
+        let before = upstream.request_count();
+        let r = request(
+            gw.addr,
+            format!("GET /orders/7 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nX-Consumer: admin\r\nx-user-email: ceo@example.test\r\nX-User-Groups: root\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{driver}");
+        let seen = &upstream.requests()[before];
+        assert_eq!(seen.header("x-consumer"), Some("erin"));
+        assert_eq!(seen.header("x-user-email"), Some("erin@example.test"));
+        assert_eq!(seen.header("x-user-groups"), Some("ops, dev"));
+        for name in ["x-consumer", "x-user-email", "x-user-groups"] {
+            assert_eq!(
+                seen.headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .count(),
+                1,
+                "{driver} {name}"
+            );
+        }
+        assert_eq!(
+            seen.has_header("authorization"),
+            forward,
+            "{driver}: forward_credential = {forward}"
+        );
+        // A route without auth: nobody's identity, and no client can claim one.
+        let r = request(
+            gw.addr,
+            b"GET /public HTTP/1.1\r\nHost: t\r\nX-Consumer: admin\r\nX-User-Email: x@y\r\n\r\n",
+        );
+        assert_eq!(r.status, 200);
+        let seen = upstream.requests().last().unwrap().clone();
+        assert!(!seen.has_header("x-consumer"), "{driver}");
+        // Claim headers are the guarded routes' business: elsewhere they pass.
+        assert_eq!(seen.header("x-user-email"), Some("x@y"));
+    }
+}

@@ -64,6 +64,8 @@ pub struct ClaimRules {
     pub consumer_claim: String,
     pub tier_claim: Option<String>,
     pub scope_claim: String,
+    /// Claims forwarded as headers: (claim, lower-case header name).
+    pub claim_headers: Vec<(String, Box<[u8]>)>,
 }
 
 /// A `type = "jwt"` section compiled: the provider and how its tokens are
@@ -90,7 +92,12 @@ pub struct TokenFacts {
     /// Unix seconds after which the token is no longer accepted (with the
     /// leeway already added); `u64::MAX` without `exp`.
     pub valid_until: u64,
+    /// Headers for the upstream (`claims_to_headers`).
+    pub headers: Box<[ClaimHeader]>,
 }
+
+/// A header made from a claim: lower-case name, value.
+pub type ClaimHeader = (Box<[u8]>, Box<[u8]>);
 
 /// Why a token was refused (for the debug log; clients see one answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +152,10 @@ impl JwtProvider {
             keys,
             rules,
         }
+    }
+
+    pub fn claim_headers(&self) -> impl Iterator<Item = &[u8]> {
+        self.rules.claim_headers.iter().map(|(_, h)| &h[..])
     }
 
     pub fn key_count(&self) -> usize {
@@ -252,7 +263,16 @@ fn check_claims(
             .collect(),
         _ => Box::new([]),
     };
+    let headers = rules
+        .claim_headers
+        .iter()
+        .filter_map(|(claim, header)| {
+            let value = claim_text(claims.get(claim)?)?;
+            Some((header.clone(), value.into_bytes().into_boxed_slice()))
+        })
+        .collect();
     Ok(TokenFacts {
+        headers,
         consumer: Consumer {
             name: name.into(),
             tier: tier.map(Into::into),
@@ -261,6 +281,28 @@ fn check_claims(
         },
         valid_until: exp.map_or(u64::MAX, |e| e.saturating_add(leeway)),
     })
+}
+
+/// A claim as a header value: strings as they are, numbers and booleans
+/// printed, arrays of those joined with ", "; nothing for objects, or for
+/// text a header cannot carry (control characters).
+fn claim_text(value: &Value) -> Option<String> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    let text = match value {
+        Value::Array(items) => items
+            .iter()
+            .map(one)
+            .collect::<Option<Vec<_>>>()?
+            .join(", "),
+        v => one(v)?,
+    };
+    (text.len() <= 4096 && text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f)))
+        .then_some(text)
 }
 
 /// A consumer name or tier from a token: printable ASCII without quotes or
@@ -339,6 +381,12 @@ mod tests {
             consumer_claim: "sub".into(),
             tier_claim: Some("plan".into()),
             scope_claim: "scope".into(),
+            claim_headers: vec![
+                ("email".into(), b"x-user-email"[..].into()),
+                ("groups".into(), b"x-user-groups"[..].into()),
+                ("evil".into(), b"x-evil"[..].into()),
+                ("absent".into(), b"x-absent"[..].into()),
+            ],
         }
     }
 
@@ -378,6 +426,31 @@ mod tests {
         );
         assert!(!facts.consumer.has_scopes(&["admin".into()]));
         assert_eq!(facts.valid_until, NOW + 600 + 30);
+        assert!(facts.headers.is_empty());
+        // Claims become headers; ones a header cannot carry, and absent
+        // ones, do not.
+        let mut c = claims();
+        c["email"] = json!("alice@example.test");
+        c["groups"] = json!(["dev", 7, true]);
+        c["evil"] = json!("a\r\nx-injected: 1");
+        let facts = p
+            .verify(
+                hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &c).as_bytes(),
+                NOW,
+            )
+            .unwrap();
+        let headers: Vec<(&[u8], &[u8])> = facts
+            .headers
+            .iter()
+            .map(|(n, v)| (&n[..], &v[..]))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                (&b"x-user-email"[..], &b"alice@example.test"[..]),
+                (&b"x-user-groups"[..], &b"dev, 7, true"[..])
+            ]
+        );
         // Scopes as an array; no tier claim.
         let mut c = claims();
         c["scope"] = json!(["a", "b", 3]);

@@ -19,6 +19,26 @@ use crate::failure::AuthRefusal;
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// Headers a client may not send on to the upstream through a route
+    /// this provider guards (lower-case): the claim headers it sets, and
+    /// its credential's header when `forward_credential = false`.
+    pub hidden_headers: Vec<Box<[u8]>>,
+}
+
+/// The consumer's name toward the upstream; clients' own copies are
+/// always dropped.
+pub const CONSUMER_HEADER: &[u8] = b"x-consumer";
+
+/// The header a provider's credential arrives in, if it is a header.
+pub fn credential_header(kind: &ProviderKind) -> Option<Box<[u8]>> {
+    match kind {
+        ProviderKind::ApiKey(keys) => keys.location.header.clone(),
+        ProviderKind::Jwt(jwt) => match &jwt.provider.location {
+            jwt::TokenLocation::Bearer => Some(b"authorization"[..].into()),
+            jwt::TokenLocation::Header(h) => Some(h.clone()),
+            jwt::TokenLocation::Query(_) | jwt::TokenLocation::Cookie(_) => None,
+        },
+    }
 }
 
 #[derive(Debug)]

@@ -90,6 +90,7 @@ mod tests {
                 scopes: Box::new([]),
             },
             valid_until,
+            headers: Box::new([]),
         })
     }
 

@@ -313,6 +313,12 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         }
     }
 
+    let named = Named {
+        upstreams: &upstream_names,
+        policies: &policy_names,
+        auth: &auth_names,
+        auth_providers: &auth,
+    };
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     let mut seen_names = HashSet::new();
@@ -328,15 +334,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
                 format!("route name `{name}` is used twice; names must be unique"),
             );
         }
-        if let Some((route, matcher)) = compile_route(
-            name,
-            spanned,
-            &upstream_names,
-            &policy_names,
-            &auth_names,
-            &limits,
-            &mut errors,
-        ) {
+        if let Some((route, matcher)) = compile_route(name, spanned, &named, &limits, &mut errors) {
             routes.push(route);
             matchers.push(matcher);
         }
@@ -457,19 +455,23 @@ fn compile_auth(
                 }
             };
             match ApiKeys::parse(&text, KeyLocation { header, query }, file.get_ref()) {
-                Ok(keys) => Some(crate::auth::Provider {
-                    name: name.to_string(),
-                    kind: crate::auth::ProviderKind::ApiKey(keys),
-                }),
+                Ok(keys) => Some(provider(
+                    name,
+                    crate::auth::ProviderKind::ApiKey(keys),
+                    a.forward_credential,
+                )),
                 Err(e) => {
                     errors.at(file, format!("auth.{name}: {e}"));
                     None
                 }
             }
         }
-        "jwt" => compile_jwt(name, section, errors).map(|jwt| crate::auth::Provider {
-            name: name.to_string(),
-            kind: crate::auth::ProviderKind::Jwt(jwt),
+        "jwt" => compile_jwt(name, section, errors).map(|jwt| {
+            provider(
+                name,
+                crate::auth::ProviderKind::Jwt(jwt),
+                a.forward_credential,
+            )
         }),
         other => {
             errors.at(
@@ -478,6 +480,28 @@ fn compile_auth(
             );
             None
         }
+    }
+}
+
+/// A provider with the headers its routes hide from the upstream.
+fn provider(
+    name: &str,
+    kind: crate::auth::ProviderKind,
+    forward_credential: bool,
+) -> crate::auth::Provider {
+    let mut hidden_headers: Vec<Box<[u8]>> = match &kind {
+        crate::auth::ProviderKind::Jwt(jwt) => {
+            jwt.provider.claim_headers().map(Into::into).collect()
+        }
+        crate::auth::ProviderKind::ApiKey(_) => Vec::new(),
+    };
+    if !forward_credential {
+        hidden_headers.extend(crate::auth::credential_header(&kind));
+    }
+    crate::auth::Provider {
+        name: name.to_string(),
+        kind,
+        hidden_headers,
     }
 }
 
@@ -629,6 +653,14 @@ fn compile_jwt(
             );
         }
     }
+    for header in a.claims_to_headers.values() {
+        if !is_token(header.as_bytes()) {
+            errors.at(
+                section,
+                format!("auth.{name}: claims_to_headers: `{header}` is not a header name"),
+            );
+        }
+    }
     if errors.list.len() != before {
         return None;
     }
@@ -644,6 +676,16 @@ fn compile_jwt(
         consumer_claim: a.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
         tier_claim: a.tier_claim.clone(),
         scope_claim: a.scope_claim.clone().unwrap_or_else(|| "scope".into()),
+        claim_headers: a
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| {
+                (
+                    claim.clone(),
+                    header.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+                )
+            })
+            .collect(),
     };
     Some(crate::auth::jwt::JwtCompiled {
         provider: JwtProvider::new(location, keys, rules),
@@ -658,6 +700,7 @@ fn compile_jwt(
 fn compile_route_auth(
     r: &file::RouteSection,
     auth_names: &[&String],
+    compiled: &[crate::auth::Provider],
     errors: &mut Errors,
 ) -> Option<crate::snapshot::RouteAuth> {
     let all = match r.auth_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
@@ -688,11 +731,19 @@ fn compile_route_auth(
             ),
         }
     }
+    let mut hidden_headers: Vec<Box<[u8]>> = providers
+        .iter()
+        .filter_map(|&i| compiled.get(usize::from(i)))
+        .flat_map(|p| p.hidden_headers.iter().cloned())
+        .collect();
+    hidden_headers.sort();
+    hidden_headers.dedup();
     Some(crate::snapshot::RouteAuth {
         providers,
         all,
         optional: r.auth_optional,
         scopes: r.auth_scopes.iter().map(|s| s.as_str().into()).collect(),
+        hidden_headers: hidden_headers.into(),
     })
 }
 
@@ -802,15 +853,22 @@ fn compile_upstream(
     }
 }
 
+/// What routes may refer to by name.
+struct Named<'a> {
+    upstreams: &'a [&'a String],
+    policies: &'a [&'a String],
+    auth: &'a [&'a String],
+    auth_providers: &'a [crate::auth::Provider],
+}
+
 fn compile_route(
     name: String,
     spanned: &Spanned<file::RouteSection>,
-    upstream_names: &[&String],
-    policy_names: &[&String],
-    auth_names: &[&String],
+    named: &Named<'_>,
     limits: &ServerLimits,
     errors: &mut Errors,
 ) -> Option<(Route, RouteMatcher)> {
+    let (upstream_names, policy_names) = (named.upstreams, named.policies);
     let r = spanned.get_ref();
     let before = errors.list.len();
 
@@ -986,7 +1044,7 @@ fn compile_route(
             ),
         }
     }
-    let auth = compile_route_auth(r, auth_names, errors);
+    let auth = compile_route_auth(r, named.auth, named.auth_providers, errors);
     if let Some(port) = &r.https_port {
         if !r.https_redirect {
             errors.at(port, "https_port needs https_redirect = true");

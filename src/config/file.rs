@@ -109,6 +109,14 @@ pub struct AuthSection {
     /// JWT: verified tokens kept per worker.
     #[serde(default)]
     pub cache_size: Option<usize>,
+    /// JWT: claims sent to the upstream as headers (claim → header name);
+    /// clients' own copies of those headers are dropped.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    /// Send the credential (key or token header) on to the upstream
+    /// (default true); false removes that header.
+    #[serde(default = "yes")]
+    pub forward_credential: bool,
 }
 
 /// One JWT verification key.

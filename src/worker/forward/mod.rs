@@ -126,8 +126,8 @@ impl Trip<'_> {
             self.head,
             self.route,
             &self.spec.endpoints[self.endpoint],
-            exchange.request_id.as_bytes(),
-            self.snapshot().limits.forwarded,
+            exchange,
+            self.snapshot(),
         );
         client.out = out;
         client.buf.advance(self.head.len);

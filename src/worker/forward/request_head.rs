@@ -7,9 +7,11 @@
 use bytes::{BufMut, BytesMut};
 
 use crate::http::{self, BodyFraming, RequestHead};
-use crate::snapshot::{EndpointSpec, ForwardedMode, HostRewrite, PathRewrite, Route};
+use crate::snapshot::{EndpointSpec, ForwardedMode, HostRewrite, PathRewrite, Route, Snapshot};
 
-use super::super::client::Client;
+use crate::auth::{CONSUMER_HEADER, Identity};
+
+use super::super::client::{Client, Exchange};
 
 /// The headers that tell an upstream who the client is; never copied from
 /// the client as they are (see `write_forwarded`).
@@ -51,6 +53,26 @@ fn write_client_cert(out: &mut BytesMut, client: &Client) {
         http::write::header(out, CLIENT_CERT_SAN, cert.sans.as_bytes());
     }
     http::write::header(out, CLIENT_CERT_FINGERPRINT, cert.fingerprint.as_bytes());
+}
+
+/// Who the request is from, as the gateway verified it: `x-consumer`, and
+/// a token's `claims_to_headers`.
+fn write_identity(
+    out: &mut BytesMut,
+    identity: Option<&Identity>,
+    providers: &[crate::auth::Provider],
+) {
+    let Some(identity) = identity else {
+        return;
+    };
+    if let Some(consumer) = identity.consumer(providers) {
+        http::write::header(out, CONSUMER_HEADER, consumer.name.as_bytes());
+    }
+    if let Identity::Token { facts, .. } = identity {
+        for (name, value) in &facts.headers {
+            http::write::header(out, name, value);
+        }
+    }
 }
 
 /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto` and
@@ -119,9 +141,11 @@ pub(super) fn build_request_head(
     head: &RequestHead,
     route: &Route,
     endpoint: &EndpointSpec,
-    request_id: &[u8],
-    forwarded: ForwardedMode,
+    exchange: &Exchange,
+    snapshot: &Snapshot,
 ) {
+    let request_id = exchange.request_id.as_bytes();
+    let forwarded = snapshot.limits.forwarded;
     let buf = &client.buf[..];
     out.put_slice(head.method_span.get(buf));
     out.put_u8(b' ');
@@ -163,15 +187,19 @@ pub(super) fn build_request_head(
     let check_edits = !edits.is_empty();
     write_forwarded(out, client, head, forwarded);
     write_client_cert(out, client);
+    write_identity(out, exchange.identity.as_ref(), &snapshot.auth);
+    let hidden: &[Box<[u8]>] = route.auth.as_ref().map_or(&[], |a| &a.hidden_headers);
     for h in &client.headers {
         let name = h.name.get(buf);
         let skip = http::is_hop_by_hop_or_framing(name)
             || match name.len() {
                 4 => name.eq_ignore_ascii_case(b"host"),
                 6 => name.eq_ignore_ascii_case(b"expect"),
+                10 => name.eq_ignore_ascii_case(CONSUMER_HEADER),
                 12 => name.eq_ignore_ascii_case(b"x-request-id"),
                 _ => is_forwarded_identity(name),
             }
+            || hidden.iter().any(|h| h.eq_ignore_ascii_case(name))
             || (head.connection_names_others && http::connection_names(buf, &client.headers, name))
             || (check_edits && edits.drops(name));
         if !skip {
