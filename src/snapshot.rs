@@ -209,6 +209,8 @@ pub struct RouteAuth {
     /// Client headers not sent on to the upstream (lower-case): the
     /// providers' claim headers and hidden credentials.
     pub hidden_headers: Box<[Box<[u8]>]>,
+    /// CORS preflights pass anonymous.
+    pub skip_preflight: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,7 @@ fn api_keys_admit_their_consumers_and_everyone_else_gets_401_or_403() {
         let gw = Gateway::start(&config(
             driver,
             &format!(
-                "[auth.partners]\ntype = \"api_key\"\nkeys_file = \"{keys}\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"app\"\nauth = [\"partners\"]\n\n[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nauth = [\"partners\"]\n\n[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+                "[auth.partners]\ntype = \"api_key\"\nkeys_file = \"{keys}\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\nupstream = \"app\"\nauth = [\"partners\"]\n\n[[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nauth = [\"partners\"]\nauth_skip_preflight = true\n\n[[routes]]\nname = \"open\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
                 upstream.addr
             ),
         ));
@@ -98,6 +98,17 @@ fn api_keys_admit_their_consumers_and_everyone_else_gets_401_or_403() {
         assert_eq!(conn.read_response(false).status, 401);
         conn.send(b"GET /orders/2 HTTP/1.1\r\nHost: t\r\nX-Api-Key:  k-acme \r\n\r\n");
         assert_eq!(conn.read_response(false).status, 200, "{driver}");
+        // A CORS preflight is refused like any request unless the route
+        // lets preflights through (the "admin" route does, below).
+        let preflight = b"OPTIONS /orders/1 HTTP/1.1\r\nHost: t\r\nOrigin: https://app.test\r\nAccess-Control-Request-Method: POST\r\n\r\n";
+        assert_eq!(request(gw.addr, preflight).status, 401, "{driver}");
+        let r = request(gw.addr, b"OPTIONS /admin HTTP/1.1\r\nHost: t\r\nOrigin: https://app.test\r\nAccess-Control-Request-Method: POST\r\n\r\n");
+        assert_eq!(r.status, 200, "{driver}: preflight bypass");
+        // A plain OPTIONS is not a preflight.
+        assert_eq!(
+            request(gw.addr, b"OPTIONS /admin HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            401
+        );
         // Admitted keys go through; the open route needs none.
         assert_eq!(
             get_with(gw.addr, "/orders/3", "x-api-key: k-orders-only\r\n").status,
@@ -114,9 +125,10 @@ fn api_keys_admit_their_consumers_and_everyone_else_gets_401_or_403() {
             .collect();
         assert_eq!(
             seen,
-            ["/orders/2", "/orders/3", "/admin", "/anything"],
+            ["/orders/2", "/admin", "/orders/3", "/admin", "/anything"],
             "{driver}"
         );
+        assert_eq!(upstream.requests()[before + 1].method, "OPTIONS");
     }
 }
 

@@ -744,6 +744,7 @@ fn compile_route_auth(
         optional: r.auth_optional,
         scopes: r.auth_scopes.iter().map(|s| s.as_str().into()).collect(),
         hidden_headers: hidden_headers.into(),
+        skip_preflight: r.auth_skip_preflight,
     })
 }
 

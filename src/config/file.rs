@@ -587,6 +587,10 @@ pub struct RouteSection {
     /// Scopes an authenticated consumer must hold (else 403).
     #[serde(default)]
     pub auth_scopes: Vec<String>,
+    /// CORS preflights (`OPTIONS` with `Access-Control-Request-Method`)
+    /// pass without credentials: browsers never send them.
+    #[serde(default)]
+    pub auth_skip_preflight: bool,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

@@ -297,7 +297,7 @@ async fn handle_request(
         generation,
         route,
         &client.view(),
-        head.query.get(&client.buf),
+        head,
         unix_now(),
     ) {
         Ok(identity) => identity,

@@ -9,6 +9,7 @@ use crate::auth::jwt::{JwtCompiled, TokenLocation};
 use crate::auth::token_cache::token_hash;
 use crate::auth::{Identity, Outcome, Provider, ProviderKind};
 use crate::failure::{AuthRefusal, Failure};
+use crate::http::{Method, RequestHead};
 use crate::metrics::WorkerMetrics;
 use crate::snapshot::Route;
 
@@ -22,12 +23,19 @@ pub fn check(
     generation: &Generation,
     route: &Route,
     request: &RequestView,
-    target_query: &[u8],
+    head: &RequestHead,
     now: u64,
 ) -> Result<Option<Identity>, Failure> {
     let Some(guard) = &route.auth else {
         return Ok(None);
     };
+    if guard.skip_preflight
+        && head.method == Method::Options
+        && request.header(b"access-control-request-method").is_some()
+    {
+        return Ok(None);
+    }
+    let target_query = head.query.get(request.buf);
     let snapshot = &generation.snapshot;
     let mut identity = None;
     // The most telling refusal seen: a wrong credential says more than a
