@@ -72,6 +72,9 @@ command -v taskset >/dev/null || need_apt+=(util-linux)
 # HTTPS scenarios: test certificates are made with the openssl CLI.
 TLS_WANTED=0
 [[ ",$SCENARIOS," == *",https-"* ]] && TLS_WANTED=1
+AUTH_WANTED=0
+[[ ",$SCENARIOS," == *",auth-"* ]] && AUTH_WANTED=1
+[ "$AUTH_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 [ "$TLS_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     [ "$INSTALL" = 1 ] || { log "missing: ${need_apt[*]} (and --no-install given)"; exit 2; }
@@ -172,7 +175,7 @@ wait_port() { # port
 
 STUB_PORT=19000
 declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008
-    [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
+    [ringgate-auth]=19015 [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
     [nginx-tls-ecdsa]=19012 [nginx-tls-ecdsa-full]=19013 [nginx-tls-rsa-full]=19014)
 # The node-wide limit of the ratelimit-admitted scenario (requests/s), well
 # under what one worker serves here, and its burst.
@@ -217,6 +220,7 @@ start_targets() {
     PIDS+=($!); TPID[ringgate-capped]=$!
     wait_port "${PORT[ringgate-capped]}"
     [ "$TLS_WANTED" = 1 ] && start_tls_targets
+    [ "$AUTH_WANTED" = 1 ] && start_auth_target
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
@@ -234,6 +238,64 @@ start_targets() {
         wait_port "${PORT[haproxy]}"
         wait_port "${PORT[l4]}"
     fi
+}
+
+# The same gateway with three protected routes: /jwt (RS256, cached),
+# /jwt-fresh (RS256, a cache of one token: the auth-jwt-uncached scenario
+# alternates two) and /key (an API key among 10 000). Tokens are signed
+# with the openssl CLI (make_jwt.py); scenarios read them from the
+# environment.
+start_auth_target() {
+    local dir="$RUN/auth" i
+    mkdir -p "$dir"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/rsa.key" 2>/dev/null
+    openssl pkey -in "$dir/rsa.key" -pubout -out "$dir/rsa.pub" 2>/dev/null
+    AUTH_TOKEN=$(python3 "$HERE/make_jwt.py" "$dir/rsa.key" loadtest-user)
+    AUTH_TOKENS=$(python3 "$HERE/make_jwt.py" "$dir/rsa.key" user-a user-b | paste -sd, -)
+    export AUTH_TOKENS
+    AUTH_KEY=loadtest-key-4242
+    python3 -c '
+import hashlib, sys
+for i in range(10000):
+    print(hashlib.sha256(f"loadtest-key-{i}".encode()).hexdigest(), f"consumer-{i}")
+' > "$dir/keys.txt"
+    render "$HERE/gateway.toml" "${PORT[ringgate-auth]}" "$RUN/ringgate-auth.toml"
+    cat >> "$RUN/ringgate-auth.toml" <<TOML
+
+[auth.jwt]
+type = "jwt"
+keys = [{ alg = "RS256", pem_file = "$dir/rsa.pub" }]
+
+[auth.jwt_fresh]
+type = "jwt"
+keys = [{ alg = "RS256", pem_file = "$dir/rsa.pub" }]
+cache_size = 1
+
+[auth.keys]
+type = "api_key"
+keys_file = "$dir/keys.txt"
+
+[[routes]]
+name = "jwt"
+path_prefix = "/jwt"
+upstream = "stub"
+auth = ["jwt"]
+
+[[routes]]
+name = "jwt-fresh"
+path_prefix = "/jwt-fresh"
+upstream = "stub"
+auth = ["jwt_fresh"]
+
+[[routes]]
+name = "key"
+path_prefix = "/key"
+upstream = "stub"
+auth = ["keys"]
+TOML
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-auth.toml" > "$RUN/ringgate-auth.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-auth]=$!
+    wait_port "${PORT[ringgate-auth]}"
 }
 
 # Self-signed ECDSA P-256 and RSA-2048 certificates for 127.0.0.1, shared by

@@ -6,7 +6,6 @@
 use std::rc::Rc;
 
 use crate::auth::jwt::{JwtCompiled, TokenLocation};
-use crate::auth::token_cache::token_hash;
 use crate::auth::{Identity, Outcome, Provider, ProviderKind};
 use crate::failure::{AuthRefusal, Failure};
 use crate::http::{Method, RequestHead};
@@ -144,17 +143,16 @@ fn verify_cached(
     token: &[u8],
     now: u64,
 ) -> Outcome {
-    let hash = token_hash(token);
     let mut caches = generation.token_caches.borrow_mut();
     let mut cache = caches.get_mut(usize::from(index)).and_then(Option::as_mut);
-    if let Some(facts) = cache.as_mut().and_then(|c| c.get(&hash, now)) {
+    if let Some(facts) = cache.as_mut().and_then(|c| c.get(token, now)) {
         return Outcome::Token(facts);
     }
     match jwt.provider.verify(token, now) {
         Ok(facts) => {
             let facts = Rc::new(facts);
             if let Some(cache) = cache {
-                cache.insert(hash, facts.clone(), now);
+                cache.insert(token, facts.clone(), now);
             }
             Outcome::Token(facts)
         }
