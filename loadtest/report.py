@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-auth", "nginx", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "nginx", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -175,10 +175,11 @@ def summarise(runs):
         if rg and rg["rps"] and node and node["rps"]:
             ratios["node_rate_limit_throughput_cost"] = 1 - node["rps"]["median"] / rg["rps"]["median"]
         auth = entry["targets"].get("ringgate-auth")
-        if rg and rg["rps"] and auth and auth["rps"]:
-            ratios["auth_throughput_cost"] = 1 - auth["rps"]["median"] / rg["rps"]["median"]
-            if rg["cpu_us_per_request"] and auth["cpu_us_per_request"]:
-                ratios["auth_cpu_per_request_vs_unprotected"] = auth["cpu_us_per_request"]["median"] / rg["cpu_us_per_request"]["median"]
+        open_route = entry["targets"].get("ringgate-open")
+        if open_route and open_route["rps"] and auth and auth["rps"]:
+            ratios["auth_throughput_cost"] = 1 - auth["rps"]["median"] / open_route["rps"]["median"]
+            if open_route["cpu_us_per_request"] and auth["cpu_us_per_request"]:
+                ratios["auth_cpu_per_request_vs_unprotected"] = auth["cpu_us_per_request"]["median"] / open_route["cpu_us_per_request"]["median"]
         capped = entry["targets"].get("ringgate-capped")
         if capped and capped.get("admitted_of_allowed"):
             ratios["admitted_of_allowed_share"] = capped["admitted_of_allowed"]["median"]
@@ -260,7 +261,7 @@ def svg_latency(summary):
     hi = 10 ** math.ceil(math.log10(max(flat)))
     width, height, left, bottom, top = 760, 380, 70, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top
-    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
+    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "ringgate-open": "#9775fa", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
 
     def y(v):
         return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h

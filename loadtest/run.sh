@@ -292,6 +292,11 @@ name = "key"
 path_prefix = "/key"
 upstream = "stub"
 auth = ["keys"]
+
+[[routes]]
+name = "open"
+path_prefix = "/open"
+upstream = "stub"
 TOML
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-auth.toml" > "$RUN/ringgate-auth.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-auth]=$!
@@ -365,13 +370,16 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS=""
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OPEN_PATH=/open/items
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
     # HTTPS scenarios: "ringgate" and "nginx" name their TLS processes
     # (reported under the plain names, so ratios compare like with like).
     local process=$target scheme=http
     if [ -n "$TLS" ]; then process="$target-tls-$TLS"; scheme=https; fi
+    # The auth scenarios' baseline: the same gateway process, an
+    # unprotected twin route (so the ratio isolates authentication).
+    if [ "$target" = ringgate-open ]; then process=ringgate-auth; REQUEST_PATH=$OPEN_PATH; fi
     local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"
     local pid=${TPID[$process]}
