@@ -37,12 +37,18 @@ impl SigningKey {
         std::fs::create_dir_all(&dir).unwrap();
         let (encoding, entry) = match alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let mut secret = vec![0u8; 48];
+                // Text, as secrets usually are: the gateway drops a trailing
+                // newline from secret files, which random bytes could end in.
+                let mut random = [0u8; 32];
                 std::io::Read::read_exact(
                     &mut std::fs::File::open("/dev/urandom").unwrap(),
-                    &mut secret,
+                    &mut random,
                 )
                 .unwrap();
+                let secret: Vec<u8> = random
+                    .iter()
+                    .flat_map(|b| format!("{b:02x}").into_bytes())
+                    .collect();
                 let path = dir.join("secret");
                 std::fs::write(&path, &secret).unwrap();
                 (
