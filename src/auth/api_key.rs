@@ -227,6 +227,7 @@ mod tests {
         );
         let keys = ApiKeys::parse(&text, location(), "keys.toml").unwrap();
         assert_eq!(keys.len(), 2);
+        assert!(!keys.is_empty());
         assert_eq!(
             keys.check(Some(b"k-acme"), "any"),
             Outcome::Authenticated(0)

@@ -158,10 +158,6 @@ impl JwtProvider {
         self.rules.claim_headers.iter().map(|(_, h)| &h[..])
     }
 
-    pub fn key_count(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Verifies `token` at `now` (Unix seconds).
     pub fn verify(&self, token: &[u8], now: u64) -> Result<TokenFacts, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
@@ -427,6 +423,16 @@ mod tests {
         assert!(!facts.consumer.has_scopes(&["admin".into()]));
         assert_eq!(facts.valid_until, NOW + 600 + 30);
         assert!(facts.headers.is_empty());
+        let named: Vec<&[u8]> = p.claim_headers().collect();
+        assert_eq!(
+            named,
+            [
+                &b"x-user-email"[..],
+                b"x-user-groups",
+                b"x-evil",
+                b"x-absent"
+            ]
+        );
         // Claims become headers; ones a header cannot carry, and absent
         // ones, do not.
         let mut c = claims();
@@ -497,6 +503,19 @@ mod tests {
         assert_eq!(
             p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
             Err(Rejection::MissingClaim)
+        );
+        // Fractional times are allowed (RFC 7519 NumericDate); negative
+        // ones are not times.
+        let mut c = claims();
+        c["exp"] = json!(exp as f64 + 0.5);
+        assert!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), exp + 30)
+                .is_ok()
+        );
+        c["exp"] = json!(-5.0);
+        assert_eq!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            Err(Rejection::Malformed)
         );
         let mut c = claims();
         c["exp"] = json!("tomorrow");
@@ -633,8 +652,10 @@ mod tests {
         )
         .unwrap();
         assert!(p.verify(no_kid.as_bytes(), NOW).is_ok());
-        // The Debug form never shows key material.
-        assert!(!format!("{p:?}").contains("BEGIN"));
+        // The Debug form names keys by kid and algorithm, never material.
+        let debug = format!("{p:?}");
+        assert!(debug.contains("ec-1") && debug.contains("ES256"), "{debug}");
+        assert!(!debug.contains("BEGIN"));
     }
 
     #[test]
@@ -646,5 +667,89 @@ mod tests {
         assert!(!is_consumer_name("a b"));
         assert!(!is_consumer_name("a\\b"));
         assert!(!is_consumer_name("é"));
+    }
+
+    fn jwk(key: &rcgen::KeyPair, alg: Option<Algorithm>, kid: &str) -> Value {
+        let decoding = match key.algorithm() {
+            a if a == &rcgen::PKCS_ED25519 => {
+                DecodingKey::from_ed_pem(key.public_key_pem().as_bytes())
+            }
+            _ => DecodingKey::from_ec_pem(key.public_key_pem().as_bytes()),
+        }
+        .unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_decoding_key(&decoding, alg).unwrap();
+        jwk.common.key_id = Some(kid.into());
+        serde_json::to_value(jwk).unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_take_their_alg_or_the_one_their_curve_implies() {
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let set = json!({"keys": [
+            jwk(&p256, None, "a"),
+            jwk(&p384, None, "b"),
+            jwk(&ed, None, "c"),
+            jwk(&p256, Some(Algorithm::ES256), "d"),
+        ]});
+        let keys = jwks_keys(&set.to_string()).unwrap();
+        let pinned: Vec<(Option<&str>, Algorithm)> = keys
+            .iter()
+            .map(|(kid, alg, _)| (kid.as_deref(), *alg))
+            .collect();
+        assert_eq!(
+            pinned,
+            [
+                (Some("a"), Algorithm::ES256),
+                (Some("b"), Algorithm::ES384),
+                (Some("c"), Algorithm::EdDSA),
+                (Some("d"), Algorithm::ES256),
+            ]
+        );
+        // The keys verify what their private halves sign.
+        let provider = JwtProvider::new(TokenLocation::Bearer, keys, rules());
+        for (key, kid, alg) in [
+            (&p256, "a", Algorithm::ES256),
+            (&p384, "b", Algorithm::ES384),
+            (&ed, "c", Algorithm::EdDSA),
+        ] {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.into());
+            let encoding = match alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(key.serialize_pem().as_bytes()),
+                _ => EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()),
+            }
+            .unwrap();
+            let token = encode(&header, &claims(), &encoding).unwrap();
+            assert!(provider.verify(token.as_bytes(), NOW).is_ok(), "{kid}");
+        }
+    }
+
+    #[test]
+    fn jwks_keys_that_could_verify_several_algorithms_are_refused() {
+        let rsa_without_alg = json!({"keys": [{"kty": "RSA", "kid": "r", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}]});
+        let err = jwks_keys(&rsa_without_alg.to_string()).unwrap_err();
+        assert!(
+            err.contains("key `r`") && err.contains("needs \"alg\""),
+            "{err}"
+        );
+        let encryption_alg =
+            json!({"keys": [{"kty": "RSA", "alg": "RSA-OAEP", "n": "sXch", "e": "AQAB"}]});
+        let err = jwks_keys(&encryption_alg.to_string()).unwrap_err();
+        assert!(
+            err.contains("key 1") && err.contains("not a JWS signature algorithm"),
+            "{err}"
+        );
+        // An X25519 key agrees on secrets; it signs nothing.
+        let x25519 = json!({"keys": [{"kty": "OKP", "crv": "X25519", "kid": "x", "x": "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}]});
+        let err = jwks_keys(&x25519.to_string()).unwrap_err();
+        assert!(err.contains("key `x`"), "{err}");
+        assert!(
+            jwks_keys("not json")
+                .unwrap_err()
+                .contains("not a JWKS document")
+        );
+        assert!(jwks_keys("{\"keys\": []}").unwrap().is_empty());
     }
 }

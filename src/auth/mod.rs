@@ -140,3 +140,143 @@ impl Provider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+
+    fn consumer(name: &str, scopes: &[&str]) -> Consumer {
+        Consumer {
+            name: name.into(),
+            tier: None,
+            routes: None,
+            scopes: scopes.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    fn key_provider() -> Provider {
+        let text = format!("{} acme gold\n", api_key::hash_hex(b"k"));
+        let keys = api_key::ApiKeys::parse(
+            &text,
+            api_key::KeyLocation {
+                header: Some(b"x-api-key"[..].into()),
+                query: None,
+            },
+            "t",
+        )
+        .unwrap();
+        Provider {
+            name: "keys".into(),
+            kind: ProviderKind::ApiKey(keys),
+            hidden_headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_refusals_and_metric_labels() {
+        let token = Outcome::Token(Rc::new(jwt::TokenFacts {
+            consumer: consumer("t", &[]),
+            valid_until: 0,
+            headers: Box::new([]),
+        }));
+        let cases = [
+            (Outcome::Authenticated(3), None, "authenticated"),
+            (token, None, "authenticated"),
+            (Outcome::Absent, Some(AuthRefusal::Missing), "missing"),
+            (Outcome::Invalid, Some(AuthRefusal::Invalid), "invalid"),
+            (
+                Outcome::Forbidden,
+                Some(AuthRefusal::Forbidden),
+                "forbidden",
+            ),
+        ];
+        for (outcome, refusal, label) in cases {
+            assert_eq!(outcome.refusal(), refusal, "{outcome:?}");
+            assert_eq!(OUTCOMES[outcome.index()], label, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn identities_find_their_consumer() {
+        let providers = [key_provider()];
+        let listed = Identity::Listed {
+            provider: 0,
+            consumer: 0,
+        };
+        assert_eq!(&*listed.consumer(&providers).unwrap().name, "acme");
+        assert_eq!(
+            providers[0].consumer(0).unwrap().tier.as_deref(),
+            Some("gold")
+        );
+        assert!(providers[0].consumer(1).is_none());
+        let stale = Identity::Listed {
+            provider: 1,
+            consumer: 0,
+        };
+        assert!(stale.consumer(&providers).is_none());
+        let token = Identity::Token {
+            provider: 0,
+            facts: Rc::new(jwt::TokenFacts {
+                consumer: consumer("tok", &[]),
+                valid_until: 0,
+                headers: Box::new([]),
+            }),
+        };
+        assert_eq!(&*token.consumer(&providers).unwrap().name, "tok");
+    }
+
+    #[test]
+    fn scopes_must_all_be_held() {
+        let c = consumer("c", &["a", "b"]);
+        assert!(c.has_scopes(&[]));
+        assert!(c.has_scopes(&["a".into()]));
+        assert!(c.has_scopes(&["b".into(), "a".into()]));
+        assert!(!c.has_scopes(&["a".into(), "c".into()]));
+        assert!(!consumer("d", &[]).has_scopes(&["a".into()]));
+    }
+
+    #[test]
+    fn credentials_live_in_the_header_their_provider_reads() {
+        assert_eq!(
+            credential_header(&key_provider().kind).as_deref(),
+            Some(&b"x-api-key"[..])
+        );
+        let rules = jwt::ClaimRules {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: 0,
+            max_lifetime: None,
+            required: Vec::new(),
+            consumer_claim: "sub".into(),
+            tier_claim: None,
+            scope_claim: "scope".into(),
+            claim_headers: Vec::new(),
+        };
+        let jwt_at = |location| {
+            ProviderKind::Jwt(jwt::JwtCompiled {
+                provider: jwt::JwtProvider::new(location, Vec::new(), rules.clone()),
+                cache_ttl: std::time::Duration::ZERO,
+                cache_size: 1,
+            })
+        };
+        assert_eq!(
+            credential_header(&jwt_at(jwt::TokenLocation::Bearer)).as_deref(),
+            Some(&b"authorization"[..])
+        );
+        assert_eq!(
+            credential_header(&jwt_at(jwt::TokenLocation::Header(b"x-token"[..].into())))
+                .as_deref(),
+            Some(&b"x-token"[..])
+        );
+        assert_eq!(
+            credential_header(&jwt_at(jwt::TokenLocation::Query(b"t"[..].into()))),
+            None
+        );
+        assert_eq!(
+            credential_header(&jwt_at(jwt::TokenLocation::Cookie(b"t"[..].into()))),
+            None
+        );
+    }
+}

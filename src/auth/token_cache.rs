@@ -117,6 +117,7 @@ mod tests {
         let mut c = TokenCache::new(10, 60);
         c.insert(b"token-a", facts("a", 1_030), 1_000); // exp first: 1030
         c.insert(b"token-b", facts("b", 9_999), 1_000); // ttl first: 1060
+        assert!(!c.is_empty());
         assert_eq!(&*c.get(b"token-a", 1_030).unwrap().consumer.name, "a");
         assert!(c.get(b"token-a", 1_031).is_none());
         assert!(c.get(b"token-b", 1_060).is_some());
@@ -170,6 +171,12 @@ mod tests {
             assert!(c.len() <= 3);
             assert!(c.get(&i.to_be_bytes(), 100).is_some());
         }
+        // Below capacity an insert does not scan: expired entries wait
+        // for a lookup or for the cache to fill.
+        let mut c3 = TokenCache::new(10, 60);
+        c3.insert(b"old", facts("o", 150), 100);
+        c3.insert(b"fresh", facts("f", u64::MAX), 200);
+        assert_eq!(c3.len(), 2);
         // Re-inserting a present token does not evict anyone.
         c.insert(&99u32.to_be_bytes(), facts("z", u64::MAX), 100);
         assert_eq!(c.len(), 3);
