@@ -206,6 +206,35 @@ fn keys_come_from_a_query_parameter_and_a_custom_header_and_any_or_all_decide() 
             "/maybe"
         ]
     );
+    // Each provider asked counts its outcome; `any` stops at the first
+    // acceptance, `all` at the first refusal.
+    let expected = [
+        ("h", "authenticated", 4),
+        ("h", "missing", 5),
+        ("h", "invalid", 2),
+        ("h", "forbidden", 0),
+        ("q", "authenticated", 2),
+        ("q", "missing", 4),
+        ("q", "invalid", 0),
+    ];
+    let mut last = String::new();
+    let settled = (0..2000).any(|_| {
+        last = get(gw.admin.unwrap(), "/metrics").text();
+        let all = expected.iter().all(|(p, o, n)| {
+            last.contains(&format!(
+                "ringgate_auth_decisions_total{{provider=\"{p}\",outcome=\"{o}\"}} {n}\n"
+            ))
+        });
+        if !all {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        all
+    });
+    let got: Vec<&str> = last
+        .lines()
+        .filter(|l| l.starts_with("ringgate_auth_decisions_total"))
+        .collect();
+    assert!(settled, "auth metrics never matched {expected:?}: {got:#?}");
 }
 
 #[test]
