@@ -53,8 +53,9 @@ pub enum Failure {
     },
 }
 
-/// Why authentication refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why authentication refused a request, least telling first: with
+/// several providers the greatest is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AuthRefusal {
     /// No credential (401, no error code: RFC 6750 §3.1).
     Missing,

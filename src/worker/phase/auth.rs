@@ -67,7 +67,7 @@ pub fn check(
             },
             other => {
                 let why = other.refusal().unwrap_or(AuthRefusal::Invalid);
-                refusal = Some(refusal.map_or(why, |seen| seen.max_with(why)));
+                refusal = Some(refusal.map_or(why, |seen| seen.max(why)));
                 if guard.all && !guard.optional {
                     return Err(Failure::Unauthorized(refusal.unwrap_or(why)));
                 }
@@ -192,9 +192,11 @@ fn token_in<'a>(
     (!token.is_empty()).then_some(token)
 }
 
+/// `scheme credentials` split at the first space (the credentials keep
+/// their leading whitespace, which the caller trims).
 fn split_at_space(value: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = value.iter().position(|&b| b == b' ')?;
-    Some((&value[..at], &value[at + 1..]))
+    Some(value.split_at(at))
 }
 
 /// The raw (not percent-decoded) value of the first `name=` parameter in
@@ -208,22 +210,6 @@ fn query_param<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
         };
         (key == name).then_some(value)
     })
-}
-
-impl AuthRefusal {
-    /// The more telling of two refusals.
-    fn max_with(self, other: AuthRefusal) -> AuthRefusal {
-        let rank = |r: AuthRefusal| match r {
-            AuthRefusal::Missing => 0,
-            AuthRefusal::Invalid => 1,
-            AuthRefusal::Forbidden => 2,
-        };
-        if rank(other) > rank(self) {
-            other
-        } else {
-            self
-        }
-    }
 }
 
 #[cfg(test)]
@@ -253,10 +239,10 @@ mod tests {
     #[test]
     fn the_most_telling_refusal_wins() {
         use AuthRefusal::*;
-        assert_eq!(Missing.max_with(Invalid), Invalid);
-        assert_eq!(Invalid.max_with(Missing), Invalid);
-        assert_eq!(Invalid.max_with(Forbidden), Forbidden);
-        assert_eq!(Forbidden.max_with(Missing), Forbidden);
-        assert_eq!(Missing.max_with(Missing), Missing);
+        assert_eq!(Missing.max(Invalid), Invalid);
+        assert_eq!(Invalid.max(Missing), Invalid);
+        assert_eq!(Invalid.max(Forbidden), Forbidden);
+        assert_eq!(Forbidden.max(Missing), Forbidden);
+        assert_eq!(Missing.max(Missing), Missing);
     }
 }
