@@ -15,21 +15,6 @@ pub struct SigningKey {
     pub entry: String,
 }
 
-fn rsa_private_pem() -> String {
-    let out = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .output()
-        .expect("the openssl CLI makes RSA test keys");
-    assert!(out.status.success(), "openssl genpkey failed");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 impl SigningKey {
     /// A fresh key for `alg`, its public half (or secret) in a file.
     pub fn new(alg: Algorithm, kid: &str) -> SigningKey {
@@ -71,7 +56,7 @@ impl SigningKey {
                         (k.serialize_pem(), k.public_key_pem())
                     }
                     _ => {
-                        let pem = rsa_private_pem();
+                        let pem = super::tls::rsa_private_pem();
                         let k =
                             KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
                         (pem, k.public_key_pem())

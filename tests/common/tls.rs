@@ -42,23 +42,27 @@ pub struct Pki {
     pub ca_der: CertificateDer<'static>,
 }
 
+/// A fresh RSA-2048 private key, PKCS#8 PEM, from the openssl CLI.
+pub fn rsa_private_pem() -> String {
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
+        .output()
+        .expect("the openssl CLI makes RSA test keys");
+    assert!(out.status.success(), "openssl genpkey failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn key_for(alg: Alg) -> KeyPair {
     match alg {
         Alg::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
         Alg::Rsa2048 => {
-            let out = std::process::Command::new("openssl")
-                .args([
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    "rsa_keygen_bits:2048",
-                ])
-                .output()
-                .expect("the openssl CLI makes RSA test keys");
-            assert!(out.status.success(), "openssl genpkey failed");
-            let pem = String::from_utf8(out.stdout).unwrap();
-            KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap()
+            KeyPair::from_pem_and_sign_algo(&rsa_private_pem(), &rcgen::PKCS_RSA_SHA256).unwrap()
         }
     }
 }
