@@ -4,6 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::auth::AuthRefusal;
 use crate::http::{self, ChunkError, ParseError, ResponseError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +52,6 @@ pub enum Failure {
         reset: u64,
         retry_after: u64,
     },
-}
-
-/// Why authentication refused a request, least telling first: with
-/// several providers the greatest is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AuthRefusal {
-    /// No credential (401, no error code: RFC 6750 §3.1).
-    Missing,
-    /// A credential that authenticates no one (401, `invalid_token`).
-    Invalid,
-    /// A known consumer the route does not admit (403, `insufficient_scope`).
-    Forbidden,
 }
 
 /// Stable indices for per-worker failure counters.

@@ -12,7 +12,17 @@ pub mod api_key;
 pub mod jwt;
 pub mod token_cache;
 
-use crate::failure::AuthRefusal;
+/// Why authentication refused a request, least telling first: with
+/// several providers the greatest is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AuthRefusal {
+    /// No credential (401, no error code: RFC 6750 §3.1).
+    Missing,
+    /// A credential that authenticates no one (401, `invalid_token`).
+    Invalid,
+    /// A known consumer the route does not admit (403, `insufficient_scope`).
+    Forbidden,
+}
 
 /// A compiled `[auth.NAME]` section.
 #[derive(Debug)]

@@ -6,8 +6,8 @@
 use std::rc::Rc;
 
 use crate::auth::jwt::{JwtCompiled, TokenLocation};
-use crate::auth::{Identity, Outcome, Provider, ProviderKind};
-use crate::failure::{AuthRefusal, Failure};
+use crate::auth::{AuthRefusal, Identity, Outcome, Provider, ProviderKind};
+use crate::failure::Failure;
 use crate::http::{Method, RequestHead};
 use crate::metrics::WorkerMetrics;
 use crate::snapshot::Route;
