@@ -200,11 +200,7 @@ fn is_name_byte(b: u8) -> bool {
 
 /// The SHA-256 of a key as the key file wants it (for tooling and tests).
 pub fn hash_hex(key: &[u8]) -> String {
-    digest::digest(&digest::SHA256, key)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::crypto::hex_digest(&digest::SHA256, key)
 }
 
 #[cfg(test)]

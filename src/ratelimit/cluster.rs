@@ -235,9 +235,7 @@ fn run_round(
 pub fn redis_key(prefix: &str, policy: &str, key: &[u8], window: Option<u64>) -> Vec<u8> {
     use std::fmt::Write;
     let mut k = format!("{prefix}{policy}:");
-    for b in key {
-        let _ = write!(k, "{b:02x}");
-    }
+    crate::crypto::push_hex(&mut k, key);
     if let Some(start) = window {
         let _ = write!(k, ":{}", start / 1_000_000);
     }

@@ -361,11 +361,7 @@ impl Script {
 /// SHA-1, only to name scripts for EVALSHA (ring's, already linked
 /// through rustls).
 fn sha1_hex(data: &[u8]) -> String {
-    crate::crypto::digest::digest(&crate::crypto::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::crypto::hex_digest(&crate::crypto::digest::SHA1_FOR_LEGACY_USE_ONLY, data)
 }
 
 #[cfg(test)]

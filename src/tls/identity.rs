@@ -61,12 +61,7 @@ impl CertFacts {
                 sans.push_str(&text);
             }
         }
-        let digest = crate::crypto::digest::digest(&crate::crypto::digest::SHA256, der.as_ref());
-        let mut fingerprint = String::with_capacity(64);
-        for b in digest.as_ref() {
-            use std::fmt::Write;
-            let _ = write!(fingerprint, "{b:02x}");
-        }
+        let fingerprint = crate::crypto::hex_digest(&crate::crypto::digest::SHA256, der.as_ref());
         Ok(CertFacts {
             subject: header_safe(cert.subject().to_string()),
             dns_names,

@@ -292,24 +292,26 @@ async fn handle_request(
     if let Some(port) = phase::https_redirect::applies(&ctx, client) {
         return phase::https_redirect::redirect(&ctx, port, client, close_after, exchange).await;
     }
-    let identity = match phase::auth::check(
+    exchange.identity = match phase::auth::check(
         &shard.metrics,
         generation,
         route,
         &client.view(),
         head,
-        unix_now(),
+        unix_now,
     ) {
         Ok(identity) => identity,
         Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
     };
-    exchange.identity = identity.clone();
     if let Some(failure) = decide(|| phase::route::check_body_size(route, head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
     let mut limits = phase::ratelimit::Progress::default();
     let mut request = client.view();
-    request.consumer = identity.as_ref().and_then(|id| id.consumer(&snapshot.auth));
+    request.consumer = exchange
+        .identity
+        .as_ref()
+        .and_then(|id| id.consumer(&snapshot.auth));
     if let Some(failure) =
         decide(|| phase::ratelimit::check(shard, generation, route, &request, &mut limits)).await
     {

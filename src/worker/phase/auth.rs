@@ -16,14 +16,15 @@ use super::super::client::RequestView;
 use super::super::shard::Generation;
 
 /// Who the request is from (`Ok(None)`: anonymous, allowed), or the
-/// refusal. `now` is Unix seconds (token lifetimes).
+/// refusal. `now` reads the clock (Unix seconds, for token lifetimes); only
+/// a token check calls it, so API-key and open routes read no clock.
 pub fn check(
     metrics: &WorkerMetrics,
     generation: &Generation,
     route: &Route,
     request: &RequestView,
     head: &RequestHead,
-    now: u64,
+    now: impl Fn() -> u64,
 ) -> Result<Option<Identity>, Failure> {
     let Some(guard) = &route.auth else {
         return Ok(None);
@@ -52,7 +53,7 @@ pub fn check(
             request,
             target_query,
             &route.name,
-            now,
+            &now,
         );
         metrics.auth(usize::from(index), outcome.index());
         any_present |= outcome != Outcome::Absent;
@@ -108,7 +109,7 @@ fn ask(
     request: &RequestView,
     target_query: &[u8],
     route: &str,
-    now: u64,
+    now: &impl Fn() -> u64,
 ) -> Outcome {
     match &provider.kind {
         ProviderKind::ApiKey(keys) => {
@@ -129,7 +130,7 @@ fn ask(
             let Some(token) = token_in(&jwt.provider.location, request, target_query) else {
                 return Outcome::Absent;
             };
-            verify_cached(generation, index, jwt, token, now)
+            verify_cached(generation, index, jwt, token, now())
         }
     }
 }
