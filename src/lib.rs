@@ -11,6 +11,7 @@
 
 pub mod accesslog;
 pub mod auth;
+pub mod blocking;
 pub mod config;
 pub mod control;
 pub mod crypto;

@@ -6,9 +6,10 @@
 //! and no async runtime of its own — the popular clients bring tokio.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use crate::blocking::DeadlineStream;
 use crate::snapshot::RedisSpec;
 
 /// A Redis reply (RESP2).
@@ -151,66 +152,6 @@ fn read_reply_at(r: &mut impl BufRead, depth: usize) -> Result<Reply, RedisError
     }
 }
 
-/// The connection's byte stream: plain TCP, or TLS over it (rustls,
-/// blocking). Every read and write is bounded by the deadline of the round
-/// trip in progress, not just by a per-read timeout (a server trickling a
-/// byte at a time could otherwise hold a round for ever).
-struct Stream {
-    kind: StreamKind,
-    deadline: Option<std::time::Instant>,
-}
-
-enum StreamKind {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Stream {
-    /// Sets the socket's timeouts to what is left before the deadline.
-    fn arm(&mut self) -> std::io::Result<()> {
-        let Some(deadline) = self.deadline else {
-            return Ok(());
-        };
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        let socket = match &self.kind {
-            StreamKind::Plain(s) => s,
-            StreamKind::Tls(s) => &s.sock,
-        };
-        socket.set_read_timeout(Some(left))?;
-        socket.set_write_timeout(Some(left))
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        match &mut self.kind {
-            StreamKind::Plain(s) => s.read(buf),
-            StreamKind::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.arm()?;
-        match &mut self.kind {
-            StreamKind::Plain(s) => s.write(buf),
-            StreamKind::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.arm()?;
-        match &mut self.kind {
-            StreamKind::Plain(s) => s.flush(),
-            StreamKind::Tls(s) => s.flush(),
-        }
-    }
-}
-
 /// The rustls client configuration for `tls` (built once per thread).
 pub fn tls_config(
     tls: &crate::snapshot::RedisTls,
@@ -231,7 +172,7 @@ pub fn tls_config(
 }
 
 pub struct Connection {
-    io: BufReader<Stream>,
+    io: BufReader<DeadlineStream>,
     buf: Vec<u8>,
     /// The longest one round trip (command and whole reply) may take.
     timeout: Duration,
@@ -245,45 +186,17 @@ impl Connection {
         tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
     ) -> Result<Connection, RedisError> {
         let timeout = spec.timeout.max(Duration::from_millis(1));
-        let mut last = None;
-        let mut stream = None;
-        for addr in spec.address.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&addr, timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        let stream = stream.ok_or_else(|| {
-            RedisError::Io(last.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()))
-        })?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let stream = match (tls, &spec.tls) {
-            (Some(config), Some(spec_tls)) => {
-                let name = rustls::pki_types::ServerName::try_from(spec_tls.server_name.clone())
-                    .map_err(|e| RedisError::Protocol(format!("server name: {e}")))?;
-                let session = rustls::ClientConnection::new(config.clone(), name)
-                    .map_err(|e| RedisError::Protocol(format!("TLS: {e}")))?;
-                let mut tls = rustls::StreamOwned::new(session, stream);
-                // Handshake now, so a certificate problem shows as such.
-                while tls.conn.is_handshaking() {
-                    tls.conn
-                        .complete_io(&mut tls.sock)
-                        .map_err(RedisError::Io)?;
-                }
-                StreamKind::Tls(Box::new(tls))
-            }
-            _ => StreamKind::Plain(stream),
-        };
-        let mut conn = Connection {
-            io: BufReader::new(Stream {
-                kind: stream,
-                deadline: None,
+        let tls = match (tls, &spec.tls) {
+            (Some(config), Some(spec_tls)) => Some(crate::blocking::TlsTo {
+                config,
+                name: rustls::pki_types::ServerName::try_from(spec_tls.server_name.clone())
+                    .map_err(|e| RedisError::Protocol(format!("server name: {e}")))?,
             }),
+            _ => None,
+        };
+        let stream = DeadlineStream::connect(spec.address.to_socket_addrs()?, timeout, tls)?;
+        let mut conn = Connection {
+            io: BufReader::new(stream),
             buf: Vec::new(),
             timeout,
         };

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod conn;
+pub mod fetch;
 pub mod hash;
 pub mod pool;
 
