@@ -12,11 +12,14 @@
 //! time) and share one leeway.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::Consumer;
+use crate::snapshot::UpstreamSpec;
 
 /// Where a request carries its token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +39,19 @@ pub struct PinnedKey {
     pub kid: Option<Box<str>>,
     pub alg: Algorithm,
     pub key: DecodingKey,
-    /// jsonwebtoken's checks for this key: the algorithm, `iss`, `aud`.
-    validation: Validation,
+}
+
+/// A key as configured or fetched: `(kid, algorithm, key)`.
+pub type KeySpec = (Option<String>, Algorithm, DecodingKey);
+
+impl PinnedKey {
+    pub fn new((kid, alg, key): KeySpec) -> PinnedKey {
+        PinnedKey {
+            kid: kid.map(Into::into),
+            alg,
+            key,
+        }
+    }
 }
 
 impl std::fmt::Debug for PinnedKey {
@@ -75,15 +89,74 @@ pub struct JwtCompiled {
     pub provider: JwtProvider,
     pub cache_ttl: std::time::Duration,
     pub cache_size: usize,
+    /// Keys fetched from a JWKS URL, besides the configured ones.
+    pub jwks: Option<Box<JwksSource>>,
+}
+
+/// Where a provider's keys come from (`jwks_upstream`, `jwks_path`),
+/// compiled.
+#[derive(Debug, Clone)]
+pub struct JwksSource {
+    pub provider: Arc<str>,
+    pub upstream: UpstreamSpec,
+    pub path: String,
+    /// Fetch again this long after a good fetch.
+    pub refresh: Duration,
+    /// No two fetches start closer together than this because of unknown
+    /// `kid`s.
+    pub min_refetch: Duration,
+    /// How long start-up waits for the first good fetch.
+    pub startup_wait: Duration,
+    /// The upstream's name and endpoints and the path: a key set fetched
+    /// from one origin is never used by a provider a reload pointed at
+    /// another.
+    pub origin: Arc<str>,
+}
+
+impl JwksSource {
+    /// The origin string for `upstream` and `path`.
+    pub fn origin_of(upstream: &UpstreamSpec, path: &str) -> Arc<str> {
+        let mut origin = upstream.name.clone();
+        for e in &upstream.endpoints {
+            origin.push(' ');
+            origin.push_str(&String::from_utf8_lossy(&e.authority));
+            origin.push('=');
+            origin.push_str(&e.addr.to_string());
+        }
+        origin.push(' ');
+        origin.push_str(path);
+        origin.into()
+    }
 }
 
 /// A compiled JWT provider.
 #[derive(Debug)]
 pub struct JwtProvider {
     pub location: TokenLocation,
+    /// The configured keys (PEM files, secrets, a JWKS file); keys fetched
+    /// from a JWKS URL come with each call to `verify`.
     keys: Vec<PinnedKey>,
     rules: ClaimRules,
+    /// jsonwebtoken's checks (the one algorithm, `iss`, `aud`) for each
+    /// algorithm a key of this provider may carry.
+    validations: Vec<Validation>,
 }
+
+/// Every signature algorithm a key may be pinned to.
+const ALGORITHMS: [Algorithm; 12] = [
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +189,12 @@ pub enum Rejection {
 }
 
 impl JwtProvider {
-    /// Builds a provider; `keys` are `(kid, algorithm, key)`.
-    pub fn new(
-        location: TokenLocation,
-        keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
-        rules: ClaimRules,
-    ) -> JwtProvider {
-        let keys = keys
-            .into_iter()
-            .map(|(kid, alg, key)| {
+    /// Builds a provider from its configured keys (possibly none, when
+    /// a JWKS URL supplies them).
+    pub fn new(location: TokenLocation, keys: Vec<KeySpec>, rules: ClaimRules) -> JwtProvider {
+        let validations = ALGORITHMS
+            .iter()
+            .map(|&alg| {
                 let mut validation = Validation::new(alg);
                 validation.algorithms = vec![alg];
                 // Time claims are ours (`check_claims`), on the caller's clock.
@@ -139,18 +209,14 @@ impl JwtProvider {
                 if !rules.issuers.is_empty() {
                     validation.set_issuer(&rules.issuers);
                 }
-                PinnedKey {
-                    kid: kid.map(Into::into),
-                    alg,
-                    key,
-                    validation,
-                }
+                validation
             })
             .collect();
         JwtProvider {
             location,
-            keys,
+            keys: keys.into_iter().map(PinnedKey::new).collect(),
             rules,
+            validations,
         }
     }
 
@@ -158,12 +224,18 @@ impl JwtProvider {
         self.rules.claim_headers.iter().map(|(_, h)| &h[..])
     }
 
-    /// Verifies `token` at `now` (Unix seconds).
-    pub fn verify(&self, token: &[u8], now: u64) -> Result<TokenFacts, Rejection> {
+    /// Verifies `token` at `now` (Unix seconds) against the configured
+    /// keys and `fetched` (a JWKS URL's current set).
+    pub fn verify(
+        &self,
+        token: &[u8],
+        now: u64,
+        fetched: &[PinnedKey],
+    ) -> Result<TokenFacts, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         let mut named_key = false;
         let mut last = Rejection::UnknownKey;
-        for key in &self.keys {
+        for key in self.keys.iter().chain(fetched) {
             if let Some(kid) = &header.kid {
                 if key.kid.as_deref() != Some(kid.as_str()) {
                     continue;
@@ -174,7 +246,11 @@ impl JwtProvider {
                 last = Rejection::AlgorithmNotAllowed;
                 continue;
             }
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
+            let Some(validation) = self.validations.iter().find(|v| v.algorithms[0] == key.alg)
+            else {
+                continue;
+            };
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
                 Ok(data) => return check_claims(&data.claims, &self.rules, now),
                 Err(e) => {
                     use jsonwebtoken::errors::ErrorKind;
@@ -313,19 +389,42 @@ fn is_consumer_name(s: &str) -> bool {
 /// The keys of a JWKS document, each pinned to its algorithm: the `alg`
 /// the set gives it, else the one its curve implies (P-256 → ES256,
 /// P-384 → ES384, Ed25519 → EdDSA). An RSA or symmetric key without `alg`
-/// is refused: it could verify more than one algorithm.
-pub fn jwks_keys(text: &str) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
-    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+/// is refused: it could verify more than one algorithm. Strict (a JWKS
+/// file in the config): any unusable key is an error.
+pub fn jwks_keys(text: &str) -> Result<Vec<KeySpec>, String> {
+    parse_jwks(text)?.into_iter().collect()
+}
+
+/// The signing keys of a fetched JWKS document, and why the others were
+/// skipped (encryption keys, keys without a single algorithm): identity
+/// providers publish such keys next to the ones that sign tokens.
+pub fn jwks_signing_keys(text: &str) -> Result<(Vec<KeySpec>, Vec<String>), String> {
+    let mut keys = Vec::new();
+    let mut skipped = Vec::new();
+    for key in parse_jwks(text)? {
+        match key {
+            Ok(key) => keys.push(key),
+            Err(why) => skipped.push(why),
+        }
+    }
+    Ok((keys, skipped))
+}
+
+/// Each key of a JWKS document, pinned, or why it cannot be.
+fn parse_jwks(text: &str) -> Result<Vec<Result<KeySpec, String>>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
     let set: JwkSet =
         serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = Vec::new();
-    for (n, jwk) in set.keys.iter().enumerate() {
+    let pin = |n: usize, jwk: &jsonwebtoken::jwk::Jwk| -> Result<KeySpec, String> {
         let which = || {
             jwk.common
                 .key_id
                 .as_deref()
                 .map_or_else(|| format!("key {}", n + 1), |k| format!("key `{k}`"))
         };
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            return Err(format!("{}: an encryption key (\"use\": \"enc\")", which()));
+        }
         let alg = match (jwk.common.key_algorithm, &jwk.algorithm) {
             // KeyAlgorithm's names are the JWA ones; the signature
             // algorithms among them parse as an `Algorithm`.
@@ -353,9 +452,14 @@ pub fn jwks_keys(text: &str) -> Result<Vec<(Option<String>, Algorithm, DecodingK
             }
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: {e}", which()))?;
-        keys.push((jwk.common.key_id.clone(), alg, key));
-    }
-    Ok(keys)
+        Ok((jwk.common.key_id.clone(), alg, key))
+    };
+    Ok(set
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(n, jwk)| pin(n, jwk))
+        .collect())
 }
 
 #[cfg(test)]
@@ -412,7 +516,7 @@ mod tests {
     fn a_valid_token_says_who_what_tier_and_until_when() {
         let p = hs_provider(b"s3cret-s3cret-s3cret-s3cret-s3cret", None);
         let t = hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &claims());
-        let facts = p.verify(t.as_bytes(), NOW).unwrap();
+        let facts = p.verify(t.as_bytes(), NOW, &[]).unwrap();
         assert_eq!(&*facts.consumer.name, "alice");
         assert_eq!(facts.consumer.tier.as_deref(), Some("gold"));
         assert!(
@@ -443,6 +547,7 @@ mod tests {
             .verify(
                 hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &c).as_bytes(),
                 NOW,
+                &[],
             )
             .unwrap();
         let headers: Vec<(&[u8], &[u8])> = facts
@@ -465,6 +570,7 @@ mod tests {
             .verify(
                 hs_token(b"s3cret-s3cret-s3cret-s3cret-s3cret", None, &c).as_bytes(),
                 NOW,
+                &[],
             )
             .unwrap();
         assert_eq!(
@@ -480,28 +586,31 @@ mod tests {
         let p = hs_provider(secret, None);
         let t = hs_token(secret, None, &claims());
         let exp = NOW + 600;
-        assert!(p.verify(t.as_bytes(), exp + 30).is_ok());
-        assert_eq!(p.verify(t.as_bytes(), exp + 31), Err(Rejection::Expired));
+        assert!(p.verify(t.as_bytes(), exp + 30, &[]).is_ok());
+        assert_eq!(
+            p.verify(t.as_bytes(), exp + 31, &[]),
+            Err(Rejection::Expired)
+        );
         let mut c = claims();
         c["nbf"] = json!(NOW + 100);
         let t = hs_token(secret, None, &c);
         assert_eq!(
-            p.verify(t.as_bytes(), NOW + 69),
+            p.verify(t.as_bytes(), NOW + 69, &[]),
             Err(Rejection::NotYetValid)
         );
-        assert!(p.verify(t.as_bytes(), NOW + 70).is_ok());
+        assert!(p.verify(t.as_bytes(), NOW + 70, &[]).is_ok());
         // Issued in the future (beyond the leeway).
         let mut c = claims();
         c["iat"] = json!(NOW + 31);
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::NotYetValid)
         );
         // exp required by default; a non-numeric exp is malformed.
         let mut c = claims();
         c.as_object_mut().unwrap().remove("exp");
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::MissingClaim)
         );
         // Fractional times are allowed (RFC 7519 NumericDate); negative
@@ -509,18 +618,18 @@ mod tests {
         let mut c = claims();
         c["exp"] = json!(exp as f64 + 0.5);
         assert!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), exp + 30)
+            p.verify(hs_token(secret, None, &c).as_bytes(), exp + 30, &[])
                 .is_ok()
         );
         c["exp"] = json!(-5.0);
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::Malformed)
         );
         let mut c = claims();
         c["exp"] = json!("tomorrow");
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::Malformed)
         );
     }
@@ -542,19 +651,25 @@ mod tests {
         let mut c = claims();
         c["iat"] = json!(NOW);
         c["exp"] = json!(NOW + 3600);
-        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        assert!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[])
+                .is_ok()
+        );
         c["exp"] = json!(NOW + 3601);
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::TooLongLived)
         );
         // Without iat, measured from now (plus the leeway).
         c.as_object_mut().unwrap().remove("iat");
         c["exp"] = json!(NOW + 3630);
-        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        assert!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[])
+                .is_ok()
+        );
         c["exp"] = json!(NOW + 3631);
         assert_eq!(
-            p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
             Err(Rejection::TooLongLived)
         );
     }
@@ -578,7 +693,7 @@ mod tests {
             let mut c = claims();
             c[field] = value;
             assert_eq!(
-                p.verify(hs_token(secret, None, &c).as_bytes(), NOW),
+                p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[]),
                 Err(why),
                 "{field}"
             );
@@ -586,11 +701,14 @@ mod tests {
         // aud as a list with one accepted value passes.
         let mut c = claims();
         c["aud"] = json!(["x", "other"]);
-        assert!(p.verify(hs_token(secret, None, &c).as_bytes(), NOW).is_ok());
+        assert!(
+            p.verify(hs_token(secret, None, &c).as_bytes(), NOW, &[])
+                .is_ok()
+        );
         // Another secret: bad signature.
         let forged = hs_token(b"another-secret-another-secret-xx", None, &claims());
         assert_eq!(
-            p.verify(forged.as_bytes(), NOW),
+            p.verify(forged.as_bytes(), NOW, &[]),
             Err(Rejection::BadSignature)
         );
         for junk in [
@@ -599,7 +717,11 @@ mod tests {
             b"a.b.c",
             b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
         ] {
-            assert_eq!(p.verify(junk, NOW), Err(Rejection::Malformed), "{junk:?}");
+            assert_eq!(
+                p.verify(junk, NOW, &[]),
+                Err(Rejection::Malformed),
+                "{junk:?}"
+            );
         }
     }
 
@@ -626,10 +748,10 @@ mod tests {
             &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-        assert!(p.verify(good.as_bytes(), NOW).is_ok());
+        assert!(p.verify(good.as_bytes(), NOW, &[]).is_ok());
         let confused = hs_token(public_pem.as_bytes(), Some("ec-1"), &claims());
         assert_eq!(
-            p.verify(confused.as_bytes(), NOW),
+            p.verify(confused.as_bytes(), NOW, &[]),
             Err(Rejection::AlgorithmNotAllowed)
         );
         // An unknown kid, and a token without kid (tries keys by algorithm).
@@ -642,7 +764,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            p.verify(unknown.as_bytes(), NOW),
+            p.verify(unknown.as_bytes(), NOW, &[]),
             Err(Rejection::UnknownKey)
         );
         let no_kid = encode(
@@ -651,7 +773,7 @@ mod tests {
             &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-        assert!(p.verify(no_kid.as_bytes(), NOW).is_ok());
+        assert!(p.verify(no_kid.as_bytes(), NOW, &[]).is_ok());
         // The Debug form names keys by kid and algorithm, never material.
         let debug = format!("{p:?}");
         assert!(debug.contains("ec-1") && debug.contains("ES256"), "{debug}");
@@ -722,7 +844,7 @@ mod tests {
             }
             .unwrap();
             let token = encode(&header, &claims(), &encoding).unwrap();
-            assert!(provider.verify(token.as_bytes(), NOW).is_ok(), "{kid}");
+            assert!(provider.verify(token.as_bytes(), NOW, &[]).is_ok(), "{kid}");
         }
     }
 

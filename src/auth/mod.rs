@@ -9,6 +9,7 @@
 //! and tier from the provider by index.
 
 pub mod api_key;
+pub mod jwks;
 pub mod jwt;
 pub mod token_cache;
 
@@ -269,6 +270,7 @@ mod tests {
                 provider: jwt::JwtProvider::new(location, Vec::new(), rules.clone()),
                 cache_ttl: std::time::Duration::ZERO,
                 cache_size: 1,
+                jwks: None,
             })
         };
         assert_eq!(

@@ -308,7 +308,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     let auth_names: Vec<&String> = cfg.auth.keys().collect();
     let mut auth = Vec::new();
     for (name, section) in &cfg.auth {
-        if let Some(provider) = compile_auth(name, section, &mut errors) {
+        if let Some(provider) = compile_auth(name, section, &upstreams, &mut errors) {
             auth.push(provider);
         }
     }
@@ -404,6 +404,7 @@ fn redact(cfg: &mut FileConfig) {
 fn compile_auth(
     name: &str,
     section: &Spanned<file::AuthSection>,
+    upstreams: &[crate::snapshot::UpstreamSpec],
     errors: &mut Errors,
 ) -> Option<crate::auth::Provider> {
     use crate::auth::api_key::{ApiKeys, KeyLocation};
@@ -466,7 +467,7 @@ fn compile_auth(
                 }
             }
         }
-        "jwt" => compile_jwt(name, section, errors).map(|jwt| {
+        "jwt" => compile_jwt(name, section, upstreams, errors).map(|jwt| {
             provider(
                 name,
                 crate::auth::ProviderKind::Jwt(jwt),
@@ -510,6 +511,7 @@ fn provider(
 fn compile_jwt(
     name: &str,
     section: &Spanned<file::AuthSection>,
+    upstreams: &[crate::snapshot::UpstreamSpec],
     errors: &mut Errors,
 ) -> Option<crate::auth::jwt::JwtCompiled> {
     use crate::auth::jwt::{ClaimRules, JwtProvider, TokenLocation};
@@ -635,10 +637,11 @@ fn compile_jwt(
             ),
         }
     }
-    if keys.is_empty() && errors.list.len() == before {
+    let jwks = compile_jwks_source(name, section, upstreams, errors);
+    if keys.is_empty() && jwks.is_none() && errors.list.len() == before {
         errors.at(
             section,
-            format!("auth.{name}: type = \"jwt\" needs keys = [...] or jwks_file"),
+            format!("auth.{name}: type = \"jwt\" needs keys = [...], jwks_file or jwks_upstream"),
         );
     }
     for (field, set) in [
@@ -693,6 +696,83 @@ fn compile_jwt(
             .cache_ttl
             .map_or(std::time::Duration::from_secs(300), |t| t.0),
         cache_size: a.cache_size.unwrap_or(10_000).max(1),
+        jwks: jwks.map(Box::new),
+    })
+}
+
+/// A JWT provider's `jwks_upstream` and the settings that go with it.
+fn compile_jwks_source(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    upstreams: &[crate::snapshot::UpstreamSpec],
+    errors: &mut Errors,
+) -> Option<crate::auth::jwks::JwksSource> {
+    use crate::auth::jwks::JwksSource;
+    let a = section.get_ref();
+    let Some(upstream_name) = &a.jwks_upstream else {
+        for (field, set) in [
+            ("jwks_path", a.jwks_path.is_some()),
+            ("jwks_refresh", a.jwks_refresh.is_some()),
+            ("jwks_min_refetch", a.jwks_min_refetch.is_some()),
+            ("jwks_startup_wait", a.jwks_startup_wait.is_some()),
+        ] {
+            if set {
+                errors.at(section, format!("auth.{name}: {field} needs jwks_upstream"));
+            }
+        }
+        return None;
+    };
+    let Some(upstream) = upstreams
+        .iter()
+        .find(|u| u.name == *upstream_name.get_ref())
+    else {
+        errors.at(
+            upstream_name,
+            format!(
+                "auth.{name}: jwks_upstream `{}` is not an [upstreams] entry",
+                upstream_name.get_ref()
+            ),
+        );
+        return None;
+    };
+    let path = a
+        .jwks_path
+        .as_ref()
+        .map_or("/.well-known/jwks.json", |p| p.get_ref().as_str());
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        if let Some(p) = &a.jwks_path {
+            errors.at(
+                p,
+                format!(
+                    "auth.{name}: jwks_path must be an absolute path (\"/...\") without spaces"
+                ),
+            );
+        }
+        return None;
+    }
+    let refresh = a
+        .jwks_refresh
+        .map_or(std::time::Duration::from_secs(300), |d| d.0);
+    let min_refetch = a
+        .jwks_min_refetch
+        .map_or(std::time::Duration::from_secs(30), |d| d.0);
+    if refresh.is_zero() || min_refetch > refresh {
+        errors.at(
+            section,
+            format!("auth.{name}: jwks_refresh must be above 0s and at least jwks_min_refetch"),
+        );
+        return None;
+    }
+    Some(JwksSource {
+        provider: name.into(),
+        origin: JwksSource::origin_of(upstream, path),
+        upstream: upstream.clone(),
+        path: path.to_string(),
+        refresh,
+        min_refetch,
+        startup_wait: a
+            .jwks_startup_wait
+            .map_or(std::time::Duration::from_secs(10), |d| d.0),
     })
 }
 

@@ -78,6 +78,25 @@ pub struct AuthSection {
     /// JWT: a JWKS document (keys with their `kid` and `alg`).
     #[serde(default)]
     pub jwks_file: Option<Spanned<String>>,
+    /// JWT: fetch a JWKS document from this upstream (by name; its TLS
+    /// settings and timeouts apply).
+    #[serde(default)]
+    pub jwks_upstream: Option<Spanned<String>>,
+    /// JWT: the JWKS document's path on `jwks_upstream` (default
+    /// `/.well-known/jwks.json`).
+    #[serde(default)]
+    pub jwks_path: Option<Spanned<String>>,
+    /// JWT: fetch the JWKS again this long after a good fetch (default 5m).
+    #[serde(default)]
+    pub jwks_refresh: Option<HumanDuration>,
+    /// JWT: an unknown `kid` refetches the JWKS at most this often
+    /// (default 30s).
+    #[serde(default)]
+    pub jwks_min_refetch: Option<HumanDuration>,
+    /// JWT: start-up waits this long for the first JWKS fetch (default
+    /// 10s; 0s: do not wait).
+    #[serde(default)]
+    pub jwks_startup_wait: Option<HumanDuration>,
     /// JWT: accepted `iss` values (any of; empty: not checked).
     #[serde(default)]
     pub issuers: Vec<String>,

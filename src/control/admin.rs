@@ -39,6 +39,7 @@ pub struct Admin {
     pub drivers: Vec<&'static str>,
     pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub limits: Arc<crate::ratelimit::aggregator::Stats>,
+    pub jwks: crate::auth::jwks::Board,
 }
 
 /// Binds the admin address and serves it on a new thread.
@@ -293,6 +294,9 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 ));
             }
             text.push_str(&crate::metrics::render_limit_sync(&admin.limits));
+            if let Ok(board) = admin.jwks.lock() {
+                text.push_str(&crate::metrics::render_jwks(&board.sources));
+            }
             respond(
                 &mut stream,
                 200,

@@ -79,6 +79,8 @@ pub struct Running {
     event_rx: Receiver<Event>,
     handles: Vec<JoinHandle<()>>,
     limits: crate::ratelimit::aggregator::Handle,
+    /// Kept for its channels: the fetcher thread ends when they close.
+    _jwks: crate::auth::jwks::Fetcher,
 }
 
 /// Binds listeners and starts every worker; returns once all accept.
@@ -100,12 +102,13 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         None => None,
     };
     let (event_tx, event_rx) = unbounded();
-    let mut command_txs = Vec::new();
+    let (command_txs, command_rxs): (Vec<Sender<Command>>, Vec<Receiver<Command>>) =
+        (0..workers).map(|_| unbounded()).unzip();
+    let jwks = start_jwks_fetcher(&snapshot, command_txs.clone())?;
+    let jwks_sets = jwks.latest();
     let mut handles = Vec::new();
     let limit_channels = crate::ratelimit::aggregator::Channels::new(workers);
-    for id in 0..workers {
-        let (tx, rx) = unbounded();
-        command_txs.push(tx);
+    for (id, rx) in command_rxs.into_iter().enumerate() {
         let setup = WorkerSetup {
             id,
             cpu: if cpus.is_empty() {
@@ -119,6 +122,8 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             events: event_tx.clone(),
             access_log: access_log.clone(),
             limit_sync: crate::ratelimit::aggregator::WorkerChannels::new(&limit_channels, id),
+            jwks_sets: jwks_sets.clone(),
+            jwks_asks: Some(jwks.asks.clone()),
         };
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
@@ -167,6 +172,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         snapshot.clone(),
         command_txs.clone(),
         limits.control.clone(),
+        jwks.reloads(),
         &bound,
     )));
     let admin_addr = match snapshot.admin {
@@ -179,6 +185,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 drivers: drivers.clone(),
                 access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
                 limits: limits.stats.clone(),
+                jwks: jwks.board.clone(),
             },
         )?),
     };
@@ -193,7 +200,31 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         event_rx,
         handles,
         limits,
+        _jwks: jwks,
     })
+}
+
+/// Starts the JWKS fetcher (publishing to the workers' command channels)
+/// and waits, as far as each source's `jwks_startup_wait` allows, for its
+/// first keys, so that workers start with them.
+fn start_jwks_fetcher(
+    snapshot: &Snapshot,
+    workers: Vec<Sender<Command>>,
+) -> Result<crate::auth::jwks::Fetcher, String> {
+    let sources = crate::auth::jwks::sources(&snapshot.auth);
+    let fetcher = crate::auth::jwks::Fetcher::spawn(sources.clone(), move |set| {
+        for w in &workers {
+            let _ = w.send(Command::Jwks(set.clone()));
+        }
+    })
+    .map_err(|e| format!("cannot start the JWKS fetcher: {e}"))?;
+    for provider in fetcher.wait_for_first(&sources) {
+        tracing::error!(
+            %provider,
+            "no JWKS keys within jwks_startup_wait; this provider's tokens are refused until a fetch succeeds"
+        );
+    }
+    Ok(fetcher)
 }
 
 impl Running {

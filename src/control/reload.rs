@@ -19,6 +19,8 @@ pub struct Reloader {
     current: Arc<Snapshot>,
     workers: Vec<Sender<Command>>,
     limits: Sender<crate::ratelimit::aggregator::Control>,
+    /// The JWKS fetcher's sources.
+    jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
     generation: u64,
     /// (configured address, bound address) of every running listener.
     listeners: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
@@ -29,6 +31,7 @@ impl Reloader {
         current: Arc<Snapshot>,
         workers: Vec<Sender<Command>>,
         limits: Sender<crate::ratelimit::aggregator::Control>,
+        jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
         bound: &[std::net::SocketAddr],
     ) -> Reloader {
         let path =
@@ -44,6 +47,7 @@ impl Reloader {
             current,
             workers,
             limits,
+            jwks,
             generation: 1,
             listeners,
         }
@@ -151,6 +155,7 @@ impl Reloader {
             let _ = w.send(Command::Reload(next.clone(), ack_tx.clone()));
         }
         drop(ack_tx);
+        let _ = self.jwks.send(crate::auth::jwks::sources(&next.auth));
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut switched = 0;
         while switched < self.workers.len() {

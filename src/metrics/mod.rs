@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use crate::failure::{FAILURE_KINDS, Failure};
 use crate::tls::handshake::HANDSHAKE_FAILURES;
 
-pub use render::{render_limit_sync, render_prometheus};
+pub use render::{render_jwks, render_limit_sync, render_prometheus};
 
 /// Methods with their own label value; everything else is "other".
 pub const METHODS: [&str; 8] = [

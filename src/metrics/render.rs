@@ -455,3 +455,44 @@ pub fn render_limit_sync(stats: &crate::ratelimit::aggregator::Stats) -> String 
     }
     out
 }
+
+/// The JWKS fetcher's state: fetches by outcome, keys held, last success.
+pub fn render_jwks(sources: &[crate::auth::jwks::SourceStatus]) -> String {
+    use super::names::{JWKS_FETCHES, JWKS_KEYS, JWKS_LAST_SUCCESS};
+    use std::fmt::Write;
+    let mut out = String::new();
+    if sources.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {JWKS_FETCHES} JWKS fetches by provider and outcome (error: the last good keys stay in use).\n# TYPE {JWKS_FETCHES} counter"
+    );
+    for s in sources {
+        let p = &s.provider;
+        let _ = writeln!(
+            out,
+            "{JWKS_FETCHES}{{provider=\"{p}\",outcome=\"ok\"}} {}\n{JWKS_FETCHES}{{provider=\"{p}\",outcome=\"error\"}} {}",
+            s.fetches_ok, s.fetches_failed
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {JWKS_KEYS} Signing keys in use from the provider's JWKS.\n# TYPE {JWKS_KEYS} gauge"
+    );
+    for s in sources {
+        let _ = writeln!(out, "{JWKS_KEYS}{{provider=\"{}\"}} {}", s.provider, s.keys);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {JWKS_LAST_SUCCESS} Unix time of the provider's last good JWKS fetch (0: none yet).\n# TYPE {JWKS_LAST_SUCCESS} gauge"
+    );
+    for s in sources {
+        let _ = writeln!(
+            out,
+            "{JWKS_LAST_SUCCESS}{{provider=\"{}\"}} {}",
+            s.provider, s.last_success
+        );
+    }
+    out
+}

@@ -295,11 +295,14 @@ async fn handle_request(
     exchange.identity = match phase::auth::check(
         &shard.metrics,
         generation,
+        &shard.jwks,
         route,
         &client.view(),
         head,
         unix_now,
-    ) {
+    )
+    .await
+    {
         Ok(identity) => identity,
         Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
     };

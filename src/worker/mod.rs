@@ -43,6 +43,9 @@ pub enum Command {
     Report(Sender<crate::metrics::WorkerReport>),
     /// Switch to a new snapshot, then acknowledge with the worker id.
     Reload(Arc<Snapshot>, Sender<usize>),
+    /// Keys fetched from a JWKS URL (or the last good ones, after a
+    /// failed fetch).
+    Jwks(Arc<crate::auth::jwks::KeySet>),
     /// Start accepting on these sockets (listeners added by a reload).
     AddListeners(Vec<ListenerSocket>),
     /// Stop accepting on this address (a listener removed by a reload).
@@ -88,6 +91,10 @@ pub struct WorkerSetup {
     pub access_log: Option<crate::accesslog::AccessLog>,
     /// To the rate-limit aggregator, and back (node and cluster scope).
     pub limit_sync: crate::ratelimit::aggregator::WorkerChannels,
+    /// The JWKS key sets fetched before the worker started.
+    pub jwks_sets: Vec<Arc<crate::auth::jwks::KeySet>>,
+    /// To the JWKS fetcher: a token named a key this worker lacks.
+    pub jwks_asks: Option<Sender<Arc<str>>>,
 }
 
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -174,6 +181,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
     shard.log = setup
         .access_log
         .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
+    shard.jwks = crate::auth::jwks::WorkerKeys::new(setup.jwks_sets, setup.jwks_asks);
     let limit_sync = LimitSync {
         channels: setup.limit_sync,
         report_buffers: RefCell::new(
@@ -254,6 +262,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                     }
                 }
                 Command::RemoveListener(addr) => stop_accepting(&shard, addr),
+                Command::Jwks(set) => shard.jwks.install(set),
                 Command::Reload(snapshot, ack) => {
                     shard.reload(snapshot);
                     let _ = ack.send(shard.id);

@@ -180,6 +180,8 @@ pub struct Shard {
     idle_canceller: RefCell<Canceller>,
     /// Caps TLS handshakes in flight on this worker.
     pub handshakes: super::handshake_gate::HandshakeGate,
+    /// Keys fetched from JWKS URLs, as the fetcher last published them.
+    pub jwks: crate::auth::jwks::WorkerKeys,
 }
 
 impl Shard {
@@ -198,6 +200,7 @@ impl Shard {
             log: None,
             idle_canceller: RefCell::new(Canceller::new()),
             handshakes: Default::default(),
+            jwks: Default::default(),
         }
     }
 

@@ -1,11 +1,16 @@
 //! [hot] Phase: authentication. Compiled part: `Snapshot::auth` (the
 //! providers) and `Route::auth` (which guard the route, any or all, and
-//! whether anonymous callers pass). Decides without I/O; a refusal is a
-//! 401 or 403 before the body is read and nothing reaches the upstream.
+//! whether anonymous callers pass); per-worker part: the token caches (in
+//! the `Generation`) and the fetched JWKS keys (`Shard::jwks`). Decides
+//! without I/O; the one wait is for a JWKS refetch that a token with an
+//! unknown `kid` asked for. A refusal is a 401 or 403 before the body is
+//! read and nothing reaches the upstream.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use crate::auth::jwt::{JwtCompiled, TokenLocation};
+use crate::auth::jwks::{UnknownKey, WorkerKeys};
+use crate::auth::jwt::{JwtCompiled, Rejection, TokenLocation};
 use crate::auth::{AuthRefusal, Identity, Outcome, Provider, ProviderKind};
 use crate::failure::Failure;
 use crate::http::{Method, RequestHead};
@@ -18,11 +23,12 @@ use super::super::shard::Generation;
 /// Who the request is from (`Ok(None)`: anonymous, allowed), or the
 /// refusal. `now` reads the clock (Unix seconds, for token lifetimes); only
 /// a token check calls it, so API-key and open routes read no clock.
-pub fn check(
+pub async fn check(
     metrics: &WorkerMetrics,
     generation: &Generation,
+    fetched: &WorkerKeys,
     route: &Route,
-    request: &RequestView,
+    request: &RequestView<'_>,
     head: &RequestHead,
     now: impl Fn() -> u64,
 ) -> Result<Option<Identity>, Failure> {
@@ -48,13 +54,15 @@ pub fn check(
         };
         let outcome = ask(
             generation,
+            fetched,
             index,
             provider,
             request,
             target_query,
             &route.name,
             &now,
-        );
+        )
+        .await;
         metrics.auth(usize::from(index), outcome.index());
         any_present |= outcome != Outcome::Absent;
         let found = match outcome {
@@ -102,11 +110,14 @@ pub fn check(
     }
 }
 
-fn ask(
+/// What `provider` makes of the request.
+#[allow(clippy::too_many_arguments)]
+async fn ask(
     generation: &Generation,
+    fetched: &WorkerKeys,
     index: u16,
     provider: &Provider,
-    request: &RequestView,
+    request: &RequestView<'_>,
     target_query: &[u8],
     route: &str,
     now: &impl Fn() -> u64,
@@ -130,36 +141,60 @@ fn ask(
             let Some(token) = token_in(&jwt.provider.location, request, target_query) else {
                 return Outcome::Absent;
             };
-            verify_cached(generation, index, jwt, token, now())
+            loop {
+                match verify_cached(generation, fetched, index, jwt, token, now()) {
+                    Ok(outcome) => return outcome,
+                    // A refetch for the token's unknown key is under way:
+                    // this request waits on its own task.
+                    Err(pause) => monoio::time::sleep(pause).await,
+                }
+            }
         }
     }
 }
 
 /// A token verified on this worker before costs a hash and a lookup;
-/// others are verified and remembered.
+/// others are verified (with the fetched keys too) and remembered. `Err`:
+/// look again after this long.
 fn verify_cached(
     generation: &Generation,
+    fetched: &WorkerKeys,
     index: u16,
     jwt: &JwtCompiled,
     token: &[u8],
     now: u64,
-) -> Outcome {
+) -> Result<Outcome, Duration> {
     let mut caches = generation.token_caches.borrow_mut();
     let mut cache = caches.get_mut(usize::from(index)).and_then(Option::as_mut);
     if let Some(facts) = cache.as_mut().and_then(|c| c.get(token, now)) {
-        return Outcome::Token(facts);
+        return Ok(Outcome::Token(facts));
     }
-    match jwt.provider.verify(token, now) {
+    let set = jwt.jwks.as_ref().and_then(|source| fetched.current(source));
+    let keys = set.as_ref().map_or(&[][..], |s| &s.keys[..]);
+    match jwt.provider.verify(token, now, keys) {
         Ok(facts) => {
             let facts = Rc::new(facts);
             if let Some(cache) = cache {
                 cache.insert(token, facts.clone(), now);
             }
-            Outcome::Token(facts)
+            Ok(Outcome::Token(facts))
+        }
+        Err(Rejection::UnknownKey) if jwt.jwks.is_some() => {
+            let source = jwt
+                .jwks
+                .as_ref()
+                .map(|s| fetched.unknown_key(s, Instant::now()));
+            match source {
+                Some(UnknownKey::Wait(pause)) => Err(pause),
+                _ => {
+                    tracing::debug!(reason = ?Rejection::UnknownKey, "token refused");
+                    Ok(Outcome::Invalid)
+                }
+            }
         }
         Err(why) => {
             tracing::debug!(reason = ?why, "token refused");
-            Outcome::Invalid
+            Ok(Outcome::Invalid)
         }
     }
 }
