@@ -4,6 +4,9 @@
 //! gateway against a slow or absent one — and count what the identity
 //! provider was asked and what the application upstream received.
 
+// Test fixtures, not the data plane: a mutex is the plain tool here.
+#![allow(clippy::disallowed_types)]
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
