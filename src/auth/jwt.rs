@@ -75,7 +75,9 @@ pub struct ClaimRules {
     pub max_lifetime: Option<u64>,
     /// Claims a token must carry (default `exp`).
     pub required: Vec<String>,
-    pub consumer_claim: String,
+    /// The claims naming the consumer, the first present one wins
+    /// (`sub`; introspection: `sub`, then `client_id`).
+    pub consumer_claims: Vec<String>,
     pub tier_claim: Option<String>,
     pub scope_claim: String,
     /// Claims forwarded as headers: (claim, lower-case header name).
@@ -271,8 +273,9 @@ impl JwtProvider {
     }
 }
 
-/// The time and identity claims, at `now`.
-fn check_claims(
+/// The time and identity claims, at `now` (a verified token's, or an
+/// introspection answer's).
+pub fn check_claims(
     claims: &Map<String, Value>,
     rules: &ClaimRules,
     now: u64,
@@ -315,8 +318,10 @@ fn check_claims(
             return Err(Rejection::TooLongLived);
         }
     }
-    let name = claims
-        .get(&rules.consumer_claim)
+    let name = rules
+        .consumer_claims
+        .iter()
+        .find_map(|c| claims.get(c))
         .and_then(Value::as_str)
         .filter(|n| is_consumer_name(n))
         .ok_or(Rejection::BadConsumer)?;
@@ -478,7 +483,7 @@ mod tests {
             leeway: 30,
             max_lifetime: None,
             required: vec!["exp".into()],
-            consumer_claim: "sub".into(),
+            consumer_claims: vec!["sub".into()],
             tier_claim: Some("plan".into()),
             scope_claim: "scope".into(),
             claim_headers: vec![

@@ -9,6 +9,7 @@
 //! and tier from the provider by index.
 
 pub mod api_key;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod token_cache;
@@ -260,7 +261,7 @@ mod tests {
             leeway: 0,
             max_lifetime: None,
             required: Vec::new(),
-            consumer_claim: "sub".into(),
+            consumer_claims: vec!["sub".into()],
             tier_claim: None,
             scope_claim: "scope".into(),
             claim_headers: Vec::new(),

@@ -14,6 +14,13 @@
 //! provider's `cache_ttl`, whichever comes first; when the cache is full,
 //! expired entries go first, then an arbitrary one. Bounded by
 //! `cache_size` (memory: about the token's length per entry).
+//!
+//! Token introspection uses two more kinds of entry: refusals (an inactive
+//! token, kept `negative_ttl` so a replayed bad token does not cost a call
+//! each time), and a grace period after `cache_ttl` (never past `exp`)
+//! during which a token that was valid may still be accepted — but only
+//! when the introspection endpoint cannot be reached (`lookup` says
+//! `Stale`; the caller decides).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,13 +33,29 @@ pub struct TokenCache {
     hasher: ahash::RandomState,
     capacity: usize,
     ttl_secs: u64,
+    grace_secs: u64,
 }
 
 struct Entry {
     token: Box<[u8]>,
-    facts: Rc<TokenFacts>,
-    /// Unix seconds after which the entry is not used.
+    /// `None`: the token was refused.
+    facts: Option<Rc<TokenFacts>>,
+    /// Unix seconds after which the entry is not fresh.
     until: u64,
+    /// Unix seconds after which it is gone (`until` plus any grace).
+    kept_until: u64,
+}
+
+/// What the cache knows about a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Valid, fresh.
+    Valid(Rc<TokenFacts>),
+    /// Refused recently.
+    Refused,
+    /// Was valid, past its cache time but within the grace period.
+    Stale(Rc<TokenFacts>),
+    Unknown,
 }
 
 impl TokenCache {
@@ -42,7 +65,15 @@ impl TokenCache {
             hasher: ahash::RandomState::new(),
             capacity: capacity.max(1),
             ttl_secs,
+            grace_secs: 0,
         }
+    }
+
+    /// Valid tokens are kept `grace_secs` past their cache time (never
+    /// past their `exp`), as `Lookup::Stale`.
+    pub fn with_grace(mut self, grace_secs: u64) -> TokenCache {
+        self.grace_secs = grace_secs;
+        self
     }
 
     fn slot(&self, token: &[u8]) -> u64 {
@@ -50,26 +81,60 @@ impl TokenCache {
     }
 
     /// The facts of `token` if it was verified before and is still valid
-    /// at `now`.
+    /// (and fresh) at `now`.
     pub fn get(&mut self, token: &[u8], now: u64) -> Option<Rc<TokenFacts>> {
+        match self.lookup(token, now) {
+            Lookup::Valid(facts) => Some(facts),
+            _ => None,
+        }
+    }
+
+    /// Everything the cache knows about `token` at `now`.
+    pub fn lookup(&mut self, token: &[u8], now: u64) -> Lookup {
         let slot = self.slot(token);
-        let entry = self.entries.get(&slot)?;
+        let Some(entry) = self.entries.get(&slot) else {
+            return Lookup::Unknown;
+        };
         if aws_lc_rs::constant_time::verify_slices_are_equal(&entry.token, token).is_err() {
-            return None;
+            return Lookup::Unknown;
         }
-        if now > entry.until {
+        if now > entry.kept_until {
             self.entries.remove(&slot);
-            return None;
+            return Lookup::Unknown;
         }
-        Some(entry.facts.clone())
+        match (&entry.facts, now <= entry.until) {
+            (Some(facts), true) => Lookup::Valid(facts.clone()),
+            (Some(facts), false) => Lookup::Stale(facts.clone()),
+            (None, _) => Lookup::Refused,
+        }
     }
 
     /// Remembers a verified token from `now`.
     pub fn insert(&mut self, token: &[u8], facts: Rc<TokenFacts>, now: u64) {
-        let slot = self.slot(token);
         let until = facts.valid_until.min(now.saturating_add(self.ttl_secs));
+        let kept_until = facts
+            .valid_until
+            .min(until.saturating_add(self.grace_secs));
+        self.put(token, Some(facts), until, kept_until, now);
+    }
+
+    /// Remembers that `token` was refused, for `secs` from `now`.
+    pub fn insert_refused(&mut self, token: &[u8], secs: u64, now: u64) {
+        let until = now.saturating_add(secs);
+        self.put(token, None, until, until, now);
+    }
+
+    fn put(
+        &mut self,
+        token: &[u8],
+        facts: Option<Rc<TokenFacts>>,
+        until: u64,
+        kept_until: u64,
+        now: u64,
+    ) {
+        let slot = self.slot(token);
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&slot) {
-            self.entries.retain(|_, e| now <= e.until);
+            self.entries.retain(|_, e| now <= e.kept_until);
             let victim = self.entries.keys().next().copied();
             if let Some(victim) = victim.filter(|_| self.entries.len() >= self.capacity) {
                 self.entries.remove(&victim);
@@ -81,6 +146,7 @@ impl TokenCache {
                 token: token.into(),
                 facts,
                 until,
+                kept_until,
             },
         );
     }
@@ -148,6 +214,30 @@ mod tests {
         // Two caches key differently.
         let d = TokenCache::new(10, 60);
         assert_ne!(d.slot(b"x"), c.slot(b"x"));
+    }
+
+    #[test]
+    fn refusals_and_grace_periods() {
+        let mut c = TokenCache::new(10, 60).with_grace(100);
+        c.insert_refused(b"bad", 10, 1_000);
+        assert_eq!(c.lookup(b"bad", 1_010), Lookup::Refused);
+        assert!(c.get(b"bad", 1_000).is_none(), "a refusal is not facts");
+        assert_eq!(c.lookup(b"bad", 1_011), Lookup::Unknown);
+        // Fresh for the ttl, stale for the grace after it.
+        c.insert(b"good", facts("g", 9_999), 1_000);
+        assert!(matches!(c.lookup(b"good", 1_060), Lookup::Valid(_)));
+        assert!(matches!(c.lookup(b"good", 1_061), Lookup::Stale(_)));
+        assert!(c.get(b"good", 1_061).is_none(), "stale is not valid");
+        assert!(matches!(c.lookup(b"good", 1_160), Lookup::Stale(_)));
+        assert_eq!(c.lookup(b"good", 1_161), Lookup::Unknown);
+        // The grace never outlives the token's exp.
+        c.insert(b"short", facts("s", 1_080), 1_000);
+        assert!(matches!(c.lookup(b"short", 1_080), Lookup::Stale(_)));
+        assert_eq!(c.lookup(b"short", 1_081), Lookup::Unknown);
+        // Without a grace, past the ttl is gone.
+        let mut d = TokenCache::new(10, 60);
+        d.insert(b"good", facts("g", 9_999), 1_000);
+        assert_eq!(d.lookup(b"good", 1_061), Lookup::Unknown);
     }
 
     #[test]

@@ -676,7 +676,7 @@ fn compile_jwt(
             .required_claims
             .clone()
             .unwrap_or_else(|| vec!["exp".into()]),
-        consumer_claim: a.consumer_claim.clone().unwrap_or_else(|| "sub".into()),
+        consumer_claims: vec![a.consumer_claim.clone().unwrap_or_else(|| "sub".into())],
         tier_claim: a.tier_claim.clone(),
         scope_claim: a.scope_claim.clone().unwrap_or_else(|| "scope".into()),
         claim_headers: a
