@@ -170,8 +170,7 @@ fn form_encode(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Standard base64 with padding (RFC 4648 §4).
 fn base64_encode(out: &mut Vec<u8>, bytes: &[u8]) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in bytes.chunks(3) {
         let n = chunk
             .iter()
@@ -284,10 +283,7 @@ mod tests {
             c[k] = v;
             answer(c)
         };
-        assert!(matches!(
-            with("active", false.into()),
-            Verdict::Refused(_)
-        ));
+        assert!(matches!(with("active", false.into()), Verdict::Refused(_)));
         assert_eq!(with("active", "true".into()), Verdict::Malformed);
         assert_eq!(
             with("iss", "https://evil.test".into()),

@@ -112,9 +112,7 @@ impl TokenCache {
     /// Remembers a verified token from `now`.
     pub fn insert(&mut self, token: &[u8], facts: Rc<TokenFacts>, now: u64) {
         let until = facts.valid_until.min(now.saturating_add(self.ttl_secs));
-        let kept_until = facts
-            .valid_until
-            .min(until.saturating_add(self.grace_secs));
+        let kept_until = facts.valid_until.min(until.saturating_add(self.grace_secs));
         self.put(token, Some(facts), until, kept_until, now);
     }
 
