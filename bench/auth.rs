@@ -21,7 +21,7 @@ fn rules() -> ClaimRules {
         leeway: 30,
         max_lifetime: None,
         required: vec!["exp".into()],
-        consumer_claim: "sub".into(),
+        consumer_claims: vec!["sub".into()],
         tier_claim: Some("plan".into()),
         scope_claim: "scope".into(),
         claim_headers: Vec::new(),
