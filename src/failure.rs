@@ -54,8 +54,11 @@ pub enum Failure {
     },
 }
 
+/// `Retry-After` on a 503 for credentials that could not be checked.
+const AUTH_RETRY_AFTER_SECS: u64 = 5;
+
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 18;
+pub const FAILURE_KINDS: usize = 19;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -83,6 +86,7 @@ impl Failure {
         Failure::Misdirected,
         Failure::Unauthorized(AuthRefusal::Invalid),
         Failure::Unauthorized(AuthRefusal::Forbidden),
+        Failure::Unauthorized(AuthRefusal::Unavailable),
     ];
 
     pub fn status(self) -> u16 {
@@ -102,6 +106,7 @@ impl Failure {
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
             Failure::Unauthorized(AuthRefusal::Forbidden) => 403,
+            Failure::Unauthorized(AuthRefusal::Unavailable) => 503,
             Failure::Unauthorized(_) => 401,
         }
     }
@@ -126,6 +131,7 @@ impl Failure {
             Failure::RateLimited { .. } => "rate_limited",
             Failure::Misdirected => "misdirected_request",
             Failure::Unauthorized(AuthRefusal::Forbidden) => "forbidden",
+            Failure::Unauthorized(AuthRefusal::Unavailable) => "auth_unavailable",
             Failure::Unauthorized(_) => "unauthorized",
         }
     }
@@ -149,6 +155,7 @@ impl Failure {
             Failure::UriTooLong => 14,
             Failure::Misdirected => 15,
             Failure::Unauthorized(AuthRefusal::Forbidden) => 17,
+            Failure::Unauthorized(AuthRefusal::Unavailable) => 18,
             Failure::Unauthorized(_) => 16,
         }
     }
@@ -179,6 +186,9 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Invalid) => "the credentials are not valid",
             Failure::Unauthorized(AuthRefusal::Forbidden) => {
                 "the credentials do not allow this route"
+            }
+            Failure::Unauthorized(AuthRefusal::Unavailable) => {
+                "the credentials cannot be checked now; retry after the time in Retry-After"
             }
         }
     }
@@ -234,7 +244,11 @@ impl Failure {
                 },
             );
         }
-        if let Failure::Unauthorized(why) = self {
+        if self == Failure::Unauthorized(AuthRefusal::Unavailable) {
+            out.put_slice(b"retry-after: ");
+            http::write::decimal(out, AUTH_RETRY_AFTER_SECS);
+            out.put_slice(b"\r\n");
+        } else if let Failure::Unauthorized(why) = self {
             out.put_slice(match why {
                 AuthRefusal::Missing => {
                     b"www-authenticate: Bearer realm=\"ringgate\"\r\n".as_slice()
@@ -245,6 +259,7 @@ impl Failure {
                 AuthRefusal::Forbidden => {
                     b"www-authenticate: Bearer realm=\"ringgate\", error=\"insufficient_scope\"\r\n"
                 }
+                AuthRefusal::Unavailable => b"",
             });
         }
         if close {

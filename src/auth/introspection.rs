@@ -15,6 +15,11 @@ use serde_json::{Map, Value};
 
 use super::jwt::{ClaimRules, Rejection, TokenFacts, TokenLocation, check_claims};
 
+/// How introspection calls ended, as metric labels: the endpoint said the
+/// token is active, or not (or its claims fail), or it could not be asked
+/// (unreachable, timed out, an error status, not an introspection answer).
+pub const CALL_RESULTS: [&str; 3] = ["active", "inactive", "error"];
+
 /// A `type = "introspection"` section, compiled.
 pub struct Introspection {
     pub location: TokenLocation,

@@ -22,6 +22,9 @@ pub enum AuthRefusal {
     Missing,
     /// A credential that authenticates no one (401, `invalid_token`).
     Invalid,
+    /// A credential that could not be checked: the introspection endpoint
+    /// is unreachable and no grace applies (503 with `Retry-After`).
+    Unavailable,
     /// A known consumer the route does not admit (403, `insufficient_scope`).
     Forbidden,
 }
@@ -45,11 +48,16 @@ pub const CONSUMER_HEADER: &[u8] = b"x-consumer";
 pub fn credential_header(kind: &ProviderKind) -> Option<Box<[u8]>> {
     match kind {
         ProviderKind::ApiKey(keys) => keys.location.header.clone(),
-        ProviderKind::Jwt(jwt) => match &jwt.provider.location {
-            jwt::TokenLocation::Bearer => Some(b"authorization"[..].into()),
-            jwt::TokenLocation::Header(h) => Some(h.clone()),
-            jwt::TokenLocation::Query(_) | jwt::TokenLocation::Cookie(_) => None,
-        },
+        ProviderKind::Jwt(jwt) => location_header(&jwt.provider.location),
+        ProviderKind::Introspection(i) => location_header(&i.location),
+    }
+}
+
+fn location_header(location: &jwt::TokenLocation) -> Option<Box<[u8]>> {
+    match location {
+        jwt::TokenLocation::Bearer => Some(b"authorization"[..].into()),
+        jwt::TokenLocation::Header(h) => Some(h.clone()),
+        jwt::TokenLocation::Query(_) | jwt::TokenLocation::Cookie(_) => None,
     }
 }
 
@@ -57,6 +65,7 @@ pub fn credential_header(kind: &ProviderKind) -> Option<Box<[u8]>> {
 pub enum ProviderKind {
     ApiKey(api_key::ApiKeys),
     Jwt(jwt::JwtCompiled),
+    Introspection(Box<introspection::Introspection>),
 }
 
 /// Who an authenticated request is from: an index for a consumer the
@@ -114,13 +123,21 @@ pub enum Outcome {
     Invalid,
     /// Authenticated, but this consumer may not use the route.
     Forbidden,
+    /// The credential could not be checked (introspection endpoint down).
+    Unavailable,
     Authenticated(u32),
     /// A verified token.
     Token(std::rc::Rc<jwt::TokenFacts>),
 }
 
 /// Outcomes as metric labels (`Outcome::index`).
-pub const OUTCOMES: [&str; 4] = ["authenticated", "missing", "invalid", "forbidden"];
+pub const OUTCOMES: [&str; 5] = [
+    "authenticated",
+    "missing",
+    "invalid",
+    "forbidden",
+    "unavailable",
+];
 
 impl Outcome {
     /// Index of this outcome's label in `OUTCOMES`.
@@ -130,6 +147,7 @@ impl Outcome {
             Outcome::Absent => 1,
             Outcome::Invalid => 2,
             Outcome::Forbidden => 3,
+            Outcome::Unavailable => 4,
         }
     }
 
@@ -139,6 +157,7 @@ impl Outcome {
             Outcome::Absent => Some(AuthRefusal::Missing),
             Outcome::Invalid => Some(AuthRefusal::Invalid),
             Outcome::Forbidden => Some(AuthRefusal::Forbidden),
+            Outcome::Unavailable => Some(AuthRefusal::Unavailable),
             Outcome::Authenticated(_) | Outcome::Token(_) => None,
         }
     }
@@ -148,7 +167,7 @@ impl Provider {
     pub fn consumer(&self, index: u32) -> Option<&Consumer> {
         match &self.kind {
             ProviderKind::ApiKey(keys) => keys.consumer(index),
-            ProviderKind::Jwt(_) => None,
+            ProviderKind::Jwt(_) | ProviderKind::Introspection(_) => None,
         }
     }
 }

@@ -97,6 +97,28 @@ pub struct AuthSection {
     /// 10s; 0s: do not wait).
     #[serde(default)]
     pub jwks_startup_wait: Option<HumanDuration>,
+    /// Introspection: the upstream serving the RFC 7662 endpoint.
+    #[serde(default)]
+    pub introspection_upstream: Option<Spanned<String>>,
+    /// Introspection: the endpoint's path (default `/introspect`).
+    #[serde(default)]
+    pub introspection_path: Option<Spanned<String>>,
+    /// Introspection: the gateway's client id at the endpoint.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Introspection: the client secret, read from this file.
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// Introspection: the client secret, from this environment variable.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// Introspection: how long an inactive answer is kept (default 10s).
+    #[serde(default)]
+    pub negative_cache_ttl: Option<HumanDuration>,
+    /// Introspection: with the endpoint unreachable, accept a token that
+    /// was valid within this long past its cache_ttl (default 0s: 503).
+    #[serde(default)]
+    pub grace: Option<HumanDuration>,
     /// JWT: accepted `iss` values (any of; empty: not checked).
     #[serde(default)]
     pub issuers: Vec<String>,

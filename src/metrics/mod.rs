@@ -46,6 +46,9 @@ pub fn method_index(method: &[u8]) -> usize {
     }
 }
 
+const AUTH_OUTCOMES: usize = crate::auth::OUTCOMES.len();
+const INTROSPECTION_RESULTS: usize = crate::auth::introspection::CALL_RESULTS.len();
+
 /// One endpoint's connection counters, as this worker saw them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EndpointCounts {
@@ -77,7 +80,10 @@ pub struct WorkerMetrics {
     /// Per rate-limit policy: [allowed, limited].
     policies: RefCell<Vec<[u64; 2]>>,
     /// Per auth provider, by `auth::Outcome::index`.
-    auth: RefCell<Vec<[u64; 4]>>,
+    auth: RefCell<Vec<[u64; AUTH_OUTCOMES]>>,
+    /// Per auth provider, introspection calls by
+    /// `auth::introspection::CALL_RESULTS` index.
+    introspection: RefCell<Vec<[u64; INTROSPECTION_RESULTS]>>,
     request_latency: RefCell<Histogram<u64>>,
     request_latency_sum_us: Cell<u64>,
     upstream_latency: RefCell<Histogram<u64>>,
@@ -114,6 +120,7 @@ impl WorkerMetrics {
             ),
             policies: RefCell::new(Vec::new()),
             auth: RefCell::new(Vec::new()),
+            introspection: RefCell::new(Vec::new()),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -135,10 +142,23 @@ impl WorkerMetrics {
     /// after a reload).
     pub fn resize_policies(&self, policies: usize, auth_providers: usize) {
         *self.policies.borrow_mut() = vec![[0, 0]; policies];
-        *self.auth.borrow_mut() = vec![[0; 4]; auth_providers];
+        *self.auth.borrow_mut() = vec![[0; AUTH_OUTCOMES]; auth_providers];
+        *self.introspection.borrow_mut() = vec![[0; INTROSPECTION_RESULTS]; auth_providers];
     }
 
     #[inline]
+    /// An introspection call of `provider` ended with `result`.
+    pub fn introspection(&self, provider: usize, result: usize) {
+        if let Some(count) = self
+            .introspection
+            .borrow_mut()
+            .get_mut(provider)
+            .and_then(|counts| counts.get_mut(result))
+        {
+            *count += 1;
+        }
+    }
+
     pub fn auth(&self, provider: usize, outcome: usize) {
         if let Some(count) = self
             .auth
@@ -282,6 +302,7 @@ impl WorkerMetrics {
             endpoints: self.endpoints.borrow().clone(),
             policies: self.policies.borrow().clone(),
             auth: self.auth.borrow().clone(),
+            introspection: self.introspection.borrow().clone(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -318,7 +339,8 @@ pub struct WorkerReport {
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
     pub policies: Vec<[u64; 2]>,
-    pub auth: Vec<[u64; 4]>,
+    pub auth: Vec<[u64; AUTH_OUTCOMES]>,
+    pub introspection: Vec<[u64; INTROSPECTION_RESULTS]>,
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

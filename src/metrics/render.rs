@@ -246,6 +246,36 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         }
     }
 
+    if snapshot
+        .auth
+        .iter()
+        .any(|p| matches!(p.kind, crate::auth::ProviderKind::Introspection(_)))
+    {
+        header(
+            &mut out,
+            INTROSPECTION_CALLS,
+            "counter",
+            "Token introspection calls by provider and result (error: unreachable, timed out, error status or not an answer).",
+        );
+    }
+    for (i, provider) in snapshot.auth.iter().enumerate() {
+        if !matches!(provider.kind, crate::auth::ProviderKind::Introspection(_)) {
+            continue;
+        }
+        for (r, result) in crate::auth::introspection::CALL_RESULTS.iter().enumerate() {
+            let v: u64 = reports
+                .iter()
+                .filter_map(|rep| rep.introspection.get(i))
+                .map(|c| c[r])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{INTROSPECTION_CALLS}{{provider=\"{}\",result=\"{result}\"}} {v}",
+                label(&provider.name)
+            );
+        }
+    }
+
     let endpoint_series =
         |out: &mut String,
          name: &str,

@@ -292,20 +292,11 @@ async fn handle_request(
     if let Some(port) = phase::https_redirect::applies(&ctx, client) {
         return phase::https_redirect::redirect(&ctx, port, client, close_after, exchange).await;
     }
-    exchange.identity = match phase::auth::check(
-        &shard.metrics,
-        generation,
-        &shard.jwks,
-        route,
-        &client.view(),
-        head,
-        unix_now,
-    )
-    .await
-    {
-        Ok(identity) => identity,
-        Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
-    };
+    exchange.identity =
+        match phase::auth::check(shard, generation, route, &client.view(), head, unix_now).await {
+            Ok(identity) => identity,
+            Err(failure) => return refuse(shard, snapshot, client, head, failure, exchange).await,
+        };
     if let Some(failure) = decide(|| phase::route::check_body_size(route, head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod conn;
 pub mod forward;
 pub mod handshake_gate;
+pub mod introspect;
 pub mod phase;
 pub mod request_id;
 pub mod shard;

@@ -73,6 +73,8 @@ pub struct Generation {
     /// Verified tokens, per auth provider (`None` for providers that are
     /// not JWT). A reload starts them empty: keys may have changed.
     pub token_caches: RefCell<Vec<Option<crate::auth::token_cache::TokenCache>>>,
+    /// Token introspection calls under way (one per token at a time).
+    pub lookups: super::introspect::Lookups,
 }
 
 impl Generation {
@@ -129,7 +131,11 @@ impl Generation {
                         jwt.cache_ttl.as_secs(),
                     ))
                 }
-                _ => None,
+                crate::auth::ProviderKind::Introspection(i) => Some(
+                    crate::auth::token_cache::TokenCache::new(i.cache_size, i.cache_ttl.as_secs())
+                        .with_grace(i.grace.as_secs()),
+                ),
+                crate::auth::ProviderKind::ApiKey(_) => None,
             })
             .collect();
         Generation {
@@ -137,6 +143,7 @@ impl Generation {
             upstreams: RefCell::new(upstreams),
             limiter,
             token_caches: RefCell::new(token_caches),
+            lookups: Default::default(),
         }
     }
 }

@@ -80,10 +80,17 @@ pub(super) fn compile_auth(
                 a.forward_credential,
             )
         }),
+        "introspection" => compile_introspection(name, section, upstreams, errors).map(|i| {
+            provider(
+                name,
+                crate::auth::ProviderKind::Introspection(Box::new(i)),
+                a.forward_credential,
+            )
+        }),
         other => {
             errors.at(
                 &a.kind,
-                format!("auth.{name}: unknown type `{other}`; expected \"api_key\" or \"jwt\""),
+                format!("auth.{name}: unknown type `{other}`; expected \"api_key\", \"jwt\" or \"introspection\""),
             );
             None
         }
@@ -100,6 +107,12 @@ fn provider(
         crate::auth::ProviderKind::Jwt(jwt) => {
             jwt.provider.claim_headers().map(Into::into).collect()
         }
+        crate::auth::ProviderKind::Introspection(i) => i
+            .rules
+            .claim_headers
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect(),
         crate::auth::ProviderKind::ApiKey(_) => Vec::new(),
     };
     if !forward_credential {
@@ -120,29 +133,11 @@ fn compile_jwt(
     upstreams: &[crate::snapshot::UpstreamSpec],
     errors: &mut Errors,
 ) -> Option<crate::auth::jwt::JwtCompiled> {
-    use crate::auth::jwt::{ClaimRules, JwtProvider, TokenLocation};
+    use crate::auth::jwt::JwtProvider;
     use jsonwebtoken::{Algorithm, DecodingKey};
     let a = section.get_ref();
     let before = errors.list.len();
-    let location = match a.token.as_ref().map(|t| (t, t.get_ref().as_str())) {
-        None | Some((_, "bearer")) => TokenLocation::Bearer,
-        Some((t, spec)) => {
-            let (kind, what) = spec.split_once(':').unwrap_or((spec, ""));
-            match kind {
-                "header" if is_token(what.as_bytes()) => {
-                    TokenLocation::Header(what.to_ascii_lowercase().into_bytes().into())
-                }
-                "query" if !what.is_empty() => TokenLocation::Query(what.as_bytes().into()),
-                "cookie" if is_token(what.as_bytes()) => {
-                    TokenLocation::Cookie(what.as_bytes().into())
-                }
-                _ => {
-                    errors.at(t, format!("auth.{name}: token must be \"bearer\", \"header:NAME\", \"query:NAME\" or \"cookie:NAME\""));
-                    TokenLocation::Bearer
-                }
-            }
-        }
-    };
+    let location = token_location(name, section, errors);
     let mut keys: Vec<(Option<String>, Algorithm, DecodingKey)> = Vec::new();
     for k in &a.keys {
         let key = k.get_ref();
@@ -250,52 +245,11 @@ fn compile_jwt(
             format!("auth.{name}: type = \"jwt\" needs keys = [...], jwks_file or jwks_upstream"),
         );
     }
-    for (field, set) in [
-        ("keys_file", a.keys_file.is_some()),
-        ("header", a.header.is_some()),
-        ("query", a.query.is_some()),
-    ] {
-        if set {
-            errors.at(
-                section,
-                format!("auth.{name}: {field} is for type = \"api_key\"; use token = \"...\""),
-            );
-        }
-    }
-    for header in a.claims_to_headers.values() {
-        if !is_token(header.as_bytes()) {
-            errors.at(
-                section,
-                format!("auth.{name}: claims_to_headers: `{header}` is not a header name"),
-            );
-        }
-    }
+    check_token_provider_fields(name, section, errors);
     if errors.list.len() != before {
         return None;
     }
-    let rules = ClaimRules {
-        issuers: a.issuers.clone(),
-        audiences: a.audiences.clone(),
-        leeway: a.leeway.map_or(30, |l| l.0.as_secs()),
-        max_lifetime: a.max_lifetime.map(|m| m.0.as_secs()),
-        required: a
-            .required_claims
-            .clone()
-            .unwrap_or_else(|| vec!["exp".into()]),
-        consumer_claims: vec![a.consumer_claim.clone().unwrap_or_else(|| "sub".into())],
-        tier_claim: a.tier_claim.clone(),
-        scope_claim: a.scope_claim.clone().unwrap_or_else(|| "scope".into()),
-        claim_headers: a
-            .claims_to_headers
-            .iter()
-            .map(|(claim, header)| {
-                (
-                    claim.clone(),
-                    header.to_ascii_lowercase().into_bytes().into_boxed_slice(),
-                )
-            })
-            .collect(),
-    };
+    let rules = claim_rules(a, &["sub"], &["exp"]);
     Some(crate::auth::jwt::JwtCompiled {
         provider: JwtProvider::new(location, keys, rules),
         cache_ttl: a
@@ -432,4 +386,214 @@ pub(super) fn compile_route_auth(
         hidden_headers: hidden_headers.into(),
         skip_preflight: r.auth_skip_preflight,
     })
+}
+
+/// Where a token provider (JWT, introspection) finds the token.
+fn token_location(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    errors: &mut Errors,
+) -> crate::auth::jwt::TokenLocation {
+    use crate::auth::jwt::TokenLocation;
+    let a = section.get_ref();
+    match a.token.as_ref().map(|t| (t, t.get_ref().as_str())) {
+        None | Some((_, "bearer")) => TokenLocation::Bearer,
+        Some((t, spec)) => {
+            let (kind, what) = spec.split_once(':').unwrap_or((spec, ""));
+            match kind {
+                "header" if is_token(what.as_bytes()) => {
+                    TokenLocation::Header(what.to_ascii_lowercase().into_bytes().into())
+                }
+                "query" if !what.is_empty() => TokenLocation::Query(what.as_bytes().into()),
+                "cookie" if is_token(what.as_bytes()) => {
+                    TokenLocation::Cookie(what.as_bytes().into())
+                }
+                _ => {
+                    errors.at(t, format!("auth.{name}: token must be \"bearer\", \"header:NAME\", \"query:NAME\" or \"cookie:NAME\""));
+                    TokenLocation::Bearer
+                }
+            }
+        }
+    }
+}
+
+/// Fields a token provider must not have, and its claim headers' names.
+fn check_token_provider_fields(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    errors: &mut Errors,
+) {
+    let a = section.get_ref();
+    for (field, set) in [
+        ("keys_file", a.keys_file.is_some()),
+        ("header", a.header.is_some()),
+        ("query", a.query.is_some()),
+    ] {
+        if set {
+            errors.at(
+                section,
+                format!("auth.{name}: {field} is for type = \"api_key\"; use token = \"...\""),
+            );
+        }
+    }
+    for header in a.claims_to_headers.values() {
+        if !is_token(header.as_bytes()) {
+            errors.at(
+                section,
+                format!("auth.{name}: claims_to_headers: `{header}` is not a header name"),
+            );
+        }
+    }
+}
+
+/// The claim rules of a token provider; `consumers` and `required` are
+/// the defaults for `consumer_claim` and `required_claims`.
+fn claim_rules(
+    a: &file::AuthSection,
+    consumers: &[&str],
+    required: &[&str],
+) -> crate::auth::jwt::ClaimRules {
+    let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    crate::auth::jwt::ClaimRules {
+        issuers: a.issuers.clone(),
+        audiences: a.audiences.clone(),
+        leeway: a.leeway.map_or(30, |l| l.0.as_secs()),
+        max_lifetime: a.max_lifetime.map(|m| m.0.as_secs()),
+        required: a.required_claims.clone().unwrap_or_else(|| owned(required)),
+        consumer_claims: a
+            .consumer_claim
+            .clone()
+            .map_or_else(|| owned(consumers), |c| vec![c]),
+        tier_claim: a.tier_claim.clone(),
+        scope_claim: a.scope_claim.clone().unwrap_or_else(|| "scope".into()),
+        claim_headers: a
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| {
+                (
+                    claim.clone(),
+                    header.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A `type = "introspection"` provider: the endpoint (an upstream and a
+/// path), the client credentials (the secret read now), claim rules and
+/// caching.
+fn compile_introspection(
+    name: &str,
+    section: &Spanned<file::AuthSection>,
+    upstreams: &[crate::snapshot::UpstreamSpec],
+    errors: &mut Errors,
+) -> Option<crate::auth::introspection::Introspection> {
+    let a = section.get_ref();
+    let before = errors.list.len();
+    let location = token_location(name, section, errors);
+    check_token_provider_fields(name, section, errors);
+    for (field, set) in [
+        ("keys", !a.keys.is_empty()),
+        ("jwks_file", a.jwks_file.is_some()),
+        ("jwks_upstream", a.jwks_upstream.is_some()),
+    ] {
+        if set {
+            errors.at(
+                section,
+                format!("auth.{name}: {field} is for type = \"jwt\""),
+            );
+        }
+    }
+    let upstream = match &a.introspection_upstream {
+        None => {
+            errors.at(
+                section,
+                format!("auth.{name}: type = \"introspection\" needs introspection_upstream = \"UPSTREAM\""),
+            );
+            None
+        }
+        Some(u) => {
+            let found = upstreams.iter().position(|x| x.name == *u.get_ref());
+            if found.is_none() {
+                errors.at(
+                    u,
+                    format!(
+                        "auth.{name}: introspection_upstream `{}` is not an [upstreams] entry",
+                        u.get_ref()
+                    ),
+                );
+            }
+            found
+        }
+    };
+    let path = a
+        .introspection_path
+        .as_ref()
+        .map_or("/introspect", |p| p.get_ref().as_str());
+    if (!path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()))
+        && let Some(p) = &a.introspection_path
+    {
+        errors.at(
+            p,
+            format!(
+                "auth.{name}: introspection_path must be an absolute path (\"/...\") without spaces"
+            ),
+        );
+    }
+    let Some(client_id) = &a.client_id else {
+        errors.at(
+            section,
+            format!("auth.{name}: type = \"introspection\" needs client_id (and client_secret_file or client_secret_env)"),
+        );
+        return None;
+    };
+    let secret = match (&a.client_secret_file, &a.client_secret_env) {
+        (Some(f), None) => std::fs::read(f.get_ref())
+            .map(|mut s| {
+                while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    s.pop();
+                }
+                s
+            })
+            .map_err(|e| (f, format!("cannot read {}: {e}", f.get_ref()))),
+        (None, Some(v)) => std::env::var(v.get_ref())
+            .map(String::into_bytes)
+            .map_err(|_| {
+                (
+                    v,
+                    format!("environment variable {} is not set", v.get_ref()),
+                )
+            }),
+        _ => {
+            errors.at(
+                section,
+                format!("auth.{name}: set one of client_secret_file, client_secret_env"),
+            );
+            return None;
+        }
+    };
+    let secret = match secret {
+        Ok(s) => s,
+        Err((at, why)) => {
+            errors.at(at, format!("auth.{name}: {why}"));
+            return None;
+        }
+    };
+    if errors.list.len() != before {
+        return None;
+    }
+    Some(crate::auth::introspection::Introspection::new(
+        location,
+        upstream?,
+        path,
+        client_id,
+        &secret,
+        claim_rules(a, &["sub", "client_id"], &[]),
+        a.cache_ttl
+            .map_or(std::time::Duration::from_secs(60), |t| t.0),
+        a.negative_cache_ttl
+            .map_or(std::time::Duration::from_secs(10), |t| t.0),
+        a.grace.map_or(std::time::Duration::ZERO, |t| t.0),
+        a.cache_size.unwrap_or(10_000).max(1),
+    ))
 }

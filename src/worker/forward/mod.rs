@@ -29,7 +29,8 @@ use super::shard::{Generation, Shard};
 use crate::transport::{IoFailure, write_all_keep};
 use relay::{Relay, send_request_body};
 use response_head::{HeadError, OutFraming, build_response_head, read_response_head};
-use upstream::{acquire, pick_endpoint};
+use upstream::consistent_hash_key;
+pub(in crate::worker) use upstream::{acquire, pick_endpoint};
 
 /// Request bodies up to this size that already sit in the read buffer are
 /// sent with the head in one write, and can be replayed on a safe retry.
@@ -86,7 +87,12 @@ pub async fn forward(
     exchange: &mut Exchange,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
-    let (endpoint, _in_flight) = pick_endpoint(ctx.generation, spec, upstream, client);
+    let (endpoint, _in_flight) = pick_endpoint(
+        ctx.generation,
+        spec,
+        upstream,
+        consistent_hash_key(spec, client),
+    );
     let trip = Trip {
         shard: ctx.shard,
         generation: ctx.generation,

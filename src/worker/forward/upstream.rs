@@ -18,7 +18,7 @@ use super::super::shard::{Generation, Shard};
 /// Decrements the endpoint's in-flight count however `forward` ends — in
 /// the counts the balancer reads now, even if a reload moved them to a new
 /// generation meanwhile.
-pub(super) struct Outstanding {
+pub(in crate::worker) struct Outstanding {
     counts: std::rc::Rc<[std::cell::Cell<u32>]>,
     endpoint: usize,
 }
@@ -30,15 +30,15 @@ impl Drop for Outstanding {
     }
 }
 
-/// Picks the endpoint for this request and counts it in flight until the
+/// Picks the endpoint for a request (`key_hash`: its consistent-hash
+/// key, if the upstream balances by one) and counts it in flight until the
 /// returned guard drops.
-pub(super) fn pick_endpoint(
+pub(in crate::worker) fn pick_endpoint(
     generation: &Generation,
     spec: &UpstreamSpec,
     upstream: usize,
-    client: &Client,
+    key_hash: Option<u64>,
 ) -> (usize, Outstanding) {
-    let key_hash = consistent_hash_key(spec, client);
     let mut ups = generation.upstreams.borrow_mut();
     let state = &mut ups[upstream];
     let endpoint = state.balancer.pick(spec, &state.outstanding, key_hash);
@@ -53,7 +53,8 @@ pub(super) fn pick_endpoint(
     )
 }
 
-fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
+/// The client request's consistent-hash key, if `spec` balances by one.
+pub(super) fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
     if spec.balance != Balance::ConsistentHash {
         return None;
     }
@@ -84,7 +85,9 @@ fn is_quiet(stream: &TcpStream) -> bool {
     }
 }
 
-pub(super) async fn acquire(
+/// A connection to `endpoint`: a quiet pooled one if `allow_pooled`, else
+/// a new one (TLS included) within `connect_timeout`; `true` if pooled.
+pub(in crate::worker) async fn acquire(
     shard: &Shard,
     generation: &Generation,
     spec: &UpstreamSpec,

@@ -14,19 +14,17 @@ use crate::auth::jwt::{JwtCompiled, Rejection, TokenLocation};
 use crate::auth::{AuthRefusal, Identity, Outcome, Provider, ProviderKind};
 use crate::failure::Failure;
 use crate::http::{Method, RequestHead};
-use crate::metrics::WorkerMetrics;
 use crate::snapshot::Route;
 
 use super::super::client::RequestView;
-use super::super::shard::Generation;
+use super::super::shard::{Generation, Shard};
 
 /// Who the request is from (`Ok(None)`: anonymous, allowed), or the
 /// refusal. `now` reads the clock (Unix seconds, for token lifetimes); only
 /// a token check calls it, so API-key and open routes read no clock.
 pub async fn check(
-    metrics: &WorkerMetrics,
+    shard: &Shard,
     generation: &Generation,
-    fetched: &WorkerKeys,
     route: &Route,
     request: &RequestView<'_>,
     head: &RequestHead,
@@ -53,8 +51,8 @@ pub async fn check(
             continue;
         };
         let outcome = ask(
+            shard,
             generation,
-            fetched,
             index,
             provider,
             request,
@@ -63,7 +61,7 @@ pub async fn check(
             &now,
         )
         .await;
-        metrics.auth(usize::from(index), outcome.index());
+        shard.metrics.auth(usize::from(index), outcome.index());
         any_present |= outcome != Outcome::Absent;
         let found = match outcome {
             Outcome::Authenticated(consumer) => Identity::Listed {
@@ -113,8 +111,8 @@ pub async fn check(
 /// What `provider` makes of the request.
 #[allow(clippy::too_many_arguments)]
 async fn ask(
+    shard: &Shard,
     generation: &Generation,
-    fetched: &WorkerKeys,
     index: u16,
     provider: &Provider,
     request: &RequestView<'_>,
@@ -142,13 +140,27 @@ async fn ask(
                 return Outcome::Absent;
             };
             loop {
-                match verify_cached(generation, fetched, index, jwt, token, now()) {
+                match verify_cached(generation, &shard.jwks, index, jwt, token, now()) {
                     Ok(outcome) => return outcome,
                     // A refetch for the token's unknown key is under way:
                     // this request waits on its own task.
                     Err(pause) => monoio::time::sleep(pause).await,
                 }
             }
+        }
+        ProviderKind::Introspection(introspection) => {
+            let Some(token) = token_in(&introspection.location, request, target_query) else {
+                return Outcome::Absent;
+            };
+            super::super::introspect::introspect(
+                shard,
+                generation,
+                index,
+                introspection,
+                token,
+                now,
+            )
+            .await
         }
     }
 }

@@ -1,0 +1,346 @@
+//! [warm] Token introspection (RFC 7662) from a worker: the lookup of one
+//! opaque token, asked of the introspection endpoint through this worker's
+//! own pool for that upstream, on the requesting connection's task — the
+//! worker goes on serving everyone else meanwhile.
+//!
+//! Answers are cached per worker (`Generation::token_caches`): an active
+//! token until min(`exp`, `cache_ttl`), an inactive one `negative_cache_ttl`.
+//! Concurrent requests with one token on one worker make one call: the
+//! first asks, the others wait for its answer (with the same deadline the
+//! call has); if the asking request goes away, its guard wakes them and the
+//! next one asks. When the endpoint cannot be reached, a token seen valid
+//! within `grace` is accepted, any other is answered 503.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+
+use crate::auth::Outcome;
+use crate::auth::introspection::{Introspection, Verdict};
+use crate::auth::token_cache::Lookup;
+use crate::http::chunked::{ChunkedDecoder, Step};
+use crate::http::response::{ResponseFraming, parse_response};
+use crate::transport::{IoFailure, read_more_timed, write_all_keep};
+use crate::upstream::conn::UPSTREAM_BUFFER;
+
+use super::forward::{acquire, pick_endpoint};
+use super::shard::{Generation, Shard};
+
+/// Largest introspection answer accepted.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Lookups under way on this worker, by (provider, token hash).
+#[derive(Default)]
+pub struct Lookups {
+    pending: RefCell<HashMap<(u16, u64), Rc<Pending>>>,
+    hasher: ahash::RandomState,
+}
+
+/// One lookup under way, as the requests waiting for it see it.
+#[derive(Default)]
+struct Pending {
+    done: Cell<bool>,
+    /// The endpoint could not be asked: waiters do not ask again.
+    failed: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+/// Ends a lookup however its request ends: removes it, wakes the waiters.
+struct Finish<'a> {
+    lookups: &'a Lookups,
+    key: (u16, u64),
+    pending: Rc<Pending>,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.lookups.pending.borrow_mut().remove(&self.key);
+        self.pending.done.set(true);
+        for waker in self.pending.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves when the lookup is done.
+struct Done(Rc<Pending>);
+
+impl Future for Done {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.done.get() {
+            return Poll::Ready(());
+        }
+        self.0.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Why a call to the endpoint failed (for the log).
+#[derive(Debug)]
+enum CallError {
+    Connect(crate::failure::Failure),
+    Io(&'static str),
+    Status(u16),
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Connect(failure) => write!(f, "cannot connect: {}", failure.code()),
+            CallError::Io(why) => f.write_str(why),
+            CallError::Status(status) => write!(f, "status {status}"),
+            CallError::Malformed(why) => write!(f, "malformed answer: {why}"),
+        }
+    }
+}
+
+/// What provider `index` (an introspection provider) makes of `token`.
+pub async fn introspect(
+    shard: &Shard,
+    generation: &Generation,
+    index: u16,
+    provider: &Introspection,
+    token: &[u8],
+    now: &impl Fn() -> u64,
+) -> Outcome {
+    let lookups = &generation.lookups;
+    let key = (index, lookups.hasher.hash_one(token));
+    let cached = || {
+        let mut caches = generation.token_caches.borrow_mut();
+        caches
+            .get_mut(usize::from(index))
+            .and_then(Option::as_mut)
+            .map_or(Lookup::Unknown, |c| c.lookup(token, now()))
+    };
+    let spec = &generation.snapshot.upstreams[provider.upstream];
+    let budget = spec.connect_timeout + spec.response_timeout;
+    let mut stale = None;
+    loop {
+        match cached() {
+            Lookup::Valid(facts) => return Outcome::Token(facts),
+            Lookup::Refused => return Outcome::Invalid,
+            Lookup::Stale(facts) => stale = Some(facts),
+            Lookup::Unknown => {}
+        }
+        let waiting = lookups.pending.borrow().get(&key).cloned();
+        if let Some(pending) = waiting {
+            let answered = monoio::time::timeout(budget, Done(pending.clone()))
+                .await
+                .is_ok();
+            if answered && !pending.failed.get() {
+                // The answer is in the cache now (or its asker went away:
+                // this request asks in its place).
+                continue;
+            }
+            return unreachable_outcome(stale);
+        }
+        break;
+    }
+    let pending = Rc::new(Pending::default());
+    lookups.pending.borrow_mut().insert(key, pending.clone());
+    let _finish = Finish {
+        lookups,
+        key,
+        pending: pending.clone(),
+    };
+    let called = call(shard, generation, provider, token).await;
+    let now = now();
+    let verdict = match &called {
+        Ok(body) => provider.verdict(body, now),
+        Err(_) => Verdict::Malformed,
+    };
+    let mut caches = generation.token_caches.borrow_mut();
+    let cache = caches.get_mut(usize::from(index)).and_then(Option::as_mut);
+    match verdict {
+        Verdict::Active(facts) => {
+            shard.metrics.introspection(usize::from(index), 0);
+            let facts = Rc::new(facts);
+            if let Some(cache) = cache {
+                cache.insert(token, facts.clone(), now);
+            }
+            Outcome::Token(facts)
+        }
+        Verdict::Refused(why) => {
+            shard.metrics.introspection(usize::from(index), 1);
+            tracing::debug!(reason = ?why, "introspected token refused");
+            if let Some(cache) = cache {
+                cache.insert_refused(token, provider.negative_ttl.as_secs(), now);
+            }
+            Outcome::Invalid
+        }
+        Verdict::Malformed => {
+            shard.metrics.introspection(usize::from(index), 2);
+            pending.failed.set(true);
+            match called {
+                Err(error) => {
+                    tracing::warn!(worker = shard.id, upstream = %spec.name, %error, grace = stale.is_some(), "token introspection failed")
+                }
+                Ok(_) => {
+                    tracing::warn!(worker = shard.id, upstream = %spec.name, grace = stale.is_some(), "token introspection answer is not an RFC 7662 answer")
+                }
+            }
+            unreachable_outcome(stale)
+        }
+    }
+}
+
+/// The endpoint could not say: a token valid within the grace passes.
+fn unreachable_outcome(stale: Option<Rc<crate::auth::jwt::TokenFacts>>) -> Outcome {
+    match stale {
+        Some(facts) => Outcome::Token(facts),
+        None => Outcome::Unavailable,
+    }
+}
+
+/// One introspection call: the body of a 200 answer. A pooled connection
+/// that turns out closed is retried once on a new one (introspection has
+/// no side effects).
+async fn call(
+    shard: &Shard,
+    generation: &Generation,
+    provider: &Introspection,
+    token: &[u8],
+) -> Result<Vec<u8>, CallError> {
+    let upstream = provider.upstream;
+    let spec = &generation.snapshot.upstreams[upstream];
+    let (endpoint, _in_flight) = pick_endpoint(generation, spec, upstream, None);
+    let mut request = Vec::with_capacity(512);
+    provider.write_request(&mut request, &spec.endpoints[endpoint].authority, token);
+    let mut out = BytesMut::from(&request[..]);
+    let mut allow_pooled = true;
+    loop {
+        let (mut conn, pooled) = acquire(shard, generation, spec, upstream, endpoint, allow_pooled)
+            .await
+            .map_err(CallError::Connect)?;
+        let deadline = Instant::now() + spec.response_timeout;
+        let sent = write_all_keep(&mut conn.stream, &mut out, spec.response_timeout).await;
+        let answer = match sent {
+            Ok(()) => read_answer(&mut conn, deadline).await,
+            Err(_) => Err(CallError::Io("write failed")),
+        };
+        match answer {
+            // A pooled connection the endpoint had closed: nothing was
+            // answered, ask again on a new one.
+            Err(CallError::Io("write failed" | "closed")) if pooled && conn.buf.is_empty() => {
+                allow_pooled = false;
+                continue;
+            }
+            Err(e) => return Err(e),
+            Ok((status, body, reusable)) => {
+                if reusable && !shard.draining.get() {
+                    generation.upstreams.borrow_mut()[upstream].pools[endpoint]
+                        .checkin(conn, Instant::now());
+                }
+                return if status == 200 {
+                    Ok(body)
+                } else {
+                    Err(CallError::Status(status))
+                };
+            }
+        }
+    }
+}
+
+/// Reads one response: status, body, and whether the connection can be
+/// pooled after it.
+async fn read_answer(
+    conn: &mut crate::upstream::UpstreamConn,
+    deadline: Instant,
+) -> Result<(u16, Vec<u8>, bool), CallError> {
+    let head = loop {
+        if !conn.buf.is_empty() {
+            match parse_response(&conn.buf, 16 * 1024, 64, false, &mut conn.headers) {
+                Ok(Some(head)) if head.is_interim() => {
+                    conn.buf.advance(head.len);
+                    continue;
+                }
+                Ok(Some(head)) => break head,
+                Ok(None) => {}
+                Err(_) => return Err(CallError::Malformed("bad response head")),
+            }
+        }
+        fill(conn, deadline).await?;
+    };
+    conn.buf.advance(head.len);
+    let body = match head.framing {
+        ResponseFraming::None => Vec::new(),
+        ResponseFraming::Length(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= MAX_ANSWER)
+                .ok_or(CallError::Malformed("answer too large"))?;
+            while conn.buf.len() < n {
+                fill(conn, deadline).await?;
+            }
+            conn.buf.split_to(n).to_vec()
+        }
+        ResponseFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            loop {
+                let step = decoder
+                    .step(&conn.buf)
+                    .map_err(|_| CallError::Malformed("bad chunked framing"))?;
+                match step {
+                    Step::Skip(n) | Step::ChunkEnd(n) | Step::ChunkStart { consumed: n, .. } => {
+                        conn.buf.advance(n)
+                    }
+                    Step::Data(n) => {
+                        if body.len() + n > MAX_ANSWER {
+                            return Err(CallError::Malformed("answer too large"));
+                        }
+                        body.extend_from_slice(&conn.buf[..n]);
+                        conn.buf.advance(n);
+                    }
+                    Step::End(n) => {
+                        conn.buf.advance(n);
+                        break body;
+                    }
+                    Step::NeedMore => fill(conn, deadline).await?,
+                }
+            }
+        }
+        ResponseFraming::UntilClose => {
+            loop {
+                if conn.buf.len() > MAX_ANSWER {
+                    return Err(CallError::Malformed("answer too large"));
+                }
+                match fill(conn, deadline).await {
+                    Ok(()) => {}
+                    Err(CallError::Io("closed")) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let body = conn.buf.to_vec();
+            conn.buf.clear();
+            return Ok((head.status, body, false));
+        }
+    };
+    let reusable = head.keep_alive && conn.buf.is_empty();
+    Ok((head.status, body, reusable))
+}
+
+/// Reads more of the answer before `deadline`.
+async fn fill(
+    conn: &mut crate::upstream::UpstreamConn,
+    deadline: Instant,
+) -> Result<(), CallError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left == Duration::ZERO {
+        return Err(CallError::Io("timed out"));
+    }
+    match read_more_timed(&mut conn.stream, &mut conn.buf, UPSTREAM_BUFFER, left).await {
+        Ok(_) => Ok(()),
+        Err(IoFailure::TimedOut) => Err(CallError::Io("timed out")),
+        Err(IoFailure::Closed) => Err(CallError::Io("closed")),
+        Err(_) => Err(CallError::Io("read failed")),
+    }
+}
