@@ -11,18 +11,14 @@
 //! next one asks. When the endpoint cannot be reached, a token seen valid
 //! within `grace` is accepted, any other is answered 503.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
 use crate::auth::Outcome;
 use crate::auth::introspection::{Introspection, Verdict};
+use crate::auth::lookups::Lookups;
 use crate::auth::token_cache::Lookup;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::response::{ResponseFraming, parse_response};
@@ -34,53 +30,6 @@ use super::shard::{Generation, Shard};
 
 /// Largest introspection answer accepted.
 const MAX_ANSWER: usize = 64 * 1024;
-
-/// Lookups under way on this worker, by (provider, token hash).
-#[derive(Default)]
-pub struct Lookups {
-    pending: RefCell<HashMap<(u16, u64), Rc<Pending>>>,
-    hasher: ahash::RandomState,
-}
-
-/// One lookup under way, as the requests waiting for it see it.
-#[derive(Default)]
-struct Pending {
-    done: Cell<bool>,
-    /// The endpoint could not be asked: waiters do not ask again.
-    failed: Cell<bool>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-/// Ends a lookup however its request ends: removes it, wakes the waiters.
-struct Finish<'a> {
-    lookups: &'a Lookups,
-    key: (u16, u64),
-    pending: Rc<Pending>,
-}
-
-impl Drop for Finish<'_> {
-    fn drop(&mut self) {
-        self.lookups.pending.borrow_mut().remove(&self.key);
-        self.pending.done.set(true);
-        for waker in self.pending.wakers.borrow_mut().drain(..) {
-            waker.wake();
-        }
-    }
-}
-
-/// Resolves when the lookup is done.
-struct Done(Rc<Pending>);
-
-impl Future for Done {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.done.get() {
-            return Poll::Ready(());
-        }
-        self.0.wakers.borrow_mut().push(cx.waker().clone());
-        Poll::Pending
-    }
-}
 
 /// Why a call to the endpoint failed (for the log).
 #[derive(Debug)]
@@ -111,8 +60,8 @@ pub async fn introspect(
     token: &[u8],
     now: &impl Fn() -> u64,
 ) -> Outcome {
-    let lookups = &generation.lookups;
-    let key = (index, lookups.hasher.hash_one(token));
+    let lookups: &Lookups = &generation.lookups;
+    let key = lookups.key(index, token);
     let cached = || {
         let mut caches = generation.token_caches.borrow_mut();
         caches
@@ -130,12 +79,9 @@ pub async fn introspect(
             Lookup::Stale(facts) => stale = Some(facts),
             Lookup::Unknown => {}
         }
-        let waiting = lookups.pending.borrow().get(&key).cloned();
-        if let Some(pending) = waiting {
-            let answered = monoio::time::timeout(budget, Done(pending.clone()))
-                .await
-                .is_ok();
-            if answered && !pending.failed.get() {
+        if let Some(wait) = lookups.waiting(key) {
+            let answered = monoio::time::timeout(budget, wait.done()).await.is_ok();
+            if answered && !wait.failed() {
                 // The answer is in the cache now (or its asker went away:
                 // this request asks in its place).
                 continue;
@@ -144,13 +90,7 @@ pub async fn introspect(
         }
         break;
     }
-    let pending = Rc::new(Pending::default());
-    lookups.pending.borrow_mut().insert(key, pending.clone());
-    let _finish = Finish {
-        lookups,
-        key,
-        pending: pending.clone(),
-    };
+    let lead = lookups.lead(key);
     let called = call(shard, generation, provider, token).await;
     let now = now();
     let verdict = match &called {
@@ -178,7 +118,7 @@ pub async fn introspect(
         }
         Verdict::Malformed => {
             shard.metrics.introspection(usize::from(index), 2);
-            pending.failed.set(true);
+            lead.failed();
             match called {
                 Err(error) => {
                     tracing::warn!(worker = shard.id, upstream = %spec.name, %error, grace = stale.is_some(), "token introspection failed")

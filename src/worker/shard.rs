@@ -74,7 +74,7 @@ pub struct Generation {
     /// not JWT). A reload starts them empty: keys may have changed.
     pub token_caches: RefCell<Vec<Option<crate::auth::token_cache::TokenCache>>>,
     /// Token introspection calls under way (one per token at a time).
-    pub lookups: super::introspect::Lookups,
+    pub lookups: crate::auth::lookups::Lookups,
 }
 
 impl Generation {

@@ -1,0 +1,166 @@
+//! [warm] One lookup per token at a time, per worker: the first request
+//! that needs a token introspected leads the call; the others with the
+//! same token wait for it (`waiting`), then read the answer from the cache.
+//! The leader's guard ends the lookup however the leader ends — answered,
+//! failed, or dropped with its connection — so a waiter is never left
+//! waiting on a call nobody makes. Single-threaded (`Rc`, wakers).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+/// Lookups under way on this worker, by (provider, token hash).
+#[derive(Default)]
+pub struct Lookups {
+    pending: RefCell<HashMap<(u16, u64), Rc<Pending>>>,
+    /// Random per worker: nobody can aim a token at another's lookup.
+    hasher: ahash::RandomState,
+}
+
+#[derive(Default)]
+struct Pending {
+    done: Cell<bool>,
+    /// The call failed: waiters do not ask again.
+    failed: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+/// A lookup to wait for.
+pub struct Wait(Rc<Pending>);
+
+/// The leader's side of a lookup; dropping it ends the lookup.
+pub struct Lead<'a> {
+    lookups: &'a Lookups,
+    key: (u16, u64),
+    pending: Rc<Pending>,
+}
+
+impl Lookups {
+    /// The key of `token` for `provider`. Two tokens may share a key: a
+    /// waiter then finds no answer for its own token in the cache and
+    /// leads its own lookup.
+    pub fn key(&self, provider: u16, token: &[u8]) -> (u16, u64) {
+        (provider, self.hasher.hash_one(token))
+    }
+
+    /// The lookup under way for `key`, if any.
+    pub fn waiting(&self, key: (u16, u64)) -> Option<Wait> {
+        self.pending.borrow().get(&key).cloned().map(Wait)
+    }
+
+    /// Starts a lookup for `key`.
+    pub fn lead(&self, key: (u16, u64)) -> Lead<'_> {
+        let pending = Rc::new(Pending::default());
+        self.pending.borrow_mut().insert(key, pending.clone());
+        Lead {
+            lookups: self,
+            key,
+            pending,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.pending.borrow().len()
+    }
+}
+
+impl Wait {
+    /// Resolves when the lookup has ended.
+    pub fn done(&self) -> impl Future<Output = ()> + use<> {
+        Done(self.0.clone())
+    }
+
+    /// Whether it ended without an answer.
+    pub fn failed(&self) -> bool {
+        self.0.failed.get()
+    }
+}
+
+impl Lead<'_> {
+    /// The call could not be made or answered.
+    pub fn failed(&self) {
+        self.pending.failed.set(true);
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        self.lookups.pending.borrow_mut().remove(&self.key);
+        self.pending.done.set(true);
+        for waker in self.pending.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+struct Done(Rc<Pending>);
+
+impl Future for Done {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.done.get() {
+            return Poll::Ready(());
+        }
+        self.0.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll(f: &mut Pin<Box<dyn Future<Output = ()>>>, waker: &Waker) -> bool {
+        f.as_mut().poll(&mut Context::from_waker(waker)).is_ready()
+    }
+
+    #[test]
+    fn waiters_are_woken_when_the_leader_ends_however_it_ends() {
+        let lookups = Lookups::default();
+        let key = lookups.key(0, b"token");
+        assert_eq!(key, lookups.key(0, b"token"));
+        assert_ne!(key, lookups.key(1, b"token"));
+        assert!(lookups.waiting(key).is_none());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        for fail in [false, true] {
+            let lead = lookups.lead(key);
+            assert_eq!(lookups.in_flight(), 1);
+            let waits: Vec<Wait> = (0..3).map(|_| lookups.waiting(key).unwrap()).collect();
+            let mut futures: Vec<Pin<Box<dyn Future<Output = ()>>>> =
+                waits.iter().map(|w| Box::pin(w.done()) as _).collect();
+            for f in &mut futures {
+                assert!(!poll(f, &waker));
+            }
+            if fail {
+                lead.failed();
+            }
+            let before = count.0.load(Ordering::SeqCst);
+            drop(lead);
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                before + 3,
+                "every waiter woken"
+            );
+            for (f, w) in futures.iter_mut().zip(&waits) {
+                assert!(poll(f, &waker));
+                assert_eq!(w.failed(), fail);
+            }
+            assert_eq!(lookups.in_flight(), 0);
+            assert!(lookups.waiting(key).is_none());
+        }
+    }
+}
