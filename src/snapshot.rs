@@ -333,6 +333,8 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// Who the admin API answers (checked per request, so a reload applies).
     pub admin_access: AdminAccess,
+    /// Consumers shown in `ringgate_consumer_requests_total` (0: none).
+    pub top_consumers: usize,
     /// Which rate-limit policy list this is: kept by a reload that leaves
     /// `rate_limits` unchanged, so workers and the aggregator go on
     /// exchanging reports and grants for it without a gap; new when the

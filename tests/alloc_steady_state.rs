@@ -376,7 +376,7 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
             upstream,
             "/authed/items",
             &format!(
-                "[access_log]\npath = \"/dev/null\"\n[auth.keys]\ntype = \"api_key\"\nkeys_file = \"{}\"\n[rate_limits.per_consumer]\nkey = \"consumer\"\nrate = \"1000000/s\"\nburst = 1000000\n[rate_limits.per_consumer.tiers.gold]\nrate = \"2000000/s\"\nburst = 2000000\n[[routes]]\npath_prefix = \"/authed\"\nupstream = \"app\"\nauth = [\"keys\"]\nrate_limits = [\"per_consumer\"]\n",
+                "[access_log]\npath = \"/dev/null\"\n[admin]\nbind = \"127.0.0.1:0\"\ntop_consumers = 5\n[auth.keys]\ntype = \"api_key\"\nkeys_file = \"{}\"\n[rate_limits.per_consumer]\nkey = \"consumer\"\nrate = \"1000000/s\"\nburst = 1000000\n[rate_limits.per_consumer.tiers.gold]\nrate = \"2000000/s\"\nburst = 2000000\n[[routes]]\npath_prefix = \"/authed\"\nupstream = \"app\"\nauth = [\"keys\"]\nrate_limits = [\"per_consumer\"]\n",
                 keys.display()
             ),
         );

@@ -162,7 +162,7 @@ fn keys_come_from_a_query_parameter_and_a_custom_header_and_any_or_all_decide() 
     let gw = Gateway::start(&config(
         "epoll",
         &format!(
-            "[admin]\nbind = \"127.0.0.1:0\"\n\n[auth.h]\ntype = \"api_key\"\nkeys_file = \"{header_keys}\"\nheader = \"X-Partner-Key\"\n\n[auth.q]\ntype = \"api_key\"\nkeys_file = \"{query_keys}\"\nquery = \"api_key\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"any\"\npath_prefix = \"/any\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/all\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\nauth_mode = \"all\"\n\n[[routes]]\nname = \"maybe\"\npath_prefix = \"/maybe\"\nupstream = \"app\"\nauth = [\"h\"]\nauth_optional = true\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\ntop_consumers = 1\n\n[auth.h]\ntype = \"api_key\"\nkeys_file = \"{header_keys}\"\nheader = \"X-Partner-Key\"\n\n[auth.q]\ntype = \"api_key\"\nkeys_file = \"{query_keys}\"\nquery = \"api_key\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"any\"\npath_prefix = \"/any\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/all\"\nupstream = \"app\"\nauth = [\"h\", \"q\"]\nauth_mode = \"all\"\n\n[[routes]]\nname = \"maybe\"\npath_prefix = \"/maybe\"\nupstream = \"app\"\nauth = [\"h\"]\nauth_optional = true\n",
             upstream.addr
         ),
     ));
@@ -220,11 +220,15 @@ fn keys_come_from_a_query_parameter_and_a_custom_header_and_any_or_all_decide() 
     let mut last = String::new();
     let settled = (0..2000).any(|_| {
         last = get(gw.admin.unwrap(), "/metrics").text();
+        // The heaviest consumer has its series; with top_consumers = 1,
+        // the other has none.
         let all = expected.iter().all(|(p, o, n)| {
             last.contains(&format!(
                 "ringgate_auth_decisions_total{{provider=\"{p}\",outcome=\"{o}\"}} {n}\n"
             ))
-        });
+        }) && last
+            .contains("ringgate_consumer_requests_total{consumer=\"by-header\"} 3\n")
+            && !last.contains("consumer=\"by-query\"");
         if !all {
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -232,7 +236,7 @@ fn keys_come_from_a_query_parameter_and_a_custom_header_and_any_or_all_decide() 
     });
     let got: Vec<&str> = last
         .lines()
-        .filter(|l| l.starts_with("ringgate_auth_decisions_total"))
+        .filter(|l| l.starts_with("ringgate_auth_decisions_total") || l.contains("consumer"))
         .collect();
     assert!(settled, "auth metrics never matched {expected:?}: {got:#?}");
 }

@@ -387,6 +387,10 @@ pub struct AdminSection {
     /// must present (`Authorization: Bearer TOKEN`).
     #[serde(default)]
     pub token_file: Option<Spanned<String>>,
+    /// How many of the heaviest consumers get their own
+    /// `ringgate_consumer_requests_total` series (0: none; at most 1000).
+    #[serde(default)]
+    pub top_consumers: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -7,6 +7,7 @@
 //! owned copy, made in the worker's command tick), merges them, and renders
 //! the text exposition format. Metric names live in `names.rs` only.
 
+pub mod consumers;
 pub mod names;
 mod render;
 
@@ -84,6 +85,8 @@ pub struct WorkerMetrics {
     /// Per auth provider, introspection calls by
     /// `auth::introspection::CALL_RESULTS` index.
     introspection: RefCell<Vec<[u64; INTROSPECTION_RESULTS]>>,
+    /// Requests of the heaviest consumers (`admin.top_consumers`).
+    consumers: RefCell<consumers::TopConsumers>,
     request_latency: RefCell<Histogram<u64>>,
     request_latency_sum_us: Cell<u64>,
     upstream_latency: RefCell<Histogram<u64>>,
@@ -121,6 +124,7 @@ impl WorkerMetrics {
             policies: RefCell::new(Vec::new()),
             auth: RefCell::new(Vec::new()),
             introspection: RefCell::new(Vec::new()),
+            consumers: RefCell::new(consumers::TopConsumers::new(0)),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -147,6 +151,21 @@ impl WorkerMetrics {
     }
 
     #[inline]
+    /// Shows `top` consumers: each worker counts twice as many (see
+    /// `consumers`). Counts restart only when `top` changes.
+    pub fn set_top_consumers(&self, top: usize) {
+        let mut consumers = self.consumers.borrow_mut();
+        if consumers.capacity() != top * 2 {
+            *consumers = consumers::TopConsumers::new(top * 2);
+        }
+    }
+
+    /// A request from consumer `name` ended.
+    #[inline]
+    pub fn consumer(&self, name: &str) {
+        self.consumers.borrow_mut().count(name);
+    }
+
     /// An introspection call of `provider` ended with `result`.
     pub fn introspection(&self, provider: usize, result: usize) {
         if let Some(count) = self
@@ -303,6 +322,7 @@ impl WorkerMetrics {
             policies: self.policies.borrow().clone(),
             auth: self.auth.borrow().clone(),
             introspection: self.introspection.borrow().clone(),
+            consumers: self.consumers.borrow().snapshot(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -341,6 +361,8 @@ pub struct WorkerReport {
     pub policies: Vec<[u64; 2]>,
     pub auth: Vec<[u64; AUTH_OUTCOMES]>,
     pub introspection: Vec<[u64; INTROSPECTION_RESULTS]>,
+    /// The consumers this worker counts, with their counts.
+    pub consumers: Vec<(Box<str>, u64)>,
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

@@ -26,6 +26,7 @@ pub const TLS_CERT_EXPIRY: &str = "ringgate_tls_certificate_expiry_seconds";
 pub const PANICS: &str = "ringgate_connection_panics_total";
 pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
 pub const AUTH_DECISIONS: &str = "ringgate_auth_decisions_total";
+pub const CONSUMER_REQUESTS: &str = "ringgate_consumer_requests_total";
 pub const INTROSPECTION_CALLS: &str = "ringgate_auth_introspection_calls_total";
 pub const JWKS_FETCHES: &str = "ringgate_auth_jwks_fetches_total";
 pub const JWKS_KEYS: &str = "ringgate_auth_jwks_keys";

@@ -276,6 +276,24 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         }
     }
 
+    if snapshot.top_consumers > 0 {
+        header(
+            &mut out,
+            CONSUMER_REQUESTS,
+            "counter",
+            "Requests of the heaviest consumers (admin.top_consumers of them; a newcomer's count may be overstated by the one it displaced).",
+        );
+        let per_worker: Vec<Vec<(Box<str>, u64)>> =
+            reports.iter().map(|r| r.consumers.clone()).collect();
+        for (name, count) in super::consumers::merge_top(&per_worker, snapshot.top_consumers) {
+            let _ = writeln!(
+                out,
+                "{CONSUMER_REQUESTS}{{consumer=\"{}\"}} {count}",
+                label(&name)
+            );
+        }
+    }
+
     let endpoint_series =
         |out: &mut String,
          name: &str,

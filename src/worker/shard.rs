@@ -195,6 +195,7 @@ impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
         metrics.resize_policies(snapshot.rate_limits.len(), snapshot.auth.len());
+        metrics.set_top_consumers(snapshot.top_consumers);
         Shard {
             id,
             current: RefCell::new(Rc::new(Generation::next(snapshot, None, id))),
@@ -225,6 +226,7 @@ impl Shard {
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
         self.metrics
             .resize_policies(next.snapshot.rate_limits.len(), next.snapshot.auth.len());
+        self.metrics.set_top_consumers(next.snapshot.top_consumers);
         *self.current.borrow_mut() = Rc::new(next);
     }
 

@@ -182,7 +182,17 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     };
 
     let mut admin_access = crate::snapshot::AdminAccess::default();
+    let mut top_consumers = 0;
     if let Some(a) = &cfg.admin {
+        if let Some(top) = &a.top_consumers {
+            top_consumers = *top.get_ref();
+            if top_consumers > MAX_TOP_CONSUMERS {
+                errors.at(
+                    top,
+                    format!("admin.top_consumers must be at most {MAX_TOP_CONSUMERS}"),
+                );
+            }
+        }
         admin_access.allowed_hosts = a
             .allowed_hosts
             .iter()
@@ -369,6 +379,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         redis,
         admin,
         admin_access,
+        top_consumers,
         access_log,
         // Every value that can carry a secret was replaced above.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
@@ -376,6 +387,9 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
 }
 
 const REDACTED: &str = "<redacted>";
+
+/// Most consumer series `/metrics` may carry.
+const MAX_TOP_CONSUMERS: usize = 1000;
 
 /// Blanks every value in the file that can carry a secret, for `/config`:
 /// Redis credentials, header values the gateway adds toward upstreams or

@@ -70,6 +70,14 @@ pub fn record(
         .metrics
         .exchange(exchange.route, method, exchange.status, duration_us);
     shard.metrics.bytes(exchange.received, exchange.sent);
+    if snapshot.top_consumers > 0
+        && let Some(consumer) = exchange
+            .identity
+            .as_ref()
+            .and_then(|id| id.consumer(&snapshot.auth))
+    {
+        shard.metrics.consumer(&consumer.name);
+    }
     if let (Some(log), Some(logged)) = (&shard.log, logged) {
         log.record(&crate::accesslog::Entry {
             request_id: exchange.request_id.as_bytes(),
