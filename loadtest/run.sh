@@ -240,9 +240,10 @@ start_targets() {
     fi
 }
 
-# The same gateway with three protected routes: /jwt (RS256, cached),
+# The same gateway with four protected routes: /jwt (RS256, cached),
 # /jwt-fresh (RS256, a cache of one token: the auth-jwt-uncached scenario
-# alternates two) and /key (an API key among 10 000). Tokens are signed
+# alternates two), /key (an API key among 10 000) and /opaque (token
+# introspection at the stub's /introspect, cached). Tokens are signed
 # with the openssl CLI (make_jwt.py); scenarios read them from the
 # environment.
 start_auth_target() {
@@ -254,6 +255,7 @@ start_auth_target() {
     AUTH_TOKENS=$(python3 "$HERE/make_jwt.py" "$dir/rsa.key" user-a user-b | paste -sd, -)
     export AUTH_TOKENS
     AUTH_KEY=loadtest-key-4242
+    echo "loadtest-client-secret" > "$dir/client-secret"
     python3 -c '
 import hashlib, sys
 for i in range(10000):
@@ -275,6 +277,12 @@ cache_size = 1
 type = "api_key"
 keys_file = "$dir/keys.txt"
 
+[auth.opaque]
+type = "introspection"
+introspection_upstream = "stub"
+client_id = "loadtest"
+client_secret_file = "$dir/client-secret"
+
 [[routes]]
 name = "jwt"
 path_prefix = "/jwt"
@@ -292,6 +300,12 @@ name = "key"
 path_prefix = "/key"
 upstream = "stub"
 auth = ["keys"]
+
+[[routes]]
+name = "opaque"
+path_prefix = "/opaque"
+upstream = "stub"
+auth = ["opaque"]
 
 [[routes]]
 name = "open"

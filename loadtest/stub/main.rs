@@ -5,6 +5,8 @@
 //! ```text
 //! ringgate-stub [--listen 127.0.0.1:9000] [--threads N] [--driver io_uring|epoll]
 //!   GET /bytes/N   → 200 with an N-byte body (N ≤ 16 MiB), built once per size
+//!   POST /introspect → an RFC 7662 answer: the token is active, for
+//!                    `loadtest-user` (the auth-introspection scenario)
 //!   POST anything  → the body is read and discarded; 200 "ok\n"
 //!   anything else  → 200 "hello world\n"
 //! ```
@@ -146,6 +148,9 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
     let mut headers = Vec::with_capacity(32);
     let small_response = small_response();
     let ok_response = Bytes::from_static(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n");
+    let introspection_answer = Bytes::from_static(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 53\r\n\r\n{\"active\":true,\"sub\":\"loadtest-user\",\"scope\":\"read\"}\n",
+    );
     loop {
         // Answer every complete request in the buffer (pipelining), then write once.
         loop {
@@ -156,6 +161,7 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
             };
             let path = head.path.get(&buf);
             let post = head.method_span.get(&buf) == b"POST";
+            let introspect = post && path == b"/introspect";
             let size = path
                 .strip_prefix(b"/bytes/")
                 .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
@@ -197,7 +203,9 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
                     }
                 }
             }
-            let body = if post {
+            let body = if introspect {
+                introspection_answer.clone()
+            } else if post {
                 ok_response.clone()
             } else if let Some(n) = size.filter(|&n| n <= MAX_BODY) {
                 cache

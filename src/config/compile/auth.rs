@@ -597,3 +597,120 @@ fn compile_introspection(
         a.cache_size.unwrap_or(10_000).max(1),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    const BASE: &str = r#"
+workers = 1
+[[listeners]]
+bind = "127.0.0.1:0"
+[upstreams.idp]
+endpoints = ["127.0.0.1:9000"]
+[[routes]]
+path_prefix = "/"
+upstream = "idp"
+"#;
+
+    fn errors_of(extra: &str) -> Vec<String> {
+        match load_str(&format!("{BASE}{extra}"), "t.toml") {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn secret_file() -> String {
+        let path =
+            std::env::temp_dir().join(format!("ringgate-auth-compile-{}", std::process::id()));
+        std::fs::write(&path, "a-client-secret\n").unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn a_jwks_source_needs_a_known_upstream_and_sane_intervals() {
+        assert_eq!(
+            errors_of("[auth.u]\ntype = \"jwt\"\njwks_upstream = \"idp\"\n"),
+            Vec::<String>::new()
+        );
+        let errs = errors_of("[auth.u]\ntype = \"jwt\"\njwks_upstream = \"nope\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("jwks_upstream `nope` is not an [upstreams] entry"));
+        let errs = errors_of(
+            "[auth.u]\ntype = \"jwt\"\njwks_upstream = \"idp\"\njwks_refresh = \"10s\"\njwks_min_refetch = \"1m\"\n",
+        );
+        assert!(errs[0].contains("at least jwks_min_refetch"), "{errs:?}");
+        let errs = errors_of(
+            "[auth.u]\ntype = \"jwt\"\njwks_upstream = \"idp\"\njwks_path = \"keys.json\"\n",
+        );
+        assert!(
+            errs[0].contains("jwks_path must be an absolute path"),
+            "{errs:?}"
+        );
+        let errs = errors_of(
+            "[auth.u]\ntype = \"jwt\"\nkeys = [{ alg = \"HS256\", secret_env = \"NOPE_NOT_SET\" }]\njwks_refresh = \"1m\"\n",
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("jwks_refresh needs jwks_upstream")),
+            "{errs:?}"
+        );
+        let errs = errors_of("[auth.u]\ntype = \"jwt\"\n");
+        assert!(errs[0].contains("needs keys = [...], jwks_file or jwks_upstream"));
+    }
+
+    #[test]
+    fn an_introspection_provider_needs_its_endpoint_and_credentials() {
+        let file = secret_file();
+        let ok = format!(
+            "[auth.o]\ntype = \"introspection\"\nintrospection_upstream = \"idp\"\nclient_id = \"gw\"\nclient_secret_file = \"{file}\"\n"
+        );
+        assert_eq!(errors_of(&ok), Vec::<String>::new());
+        let errs = errors_of("[auth.o]\ntype = \"introspection\"\nclient_id = \"gw\"\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("needs introspection_upstream")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("set one of client_secret_file, client_secret_env")),
+            "{errs:?}"
+        );
+        let errs = errors_of(&format!(
+            "[auth.o]\ntype = \"introspection\"\nintrospection_upstream = \"nope\"\nclient_secret_file = \"{file}\"\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`nope` is not an [upstreams] entry"))
+        );
+        assert!(errs.iter().any(|e| e.contains("needs client_id")));
+        let errs = errors_of(&format!(
+            "{ok}jwks_upstream = \"idp\"\nintrospection_path = \"x y\"\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("jwks_upstream is for type = \"jwt\""))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("introspection_path must be an absolute path"))
+        );
+        let errs = errors_of(
+            "[auth.o]\ntype = \"introspection\"\nintrospection_upstream = \"idp\"\nclient_id = \"gw\"\nclient_secret_env = \"RINGGATE_SURELY_UNSET\"\n",
+        );
+        assert!(errs[0].contains("environment variable RINGGATE_SURELY_UNSET is not set"));
+        let errs = errors_of("[auth.o]\ntype = \"oauth\"\n");
+        assert!(errs[0].contains("expected \"api_key\", \"jwt\" or \"introspection\""));
+    }
+
+    #[test]
+    fn top_consumers_is_bounded() {
+        assert!(errors_of("[admin]\nbind = \"127.0.0.1:0\"\ntop_consumers = 1000\n").is_empty());
+        let errs = errors_of("[admin]\nbind = \"127.0.0.1:0\"\ntop_consumers = 1001\n");
+        assert!(
+            errs[0].contains("admin.top_consumers must be at most 1000"),
+            "{errs:?}"
+        );
+    }
+}
