@@ -402,3 +402,61 @@ fn the_key_set_can_come_from_an_https_upstream() {
     ));
     assert_eq!(bearer(gw.addr, &key.sign("hal")), 401);
 }
+
+#[test]
+fn a_reload_keeps_unchanged_key_sets_and_fetches_changed_ones_from_any_endpoint() {
+    let (k1, k2) = (Key::new("a"), Key::new("b"));
+    let app = Upstream::named("app");
+    let idp = Idp::start(&[&k1], Duration::ZERO);
+    // The identity provider's first endpoint is down: fetches go on to
+    // the next one.
+    let dead = common::closed_port();
+    let idp_extra = "";
+    let text = |path: &str| {
+        config(
+            "epoll",
+            &sections(&idp, &app, "jwks_refresh = \"1h\"", idp_extra)
+                .replace(
+                    &format!("endpoints = [\"{}\"]", idp.upstream.addr),
+                    &format!("endpoints = [\"{dead}\", \"{}\"]", idp.upstream.addr),
+                )
+                .replace("jwks_path = \"/jwks\"", &format!("jwks_path = \"{path}\"")),
+        )
+    };
+    let gw = Gateway::start(&text("/jwks"));
+    assert_eq!(idp.fetches(), 1);
+    assert_eq!(bearer(gw.addr, &k1.sign("ida")), 200);
+    let reload = |gw: &Gateway| {
+        let r = request(
+            gw.admin.unwrap(),
+            b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    // The same source: its keys stay, nothing is fetched.
+    reload(&gw);
+    assert_eq!(bearer(gw.addr, &k1.sign("ida")), 200);
+    assert_eq!(idp.fetches(), 1, "an unchanged source is not fetched again");
+    // Another path: fetched afresh (the server answers 404 there, so the
+    // provider has no keys until the path is right again).
+    idp.publish(&[&k2]);
+    let config_path = gw.log.with_file_name("gateway.toml");
+    std::fs::write(&config_path, text("/elsewhere")).unwrap();
+    reload(&gw);
+    common::wait_until(Duration::from_secs(10), "the new path fetched", || {
+        idp.upstream
+            .requests()
+            .iter()
+            .any(|r| r.target == "/elsewhere")
+    });
+    assert_eq!(
+        bearer(gw.addr, &k1.sign("ida")),
+        401,
+        "no keys from another origin"
+    );
+    std::fs::write(&config_path, text("/jwks")).unwrap();
+    reload(&gw);
+    common::wait_until(Duration::from_secs(10), "the rotated set", || {
+        bearer(gw.addr, &k2.sign("ida")) == 200
+    });
+}

@@ -612,6 +612,39 @@ mod tests {
     }
 
     #[test]
+    fn every_attempt_counts_and_a_failed_one_keeps_the_last_good_keys() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut src = source(MIN);
+        src.upstream.endpoints = vec![crate::snapshot::EndpointSpec {
+            addr: closed,
+            weight: 1,
+            authority: closed.to_string().into_bytes().into(),
+        }];
+        let mut t = Tracked::new(src, Instant::now());
+        let good = crate::auth::jwt::jwks_keys(
+            r#"{"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "e", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+        )
+        .unwrap();
+        t.keys = good
+            .into_iter()
+            .map(PinnedKey::new)
+            .collect::<Vec<_>>()
+            .into();
+        for n in 1..=3 {
+            let set = attempt(&mut t);
+            assert_eq!(set.attempt, n);
+            assert_eq!(set.keys.len(), 1, "the last good keys stay");
+            assert_eq!(t.status.fetches_failed, n);
+            assert_eq!(t.status.fetches_ok, 0);
+        }
+        // Each failure pushed the next attempt back.
+        assert!(t.schedule.next_due() > Instant::now());
+    }
+
+    #[test]
     fn a_document_without_usable_keys_is_an_error() {
         assert!(parse_document(b"not json").is_err());
         assert!(parse_document(br#"{"keys": []}"#).is_err());
