@@ -12,6 +12,7 @@
 pub mod accesslog;
 pub mod auth;
 pub mod blocking;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod crypto;
