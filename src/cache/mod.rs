@@ -3,3 +3,4 @@
 //! says what is stored and served, with the RFC sections.
 
 pub mod control;
+pub mod freshness;
