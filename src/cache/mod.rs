@@ -4,3 +4,4 @@
 
 pub mod control;
 pub mod freshness;
+pub mod store;

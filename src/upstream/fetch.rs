@@ -234,6 +234,23 @@ mod tests {
     }
 
     #[test]
+    fn errors_say_what_went_wrong() {
+        let timed_out = FetchError::from(std::io::Error::from(std::io::ErrorKind::WouldBlock));
+        assert_eq!(timed_out.to_string(), "timed out");
+        let refused = FetchError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(
+            matches!(&refused, FetchError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+        );
+        assert_ne!(refused.to_string(), "timed out");
+        assert_eq!(FetchError::Status(503).to_string(), "status 503");
+        assert_eq!(
+            FetchError::Malformed("bad head").to_string(),
+            "malformed response: bad head"
+        );
+        assert_eq!(FetchError::TooLarge.to_string(), "response too large");
+    }
+
+    #[test]
     fn other_statuses_and_broken_answers_are_errors() {
         let not_found = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
         assert!(matches!(
