@@ -4,4 +4,5 @@
 
 pub mod control;
 pub mod freshness;
+pub mod key;
 pub mod store;
