@@ -150,27 +150,37 @@ fn write_values<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a [u8]>) {
     }
 }
 
-/// The names listed in a response's `Vary` header lines, lower-case,
-/// sorted and without duplicates; `Err(())` for `Vary: *` (never served
-/// from a cache, §4.1).
-pub fn vary_names<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-) -> Result<Option<Box<[Box<[u8]>]>>, ()> {
+/// Header field names, lower-case.
+pub type FieldNames = Box<[Box<[u8]>]>;
+
+/// What a response's `Vary` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vary {
+    /// No `Vary`: one variant for every request.
+    Nothing,
+    /// These fields (lower-case, sorted, without duplicates).
+    Fields(FieldNames),
+    /// `Vary: *`: never served from a cache (§4.1).
+    Star,
+}
+
+/// The `Vary` of a response, from its `Vary` header lines.
+pub fn vary<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vary {
     let mut names: Vec<Box<[u8]>> = Vec::new();
     for value in values {
         for name in crate::http::list_elements(value) {
             if name == b"*" {
-                return Err(());
+                return Vary::Star;
             }
             names.push(name.to_ascii_lowercase().into_boxed_slice());
         }
     }
     if names.is_empty() {
-        return Ok(None);
+        return Vary::Nothing;
     }
     names.sort();
     names.dedup();
-    Ok(Some(names.into_boxed_slice()))
+    Vary::Fields(names.into_boxed_slice())
 }
 
 #[cfg(test)]
@@ -344,22 +354,19 @@ mod tests {
 
     #[test]
     fn vary_names_and_secondary_keys() {
-        let names = vary_names(
+        let Vary::Fields(names) = vary(
             ["Accept-Encoding, accept-language", "ACCEPT-ENCODING"]
                 .iter()
                 .map(|s| s.as_bytes()),
-        )
-        .unwrap()
-        .unwrap();
+        ) else {
+            panic!("fields")
+        };
         assert_eq!(
             names.iter().map(|n| n.to_vec()).collect::<Vec<_>>(),
             [b"accept-encoding".to_vec(), b"accept-language".to_vec()]
         );
-        assert_eq!(vary_names(std::iter::empty()), Ok(None));
-        assert_eq!(
-            vary_names(["accept, *"].iter().map(|s| s.as_bytes())),
-            Err(())
-        );
+        assert_eq!(vary(std::iter::empty()), Vary::Nothing);
+        assert_eq!(vary(["accept, *"].iter().map(|s| s.as_bytes())), Vary::Star);
         let sk = |headers| {
             let mut out = Vec::new();
             secondary_key(&mut out, &names, &req("", headers));
