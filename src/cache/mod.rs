@@ -5,4 +5,5 @@
 pub mod control;
 pub mod freshness;
 pub mod key;
+pub mod policy;
 pub mod store;
