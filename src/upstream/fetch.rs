@@ -220,6 +220,23 @@ mod tests {
     }
 
     #[test]
+    fn heads_up_to_16_kib_are_read() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx-padding: {}\r\ncontent-length: 2\r\n\r\nok",
+            "p".repeat(12 * 1024)
+        );
+        assert_eq!(answer(big.as_bytes(), 100).unwrap(), b"ok");
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nx-padding: {}\r\ncontent-length: 2\r\n\r\nok",
+            "p".repeat(17 * 1024)
+        );
+        assert!(matches!(
+            answer(huge.as_bytes(), 100),
+            Err(FetchError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn the_body_cap_holds_for_every_framing() {
         let by_length = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         assert!(matches!(answer(by_length, 4), Err(FetchError::TooLarge)));
