@@ -193,6 +193,8 @@ pub struct Route {
     pub https_redirect: Option<u16>,
     /// Who may use the route (`None`: anyone).
     pub auth: Option<RouteAuth>,
+    /// The response cache, when the route uses it.
+    pub cache: Option<Box<crate::cache::policy::RouteCache>>,
 }
 
 /// A route's authentication requirement.
@@ -335,6 +337,9 @@ pub struct Snapshot {
     pub admin_access: AdminAccess,
     /// Consumers shown in `ringgate_consumer_requests_total` (0: none).
     pub top_consumers: usize,
+    /// Each worker's cache shard size in bytes (`[cache] memory` split
+    /// across workers).
+    pub cache_memory_per_worker: usize,
     /// Which rate-limit policy list this is: kept by a reload that leaves
     /// `rate_limits` unchanged, so workers and the aggregator go on
     /// exchanging reports and grants for it without a gap; new when the

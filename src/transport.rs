@@ -304,6 +304,24 @@ pub async fn write_all_keep(
     }
 }
 
+/// Writes shared bytes (a cached body) without copying them: the kernel
+/// reads from the shared buffer itself (over TLS they are sealed from it).
+pub async fn write_shared(
+    stream: &mut Transport,
+    bytes: bytes::Bytes,
+    limit: Duration,
+) -> Result<(), IoFailure> {
+    match stream {
+        Transport::Plain(socket) => {
+            match monoio::time::timeout(limit, socket.write_all(bytes)).await {
+                Err(_) => Err(IoFailure::TimedOut),
+                Ok((result, _)) => result.map(|_| ()).map_err(IoFailure::Io),
+            }
+        }
+        Transport::Tls(tls) => tls.write(&[&bytes[..]], limit).await,
+    }
+}
+
 /// Writes bytes known at compile time (an interim `100 Continue`).
 pub async fn write_static(
     stream: &mut Transport,

@@ -97,7 +97,8 @@ pub fn store_plan(
         return Err(NotStored::Method);
     }
     // Final statuses only; partial content is not assembled.
-    if response.status < 200 || response.status == 206 || response.status > 599 {
+    // A 304 is not a whole response.
+    if response.status < 200 || matches!(response.status, 206 | 304) || response.status > 599 {
         return Err(NotStored::Status);
     }
     if d.no_store || request.directives.no_store {

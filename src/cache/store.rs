@@ -148,6 +148,17 @@ impl Store {
         }
     }
 
+    /// Changes the budget (a reload); evicts down to it at once.
+    pub fn set_budget(&mut self, budget: usize) {
+        self.budget = budget;
+        self.small_budget = budget / 10;
+        self.make_room();
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     pub fn hash(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }

@@ -48,6 +48,73 @@ pub struct FileConfig {
     /// Authentication providers, attached to routes by name.
     #[serde(default)]
     pub auth: BTreeMap<String, Spanned<AuthSection>>,
+    /// The response cache (routes opt in with `cache = { ... }`).
+    #[serde(default)]
+    pub cache: Option<Spanned<CacheSection>>,
+}
+
+/// The response cache's process-wide settings.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory for cached responses, for the whole process, split evenly
+    /// across workers (default 256MiB).
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// Largest response body stored (default 8MiB); larger ones pass
+    /// through.
+    #[serde(default)]
+    pub max_object: Option<ByteSize>,
+}
+
+/// `query` in a route's cache key: "all", "none", or parameter names.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum CacheQuerySetting {
+    Word(String),
+    Names(Vec<String>),
+}
+
+/// A route's `cache = { ... }`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The query in the key: "all" (default), "none", or `["page", ...]`.
+    #[serde(default)]
+    pub query: Option<Spanned<CacheQuerySetting>>,
+    /// Request headers whose values are in the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Cookies whose values are in the key.
+    #[serde(default)]
+    pub cookies: Vec<String>,
+    /// The authenticated consumer is in the key.
+    #[serde(default)]
+    pub consumer: bool,
+    /// Lifetime of responses that state none (heuristically cacheable
+    /// statuses only); default: not stored.
+    #[serde(default)]
+    pub default_ttl: Option<HumanDuration>,
+    /// Or a percentage of the time since Last-Modified (RFC 9111 §4.2.2).
+    #[serde(default)]
+    pub heuristic_percent: Option<Spanned<u64>>,
+    /// Cap on heuristic lifetimes (default 1d).
+    #[serde(default)]
+    pub heuristic_max: Option<HumanDuration>,
+    /// A client's `Cache-Control: no-cache` makes the cache revalidate
+    /// (default true).
+    #[serde(default = "yes")]
+    pub honour_client_no_cache: bool,
+    /// Serve stale this long while refreshing, when the response says
+    /// nothing (default 0s).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<HumanDuration>,
+    /// Serve stale this long when the upstream fails, when the response
+    /// says nothing (default 0s).
+    #[serde(default)]
+    pub stale_if_error: Option<HumanDuration>,
 }
 
 /// An authentication provider (`[auth.NAME]`).
@@ -636,6 +703,9 @@ pub struct RouteSection {
     /// pass without credentials: browsers never send them.
     #[serde(default)]
     pub auth_skip_preflight: bool,
+    /// Cache this route's responses (docs/cache.md).
+    #[serde(default)]
+    pub cache: Option<Spanned<RouteCacheSection>>,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

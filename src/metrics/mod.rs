@@ -49,6 +49,11 @@ pub fn method_index(method: &[u8]) -> usize {
 
 const AUTH_OUTCOMES: usize = crate::auth::OUTCOMES.len();
 const INTROSPECTION_RESULTS: usize = crate::auth::introspection::CALL_RESULTS.len();
+/// `ringgate_cache_requests_total` results: hit, miss, bypass.
+pub const CACHE_RESULTS: usize = 3;
+pub const CACHE_HIT: usize = 0;
+pub const CACHE_MISS: usize = 1;
+pub const CACHE_BYPASS: usize = 2;
 
 /// One endpoint's connection counters, as this worker saw them.
 #[derive(Debug, Default, Clone, Copy)]
@@ -85,6 +90,8 @@ pub struct WorkerMetrics {
     /// Per auth provider, introspection calls by
     /// `auth::introspection::CALL_RESULTS` index.
     introspection: RefCell<Vec<[u64; INTROSPECTION_RESULTS]>>,
+    /// Cache lookups by result (`phase::cache::CACHE_RESULTS`).
+    cache: RefCell<[u64; CACHE_RESULTS]>,
     /// Requests of the heaviest consumers (`admin.top_consumers`).
     consumers: RefCell<consumers::TopConsumers>,
     request_latency: RefCell<Histogram<u64>>,
@@ -125,6 +132,7 @@ impl WorkerMetrics {
             auth: RefCell::new(Vec::new()),
             introspection: RefCell::new(Vec::new()),
             consumers: RefCell::new(consumers::TopConsumers::new(0)),
+            cache: RefCell::new([0; CACHE_RESULTS]),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -157,6 +165,14 @@ impl WorkerMetrics {
         let mut consumers = self.consumers.borrow_mut();
         if consumers.capacity() != top * 2 {
             *consumers = consumers::TopConsumers::new(top * 2);
+        }
+    }
+
+    /// A cache lookup ended with `result` (`phase::cache::CACHE_*`).
+    #[inline]
+    pub fn cache(&self, result: usize) {
+        if let Some(c) = self.cache.borrow_mut().get_mut(result) {
+            *c += 1;
         }
     }
 
@@ -323,6 +339,8 @@ impl WorkerMetrics {
             auth: self.auth.borrow().clone(),
             introspection: self.introspection.borrow().clone(),
             consumers: self.consumers.borrow().snapshot(),
+            cache: *self.cache.borrow(),
+            cache_store: Default::default(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -363,6 +381,10 @@ pub struct WorkerReport {
     pub introspection: Vec<[u64; INTROSPECTION_RESULTS]>,
     /// The consumers this worker counts, with their counts.
     pub consumers: Vec<(Box<str>, u64)>,
+    /// Cache lookups by result.
+    pub cache: [u64; CACHE_RESULTS],
+    /// The cache shard: objects, bytes, evictions (filled by the worker).
+    pub cache_store: [u64; 3],
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

@@ -276,6 +276,52 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         }
     }
 
+    if snapshot.routes.iter().any(|r| r.cache.is_some()) {
+        header(
+            &mut out,
+            CACHE_REQUESTS,
+            "counter",
+            "Response cache lookups by result (hit: answered from the cache; miss: fetched; bypass: a request the cache does not handle), per worker.",
+        );
+        for r in reports {
+            for (i, result) in ["hit", "miss", "bypass"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{CACHE_REQUESTS}{{worker=\"{}\",result=\"{result}\"}} {}",
+                    r.worker, r.cache[i]
+                );
+            }
+        }
+        for (i, (name, kind, help)) in [
+            (
+                CACHE_OBJECTS,
+                "gauge",
+                "Responses stored in the worker's cache shard.",
+            ),
+            (
+                CACHE_BYTES,
+                "gauge",
+                "Bytes the worker's cache shard holds (keys, heads, bodies, bookkeeping).",
+            ),
+            (
+                CACHE_EVICTIONS,
+                "counter",
+                "Responses evicted from the worker's cache shard to stay within its memory.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            header(&mut out, name, kind, help);
+            for r in reports {
+                let _ = writeln!(
+                    out,
+                    "{name}{{worker=\"{}\"}} {}",
+                    r.worker, r.cache_store[i]
+                );
+            }
+        }
+    }
     if snapshot.top_consumers > 0 {
         header(
             &mut out,

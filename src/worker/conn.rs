@@ -329,7 +329,35 @@ async fn handle_request(
             phase::respond::respond(&ctx, answer, client, close, exchange).await
         }
         RouteAction::Proxy { upstream } => {
-            match forward::forward(&ctx, *upstream, client, close_after, exchange).await {
+            let fill = match &route.cache {
+                None => None,
+                Some(rc) => {
+                    match phase::cache::lookup(shard, rc, &route.name, &request, head, unix_now()) {
+                        phase::cache::Decision::Hit(hit) => {
+                            return phase::cache::serve(&ctx, hit, client, close_after, exchange)
+                                .await;
+                        }
+                        phase::cache::Decision::Miss(fill) => {
+                            shard.metrics.cache(crate::metrics::CACHE_MISS);
+                            Some(fill)
+                        }
+                        phase::cache::Decision::Bypass => {
+                            shard.metrics.cache(crate::metrics::CACHE_BYPASS);
+                            None
+                        }
+                    }
+                }
+            };
+            match forward::forward(
+                &ctx,
+                *upstream,
+                client,
+                close_after,
+                exchange,
+                fill.as_ref(),
+            )
+            .await
+            {
                 ProxyOutcome::Done { keep_client } => keep_client,
                 ProxyOutcome::Failed {
                     failure,

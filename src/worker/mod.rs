@@ -246,11 +246,18 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                                 .collect()
                         })
                         .collect();
-                    let _ = reply.send(shard.metrics.report(
-                        shard.id,
-                        shard.active_connections.get(),
-                        pools,
-                    ));
+                    let mut report =
+                        shard
+                            .metrics
+                            .report(shard.id, shard.active_connections.get(), pools);
+                    let store = shard.cache.borrow();
+                    report.cache_store = [
+                        store.objects() as u64,
+                        store.used() as u64,
+                        store.counters.evictions,
+                    ];
+                    drop(store);
+                    let _ = reply.send(report);
                 }
                 Command::AddListeners(sockets) => {
                     for socket in sockets {

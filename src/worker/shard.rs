@@ -189,10 +189,16 @@ pub struct Shard {
     pub handshakes: super::handshake_gate::HandshakeGate,
     /// Keys fetched from JWKS URLs, as the fetcher last published them.
     pub jwks: crate::auth::jwks::WorkerKeys,
+    /// This worker's response cache shard (kept across reloads).
+    pub cache: RefCell<crate::cache::store::Store>,
+    /// Scratch buffers for cache keys (primary, secondary): building a
+    /// key allocates nothing once they have grown.
+    pub cache_keys: RefCell<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
+        let cache_memory = snapshot.cache_memory_per_worker;
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
         metrics.resize_policies(snapshot.rate_limits.len(), snapshot.auth.len());
         metrics.set_top_consumers(snapshot.top_consumers);
@@ -209,6 +215,8 @@ impl Shard {
             idle_canceller: RefCell::new(Canceller::new()),
             handshakes: Default::default(),
             jwks: Default::default(),
+            cache: RefCell::new(crate::cache::store::Store::new(cache_memory)),
+            cache_keys: RefCell::new((Vec::with_capacity(256), Vec::with_capacity(64))),
         }
     }
 
@@ -227,6 +235,9 @@ impl Shard {
         self.metrics
             .resize_policies(next.snapshot.rate_limits.len(), next.snapshot.auth.len());
         self.metrics.set_top_consumers(next.snapshot.top_consumers);
+        self.cache
+            .borrow_mut()
+            .set_budget(next.snapshot.cache_memory_per_worker);
         *self.current.borrow_mut() = Rc::new(next);
     }
 

@@ -326,11 +326,30 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         }
     }
 
+    let cache_memory = cfg
+        .cache
+        .as_ref()
+        .and_then(|c| c.get_ref().memory)
+        .map_or(256 << 20, |m| m.0);
+    let max_object = cfg
+        .cache
+        .as_ref()
+        .and_then(|c| c.get_ref().max_object)
+        .map_or(8 << 20, |m| m.0 as usize);
+    if let Some(c) = &cfg.cache
+        && (max_object as u64).saturating_mul(2 * workers as u64) > cache_memory
+    {
+        errors.at(
+            c,
+            "cache.max_object must be at most half of each worker's share of cache.memory",
+        );
+    }
     let named = Named {
         upstreams: &upstream_names,
         policies: &policy_names,
         auth: &auth_names,
         auth_providers: &auth,
+        max_object,
     };
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
@@ -380,6 +399,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         admin,
         admin_access,
         top_consumers,
+        cache_memory_per_worker: (cache_memory / workers.max(1) as u64) as usize,
         access_log,
         // Every value that can carry a secret was replaced above.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),
@@ -529,6 +549,79 @@ struct Named<'a> {
     policies: &'a [&'a String],
     auth: &'a [&'a String],
     auth_providers: &'a [crate::auth::Provider],
+    /// `[cache] max_object`.
+    max_object: usize,
+}
+
+/// A route's `cache = { ... }`.
+fn compile_route_cache(
+    section: &Spanned<file::RouteCacheSection>,
+    action: &RouteAction,
+    max_object: usize,
+    errors: &mut Errors,
+) -> Option<Box<crate::cache::policy::RouteCache>> {
+    use crate::cache::key::{KeySpec, QueryKey};
+    let c = section.get_ref();
+    if !c.enabled {
+        return None;
+    }
+    if !matches!(action, RouteAction::Proxy { .. }) {
+        errors.at(section, "cache needs a route with an upstream");
+        return None;
+    }
+    let query = match c.query.as_ref().map(|q| (q, q.get_ref())) {
+        None => QueryKey::All,
+        Some((_, file::CacheQuerySetting::Word(w))) if w == "all" => QueryKey::All,
+        Some((_, file::CacheQuerySetting::Word(w))) if w == "none" => QueryKey::Ignore,
+        Some((_, file::CacheQuerySetting::Names(names))) if !names.is_empty() => QueryKey::Only(
+            names
+                .iter()
+                .map(|n| n.as_bytes().into())
+                .collect::<Vec<Box<[u8]>>>()
+                .into_boxed_slice(),
+        ),
+        Some((q, _)) => {
+            errors.at(
+                q,
+                "cache query must be \"all\", \"none\" or a list of parameter names",
+            );
+            return None;
+        }
+    };
+    for h in &c.headers {
+        if !is_token(h.as_bytes()) {
+            errors.at(
+                section,
+                format!("cache headers: `{h}` is not a header name"),
+            );
+        }
+    }
+    if let Some(p) = &c.heuristic_percent
+        && *p.get_ref() > 100
+    {
+        errors.at(p, "heuristic_percent must be at most 100");
+    }
+    Some(Box::new(crate::cache::policy::RouteCache {
+        key: KeySpec {
+            query,
+            headers: c
+                .headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase().into_bytes().into_boxed_slice())
+                .collect(),
+            cookies: c.cookies.iter().map(|n| n.as_bytes().into()).collect(),
+            consumer: c.consumer,
+        },
+        heuristic: crate::cache::freshness::Heuristic {
+            default_ttl: c.default_ttl.map(|d| d.0.as_secs()),
+            last_modified_percent: c.heuristic_percent.as_ref().map(|p| *p.get_ref()),
+            max: c.heuristic_max.map_or(86_400, |d| d.0.as_secs()),
+        },
+        honour_client_no_cache: c.honour_client_no_cache,
+        stale_while_revalidate: c.stale_while_revalidate.map_or(0, |d| d.0.as_secs()),
+        stale_if_error: c.stale_if_error.map_or(0, |d| d.0.as_secs()),
+        max_object,
+    }))
 }
 
 fn compile_route(
@@ -715,6 +808,10 @@ fn compile_route(
         }
     }
     let auth = compile_route_auth(r, named.auth, named.auth_providers, errors);
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| compile_route_cache(c, &action, named.max_object, errors));
     if let Some(port) = &r.https_port {
         if !r.https_redirect {
             errors.at(port, "https_port needs https_redirect = true");
@@ -741,6 +838,7 @@ fn compile_route(
             .https_redirect
             .then(|| r.https_port.as_ref().map_or(443, |p| *p.get_ref())),
         auth,
+        cache,
     };
     Some((
         route,

@@ -78,13 +78,15 @@ struct Answered {
     sent_at: Instant,
 }
 
-/// Forwards the request to upstream `upstream` and relays the answer.
+/// Forwards the request to upstream `upstream` and relays the answer;
+/// with `fill` (a cached route's miss), stores it if the rules allow.
 pub async fn forward(
     ctx: &RequestCtx<'_>,
     upstream: usize,
     client: &mut Client,
     close_after: bool,
     exchange: &mut Exchange,
+    fill: Option<&crate::worker::phase::cache::Fill>,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
     let (endpoint, _in_flight) = pick_endpoint(
@@ -110,7 +112,7 @@ pub async fn forward(
         Ok(answered) => answered,
         Err(outcome) => return outcome,
     };
-    trip.relay_response(answered, client, close_after, exchange)
+    trip.relay_response(answered, client, close_after, exchange, fill)
         .await
 }
 
@@ -226,6 +228,7 @@ impl Trip<'_> {
         client: &mut Client,
         close_after: bool,
         exchange: &mut Exchange,
+        fill: Option<&crate::worker::phase::cache::Fill>,
     ) -> ProxyOutcome {
         let Answered {
             mut conn,
@@ -242,6 +245,26 @@ impl Trip<'_> {
             ResponseFraming::Chunked | ResponseFraming::UntilClose => (OutFraming::Chunked, false),
         };
         let close = close_after || close_for_framing || self.shard.draining.get();
+        let mut capture = match (fill, &self.route.cache) {
+            (Some(fill), Some(rc)) => crate::worker::phase::cache::plan_capture(
+                rc,
+                fill,
+                response.status,
+                &conn.buf,
+                &conn.headers,
+                match response.framing {
+                    ResponseFraming::Length(n) => Some(n),
+                    _ => None,
+                },
+                |name| response_head::withheld(&conn, &response, self.route, name),
+                crate::worker::phase::cache::unix_now(),
+            ),
+            _ => None,
+        };
+        let cache_status = match fill {
+            Some(_) => crate::worker::phase::cache::miss_status(capture.is_some()),
+            None => &b""[..],
+        };
         client.out.clear();
         build_response_head(
             &mut client.out,
@@ -253,6 +276,7 @@ impl Trip<'_> {
             close,
             exchange.request_id.as_bytes(),
             exchange.ratelimit.as_ref(),
+            cache_status,
         );
         exchange.status = response.status;
         exchange.sent += client.out.len() as u64;
@@ -272,6 +296,7 @@ impl Trip<'_> {
             deadline: None,
             write_timeout: self.snapshot().limits.idle_timeout,
             moved: 0,
+            capture: capture.as_deref_mut(),
         };
         let relayed = match response.framing {
             ResponseFraming::None => relay.flush().await,
@@ -282,6 +307,9 @@ impl Trip<'_> {
         exchange.sent += relay.moved;
         if relayed.is_err() {
             return ProxyOutcome::Aborted;
+        }
+        if let Some(capture) = capture {
+            capture.store(self.shard);
         }
         let reusable = response.keep_alive && conn.buf.is_empty() && !self.shard.draining.get();
         if reusable {

@@ -50,6 +50,7 @@ pub(super) async fn send_request_body(
         deadline: Some(Instant::now() + snapshot.limits.body_timeout),
         write_timeout: snapshot.limits.idle_timeout,
         moved: 0,
+        capture: None,
     };
     let result = match head.framing {
         BodyFraming::None => Ok(()),
@@ -95,6 +96,9 @@ pub(super) struct Relay<'a> {
     pub(super) write_timeout: Duration,
     /// Body bytes passed to the destination (for byte counters).
     pub(super) moved: u64,
+    /// A response being stored in the cache as it streams (body data
+    /// only, after chunked decoding).
+    pub(super) capture: Option<&'a mut crate::worker::phase::cache::Capture>,
 }
 
 impl Relay<'_> {
@@ -123,6 +127,9 @@ impl Relay<'_> {
     /// Sends the first `n` bytes of `src_buf`: copied if small, else direct.
     async fn pass(&mut self, n: usize) -> Result<(), RelayError> {
         self.moved += n as u64;
+        if let Some(capture) = self.capture.as_deref_mut() {
+            capture.take(&self.src_buf[..n]);
+        }
         if n <= COPY_MAX && self.out.len() + n <= 2 * COPY_MAX {
             self.out.extend_from_slice(&self.src_buf[..n]);
             self.src_buf.advance(n);

@@ -112,6 +112,25 @@ pub(super) enum OutFraming {
     Raw,
 }
 
+/// Whether an upstream response header stays with the gateway (hop-by-hop
+/// or framing, the upstream's `x-request-id`, a header its `Connection`
+/// names, one the route's edits remove or replace) instead of going to
+/// the client, or into the cache.
+pub(super) fn withheld(
+    conn: &UpstreamConn,
+    response: &ResponseHead,
+    route: &Route,
+    name: &[u8],
+) -> bool {
+    http::is_hop_by_hop_or_framing(name)
+        || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
+        || (response.connection_names_others
+            && http::connection_names(&conn.buf, &conn.headers, name))
+        || response_headers::drops(&route.response_headers, name)
+}
+
+/// Writes the client's response head. `cache_status`: a `Cache-Status`
+/// line for a cached route's miss (empty otherwise).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn build_response_head(
     out: &mut BytesMut,
@@ -123,6 +142,7 @@ pub(super) fn build_response_head(
     close: bool,
     request_id: &[u8],
     ratelimit: Option<&crate::ratelimit::Decision>,
+    cache_status: &[u8],
 ) {
     let buf = &conn.buf[..];
     let client_http10 = head.version == Version::Http10;
@@ -130,16 +150,12 @@ pub(super) fn build_response_head(
     let edits = &route.response_headers;
     for h in &conn.headers {
         let name = h.name.get(buf);
-        let skip = http::is_hop_by_hop_or_framing(name)
-            || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
-            || (response.connection_names_others
-                && http::connection_names(buf, &conn.headers, name))
-            || response_headers::drops(edits, name);
-        if !skip {
+        if !withheld(conn, response, route, name) {
             http::write::header(out, name, h.value.get(buf));
         }
     }
     response_headers::write(out, edits, request_id, ratelimit);
+    out.put_slice(cache_status);
     match framing {
         OutFraming::None => {
             // HEAD and 304 keep the length the full response would have had.

@@ -15,6 +15,7 @@
 //! module here plus one line in `handle_request`.
 
 pub mod auth;
+pub mod cache;
 pub mod https_redirect;
 pub mod log;
 pub mod normalize;

@@ -1,0 +1,427 @@
+//! [hot] Phase: the response cache. Compiled part: `Route::cache` (the key
+//! and the rules' settings); per-worker part: the shard's `Store`. Runs
+//! after authentication and rate limits (a cached answer is still an
+//! answer a client must be allowed), before the forward:
+//!
+//! - GET and HEAD look up the key; a fresh stored response answers (HEAD
+//!   from a stored GET), with `Age` and `Cache-Status`, a client's
+//!   satisfied conditional request with 304. Anything else is fetched.
+//! - A fetched response the rules allow is stored while it streams to the
+//!   client (`forward` tees the body, up to `max_object`).
+//! - POST, PUT, DELETE and PATCH drop the stored response for their URL
+//!   (RFC 9111 §4.4).
+//!
+//! A hit allocates nothing: the key is built in the shard's scratch
+//! buffers and the stored head and body are shared (`Bytes`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::cache::control::{RequestDirectives, ResponseDirectives};
+use crate::cache::freshness::{ResponseTimes, parse_http_date};
+use crate::cache::key::{KeyFacts, Vary, primary_key, secondary_key, vary};
+use crate::cache::policy::{self, RequestFacts, ResponseFacts, RouteCache, Serve};
+use crate::cache::store::Variant;
+use crate::http::{self, HeaderSpan, Method, RequestHead};
+
+use super::super::client::{Client, Exchange, RequestView};
+use super::super::shard::Shard;
+use super::RequestCtx;
+
+/// What the cache made of a request.
+pub enum Decision {
+    /// The cache has nothing to do with it (a method it does not cache, a
+    /// `Range` request): forward.
+    Bypass,
+    /// A stored response answers it.
+    Hit(Hit),
+    /// Forward, and store the answer if the rules allow.
+    Miss(Fill),
+}
+
+/// A stored response about to be served.
+pub struct Hit {
+    head: Bytes,
+    body: Bytes,
+    age: u64,
+    /// Seconds of freshness left.
+    ttl: u64,
+    /// The client's conditional request is satisfied: 304.
+    not_modified: bool,
+}
+
+/// What storing a fetched response needs to know about its request.
+pub struct Fill {
+    pub key: Vec<u8>,
+    pub authorized: bool,
+    pub request: RequestDirectives,
+    /// When the request went upstream (Unix seconds).
+    pub request_time: u64,
+    /// A HEAD is fetched but its (bodiless) answer not stored.
+    pub is_get: bool,
+    /// A copy of the request's head: a response's `Vary` names request
+    /// headers, and the request's own bytes are gone by the time the
+    /// response arrives.
+    pub request_head: RequestCopy,
+}
+
+/// A request head kept for the secondary key.
+pub struct RequestCopy {
+    buf: Vec<u8>,
+    headers: Vec<HeaderSpan>,
+}
+
+impl KeyFacts for RequestCopy {
+    fn host(&self) -> &[u8] {
+        b""
+    }
+    fn path(&self) -> &[u8] {
+        b""
+    }
+    fn query(&self) -> &[u8] {
+        b""
+    }
+    fn header_values<'c>(&'c self, name: &[u8]) -> impl Iterator<Item = &'c [u8]> {
+        let buf = &self.buf[..];
+        self.headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(move |h| h.value.get(buf))
+    }
+    fn consumer(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// The request as the key builder reads it.
+struct Facts<'a, 'b> {
+    view: &'b RequestView<'a>,
+    head: &'b RequestHead,
+}
+
+impl KeyFacts for Facts<'_, '_> {
+    fn host(&self) -> &[u8] {
+        self.head.host.map_or(&b""[..], |h| h.get(self.view.buf))
+    }
+    fn path(&self) -> &[u8] {
+        self.head.path.get(self.view.buf)
+    }
+    fn query(&self) -> &[u8] {
+        let q = self.head.query.get(self.view.buf);
+        q.strip_prefix(b"?").unwrap_or(q)
+    }
+    fn header_values<'c>(&'c self, name: &[u8]) -> impl Iterator<Item = &'c [u8]> {
+        let buf = self.view.buf;
+        self.view
+            .headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(move |h| h.value.get(buf))
+    }
+    fn consumer(&self) -> Option<&str> {
+        self.view.consumer.map(|c| &*c.name)
+    }
+}
+
+/// Looks the request up (GET, HEAD) or invalidates its URL (unsafe
+/// methods). `now`: Unix seconds.
+pub fn lookup(
+    shard: &Shard,
+    rc: &RouteCache,
+    route: &str,
+    request: &RequestView<'_>,
+    head: &RequestHead,
+    now: u64,
+) -> Decision {
+    let facts = Facts {
+        view: request,
+        head,
+    };
+    let mut keys = shard.cache_keys.borrow_mut();
+    let (key, secondary) = &mut *keys;
+    match head.method {
+        Method::Get | Method::Head => {}
+        Method::Post | Method::Put | Method::Delete | Method::Patch => {
+            primary_key(key, route, &rc.key, &facts);
+            shard.cache.borrow_mut().remove(key);
+            return Decision::Bypass;
+        }
+        _ => return Decision::Bypass,
+    }
+    if request.header(b"range").is_some() {
+        return Decision::Bypass;
+    }
+    primary_key(key, route, &rc.key, &facts);
+    let request_facts = RequestFacts {
+        directives: RequestDirectives::parse(request.values(b"cache-control")),
+        authorized: request.header(b"authorization").is_some() || request.consumer.is_some(),
+        if_none_match: request.header(b"if-none-match"),
+        if_modified_since: request
+            .header(b"if-modified-since")
+            .and_then(parse_http_date),
+    };
+    let mut store = shard.cache.borrow_mut();
+    if let Some(found) = store.get(key) {
+        secondary.clear();
+        if let Some(names) = found.vary {
+            secondary_key(secondary, names, &facts);
+        }
+        if let Some(variant) = found
+            .variants
+            .iter()
+            .find(|v| *v.secondary == secondary[..])
+            && policy::serve(variant, &request_facts, rc.honour_client_no_cache, now)
+                == Serve::Fresh
+        {
+            let age = variant.age(now);
+            return Decision::Hit(Hit {
+                head: variant.head.clone(),
+                body: variant.body.clone(),
+                age,
+                ttl: variant.lifetime.saturating_sub(age),
+                not_modified: policy::not_modified(variant, &request_facts),
+            });
+        }
+    }
+    Decision::Miss(Fill {
+        key: key.clone(),
+        authorized: request_facts.authorized,
+        request: request_facts.directives,
+        request_time: now,
+        is_get: head.method == Method::Get,
+        request_head: RequestCopy {
+            buf: request.buf[..head.len].to_vec(),
+            headers: request.headers.to_vec(),
+        },
+    })
+}
+
+/// Answers from the cache; returns whether the connection stays open.
+pub async fn serve(
+    ctx: &RequestCtx<'_>,
+    hit: Hit,
+    client: &mut Client,
+    close: bool,
+    exchange: &mut Exchange,
+) -> bool {
+    let out = &mut client.out;
+    out.clear();
+    let status = if hit.not_modified {
+        // 304 carries the stored headers that describe the response
+        // (RFC 9110 §15.4.5), not its body or length.
+        http::write::status_line(out, 304);
+        out.put_slice(stored_headers(&hit.head));
+        304
+    } else {
+        out.put_slice(&hit.head);
+        http::write::content_length(out, hit.body.len() as u64);
+        status_of(&hit.head)
+    };
+    out.put_slice(b"age: ");
+    http::write::decimal(out, hit.age);
+    out.put_slice(b"\r\ncache-status: ringgate; hit; ttl=");
+    http::write::decimal(out, hit.ttl);
+    out.put_slice(b"\r\n");
+    super::respond::end_head(ctx, out, close, exchange);
+    let with_body = !hit.not_modified && ctx.head.method != Method::Head;
+    if with_body && hit.body.len() <= INLINE_BODY {
+        out.put_slice(&hit.body);
+    }
+    bytes::Buf::advance(&mut client.buf, ctx.head.len);
+    exchange.status = status;
+    exchange.sent = client.out.len() as u64;
+    let timeout = ctx.snapshot().limits.idle_timeout;
+    let mut ok = crate::transport::write_all_clear(&mut client.stream, &mut client.out, timeout)
+        .await
+        .is_ok();
+    if ok && with_body && hit.body.len() > INLINE_BODY {
+        exchange.sent += hit.body.len() as u64;
+        ok = crate::transport::write_shared(&mut client.stream, hit.body, timeout)
+            .await
+            .is_ok();
+    }
+    ctx.shard.metrics.cache(crate::metrics::CACHE_HIT);
+    ok && !close
+}
+
+/// Wall-clock Unix seconds (cache times are HTTP dates).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Bodies up to this size are copied next to the head (one write); larger
+/// ones are written from the stored buffer.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// The status in a stored head's status line.
+fn status_of(head: &[u8]) -> u16 {
+    head.get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+        .unwrap_or(200)
+}
+
+/// A stored head without its status line.
+fn stored_headers(head: &[u8]) -> &[u8] {
+    let at = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(head.len(), |i| i + 2);
+    &head[at..]
+}
+
+/// The `Cache-Status` a miss adds to the client's head.
+pub fn miss_status(stored: bool) -> &'static [u8] {
+    if stored {
+        b"cache-status: ringgate; fwd=miss; stored\r\n"
+    } else {
+        b"cache-status: ringgate; fwd=miss\r\n"
+    }
+}
+
+/// How a fetched response will be stored, decided from its head.
+pub struct Capture {
+    pub key: Vec<u8>,
+    pub vary: Vary,
+    pub plan: policy::Plan,
+    pub head: BytesMut,
+    pub body: BytesMut,
+    pub limit: usize,
+    /// The body outgrew `limit`: not stored.
+    pub overflow: bool,
+    pub etag: Option<Bytes>,
+    pub last_modified: Option<u64>,
+    pub received: u64,
+    pub status: u16,
+    pub secondary: Vec<u8>,
+}
+
+/// Decides from the response head whether the answer to `fill` is
+/// stored; if so, the capture to fill while it streams. `headers` are the
+/// upstream response's, spans into `buf`; `skip` says which of them the
+/// client does not get (hop-by-hop, the route's edits).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_capture(
+    rc: &RouteCache,
+    fill: &Fill,
+    status: u16,
+    buf: &[u8],
+    headers: &[HeaderSpan],
+    content_length: Option<u64>,
+    skip: impl Fn(&[u8]) -> bool,
+    now: u64,
+) -> Option<Box<Capture>> {
+    let values = |name: &'static [u8]| {
+        headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(move |h| http::trim_ows(h.value.get(buf)))
+    };
+    let first = |name: &'static [u8]| values(name).next();
+    let directives = ResponseDirectives::parse(values(b"cache-control"));
+    let response_vary = vary(values(b"vary"));
+    let etag = first(b"etag").map(Bytes::copy_from_slice);
+    let last_modified = first(b"last-modified").and_then(parse_http_date);
+    let times = ResponseTimes {
+        date: first(b"date").and_then(parse_http_date),
+        expires: first(b"expires").map(|e| parse_http_date(e).unwrap_or(0)),
+        age: first(b"age").and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()),
+        last_modified,
+    };
+    let facts = ResponseFacts {
+        status,
+        directives,
+        times,
+        vary: &response_vary,
+        set_cookie: first(b"set-cookie").is_some(),
+        has_validator: etag.is_some() || last_modified.is_some(),
+    };
+    let request_facts = RequestFacts {
+        directives: fill.request,
+        authorized: fill.authorized,
+        if_none_match: None,
+        if_modified_since: None,
+    };
+    let plan = policy::store_plan(
+        rc,
+        &request_facts,
+        fill.is_get,
+        &facts,
+        fill.request_time,
+        now,
+    )
+    .ok()?;
+    if content_length.is_some_and(|n| n > rc.max_object as u64) {
+        return None;
+    }
+    let mut secondary = Vec::new();
+    if let Vary::Fields(names) = &response_vary {
+        secondary_key(&mut secondary, names, &fill.request_head);
+    }
+    let mut stored = BytesMut::with_capacity(512);
+    http::write::status_line(&mut stored, status);
+    for h in headers {
+        let name = h.name.get(buf);
+        if skip(name) || name.eq_ignore_ascii_case(b"age") {
+            continue;
+        }
+        http::write::header(&mut stored, name, h.value.get(buf));
+    }
+    Some(Box::new(Capture {
+        key: fill.key.clone(),
+        vary: response_vary,
+        plan,
+        head: stored,
+        body: BytesMut::with_capacity(content_length.map_or(8192, |n| n as usize)),
+        limit: rc.max_object,
+        overflow: false,
+        etag,
+        last_modified,
+        received: now,
+        status,
+        secondary,
+    }))
+}
+
+impl Capture {
+    /// Keeps `bytes` of the body, unless it has outgrown the limit.
+    #[inline]
+    pub fn take(&mut self, bytes: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.body.len() + bytes.len() > self.limit {
+            self.overflow = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    /// Stores the captured response (the body arrived whole).
+    pub fn store(self, shard: &Shard) {
+        if self.overflow {
+            return;
+        }
+        let vary = match self.vary {
+            Vary::Fields(names) => Some(names),
+            _ => None,
+        };
+        let variant = Variant {
+            secondary: self.secondary.into_boxed_slice(),
+            head: self.head.freeze(),
+            body: self.body.freeze(),
+            received: self.received,
+            initial_age: self.plan.initial_age,
+            lifetime: self.plan.lifetime,
+            stale_while_revalidate: self.plan.stale_while_revalidate,
+            stale_if_error: self.plan.stale_if_error,
+            must_revalidate: self.plan.must_revalidate,
+            no_cache: self.plan.no_cache,
+            etag: self.etag,
+            last_modified: self.last_modified,
+            status: self.status,
+        };
+        shard.cache.borrow_mut().insert(&self.key, vary, variant);
+    }
+}

@@ -1,0 +1,324 @@
+//! The response cache end to end: a test upstream whose answers say how
+//! they may be cached, and counts what it is asked; every rule is checked
+//! by what the client got (status, body, `Age`, `Cache-Status`) and by how
+//! many requests reached the upstream.
+
+mod common;
+
+use common::{Gateway, Reply, Upstream, config, drivers, request};
+
+/// The upstream: the path says how the answer may be cached.
+fn origin() -> Upstream {
+    Upstream::start("origin", |r| {
+        let path = r.target.split('?').next().unwrap_or("");
+        let cc = |v: &str| vec![("cache-control".to_string(), v.to_string())];
+        let body = format!("{} {}", r.method, r.target).into_bytes();
+        match path {
+            "/fresh" | "/other" => Reply::Ok(200, cc("max-age=60"), body),
+            "/no-store" => Reply::Ok(200, cc("no-store, max-age=60"), body),
+            "/private" => Reply::Ok(200, cc("private, max-age=60"), body),
+            "/silent" => Reply::Ok(200, vec![], body),
+            "/cookie" => {
+                let mut h = cc("max-age=60");
+                h.push(("set-cookie".into(), "session=secret".into()));
+                Reply::Ok(200, h, body)
+            }
+            "/vary-star" => {
+                let mut h = cc("max-age=60");
+                h.push(("vary".into(), "*".into()));
+                Reply::Ok(200, h, body)
+            }
+            "/public" => Reply::Ok(200, cc("public, max-age=60"), body),
+            "/vary" => {
+                let mut h = cc("max-age=60");
+                h.push(("vary".into(), "Accept-Encoding".into()));
+                let enc = r.header("accept-encoding").unwrap_or("none").to_string();
+                Reply::Ok(200, h, enc.into_bytes())
+            }
+            "/etag" => {
+                let mut h = cc("max-age=60");
+                h.push(("etag".into(), "\"v1\"".into()));
+                h.push((
+                    "last-modified".into(),
+                    "Sun, 06 Nov 1994 08:49:37 GMT".into(),
+                ));
+                Reply::Ok(200, h, body)
+            }
+            "/chunked" => Reply::Chunked(200, vec![b"hello ".to_vec(), b"world".to_vec()]),
+            "/big" => Reply::Ok(200, cc("max-age=60"), vec![b'x'; 300_000]),
+            "/not-found" => Reply::Ok(404, cc("max-age=60"), b"gone".to_vec()),
+            "/error" => Reply::Ok(500, vec![], b"boom".to_vec()),
+            _ => Reply::Ok(200, cc("max-age=60"), body),
+        }
+    })
+}
+
+fn gateway(driver: &str, upstream: &Upstream, cache: &str) -> Gateway {
+    Gateway::start(&config(
+        driver,
+        &format!(
+            "[cache]\nmemory = \"8MiB\"\nmax_object = \"256KiB\"\n\n[upstreams.origin]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\ncache = {{ {cache} }}\n",
+            upstream.addr
+        ),
+    ))
+}
+
+fn get(addr: std::net::SocketAddr, path: &str, extra: &str) -> common::Response {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: cache.test\r\n{extra}\r\n").as_bytes(),
+    )
+}
+
+fn count(upstream: &Upstream, path: &str) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.target.split('?').next() == Some(path))
+        .count()
+}
+
+#[test]
+fn fresh_responses_are_answered_from_the_cache_with_age_and_cache_status() {
+    for driver in drivers() {
+        let up = origin();
+        let gw = gateway(driver, &up, "");
+        let first = get(gw.addr, "/fresh", "");
+        assert_eq!(first.status, 200);
+        assert_eq!(
+            first.header("cache-status"),
+            Some("ringgate; fwd=miss; stored"),
+            "{driver}"
+        );
+        assert!(first.header("age").is_none());
+        let second = get(gw.addr, "/fresh", "");
+        assert_eq!(second.status, 200);
+        assert_eq!(second.text(), "GET /fresh");
+        assert!(
+            second
+                .header("cache-status")
+                .unwrap()
+                .starts_with("ringgate; hit; ttl="),
+            "{driver}: {:?}",
+            second.header("cache-status")
+        );
+        let age: u64 = second.header("age").unwrap().parse().unwrap();
+        assert!(age <= 2);
+        assert_eq!(second.header("cache-control"), Some("max-age=60"));
+        assert_eq!(second.header("content-length"), Some("10"));
+        assert!(second.header("x-request-id").is_some());
+        assert_eq!(count(&up, "/fresh"), 1, "{driver}: one upstream request");
+        // HEAD is answered from the stored GET: headers, no body.
+        let head = request(gw.addr, b"HEAD /fresh HTTP/1.1\r\nHost: cache.test\r\n\r\n");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-length"), Some("10"));
+        assert!(head.body.is_empty());
+        assert_eq!(count(&up, "/fresh"), 1, "{driver}");
+        // Another query is another resource; so is another host.
+        assert_eq!(
+            get(gw.addr, "/fresh?page=2", "").text(),
+            "GET /fresh?page=2"
+        );
+        let other_host = request(gw.addr, b"GET /fresh HTTP/1.1\r\nHost: other.test\r\n\r\n");
+        assert_eq!(
+            other_host.header("cache-status"),
+            Some("ringgate; fwd=miss; stored")
+        );
+        assert_eq!(count(&up, "/fresh"), 3, "{driver}");
+        // A stored 404 with explicit freshness is a hit too.
+        get(gw.addr, "/not-found", "");
+        let again = get(gw.addr, "/not-found", "");
+        assert_eq!(again.status, 404);
+        assert!(again.header("cache-status").unwrap().contains("hit"));
+        assert_eq!(count(&up, "/not-found"), 1);
+    }
+}
+
+#[test]
+fn responses_the_rules_forbid_are_fetched_every_time() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "");
+    for path in [
+        "/no-store",
+        "/private",
+        "/silent",
+        "/cookie",
+        "/vary-star",
+        "/error",
+    ] {
+        for _ in 0..2 {
+            let r = get(gw.addr, path, "");
+            assert_eq!(
+                r.header("cache-status"),
+                Some("ringgate; fwd=miss"),
+                "{path}"
+            );
+        }
+        assert_eq!(count(&up, path), 2, "{path} reached the upstream twice");
+    }
+    // A credential: only a response that says it is shareable is stored.
+    for _ in 0..2 {
+        get(gw.addr, "/fresh?auth", "Authorization: Bearer x\r\n");
+        get(gw.addr, "/public?auth", "Authorization: Bearer x\r\n");
+    }
+    assert_eq!(
+        count(&up, "/fresh"),
+        2,
+        "max-age alone does not share a credentialed answer"
+    );
+    assert_eq!(count(&up, "/public"), 1, "public does");
+    // Methods other than GET and HEAD pass through; so do ranges.
+    for _ in 0..2 {
+        request(
+            gw.addr,
+            b"OPTIONS /fresh?m HTTP/1.1\r\nHost: cache.test\r\n\r\n",
+        );
+        get(gw.addr, "/fresh?range", "Range: bytes=0-3\r\n");
+    }
+    assert_eq!(count(&up, "/fresh"), 6);
+}
+
+#[test]
+fn a_heuristic_lifetime_applies_only_when_configured() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "default_ttl = \"60s\"");
+    get(gw.addr, "/silent", "");
+    assert!(
+        get(gw.addr, "/silent", "")
+            .header("cache-status")
+            .unwrap()
+            .contains("hit")
+    );
+    // 500 is not heuristically cacheable.
+    get(gw.addr, "/error", "");
+    get(gw.addr, "/error", "");
+    assert_eq!(count(&up, "/silent"), 1);
+    assert_eq!(count(&up, "/error"), 2);
+}
+
+#[test]
+fn vary_keeps_a_variant_per_request_header_value() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "");
+    for _ in 0..2 {
+        assert_eq!(
+            get(gw.addr, "/vary", "Accept-Encoding: gzip\r\n").text(),
+            "gzip"
+        );
+        assert_eq!(
+            get(gw.addr, "/vary", "Accept-Encoding: br\r\n").text(),
+            "br"
+        );
+        assert_eq!(get(gw.addr, "/vary", "").text(), "none");
+        // Whitespace in a list is not a different value.
+        assert_eq!(
+            get(gw.addr, "/vary", "Accept-Encoding:  gzip \r\n").text(),
+            "gzip"
+        );
+    }
+    assert_eq!(count(&up, "/vary"), 3, "one fetch per variant");
+}
+
+#[test]
+fn a_satisfied_conditional_request_gets_304_from_the_cache() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "");
+    get(gw.addr, "/etag", "");
+    let r = get(gw.addr, "/etag", "If-None-Match: \"v1\"\r\n");
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+    let r = get(gw.addr, "/etag", "If-None-Match: \"v0\"\r\n");
+    assert_eq!(r.status, 200);
+    let r = get(
+        gw.addr,
+        "/etag",
+        "If-Modified-Since: Mon, 07 Nov 1994 00:00:00 GMT\r\n",
+    );
+    assert_eq!(r.status, 304);
+    let r = get(
+        gw.addr,
+        "/etag",
+        "If-Modified-Since: Sat, 05 Nov 1994 00:00:00 GMT\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(count(&up, "/etag"), 1);
+}
+
+#[test]
+fn unsafe_methods_invalidate_and_client_no_cache_refetches() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "");
+    get(gw.addr, "/fresh", "");
+    get(gw.addr, "/fresh", "");
+    assert_eq!(count(&up, "/fresh"), 1);
+    let r = request(
+        gw.addr,
+        b"POST /fresh HTTP/1.1\r\nHost: cache.test\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(count(&up, "/fresh"), 2);
+    let after = get(gw.addr, "/fresh", "");
+    assert_eq!(
+        after.header("cache-status"),
+        Some("ringgate; fwd=miss; stored")
+    );
+    assert_eq!(count(&up, "/fresh"), 3);
+    // A client's no-cache: not answered from the cache.
+    let r = get(gw.addr, "/fresh", "Cache-Control: no-cache\r\n");
+    assert_eq!(r.header("cache-status"), Some("ringgate; fwd=miss; stored"));
+    assert_eq!(count(&up, "/fresh"), 4);
+    let hit = get(gw.addr, "/fresh", "");
+    assert!(hit.header("cache-status").unwrap().contains("hit"));
+}
+
+#[test]
+fn chunked_answers_are_stored_and_large_ones_pass_through() {
+    let up = origin();
+    let gw = gateway("epoll", &up, "default_ttl = \"60s\"");
+    let first = get(gw.addr, "/chunked", "");
+    assert_eq!(first.text(), "hello world");
+    let second = get(gw.addr, "/chunked", "");
+    assert_eq!(second.text(), "hello world");
+    assert_eq!(second.header("content-length"), Some("11"));
+    assert!(second.header("transfer-encoding").is_none());
+    assert_eq!(count(&up, "/chunked"), 1);
+    // 300 000 bytes > max_object (256 KiB): relayed whole, never stored.
+    for _ in 0..2 {
+        let r = get(gw.addr, "/big", "");
+        assert_eq!(r.body.len(), 300_000);
+        assert_eq!(r.header("cache-status"), Some("ringgate; fwd=miss"));
+    }
+    assert_eq!(count(&up, "/big"), 2);
+}
+
+#[test]
+fn the_cache_answers_only_routes_that_use_it_and_counts_what_it_does() {
+    let up = origin();
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[cache]\nmemory = \"8MiB\"\nmax_object = \"1MiB\"\n\n[upstreams.origin]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/cached\"\nupstream = \"origin\"\ncache = {{ query = \"none\" }}\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\n",
+            up.addr
+        ),
+    ));
+    for _ in 0..3 {
+        get(gw.addr, "/cached/x?utm=1", "");
+        get(gw.addr, "/plain", "");
+    }
+    assert_eq!(
+        count(&up, "/cached/x"),
+        1,
+        "query = none: one key for all queries"
+    );
+    assert_eq!(count(&up, "/plain"), 3);
+    assert!(get(gw.addr, "/plain", "").header("cache-status").is_none());
+    let metrics = common::get(gw.admin.unwrap(), "/metrics").text();
+    for line in [
+        "ringgate_cache_requests_total{worker=\"0\",result=\"hit\"} 2",
+        "ringgate_cache_requests_total{worker=\"0\",result=\"miss\"} 1",
+        "ringgate_cache_objects{worker=\"0\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
