@@ -93,7 +93,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nCache-Control: public\r\n\r\nhello";
 
 /// An upstream that answers every request head with `RESPONSE`, using one
 /// fixed buffer per connection.
@@ -405,6 +405,18 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
             jwt, 0.0,
             "{driver}: a request with a cached token allocates"
         );
+        // A cache hit: the key built in the shard's scratch buffers, the
+        // stored head and body shared, Age and Cache-Status written. (The
+        // request carries credentials; the upstream's `public` lets its
+        // answer be shared, and default_ttl gives it a lifetime.)
+        let cached = allocations_per_request(
+            driver,
+            upstream,
+            "/cached/items",
+            "[access_log]\npath = \"/dev/null\"\n[cache]\nmemory = \"32MiB\"\n[[routes]]\npath_prefix = \"/cached\"\nupstream = \"app\"\ncache = { default_ttl = \"1h\" }\n",
+        );
+        eprintln!("{driver}: heap allocations per cache hit (logged): {cached:.4}");
+        assert_eq!(cached, 0.0, "{driver}: a cache hit allocates");
         let https = https();
         let tls = allocations_per_request_over(driver, upstream, "/api/items", "", Some(&https));
         eprintln!("{driver}: heap allocations per proxied HTTPS request: {tls:.4}");
