@@ -6,7 +6,8 @@
 //! ```text
 //! [tls handshake] ─▶ read head ─▶ normalize ─▶ tls host ─▶ route
 //!   ─▶ https redirect ─▶ auth ─▶ body size ─▶ rate limits
-//!   ─▶ respond | forward ─▶ response headers ─▶ log + metrics
+//!   ─▶ respond | cache lookup (hit: answer) ─▶ forward
+//!   ─▶ response headers ─▶ log + metrics
 //! ```
 //!
 //! A phase decides without I/O where it can, returning a `Verdict`; the
