@@ -261,7 +261,9 @@ mod tests {
                 body.len()
             )
         );
-        assert!(!format!("{p:?}").contains("Z2F0"), "no secret in Debug");
+        let debug = format!("{p:?}");
+        assert!(!debug.contains("Z2F0"), "no secret in Debug");
+        assert!(debug.contains("/introspect") && debug.contains("cache_ttl"));
     }
 
     #[test]
@@ -299,6 +301,10 @@ mod tests {
             Verdict::Refused(Rejection::WrongIssuerOrAudience)
         );
         assert!(matches!(with("aud", "api".into()), Verdict::Active(_)));
+        assert_eq!(
+            with("aud", serde_json::json!(["x", "y"])),
+            Verdict::Refused(Rejection::WrongIssuerOrAudience)
+        );
         assert_eq!(
             with("exp", (NOW - 31).into()),
             Verdict::Refused(Rejection::Expired)
