@@ -322,3 +322,69 @@ fn the_cache_answers_only_routes_that_use_it_and_counts_what_it_does() {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
 }
+
+#[test]
+fn a_purge_reaches_every_worker_before_the_admin_answers() {
+    let up = origin();
+    let gw = Gateway::start(&format!(
+        "workers = 2\nio_driver = \"epoll\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[cache]\nmemory = \"8MiB\"\nmax_object = \"1MiB\"\n\n[upstreams.origin]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\ncache = {{ }}\n",
+        up.addr
+    ));
+    let admin = gw.admin.unwrap();
+    let purge = |query: &str| {
+        request(
+            admin,
+            format!(
+                "POST /cache/purge?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+    };
+    // New connections spread over both workers; each stores its own copy.
+    for _ in 0..30 {
+        get(gw.addr, "/fresh", "");
+        get(gw.addr, "/docs/a", "");
+        get(gw.addr, "/docs/b?x=1", "");
+    }
+    let copies = count(&up, "/fresh");
+    assert!((1..=2).contains(&copies));
+    // Every stored copy, on every worker, is purged before the answer.
+    let r = purge("path=/fresh");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        format!("{{\"purged\":{copies},\"workers\":2,\"of\":2}}\n")
+    );
+    assert_eq!(
+        get(gw.addr, "/fresh", "").header("cache-status"),
+        Some("ringgate; fwd=miss; stored")
+    );
+    // By prefix, on one host (another host's copies stay).
+    let docs_before = count(&up, "/docs/a") + count(&up, "/docs/b");
+    let r = purge("host=other.test&path=/docs/&prefix=true");
+    assert_eq!(r.text(), "{\"purged\":0,\"workers\":2,\"of\":2}\n");
+    let r = purge("host=cache.test&path=/docs/&prefix=true");
+    assert!(r.text().starts_with("{\"purged\":"), "{}", r.text());
+    assert_ne!(r.text(), "{\"purged\":0,\"workers\":2,\"of\":2}\n");
+    for _ in 0..10 {
+        get(gw.addr, "/docs/a", "");
+    }
+    assert!(count(&up, "/docs/a") + count(&up, "/docs/b") > docs_before);
+    // Soft: kept, but stale (no validator here: fetched again).
+    let before = count(&up, "/fresh");
+    for _ in 0..10 {
+        get(gw.addr, "/fresh", "");
+    }
+    let r = purge("path=/fresh&soft=true");
+    assert!(!r.text().starts_with("{\"purged\":0"), "{}", r.text());
+    let after = get(gw.addr, "/fresh", "");
+    assert_eq!(
+        after.header("cache-status"),
+        Some("ringgate; fwd=miss; stored")
+    );
+    assert!(count(&up, "/fresh") > before);
+    // Bad requests say why.
+    let r = purge("host=x");
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("path is required"));
+}

@@ -6,4 +6,5 @@ pub mod control;
 pub mod freshness;
 pub mod key;
 pub mod policy;
+pub mod purge;
 pub mod store;

@@ -278,6 +278,31 @@ impl Store {
         true
     }
 
+    /// Removes the objects `purge` names, or with `soft` marks them
+    /// stale (they are then revalidated before use, and stale-if-error
+    /// may still serve them); returns how many.
+    pub fn purge(&mut self, purge: &super::purge::Purge) -> usize {
+        let doomed: Vec<usize> = self
+            .slab
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| o.as_ref().filter(|o| purge.matches(&o.key)).map(|_| i))
+            .collect();
+        for &slot in &doomed {
+            if purge.soft {
+                if let Some(object) = self.slab[slot].as_mut() {
+                    for v in &mut object.variants {
+                        v.lifetime = 0;
+                        v.stale_while_revalidate = 0;
+                    }
+                }
+            } else {
+                self.drop_slot(slot);
+            }
+        }
+        doomed.len()
+    }
+
     /// Removes every object whose key starts with `prefix`; returns how
     /// many.
     pub fn remove_prefix(&mut self, prefix: &[u8]) -> usize {

@@ -1,5 +1,6 @@
 //! [cold] The admin listener: `GET /metrics` (Prometheus text), `/healthz`,
-//! `/readyz`, `/config`, `/workers`, `POST /reload`. It runs on its own
+//! `/readyz`, `/config`, `/workers`, `POST /reload`, `POST /cache/purge`.
+//! It runs on its own
 //! threads with blocking std I/O, never on a worker; it learns about workers
 //! only by asking them for reports over their command channels.
 //!
@@ -108,6 +109,30 @@ pub fn collect_reports(workers: &[Sender<Command>]) -> Vec<Option<WorkerReport>>
     reports
 }
 
+/// Sends `purge` to every worker and waits (as for reports) until each
+/// has applied it: returns the objects matched and the workers that
+/// answered.
+fn purge_all(workers: &[Sender<Command>], purge: crate::cache::purge::Purge) -> (usize, usize) {
+    let purge = Arc::new(purge);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for w in workers {
+        let _ = w.send(Command::CachePurge(purge.clone(), tx.clone()));
+    }
+    drop(tx);
+    let deadline = Instant::now() + REPORT_WAIT;
+    let (mut purged, mut answered) = (0, 0);
+    while answered < workers.len() {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(n) => {
+                purged += n;
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    (purged, answered)
+}
+
 impl Admin {
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.reloader.lock().ok().map(|r| r.current())
@@ -123,6 +148,7 @@ struct AdminRequest {
     origin: Option<Vec<u8>>,
     fetch_site: Option<Vec<u8>>,
     content_type: Option<Vec<u8>>,
+    query: Vec<u8>,
 }
 
 fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<AdminRequest>> {
@@ -152,6 +178,7 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<AdminRequest>>
                 return Ok(Some(AdminRequest {
                     method: head.method_span.get(&buf).to_vec(),
                     path: head.path.get(&buf).to_vec(),
+                    query: head.query.get(&buf).to_vec(),
                     host: head.host.map(|h| h.get(&buf).to_vec()).unwrap_or_default(),
                     authorization: header(b"authorization"),
                     origin: header(b"origin"),
@@ -327,6 +354,28 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             Some(s) => respond(&mut stream, 200, "application/toml", &s.redacted_config),
             None => respond(&mut stream, 500, "text/plain", "reload state poisoned\n"),
         },
+        (b"POST", b"/cache/purge") => {
+            let query = req.query.strip_prefix(b"?").unwrap_or(&req.query);
+            match crate::cache::purge::Purge::from_query(query) {
+                Err(why) => respond(&mut stream, 400, "text/plain", &format!("{why}\n")),
+                Ok(purge) => {
+                    let (purged, answered) = purge_all(&admin.workers, purge);
+                    respond(
+                        &mut stream,
+                        if answered == admin.workers.len() {
+                            200
+                        } else {
+                            504
+                        },
+                        "application/json",
+                        &format!(
+                            "{{\"purged\":{purged},\"workers\":{answered},\"of\":{}}}\n",
+                            admin.workers.len()
+                        ),
+                    )
+                }
+            }
+        }
         (b"POST", b"/reload") => {
             let result = match admin.reloader.lock() {
                 Ok(mut r) => r.reload(),
@@ -349,7 +398,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             &mut stream,
             404,
             "text/plain",
-            "not found: try GET /metrics, /healthz, /readyz, /config, /workers or POST /reload\n",
+            "not found: try GET /metrics, /healthz, /readyz, /config, /workers, POST /reload or POST /cache/purge\n",
         ),
     }
 }

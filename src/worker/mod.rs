@@ -44,6 +44,8 @@ pub enum Command {
     Report(Sender<crate::metrics::WorkerReport>),
     /// Switch to a new snapshot, then acknowledge with the worker id.
     Reload(Arc<Snapshot>, Sender<usize>),
+    /// Purge the cache shard; answer with how many objects matched.
+    CachePurge(Arc<crate::cache::purge::Purge>, Sender<usize>),
     /// Keys fetched from a JWKS URL (or the last good ones, after a
     /// failed fetch).
     Jwks(Arc<crate::auth::jwks::KeySet>),
@@ -271,6 +273,9 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                 }
                 Command::RemoveListener(addr) => stop_accepting(&shard, addr),
                 Command::Jwks(set) => shard.jwks.install(set),
+                Command::CachePurge(purge, reply) => {
+                    let _ = reply.send(shard.cache.borrow_mut().purge(&purge));
+                }
                 Command::Reload(snapshot, ack) => {
                     shard.reload(snapshot);
                     let _ = ack.send(shard.id);
