@@ -388,3 +388,57 @@ fn a_purge_reaches_every_worker_before_the_admin_answers() {
     assert_eq!(r.status, 400);
     assert!(r.text().contains("path is required"));
 }
+
+#[test]
+fn stale_if_error_serves_a_stale_answer_when_the_upstream_fails() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: answer, 1: 503, 2: close without answering.
+    let mode = Arc::new(AtomicU8::new(0));
+    let m = mode.clone();
+    let up = Upstream::start("flaky", move |r| match m.load(Ordering::SeqCst) {
+        1 => Reply::Ok(503, vec![], b"down".to_vec()),
+        2 => Reply::Close,
+        _ => {
+            let cc = if r.target.starts_with("/sie") {
+                "max-age=1, stale-if-error=600"
+            } else {
+                "max-age=1"
+            };
+            Reply::Ok(
+                200,
+                vec![("cache-control".into(), cc.into())],
+                b"good".to_vec(),
+            )
+        }
+    });
+    let gw = gateway("epoll", &up, "");
+    assert_eq!(get(gw.addr, "/sie", "").text(), "good");
+    assert_eq!(get(gw.addr, "/plain", "").text(), "good");
+    // Both stored answers live one second: two seconds later they are
+    // stale whatever the clock's phase.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for failing in [1, 2] {
+        mode.store(failing, Ordering::SeqCst);
+        let r = get(gw.addr, "/sie", "");
+        assert_eq!(r.status, 200, "mode {failing}");
+        assert_eq!(r.text(), "good");
+        let status = r.header("cache-status").unwrap();
+        assert!(
+            status.starts_with("ringgate; hit; ttl=-") && status.ends_with("detail=stale-if-error"),
+            "{status}"
+        );
+        // Without stale-if-error the failure is what the client gets.
+        let plain = get(gw.addr, "/plain", "");
+        assert!(plain.status >= 500, "mode {failing}: {}", plain.status);
+    }
+    // The upstream gone altogether: connection refused, still stale.
+    drop(up);
+    let r = get(gw.addr, "/sie", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "good"));
+    assert!(
+        r.header("cache-status")
+            .unwrap()
+            .ends_with("detail=stale-if-error")
+    );
+}

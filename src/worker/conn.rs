@@ -334,8 +334,15 @@ async fn handle_request(
                 Some(rc) => {
                     match phase::cache::lookup(shard, rc, &route.name, &request, head, unix_now()) {
                         phase::cache::Decision::Hit(hit) => {
-                            return phase::cache::serve(&ctx, hit, client, close_after, exchange)
-                                .await;
+                            return phase::cache::serve(
+                                &ctx,
+                                hit,
+                                client,
+                                close_after,
+                                exchange,
+                                true,
+                            )
+                            .await;
                         }
                         phase::cache::Decision::Miss(fill) => {
                             shard.metrics.cache(crate::metrics::CACHE_MISS);
@@ -348,6 +355,7 @@ async fn handle_request(
                     }
                 }
             };
+            let mut fill = fill;
             match forward::forward(
                 &ctx,
                 *upstream,
@@ -363,10 +371,22 @@ async fn handle_request(
                     failure,
                     client_body_consumed,
                 } => {
+                    // stale-if-error: a stale stored answer instead of the failure.
+                    if let Some(stale) = fill.as_mut().and_then(|f| f.take_fallback()) {
+                        let close = close_after || !client_body_consumed;
+                        return phase::cache::serve(&ctx, stale, client, close, exchange, false)
+                            .await;
+                    }
                     let close = close_after || !client_body_consumed || failure.closes_connection();
                     answer_failure(shard, snapshot, client, failure, close, exchange).await;
                     !close
                 }
+                ProxyOutcome::ServerError => match fill.as_mut().and_then(|f| f.take_fallback()) {
+                    Some(stale) => {
+                        phase::cache::serve(&ctx, stale, client, close_after, exchange, false).await
+                    }
+                    None => false,
+                },
                 ProxyOutcome::Aborted => false,
             }
         }

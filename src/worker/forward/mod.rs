@@ -47,6 +47,9 @@ pub enum ProxyOutcome {
     },
     /// Part of a response was sent and the exchange broke: close.
     Aborted,
+    /// The upstream answered 5xx and the cache holds a stale answer that
+    /// stale-if-error lets stand in: nothing was sent to the client.
+    ServerError,
 }
 
 impl ProxyOutcome {
@@ -245,6 +248,10 @@ impl Trip<'_> {
             ResponseFraming::Chunked | ResponseFraming::UntilClose => (OutFraming::Chunked, false),
         };
         let close = close_after || close_for_framing || self.shard.draining.get();
+        if response.status >= 500 && fill.is_some_and(|f| f.fallback.is_some()) {
+            // The upstream connection is dropped with its unread answer.
+            return ProxyOutcome::ServerError;
+        }
         let mut capture = match (fill, &self.route.cache) {
             (Some(fill), Some(rc)) => crate::worker::phase::cache::plan_capture(
                 rc,

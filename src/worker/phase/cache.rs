@@ -43,10 +43,26 @@ pub struct Hit {
     head: Bytes,
     body: Bytes,
     age: u64,
-    /// Seconds of freshness left.
-    ttl: u64,
+    /// Seconds of freshness left (negative: stale by that much).
+    ttl: i64,
     /// The client's conditional request is satisfied: 304.
     not_modified: bool,
+    /// Served stale because the upstream failed (stale-if-error).
+    instead_of_error: bool,
+}
+
+impl Hit {
+    fn of(variant: &Variant, request: &RequestFacts, now: u64) -> Hit {
+        let age = variant.age(now);
+        Hit {
+            head: variant.head.clone(),
+            body: variant.body.clone(),
+            age,
+            ttl: variant.lifetime as i64 - age as i64,
+            not_modified: policy::not_modified(variant, request),
+            instead_of_error: false,
+        }
+    }
 }
 
 /// What storing a fetched response needs to know about its request.
@@ -62,6 +78,20 @@ pub struct Fill {
     /// headers, and the request's own bytes are gone by the time the
     /// response arrives.
     pub request_head: RequestCopy,
+    /// A stale stored response stale-if-error allows to stand in if the
+    /// upstream fails (5xx, reset, timeout).
+    pub fallback: Option<Hit>,
+}
+
+impl Fill {
+    /// The stale response to answer with instead of the upstream's
+    /// failure, if there is one.
+    pub fn take_fallback(&mut self) -> Option<Hit> {
+        self.fallback.take().map(|mut hit| {
+            hit.instead_of_error = true;
+            hit
+        })
+    }
 }
 
 /// A request head kept for the secondary key.
@@ -160,6 +190,7 @@ pub fn lookup(
             .and_then(parse_http_date),
     };
     let mut store = shard.cache.borrow_mut();
+    let mut fallback = None;
     if let Some(found) = store.get(key) {
         secondary.clear();
         if let Some(names) = found.vary {
@@ -169,17 +200,15 @@ pub fn lookup(
             .variants
             .iter()
             .find(|v| *v.secondary == secondary[..])
-            && policy::serve(variant, &request_facts, rc.honour_client_no_cache, now)
-                == Serve::Fresh
         {
-            let age = variant.age(now);
-            return Decision::Hit(Hit {
-                head: variant.head.clone(),
-                body: variant.body.clone(),
-                age,
-                ttl: variant.lifetime.saturating_sub(age),
-                not_modified: policy::not_modified(variant, &request_facts),
-            });
+            if policy::serve(variant, &request_facts, rc.honour_client_no_cache, now)
+                == Serve::Fresh
+            {
+                return Decision::Hit(Hit::of(variant, &request_facts, now));
+            }
+            if policy::usable_on_error(variant, now) {
+                fallback = Some(Hit::of(variant, &request_facts, now));
+            }
         }
     }
     Decision::Miss(Fill {
@@ -192,16 +221,20 @@ pub fn lookup(
             buf: request.buf[..head.len].to_vec(),
             headers: request.headers.to_vec(),
         },
+        fallback,
     })
 }
 
 /// Answers from the cache; returns whether the connection stays open.
+/// `head_in_buffer`: the request's head is still at the front of the
+/// client's buffer (false once a forward consumed it).
 pub async fn serve(
     ctx: &RequestCtx<'_>,
     hit: Hit,
     client: &mut Client,
     close: bool,
     exchange: &mut Exchange,
+    head_in_buffer: bool,
 ) -> bool {
     let out = &mut client.out;
     out.clear();
@@ -219,14 +252,22 @@ pub async fn serve(
     out.put_slice(b"age: ");
     http::write::decimal(out, hit.age);
     out.put_slice(b"\r\ncache-status: ringgate; hit; ttl=");
-    http::write::decimal(out, hit.ttl);
+    if hit.ttl < 0 {
+        out.put_slice(b"-");
+    }
+    http::write::decimal(out, hit.ttl.unsigned_abs());
+    if hit.instead_of_error {
+        out.put_slice(b"; detail=stale-if-error");
+    }
     out.put_slice(b"\r\n");
     super::respond::end_head(ctx, out, close, exchange);
     let with_body = !hit.not_modified && ctx.head.method != Method::Head;
     if with_body && hit.body.len() <= INLINE_BODY {
         out.put_slice(&hit.body);
     }
-    bytes::Buf::advance(&mut client.buf, ctx.head.len);
+    if head_in_buffer {
+        bytes::Buf::advance(&mut client.buf, ctx.head.len);
+    }
     exchange.status = status;
     exchange.sent = client.out.len() as u64;
     let timeout = ctx.snapshot().limits.idle_timeout;
