@@ -442,3 +442,51 @@ fn stale_if_error_serves_a_stale_answer_when_the_upstream_fails() {
             .ends_with("detail=stale-if-error")
     );
 }
+
+#[test]
+fn concurrent_misses_for_one_key_make_one_upstream_request() {
+    for driver in drivers() {
+        let up = Upstream::start("slow", |r| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let vary = r.target.starts_with("/vary");
+            let mut h = vec![("cache-control".to_string(), "max-age=60".to_string())];
+            if vary {
+                h.push(("vary".into(), "x-tenant".into()));
+            }
+            let body = r.header("x-tenant").unwrap_or("all").to_string();
+            Reply::Ok(200, h, body.into_bytes())
+        });
+        let gw = gateway(driver, &up, "");
+        let clients = 12;
+        let barrier = std::sync::Barrier::new(clients);
+        std::thread::scope(|s| {
+            for i in 0..clients {
+                let (barrier, addr) = (&barrier, gw.addr);
+                s.spawn(move || {
+                    barrier.wait();
+                    let r = get(addr, "/shared", "");
+                    assert_eq!((r.status, r.text().as_str()), (200, "all"), "client {i}");
+                });
+            }
+        });
+        assert_eq!(count(&up, "/shared"), 1, "{driver}: one fetch for all");
+        // Coalescing never hands one variant to a request of another: the
+        // waiters whose tenant differs from the stored one fetch their own.
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for tenant in ["a", "a", "b", "b"] {
+                let (barrier, addr) = (&barrier, gw.addr);
+                s.spawn(move || {
+                    barrier.wait();
+                    let r = get(addr, "/vary", &format!("X-Tenant: {tenant}\r\n"));
+                    assert_eq!(r.text(), tenant);
+                });
+            }
+        });
+        let fetched = count(&up, "/vary");
+        assert!(
+            (2..=3).contains(&fetched),
+            "{driver}: {fetched} fetches for two variants"
+        );
+    }
+}

@@ -12,7 +12,6 @@ pub mod api_key;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
-pub mod lookups;
 pub mod token_cache;
 
 /// Why authentication refused a request, least telling first: with

@@ -49,11 +49,14 @@ pub fn method_index(method: &[u8]) -> usize {
 
 const AUTH_OUTCOMES: usize = crate::auth::OUTCOMES.len();
 const INTROSPECTION_RESULTS: usize = crate::auth::introspection::CALL_RESULTS.len();
-/// `ringgate_cache_requests_total` results: hit, miss, bypass.
-pub const CACHE_RESULTS: usize = 3;
+/// Cache counters: `ringgate_cache_requests_total` results hit, miss,
+/// bypass, stale (stale-if-error); then coalesced waits.
+pub const CACHE_RESULTS: usize = 5;
 pub const CACHE_HIT: usize = 0;
 pub const CACHE_MISS: usize = 1;
 pub const CACHE_BYPASS: usize = 2;
+pub const CACHE_STALE: usize = 3;
+pub const CACHE_COALESCED: usize = 4;
 
 /// One endpoint's connection counters, as this worker saw them.
 #[derive(Debug, Default, Clone, Copy)]

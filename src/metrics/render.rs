@@ -281,16 +281,29 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
             &mut out,
             CACHE_REQUESTS,
             "counter",
-            "Response cache lookups by result (hit: answered from the cache; miss: fetched; bypass: a request the cache does not handle), per worker.",
+            "Response cache lookups by result (hit: answered from the cache; miss: fetched; bypass: a request the cache does not handle; stale: a stale answer served because the upstream failed), per worker.",
         );
         for r in reports {
-            for (i, result) in ["hit", "miss", "bypass"].iter().enumerate() {
+            for (i, result) in ["hit", "miss", "bypass", "stale"].iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{CACHE_REQUESTS}{{worker=\"{}\",result=\"{result}\"}} {}",
                     r.worker, r.cache[i]
                 );
             }
+        }
+        header(
+            &mut out,
+            CACHE_COALESCED,
+            "counter",
+            "Cache misses that waited for another request's fetch of the same key (coalescing), per worker.",
+        );
+        for r in reports {
+            let _ = writeln!(
+                out,
+                "{CACHE_COALESCED}{{worker=\"{}\"}} {}",
+                r.worker, r.cache[4]
+            );
         }
         for (i, (name, kind, help)) in [
             (

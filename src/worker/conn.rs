@@ -329,31 +329,42 @@ async fn handle_request(
             phase::respond::respond(&ctx, answer, client, close, exchange).await
         }
         RouteAction::Proxy { upstream } => {
-            let fill = match &route.cache {
-                None => None,
-                Some(rc) => {
-                    match phase::cache::lookup(shard, rc, &route.name, &request, head, unix_now()) {
-                        phase::cache::Decision::Hit(hit) => {
-                            return phase::cache::serve(
-                                &ctx,
-                                hit,
-                                client,
-                                close_after,
-                                exchange,
-                                true,
-                            )
+            let mut waited = false;
+            let fill = loop {
+                let Some(rc) = &route.cache else { break None };
+                break match phase::cache::lookup(
+                    shard,
+                    rc,
+                    &route.name,
+                    &request,
+                    head,
+                    unix_now(),
+                    !waited,
+                ) {
+                    phase::cache::Decision::Hit(hit) => {
+                        return phase::cache::serve(&ctx, hit, client, close_after, exchange, true)
                             .await;
-                        }
-                        phase::cache::Decision::Miss(fill) => {
-                            shard.metrics.cache(crate::metrics::CACHE_MISS);
-                            Some(fill)
-                        }
-                        phase::cache::Decision::Bypass => {
-                            shard.metrics.cache(crate::metrics::CACHE_BYPASS);
-                            None
-                        }
                     }
-                }
+                    phase::cache::Decision::Miss(fill) => {
+                        shard.metrics.cache(crate::metrics::CACHE_MISS);
+                        Some(fill)
+                    }
+                    phase::cache::Decision::Bypass => {
+                        shard.metrics.cache(crate::metrics::CACHE_BYPASS);
+                        None
+                    }
+                    phase::cache::Decision::Wait(wait) => {
+                        // Coalescing: another request fetches this key;
+                        // look again once it is stored (or not), at
+                        // most one fetch's worth of waiting.
+                        shard.metrics.cache(crate::metrics::CACHE_COALESCED);
+                        let spec = &snapshot.upstreams[*upstream];
+                        let budget = spec.connect_timeout + spec.response_timeout;
+                        let _ = monoio::time::timeout(budget, wait.done()).await;
+                        waited = true;
+                        continue;
+                    }
+                };
             };
             let mut fill = fill;
             match forward::forward(

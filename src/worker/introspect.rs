@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
+use super::single_flight::Lookups;
 use crate::auth::Outcome;
 use crate::auth::introspection::{Introspection, Verdict};
-use crate::auth::lookups::Lookups;
 use crate::auth::token_cache::Lookup;
 use crate::http::chunked::{ChunkedDecoder, Step};
 use crate::http::response::{ResponseFraming, parse_response};

@@ -15,6 +15,7 @@ pub mod introspect;
 pub mod phase;
 pub mod request_id;
 pub mod shard;
+pub mod single_flight;
 pub mod tls;
 
 use std::cell::RefCell;

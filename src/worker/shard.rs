@@ -74,7 +74,7 @@ pub struct Generation {
     /// not JWT). A reload starts them empty: keys may have changed.
     pub token_caches: RefCell<Vec<Option<crate::auth::token_cache::TokenCache>>>,
     /// Token introspection calls under way (one per token at a time).
-    pub lookups: crate::auth::lookups::Lookups,
+    pub lookups: super::single_flight::Lookups,
 }
 
 impl Generation {
@@ -191,6 +191,8 @@ pub struct Shard {
     pub jwks: crate::auth::jwks::WorkerKeys,
     /// This worker's response cache shard (kept across reloads).
     pub cache: RefCell<crate::cache::store::Store>,
+    /// Cache misses being fetched: one fetch per key at a time.
+    pub cache_fetches: super::single_flight::Lookups,
     /// Scratch buffers for cache keys (primary, secondary): building a
     /// key allocates nothing once they have grown.
     pub cache_keys: RefCell<(Vec<u8>, Vec<u8>)>,
@@ -216,6 +218,7 @@ impl Shard {
             handshakes: Default::default(),
             jwks: Default::default(),
             cache: RefCell::new(crate::cache::store::Store::new(cache_memory)),
+            cache_fetches: Default::default(),
             cache_keys: RefCell::new((Vec::with_capacity(256), Vec::with_capacity(64))),
         }
     }

@@ -89,7 +89,7 @@ pub async fn forward(
     client: &mut Client,
     close_after: bool,
     exchange: &mut Exchange,
-    fill: Option<&crate::worker::phase::cache::Fill>,
+    fill: Option<&crate::worker::phase::cache::Fill<'_>>,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
     let (endpoint, _in_flight) = pick_endpoint(
@@ -231,7 +231,7 @@ impl Trip<'_> {
         client: &mut Client,
         close_after: bool,
         exchange: &mut Exchange,
-        fill: Option<&crate::worker::phase::cache::Fill>,
+        fill: Option<&crate::worker::phase::cache::Fill<'_>>,
     ) -> ProxyOutcome {
         let Answered {
             mut conn,
@@ -268,6 +268,13 @@ impl Trip<'_> {
             ),
             _ => None,
         };
+        if capture.is_none()
+            && let Some(fill) = fill
+        {
+            // Not stored: requests waiting for this fetch fetch for
+            // themselves, now rather than after the body.
+            fill.release();
+        }
         let cache_status = match fill {
             Some(_) => crate::worker::phase::cache::miss_status(capture.is_some()),
             None => &b""[..],
@@ -317,6 +324,9 @@ impl Trip<'_> {
         }
         if let Some(capture) = capture {
             capture.store(self.shard);
+        }
+        if let Some(fill) = fill {
+            fill.release();
         }
         let reusable = response.keep_alive && conn.buf.is_empty() && !self.shard.draining.get();
         if reusable {

@@ -25,17 +25,21 @@ use crate::http::{self, HeaderSpan, Method, RequestHead};
 
 use super::super::client::{Client, Exchange, RequestView};
 use super::super::shard::Shard;
+use super::super::single_flight::{Lead, Wait};
 use super::RequestCtx;
 
 /// What the cache made of a request.
-pub enum Decision {
+pub enum Decision<'a> {
     /// The cache has nothing to do with it (a method it does not cache, a
     /// `Range` request): forward.
     Bypass,
     /// A stored response answers it.
     Hit(Hit),
     /// Forward, and store the answer if the rules allow.
-    Miss(Fill),
+    Miss(Fill<'a>),
+    /// Another request on this worker is fetching this key: wait for it,
+    /// then look again (coalescing).
+    Wait(Wait),
 }
 
 /// A stored response about to be served.
@@ -66,7 +70,7 @@ impl Hit {
 }
 
 /// What storing a fetched response needs to know about its request.
-pub struct Fill {
+pub struct Fill<'a> {
     pub key: Vec<u8>,
     pub authorized: bool,
     pub request: RequestDirectives,
@@ -81,9 +85,19 @@ pub struct Fill {
     /// A stale stored response stale-if-error allows to stand in if the
     /// upstream fails (5xx, reset, timeout).
     pub fallback: Option<Hit>,
+    /// This request leads the fetch of its key: others wait until it is
+    /// stored or known not to be (`release`).
+    pub lead: Option<Lead<'a>>,
 }
 
-impl Fill {
+impl Fill<'_> {
+    /// Lets the requests waiting for this fetch look again.
+    pub fn release(&self) {
+        if let Some(lead) = &self.lead {
+            lead.release();
+        }
+    }
+
     /// The stale response to answer with instead of the upstream's
     /// failure, if there is one.
     pub fn take_fallback(&mut self) -> Option<Hit> {
@@ -153,15 +167,17 @@ impl KeyFacts for Facts<'_, '_> {
 }
 
 /// Looks the request up (GET, HEAD) or invalidates its URL (unsafe
-/// methods). `now`: Unix seconds.
-pub fn lookup(
-    shard: &Shard,
+/// methods). `now`: Unix seconds. `may_wait`: a miss whose key another
+/// request is fetching waits for it (false once it has waited).
+pub fn lookup<'s>(
+    shard: &'s Shard,
     rc: &RouteCache,
     route: &str,
     request: &RequestView<'_>,
     head: &RequestHead,
     now: u64,
-) -> Decision {
+    may_wait: bool,
+) -> Decision<'s> {
     let facts = Facts {
         view: request,
         head,
@@ -211,7 +227,18 @@ pub fn lookup(
             }
         }
     }
+    drop(store);
+    let mut lead = None;
+    if head.method == Method::Get {
+        let flight = shard.cache_fetches.key(0, key);
+        match shard.cache_fetches.waiting(flight) {
+            Some(wait) if may_wait => return Decision::Wait(wait),
+            Some(_) => {}
+            None => lead = Some(shard.cache_fetches.lead(flight)),
+        }
+    }
     Decision::Miss(Fill {
+        lead,
         key: key.clone(),
         authorized: request_facts.authorized,
         request: request_facts.directives,
@@ -236,6 +263,7 @@ pub async fn serve(
     exchange: &mut Exchange,
     head_in_buffer: bool,
 ) -> bool {
+    let stale = hit.instead_of_error;
     let out = &mut client.out;
     out.clear();
     let status = if hit.not_modified {
@@ -280,7 +308,11 @@ pub async fn serve(
             .await
             .is_ok();
     }
-    ctx.shard.metrics.cache(crate::metrics::CACHE_HIT);
+    ctx.shard.metrics.cache(if stale {
+        crate::metrics::CACHE_STALE
+    } else {
+        crate::metrics::CACHE_HIT
+    });
     ok && !close
 }
 

@@ -1,9 +1,11 @@
-//! [warm] One lookup per token at a time, per worker: the first request
-//! that needs a token introspected leads the call; the others with the
-//! same token wait for it (`waiting`), then read the answer from the cache.
-//! The leader's guard ends the lookup however the leader ends — answered,
-//! failed, or dropped with its connection — so a waiter is never left
-//! waiting on a call nobody makes. Single-threaded (`Rc`, wakers).
+//! [warm] One fetch per key at a time, per worker (single flight): the
+//! first request that needs something fetched — a token introspected, a
+//! cache miss filled — leads; the others with the same key wait for it
+//! (`waiting`), then read the answer from where the leader put it (the
+//! token cache, the response cache). The leader's guard ends the flight
+//! however the leader ends — answered, failed, released early, or dropped
+//! with its connection — so a waiter is never left waiting on a fetch
+//! nobody makes. Single-threaded (`Rc`, wakers).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,7 +14,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-/// Lookups under way on this worker, by (provider, token hash).
+/// Fetches under way on this worker, by (kind or provider, key hash).
 #[derive(Default)]
 pub struct Lookups {
     pending: RefCell<HashMap<(u16, u64), Rc<Pending>>>,
@@ -84,15 +86,30 @@ impl Lead<'_> {
     pub fn failed(&self) {
         self.pending.failed.set(true);
     }
+
+    /// Ends the flight now (the waiters need not wait for the rest of the
+    /// leader's work); dropping the guard later does nothing more.
+    pub fn release(&self) {
+        if self.pending.done.replace(true) {
+            return;
+        }
+        let mut pending = self.lookups.pending.borrow_mut();
+        if pending
+            .get(&self.key)
+            .is_some_and(|p| Rc::ptr_eq(p, &self.pending))
+        {
+            pending.remove(&self.key);
+        }
+        drop(pending);
+        for waker in self.pending.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        self.lookups.pending.borrow_mut().remove(&self.key);
-        self.pending.done.set(true);
-        for waker in self.pending.wakers.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        self.release();
     }
 }
 
@@ -162,5 +179,29 @@ mod tests {
             assert_eq!(lookups.in_flight(), 0);
             assert!(lookups.waiting(key).is_none());
         }
+    }
+
+    #[test]
+    fn an_early_release_ends_the_flight_once() {
+        let lookups = Lookups::default();
+        let key = lookups.key(0, b"k");
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let first = lookups.lead(key);
+        let wait = lookups.waiting(key).unwrap();
+        let mut done: Pin<Box<dyn Future<Output = ()>>> = Box::pin(wait.done());
+        assert!(!poll(&mut done, &waker));
+        first.release();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(poll(&mut done, &waker));
+        assert!(lookups.waiting(key).is_none());
+        // A new flight for the key is not ended by the old guard's drop.
+        let second = lookups.lead(key);
+        first.release();
+        drop(first);
+        assert!(lookups.waiting(key).is_some());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "no second wake");
+        drop(second);
+        assert!(lookups.waiting(key).is_none());
     }
 }
