@@ -490,3 +490,71 @@ fn concurrent_misses_for_one_key_make_one_upstream_request() {
         );
     }
 }
+
+#[test]
+fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
+    let up = Upstream::start("validating", |r| {
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let conditional = match r.target.as_str() {
+            "/by-etag" => r.header("if-none-match") == Some("\"v1\""),
+            _ => r.header("if-modified-since") == Some(lm),
+        };
+        if conditional {
+            return Reply::Ok(
+                304,
+                vec![("cache-control".into(), "max-age=60".into())],
+                Vec::new(),
+            );
+        }
+        Reply::Ok(
+            200,
+            vec![
+                ("cache-control".into(), "max-age=1".into()),
+                ("etag".into(), "\"v1\"".into()),
+                ("last-modified".into(), lm.into()),
+            ],
+            b"body".to_vec(),
+        )
+    });
+    let gw = gateway("epoll", &up, "");
+    for path in ["/by-etag", "/by-date"] {
+        assert_eq!(get(gw.addr, path, "").text(), "body");
+    }
+    // max-age=1: stale two seconds later, whatever the clock's phase.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    for path in ["/by-etag", "/by-date"] {
+        let r = get(gw.addr, path, "");
+        assert_eq!((r.status, r.text().as_str()), (200, "body"), "{path}");
+        let status = r.header("cache-status").unwrap();
+        assert!(status.contains("fwd-status=304"), "{path}: {status}");
+        // Freshened for 60 s: answered without asking.
+        let again = get(gw.addr, path, "");
+        let ttl: u64 = again
+            .header("cache-status")
+            .unwrap()
+            .strip_prefix("ringgate; hit; ttl=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(ttl >= 55, "{path}: the 304's max-age=60 applies, ttl {ttl}");
+        assert_eq!(again.text(), "body");
+    }
+    let asked: Vec<(String, Option<String>, Option<String>)> = up
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.target.clone(),
+                r.header("if-none-match").map(str::to_string),
+                r.header("if-modified-since").map(str::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    assert_eq!(asked[2].1.as_deref(), Some("\"v1\""), "{asked:?}");
+    assert!(asked[3].2.is_some(), "{asked:?}");
+    // A client's own condition is answered from the revalidated entry.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let r = get(gw.addr, "/by-etag", "If-None-Match: \"v1\"\r\n");
+    assert_eq!(r.status, 304);
+}

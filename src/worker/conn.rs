@@ -398,6 +398,33 @@ async fn handle_request(
                     }
                     None => false,
                 },
+                ProxyOutcome::NotModified(fresh) => {
+                    let hit = fill.as_ref().and_then(|f| {
+                        let hit = f.freshen(shard, fresh);
+                        f.release();
+                        hit
+                    });
+                    match hit {
+                        Some(hit) => {
+                            phase::cache::serve(&ctx, hit, client, close_after, exchange, false)
+                                .await
+                        }
+                        // Evicted while it was being revalidated: nothing
+                        // to answer with; the client retries.
+                        None => {
+                            answer_failure(
+                                shard,
+                                snapshot,
+                                client,
+                                Failure::UpstreamMalformed("304 for an evicted cache entry"),
+                                true,
+                                exchange,
+                            )
+                            .await;
+                            false
+                        }
+                    }
+                }
                 ProxyOutcome::Aborted => false,
             }
         }

@@ -50,6 +50,9 @@ pub enum ProxyOutcome {
     /// The upstream answered 5xx and the cache holds a stale answer that
     /// stale-if-error lets stand in: nothing was sent to the client.
     ServerError,
+    /// The upstream confirmed the cache's stale answer (304 to its
+    /// revalidation): nothing was sent to the client.
+    NotModified(crate::worker::phase::cache::Freshening),
 }
 
 impl ProxyOutcome {
@@ -107,7 +110,8 @@ pub async fn forward(
         upstream,
         endpoint,
     };
-    let body_in_hand = trip.stage_request(client, exchange);
+    let body_in_hand =
+        trip.stage_request(client, exchange, fill.and_then(|f| f.revalidate.as_ref()));
     let answered = match trip
         .send_and_await_head(client, body_in_hand, exchange)
         .await
@@ -128,7 +132,12 @@ impl Trip<'_> {
     /// consumes the client's head, and appends a small body that has
     /// already arrived (so head and body go in one write, and can be
     /// replayed). Returns whether the whole request is now in hand.
-    fn stage_request(&self, client: &mut Client, exchange: &mut Exchange) -> bool {
+    fn stage_request(
+        &self,
+        client: &mut Client,
+        exchange: &mut Exchange,
+        revalidation: Option<&crate::worker::phase::cache::Revalidation>,
+    ) -> bool {
         let mut out = std::mem::take(&mut client.out);
         out.clear();
         request_head::build_request_head(
@@ -139,6 +148,7 @@ impl Trip<'_> {
             &self.spec.endpoints[self.endpoint],
             exchange,
             self.snapshot(),
+            revalidation,
         );
         client.out = out;
         client.buf.advance(self.head.len);
@@ -248,6 +258,22 @@ impl Trip<'_> {
             ResponseFraming::Chunked | ResponseFraming::UntilClose => (OutFraming::Chunked, false),
         };
         let close = close_after || close_for_framing || self.shard.draining.get();
+        if response.status == 304
+            && let Some(fill) = fill.filter(|f| f.revalidate.is_some())
+        {
+            let fresh = crate::worker::phase::cache::Freshening::of(
+                &conn.buf,
+                &conn.headers,
+                fill.request_time,
+                crate::worker::phase::cache::unix_now(),
+            );
+            conn.buf.advance(response.len);
+            if response.keep_alive && conn.buf.is_empty() && !self.shard.draining.get() {
+                self.generation.upstreams.borrow_mut()[self.upstream].pools[self.endpoint]
+                    .checkin(conn, Instant::now());
+            }
+            return ProxyOutcome::NotModified(fresh);
+        }
         if response.status >= 500 && fill.is_some_and(|f| f.fallback.is_some()) {
             // The upstream connection is dropped with its unread answer.
             return ProxyOutcome::ServerError;

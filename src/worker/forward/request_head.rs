@@ -143,6 +143,7 @@ pub(super) fn build_request_head(
     endpoint: &EndpointSpec,
     exchange: &Exchange,
     snapshot: &Snapshot,
+    revalidation: Option<&crate::worker::phase::cache::Revalidation>,
 ) {
     let request_id = exchange.request_id.as_bytes();
     let forwarded = snapshot.limits.forwarded;
@@ -201,12 +202,20 @@ pub(super) fn build_request_head(
             }
             || hidden.iter().any(|h| h.eq_ignore_ascii_case(name))
             || (head.connection_names_others && http::connection_names(buf, &client.headers, name))
-            || (check_edits && edits.drops(name));
+            || (check_edits && edits.drops(name))
+            // Revalidating for the cache: its validators replace the
+            // client's (the cache answers the client's conditions itself).
+            || (revalidation.is_some()
+                && (name.eq_ignore_ascii_case(b"if-none-match")
+                    || name.eq_ignore_ascii_case(b"if-modified-since")));
         if !skip {
             http::write::header(out, name, h.value.get(buf));
         }
     }
     http::write::header(out, b"x-request-id", request_id);
+    if let Some(r) = revalidation {
+        r.write_headers(out);
+    }
     for (name, value) in edits.set.iter().chain(&edits.add) {
         http::write::header(out, name, value);
     }

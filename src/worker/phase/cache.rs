@@ -53,6 +53,63 @@ pub struct Hit {
     not_modified: bool,
     /// Served stale because the upstream failed (stale-if-error).
     instead_of_error: bool,
+    /// Served after the upstream confirmed it (a 304 to revalidation).
+    revalidated: bool,
+}
+
+/// A stale stored response's validators, sent upstream to revalidate it.
+pub struct Revalidation {
+    pub etag: Option<Bytes>,
+    pub last_modified: Option<u64>,
+    /// Which variant (its secondary key) a 304 freshens.
+    secondary: Box<[u8]>,
+}
+
+impl Revalidation {
+    /// Writes the conditional headers for the upstream request.
+    pub fn write_headers(&self, out: &mut BytesMut) {
+        if let Some(etag) = &self.etag {
+            http::write::header(out, b"if-none-match", etag);
+        }
+        if let Some(modified) = self.last_modified {
+            let mut date = [0u8; 29];
+            crate::cache::freshness::write_http_date(&mut date, modified);
+            http::write::header(out, b"if-modified-since", &date);
+        }
+    }
+}
+
+/// What a 304 to a revalidation says about the stored response's
+/// freshness (RFC 9111 §4.3.4): its own freshness information, if any.
+pub struct Freshening {
+    pub lifetime: Option<u64>,
+    pub initial_age: u64,
+    pub received: u64,
+}
+
+impl Freshening {
+    /// Reads a 304's `Cache-Control`, `Date`, `Expires` and `Age`.
+    pub fn of(buf: &[u8], headers: &[HeaderSpan], request_time: u64, now: u64) -> Freshening {
+        let values = |name: &'static [u8]| {
+            headers
+                .iter()
+                .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+                .map(move |h| http::trim_ows(h.value.get(buf)))
+        };
+        let first = |name: &'static [u8]| values(name).next();
+        let directives = ResponseDirectives::parse(values(b"cache-control"));
+        let times = ResponseTimes {
+            date: first(b"date").and_then(parse_http_date),
+            expires: first(b"expires").map(|e| parse_http_date(e).unwrap_or(0)),
+            age: first(b"age").and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()),
+            last_modified: None,
+        };
+        Freshening {
+            lifetime: crate::cache::freshness::lifetime(&directives, &times, now),
+            initial_age: crate::cache::freshness::initial_age(&times, request_time, now),
+            received: now,
+        }
+    }
 }
 
 impl Hit {
@@ -65,6 +122,7 @@ impl Hit {
             ttl: variant.lifetime as i64 - age as i64,
             not_modified: policy::not_modified(variant, request),
             instead_of_error: false,
+            revalidated: false,
         }
     }
 }
@@ -88,9 +146,35 @@ pub struct Fill<'a> {
     /// This request leads the fetch of its key: others wait until it is
     /// stored or known not to be (`release`).
     pub lead: Option<Lead<'a>>,
+    /// The stale variant to revalidate with these validators.
+    pub revalidate: Option<Revalidation>,
+    /// The client's own conditional request, applied to a revalidated
+    /// answer.
+    client_conditional: (Option<Box<[u8]>>, Option<u64>),
 }
 
 impl Fill<'_> {
+    /// Freshens the revalidated variant after a 304 and returns it to
+    /// serve (`None` if it was evicted meanwhile).
+    pub fn freshen(&self, shard: &Shard, fresh: Freshening) -> Option<Hit> {
+        let revalidation = self.revalidate.as_ref()?;
+        let mut store = shard.cache.borrow_mut();
+        let variant = store.variant_mut(&self.key, &revalidation.secondary)?;
+        variant.received = fresh.received;
+        variant.initial_age = fresh.initial_age;
+        if let Some(lifetime) = fresh.lifetime {
+            variant.lifetime = lifetime;
+        }
+        let request = RequestFacts {
+            if_none_match: self.client_conditional.0.as_deref(),
+            if_modified_since: self.client_conditional.1,
+            ..RequestFacts::default()
+        };
+        let mut hit = Hit::of(variant, &request, fresh.received);
+        hit.revalidated = true;
+        Some(hit)
+    }
+
     /// Lets the requests waiting for this fetch look again.
     pub fn release(&self) {
         if let Some(lead) = &self.lead {
@@ -207,6 +291,7 @@ pub fn lookup<'s>(
     };
     let mut store = shard.cache.borrow_mut();
     let mut fallback = None;
+    let mut revalidate = None;
     if let Some(found) = store.get(key) {
         secondary.clear();
         if let Some(names) = found.vary {
@@ -217,10 +302,16 @@ pub fn lookup<'s>(
             .iter()
             .find(|v| *v.secondary == secondary[..])
         {
-            if policy::serve(variant, &request_facts, rc.honour_client_no_cache, now)
-                == Serve::Fresh
-            {
-                return Decision::Hit(Hit::of(variant, &request_facts, now));
+            match policy::serve(variant, &request_facts, rc.honour_client_no_cache, now) {
+                Serve::Fresh => return Decision::Hit(Hit::of(variant, &request_facts, now)),
+                Serve::Revalidate | Serve::StaleWhileRevalidate if head.method == Method::Get => {
+                    revalidate = Some(Revalidation {
+                        etag: variant.etag.clone(),
+                        last_modified: variant.last_modified,
+                        secondary: variant.secondary.clone(),
+                    });
+                }
+                _ => {}
             }
             if policy::usable_on_error(variant, now) {
                 fallback = Some(Hit::of(variant, &request_facts, now));
@@ -239,6 +330,11 @@ pub fn lookup<'s>(
     }
     Decision::Miss(Fill {
         lead,
+        revalidate: revalidate.filter(|r| r.etag.is_some() || r.last_modified.is_some()),
+        client_conditional: (
+            request_facts.if_none_match.map(Into::into),
+            request_facts.if_modified_since,
+        ),
         key: key.clone(),
         authorized: request_facts.authorized,
         request: request_facts.directives,
@@ -286,6 +382,8 @@ pub async fn serve(
     http::write::decimal(out, hit.ttl.unsigned_abs());
     if hit.instead_of_error {
         out.put_slice(b"; detail=stale-if-error");
+    } else if hit.revalidated {
+        out.put_slice(b"; fwd=stale; fwd-status=304");
     }
     out.put_slice(b"\r\n");
     super::respond::end_head(ctx, out, close, exchange);
