@@ -373,7 +373,7 @@ async fn handle_request(
                 client,
                 close_after,
                 exchange,
-                fill.as_ref(),
+                fill.as_deref(),
             )
             .await
             {

@@ -36,7 +36,7 @@ pub enum Decision<'a> {
     /// A stored response answers it.
     Hit(Hit),
     /// Forward, and store the answer if the rules allow.
-    Miss(Fill<'a>),
+    Miss(Box<Fill<'a>>),
     /// Another request on this worker is fetching this key: wait for it,
     /// then look again (coalescing).
     Wait(Wait),
@@ -328,7 +328,7 @@ pub fn lookup<'s>(
             None => lead = Some(shard.cache_fetches.lead(flight)),
         }
     }
-    Decision::Miss(Fill {
+    Decision::Miss(Box::new(Fill {
         lead,
         revalidate: revalidate.filter(|r| r.etag.is_some() || r.last_modified.is_some()),
         client_conditional: (
@@ -345,7 +345,7 @@ pub fn lookup<'s>(
             headers: request.headers.to_vec(),
         },
         fallback,
-    })
+    }))
 }
 
 /// Answers from the cache; returns whether the connection stays open.
