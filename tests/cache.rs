@@ -558,3 +558,150 @@ fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
     let r = get(gw.addr, "/by-etag", "If-None-Match: \"v1\"\r\n");
     assert_eq!(r.status, 304);
 }
+
+/// An upstream that sends a 10 MiB body in two halves: the second only
+/// once `go` is set (the test sets it when the client has bytes).
+fn slow_big_upstream(
+    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let go = go.clone();
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let half = 5 << 20;
+                let body: Vec<u8> = (0..2 * half).map(|i| (i % 251) as u8).collect();
+                let _ = stream.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = stream.write_all(&body[..half]);
+                while !go.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                let _ = stream.write_all(&body[half..]);
+            });
+        }
+    });
+    (addr, served)
+}
+
+#[test]
+fn a_large_answer_streams_to_the_client_while_it_is_stored() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let go = std::sync::Arc::new(AtomicBool::new(false));
+    let (upstream, served) = slow_big_upstream(go.clone());
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[cache]\nmemory = \"64MiB\"\nmax_object = \"16MiB\"\n\n[upstreams.big]\nendpoints = [\"{upstream}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"big\"\ncache = {{ }}\n"
+        ),
+    ));
+    let mut client = std::net::TcpStream::connect(gw.addr).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: cache.test\r\n\r\n")
+        .unwrap();
+    // The first half arrives while the upstream holds back the second.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while got.len() < (1 << 20) {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(!go.load(Ordering::SeqCst));
+    go.store(true, Ordering::SeqCst);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let want = head_end + (10 << 20);
+    while got.len() < want {
+        let n = client.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let body = &got[head_end..];
+    assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+    // Stored whole: the next request is a hit with the same bytes.
+    let again = get(gw.addr, "/big", "");
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    assert_eq!(again.body.len(), 10 << 20);
+    assert_eq!(&again.body[..], body);
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_flood_of_distinct_urls_stays_within_the_memory_budget() {
+    let up = Upstream::start("many", |_| {
+        Reply::Ok(
+            200,
+            vec![("cache-control".into(), "max-age=600".into())],
+            vec![b'z'; 10_000],
+        )
+    });
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[cache]\nmemory = \"4MiB\"\nmax_object = \"64KiB\"\n\n[upstreams.many]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"many\"\ncache = {{ }}\n",
+            up.addr
+        ),
+    ));
+    let mut conn = common::Conn::open(gw.addr);
+    let mut flood = |from: usize, to: usize| {
+        for i in from..to {
+            conn.send(format!("GET /item/{i} HTTP/1.1\r\nHost: cache.test\r\n\r\n").as_bytes());
+            assert_eq!(conn.read_response(false).status, 200);
+        }
+    };
+    // 1 000 objects of 10 KB fill the 4 MiB shard more than twice over.
+    flood(0, 1000);
+    let filled = rss_kib(gw.child.id());
+    flood(1000, 4000);
+    let after = rss_kib(gw.child.id());
+    let metric = |name: &str| -> u64 {
+        let text = common::get(gw.admin.unwrap(), "/metrics").text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap()
+    };
+    assert!(metric("ringgate_cache_bytes{worker=\"0\"}") <= 4 << 20);
+    assert!(metric("ringgate_cache_evictions_total{worker=\"0\"}") > 3000);
+    assert!(
+        after <= filled + 2048,
+        "RSS grew from {filled} KiB to {after} KiB over 3 000 more distinct URLs"
+    );
+}
