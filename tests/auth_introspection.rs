@@ -112,12 +112,23 @@ fn active(sub: &str, scope: &str) -> Value {
 /// A gateway with an `[auth.opaque]` introspection provider guarding
 /// `/reports` (scope `reports:read`) and everything else.
 fn gateway(driver: &str, server: &AuthServer, app: &Upstream, provider_extra: &str) -> Gateway {
+    gateway_with_timeout(driver, server, app, provider_extra, "1s")
+}
+
+/// The same, with the endpoint's response_timeout.
+fn gateway_with_timeout(
+    driver: &str,
+    server: &AuthServer,
+    app: &Upstream,
+    provider_extra: &str,
+    response_timeout: &str,
+) -> Gateway {
     let secret = common::temp_path("client-secret");
     std::fs::write(&secret, "s3cret/pass\n").unwrap();
     Gateway::start(&config(
         driver,
         &format!(
-            "[admin]\nbind = \"127.0.0.1:0\"\n\n[auth.opaque]\ntype = \"introspection\"\nintrospection_upstream = \"idp\"\nintrospection_path = \"/oauth2/introspect\"\nclient_id = \"gateway\"\nclient_secret_file = \"{}\"\nclaims_to_headers = {{ email = \"x-user-email\" }}\n{provider_extra}\n\n[upstreams.idp]\nendpoints = [\"{}\"]\nresponse_timeout = \"1s\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"reports\"\npath_prefix = \"/reports\"\nupstream = \"app\"\nauth = [\"opaque\"]\nauth_scopes = [\"reports:read\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = [\"opaque\"]\n",
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[auth.opaque]\ntype = \"introspection\"\nintrospection_upstream = \"idp\"\nintrospection_path = \"/oauth2/introspect\"\nclient_id = \"gateway\"\nclient_secret_file = \"{}\"\nclaims_to_headers = {{ email = \"x-user-email\" }}\n{provider_extra}\n\n[upstreams.idp]\nendpoints = [\"{}\"]\nresponse_timeout = \"{response_timeout}\"\n\n[upstreams.app]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"reports\"\npath_prefix = \"/reports\"\nupstream = \"app\"\nauth = [\"opaque\"]\nauth_scopes = [\"reports:read\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = [\"opaque\"]\n",
             secret.display(),
             server.upstream.addr,
             app.addr
@@ -149,7 +160,7 @@ fn introspected_tokens_authenticate_and_answers_are_cached() {
         server.issue("opaque+bob/=", active("bob", "profile"));
         server.issue(
             "machine-token",
-            json!({"active": true, "client_id": "batch-job", "exp": now() + 600}),
+            json!({"active": true, "client_id": "batch-job", "exp": now() + 600, "roles": vec!["reader"; 400]}),
         );
         server.issue(
             "expired",
@@ -234,7 +245,9 @@ fn concurrent_requests_with_one_token_make_one_call() {
     for driver in drivers() {
         let server = AuthServer::start(Duration::from_millis(300));
         let app = Upstream::named("app");
-        let gw = gateway(driver, &server, &app, "");
+        // A response_timeout above the connect_timeout (2s): waiters wait
+        // for as long as the call itself may take, both together.
+        let gw = gateway_with_timeout(driver, &server, &app, "", "3s");
         server.issue("shared-token", active("carol", "reports:read"));
         let clients = 16;
         let barrier = Barrier::new(clients);

@@ -400,6 +400,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn consumer_counts_survive_a_reload_that_keeps_top_consumers() {
+        let m = WorkerMetrics::new(1, &[]);
+        m.set_top_consumers(2);
+        m.consumer("alice");
+        m.set_top_consumers(2);
+        m.consumer("alice");
+        assert_eq!(m.consumers.borrow().snapshot(), [("alice".into(), 2)]);
+        m.set_top_consumers(3);
+        assert!(
+            m.consumers.borrow().snapshot().is_empty(),
+            "resized: restarted"
+        );
+        m.set_top_consumers(0);
+        m.consumer("bob");
+        assert!(m.consumers.borrow().snapshot().is_empty());
+    }
+
+    #[test]
     fn exchanges_land_in_their_route_method_and_class() {
         let m = WorkerMetrics::new(2, &[1]);
         m.exchange(Some(1), method_index(b"POST"), 201, 150);

@@ -284,3 +284,22 @@ async fn fill(
         Err(_) => Err(CallError::Io("read failed")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_errors_say_what_went_wrong() {
+        assert_eq!(CallError::Io("timed out").to_string(), "timed out");
+        assert_eq!(CallError::Status(401).to_string(), "status 401");
+        assert_eq!(
+            CallError::Malformed("answer too large").to_string(),
+            "malformed answer: answer too large"
+        );
+        assert_eq!(
+            CallError::Connect(crate::failure::Failure::UpstreamConnect).to_string(),
+            "cannot connect: upstream_connect_failed"
+        );
+    }
+}
