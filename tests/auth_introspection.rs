@@ -328,3 +328,27 @@ fn with_a_grace_a_token_seen_valid_outlives_an_outage() {
     );
     assert_eq!(bearer(gw.addr, "/home", "unseen").status, 503);
 }
+
+#[test]
+fn when_the_endpoint_fails_the_waiting_requests_do_not_ask_again() {
+    let server = AuthServer::start(Duration::from_millis(300));
+    server.set_mode(Mode::Down);
+    let app = Upstream::named("app");
+    let gw = gateway_with_timeout("epoll", &server, &app, "", "3s");
+    let clients = 8;
+    let barrier = Barrier::new(clients);
+    let unavailable = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..clients {
+            s.spawn(|| {
+                barrier.wait();
+                if bearer(gw.addr, "/home", "during-outage").status == 503 {
+                    unavailable.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    assert_eq!(unavailable.load(Ordering::SeqCst), clients);
+    assert_eq!(server.calls("during-outage"), 1, "one failed call for all");
+    assert_eq!(app.request_count(), 0);
+}
