@@ -7,6 +7,7 @@
 //! (request smuggling): such messages are rejected, never forwarded.
 
 pub mod chunked;
+pub mod collect;
 pub mod request;
 pub mod response;
 pub mod target;

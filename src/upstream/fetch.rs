@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::blocking::{DeadlineStream, TlsTo};
-use crate::http::chunked::{ChunkedDecoder, Step};
-use crate::http::response::{ResponseFraming, parse_response};
+use crate::http::collect::{CollectError, Collector};
+use crate::http::response::parse_response;
 use crate::snapshot::UpstreamSpec;
 
 /// Largest response head accepted.
@@ -109,59 +109,25 @@ fn read_answer(io: &mut impl Read, max_body: usize) -> Result<Vec<u8>, FetchErro
         return Err(FetchError::Status(head.status));
     }
     buf.drain(..head.len);
-    match head.framing {
-        ResponseFraming::None => Ok(Vec::new()),
-        ResponseFraming::Length(n) => {
-            let n = usize::try_from(n).map_err(|_| FetchError::TooLarge)?;
-            if n > max_body {
-                return Err(FetchError::TooLarge);
-            }
-            while buf.len() < n {
-                if fill(io, &mut buf, n)? == 0 {
-                    return Err(FetchError::Malformed("closed inside the body"));
-                }
-            }
-            buf.truncate(n);
-            Ok(buf)
+    let mut body = Collector::new(head.framing, max_body)?;
+    loop {
+        let used = body.feed(&buf)?;
+        buf.drain(..used);
+        if body.is_done() {
+            return Ok(body.into_body());
         }
-        ResponseFraming::UntilClose => {
-            while fill(io, &mut buf, max_body + 1)? != 0 {}
-            if buf.len() > max_body {
-                return Err(FetchError::TooLarge);
-            }
-            Ok(buf)
+        if fill(io, &mut buf, 64 * 1024)? == 0 {
+            body.closed()?;
+            return Ok(body.into_body());
         }
-        ResponseFraming::Chunked => dechunk(io, buf, max_body),
     }
 }
 
-/// The data of a chunked body, `raw` holding what has arrived of it.
-fn dechunk(io: &mut impl Read, mut raw: Vec<u8>, max_body: usize) -> Result<Vec<u8>, FetchError> {
-    let mut decoder = ChunkedDecoder::new();
-    let mut body = Vec::new();
-    let mut at = 0;
-    loop {
-        let step = decoder
-            .step(&raw[at..])
-            .map_err(|_| FetchError::Malformed("bad chunked framing"))?;
-        match step {
-            Step::Skip(n) | Step::ChunkEnd(n) | Step::ChunkStart { consumed: n, .. } => at += n,
-            Step::Data(n) => {
-                if body.len() + n > max_body {
-                    return Err(FetchError::TooLarge);
-                }
-                body.extend_from_slice(&raw[at..at + n]);
-                at += n;
-            }
-            Step::End(_) => return Ok(body),
-            Step::NeedMore => {
-                raw.drain(..at);
-                at = 0;
-                let cap = raw.len() + 8192;
-                if fill(io, &mut raw, cap)? == 0 {
-                    return Err(FetchError::Malformed("closed inside the body"));
-                }
-            }
+impl From<CollectError> for FetchError {
+    fn from(e: CollectError) -> Self {
+        match e {
+            CollectError::TooLarge => FetchError::TooLarge,
+            CollectError::Malformed(why) => FetchError::Malformed(why),
         }
     }
 }

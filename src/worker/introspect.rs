@@ -20,7 +20,7 @@ use super::single_flight::Lookups;
 use crate::auth::Outcome;
 use crate::auth::introspection::{Introspection, Verdict};
 use crate::auth::token_cache::Lookup;
-use crate::http::chunked::{ChunkedDecoder, Step};
+use crate::http::collect::{CollectError, Collector};
 use crate::http::response::{ResponseFraming, parse_response};
 use crate::transport::{IoFailure, read_more_timed, write_all_keep};
 use crate::upstream::conn::UPSTREAM_BUFFER;
@@ -210,62 +210,33 @@ async fn read_answer(
         fill(conn, deadline).await?;
     };
     conn.buf.advance(head.len);
-    let body = match head.framing {
-        ResponseFraming::None => Vec::new(),
-        ResponseFraming::Length(n) => {
-            let n = usize::try_from(n)
-                .ok()
-                .filter(|n| *n <= MAX_ANSWER)
-                .ok_or(CallError::Malformed("answer too large"))?;
-            while conn.buf.len() < n {
-                fill(conn, deadline).await?;
-            }
-            conn.buf.split_to(n).to_vec()
+    let mut body = Collector::new(head.framing, MAX_ANSWER).map_err(collect_error)?;
+    loop {
+        let used = body.feed(&conn.buf).map_err(collect_error)?;
+        conn.buf.advance(used);
+        if body.is_done() {
+            break;
         }
-        ResponseFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
-            let mut body = Vec::new();
-            loop {
-                let step = decoder
-                    .step(&conn.buf)
-                    .map_err(|_| CallError::Malformed("bad chunked framing"))?;
-                match step {
-                    Step::Skip(n) | Step::ChunkEnd(n) | Step::ChunkStart { consumed: n, .. } => {
-                        conn.buf.advance(n)
-                    }
-                    Step::Data(n) => {
-                        if body.len() + n > MAX_ANSWER {
-                            return Err(CallError::Malformed("answer too large"));
-                        }
-                        body.extend_from_slice(&conn.buf[..n]);
-                        conn.buf.advance(n);
-                    }
-                    Step::End(n) => {
-                        conn.buf.advance(n);
-                        break body;
-                    }
-                    Step::NeedMore => fill(conn, deadline).await?,
-                }
+        match fill(conn, deadline).await {
+            Ok(()) => {}
+            Err(CallError::Io("closed")) => {
+                body.closed().map_err(collect_error)?;
+                break;
             }
+            Err(e) => return Err(e),
         }
-        ResponseFraming::UntilClose => {
-            loop {
-                if conn.buf.len() > MAX_ANSWER {
-                    return Err(CallError::Malformed("answer too large"));
-                }
-                match fill(conn, deadline).await {
-                    Ok(()) => {}
-                    Err(CallError::Io("closed")) => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            let body = conn.buf.to_vec();
-            conn.buf.clear();
-            return Ok((head.status, body, false));
-        }
-    };
-    let reusable = head.keep_alive && conn.buf.is_empty();
-    Ok((head.status, body, reusable))
+    }
+    // A body ended by closing leaves nothing to reuse.
+    let reusable =
+        head.keep_alive && head.framing != ResponseFraming::UntilClose && conn.buf.is_empty();
+    Ok((head.status, body.into_body(), reusable))
+}
+
+fn collect_error(e: CollectError) -> CallError {
+    match e {
+        CollectError::TooLarge => CallError::Malformed("answer too large"),
+        CollectError::Malformed(why) => CallError::Malformed(why),
+    }
 }
 
 /// Reads more of the answer before `deadline`.
