@@ -253,10 +253,20 @@ mod tests {
         // An escaped quote inside a quoted string does not end it.
         let d = resp(&["x-ext=\"a\\\"b, no-store\", public"]);
         assert!(!d.no_store && d.public);
-        // Garbage between directives is skipped up to the next comma.
+        // Garbage between directives is skipped up to the next comma,
+        // even when it looks like a directive.
         let d = resp(&["max-age=5 junk junk, public"]);
         assert_eq!(d.max_age, Some(5));
         assert!(d.public);
+        let d = resp(&["max-age=5 no-store, public"]);
+        assert!(!d.no_store && d.public);
+        // An escaped quote does not end a quoted string: the directives
+        // inside it are its text.
+        let d = resp(&["x=\"a\\\", no-store, b\", public"]);
+        assert!(!d.no_store && d.public, "{d:?}");
+        // An empty quoted string.
+        let d = resp(&["x=\"\", max-age=7"]);
+        assert_eq!(d.max_age, Some(7));
         // Unknown directives are ignored; names must match whole.
         let d = resp(&["no-stored, publicity, max-ages=9"]);
         assert_eq!(d, ResponseDirectives::default());
