@@ -274,6 +274,16 @@ mod tests {
             "Sunday, 06 Nov 94 08:49:37 GMT",
             "Sun Nov 06 08:49:37 94",
             "Sun,06 Nov 1994 08:49:37 GMT",
+            // One separator wrong at a time, in each format.
+            "Sun, 06 Nov 1994 08-49:37 GMT",
+            "Sun, 06 Nov 1994 08:49-37 GMT",
+            "Sunday, 06 Nov-94 08:49:37 GMT",
+            "Sunday, 06-Nov 94 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMX",
+            "Sunday, 06-Nov-94 08:49:37GMT",
+            "SunxNov  6 08:49:37 1994",
+            "Sun Novx 6 08:49:37 1994",
+            "Sun Nov  6 08:49:37 19944",
         ] {
             assert_eq!(parse_http_date(s.as_bytes()), None, "{s}");
         }
