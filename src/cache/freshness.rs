@@ -241,6 +241,11 @@ mod tests {
             assert_eq!(parse_http_date(s.as_bytes()), Some(SUN_1994), "{s}");
         }
         assert_eq!(parse_http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        // A leap second is a valid time.
+        assert_eq!(
+            parse_http_date(b"Sun, 06 Nov 1994 08:49:60 GMT"),
+            Some(SUN_1994 + 23)
+        );
         assert_eq!(
             parse_http_date(b"Fri, 04 Dec 2026 09:50:15 GMT"),
             Some(1_796_377_815)
@@ -284,6 +289,7 @@ mod tests {
             "SunxNov  6 08:49:37 1994",
             "Sun Novx 6 08:49:37 1994",
             "Sun Nov  6 08:49:37 19944",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
         ] {
             assert_eq!(parse_http_date(s.as_bytes()), None, "{s}");
         }
