@@ -304,13 +304,18 @@ pub async fn write_all_keep(
     }
 }
 
-/// Writes shared bytes (a cached body) without copying them: the kernel
-/// reads from the shared buffer itself (over TLS they are sealed from it).
-pub async fn write_shared(
+/// Writes bytes the caller need not get back without copying them: the
+/// kernel reads from them where they lie (over TLS they are sealed from
+/// there). For a cached body (`Bytes`, shared) or an interim
+/// `100 Continue` (`&'static [u8]`).
+pub async fn write_owned<B>(
     stream: &mut Transport,
-    bytes: bytes::Bytes,
+    bytes: B,
     limit: Duration,
-) -> Result<(), IoFailure> {
+) -> Result<(), IoFailure>
+where
+    B: IoBuf + std::ops::Deref<Target = [u8]>,
+{
     match stream {
         Transport::Plain(socket) => {
             match monoio::time::timeout(limit, socket.write_all(bytes)).await {
@@ -319,23 +324,6 @@ pub async fn write_shared(
             }
         }
         Transport::Tls(tls) => tls.write(&[&bytes[..]], limit).await,
-    }
-}
-
-/// Writes bytes known at compile time (an interim `100 Continue`).
-pub async fn write_static(
-    stream: &mut Transport,
-    bytes: &'static [u8],
-    limit: Duration,
-) -> Result<(), IoFailure> {
-    match stream {
-        Transport::Plain(socket) => {
-            match monoio::time::timeout(limit, socket.write_all(bytes)).await {
-                Err(_) => Err(IoFailure::TimedOut),
-                Ok((result, _)) => result.map(|_| ()).map_err(IoFailure::Io),
-            }
-        }
-        Transport::Tls(tls) => tls.write(&[bytes], limit).await,
     }
 }
 

@@ -91,15 +91,7 @@ pub fn primary_key(out: &mut Vec<u8>, route: &str, spec: &KeySpec, request: &imp
     }
     for name in spec.cookies.iter() {
         out.push(PART);
-        let value = request
-            .header_values(b"cookie")
-            .flat_map(|v| v.split(|&b| b == b';'))
-            .find_map(|pair| {
-                let pair = crate::http::trim_ows(pair);
-                let at = pair.iter().position(|&b| b == b'=')?;
-                (pair[..at] == name[..]).then_some(&pair[at + 1..])
-            });
-        match value {
+        match crate::http::cookie(request.header_values(b"cookie"), name) {
             Some(v) => out.extend_from_slice(v),
             None => out.push(ABSENT),
         }

@@ -8,6 +8,7 @@
 
 pub mod chunked;
 pub mod collect;
+pub mod date;
 pub mod request;
 pub mod response;
 pub mod target;
@@ -120,6 +121,18 @@ pub fn host_without_port(host: &[u8]) -> &[u8] {
             None => host,
         }
     }
+}
+
+/// The value of cookie `name` among `Cookie` header `values` (the first
+/// one; names compared exactly, values raw).
+pub fn cookie<'a>(values: impl Iterator<Item = &'a [u8]>, name: &[u8]) -> Option<&'a [u8]> {
+    values
+        .flat_map(|v| v.split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = trim_ows(pair);
+            let at = pair.iter().position(|&b| b == b'=')?;
+            (pair[..at] == *name).then_some(&pair[at + 1..])
+        })
 }
 
 pub fn trim_ows(mut s: &[u8]) -> &[u8] {

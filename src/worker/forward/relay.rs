@@ -14,7 +14,7 @@ use crate::snapshot::{Route, Snapshot};
 use super::super::client::Client;
 use crate::transport::{
     BODY_READ, IoFailure, IoVecPair, Transport, read_more_timed, write_all_clear, write_front,
-    write_static, write_two,
+    write_owned, write_two,
 };
 use crate::upstream::UpstreamConn;
 
@@ -32,8 +32,8 @@ pub(super) async fn send_request_body(
 ) -> Result<u64, Failure> {
     if head.expect_continue && client.buf.is_empty() {
         // Bounded like every other write to a client that may not read.
-        let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
-        if write_static(&mut client.stream, interim, snapshot.limits.idle_timeout)
+        let interim: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+        if write_owned(&mut client.stream, interim, snapshot.limits.idle_timeout)
             .await
             .is_err()
         {

@@ -228,14 +228,7 @@ fn token_in<'a>(
         }
         TokenLocation::Header(name) => request.header(name)?,
         TokenLocation::Query(name) => query_param(target_query, name)?,
-        TokenLocation::Cookie(name) => request
-            .values(b"cookie")
-            .flat_map(|v| v.split(|&b| b == b';'))
-            .find_map(|pair| {
-                let pair = crate::http::trim_ows(pair);
-                let at = pair.iter().position(|&b| b == b'=')?;
-                (pair[..at] == name[..]).then_some(&pair[at + 1..])
-            })?,
+        TokenLocation::Cookie(name) => crate::http::cookie(request.values(b"cookie"), name)?,
     };
     (!token.is_empty()).then_some(token)
 }

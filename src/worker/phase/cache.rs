@@ -17,10 +17,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::cache::control::{RequestDirectives, ResponseDirectives};
-use crate::cache::freshness::{ResponseTimes, parse_http_date};
+use crate::cache::freshness::ResponseTimes;
 use crate::cache::key::{KeyFacts, Vary, primary_key, secondary_key, vary};
 use crate::cache::policy::{self, RequestFacts, ResponseFacts, RouteCache, Serve};
 use crate::cache::store::Variant;
+use crate::http::date::parse_http_date;
 use crate::http::{self, HeaderSpan, Method, RequestHead};
 
 use super::super::client::{Client, Exchange, RequestView};
@@ -73,7 +74,7 @@ impl Revalidation {
         }
         if let Some(modified) = self.last_modified {
             let mut date = [0u8; 29];
-            crate::cache::freshness::write_http_date(&mut date, modified);
+            crate::http::date::write_http_date(&mut date, modified);
             http::write::header(out, b"if-modified-since", &date);
         }
     }
@@ -87,23 +88,49 @@ pub struct Freshening {
     pub received: u64,
 }
 
+/// An upstream response's header fields, read by name.
+struct Fields<'a> {
+    buf: &'a [u8],
+    headers: &'a [HeaderSpan],
+}
+
+impl<'a> Fields<'a> {
+    /// Every value of `name`, trimmed.
+    fn values(&self, name: &'static [u8]) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let buf = self.buf;
+        self.headers
+            .iter()
+            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(move |h| http::trim_ows(h.value.get(buf)))
+    }
+
+    fn first(&self, name: &'static [u8]) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+
+    /// `Cache-Control`, and `Date`, `Expires`, `Age`, `Last-Modified`.
+    fn freshness(&self) -> (ResponseDirectives, ResponseTimes) {
+        let times = ResponseTimes {
+            date: self.first(b"date").and_then(parse_http_date),
+            expires: self
+                .first(b"expires")
+                .map(|e| parse_http_date(e).unwrap_or(0)),
+            age: self
+                .first(b"age")
+                .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()),
+            last_modified: self.first(b"last-modified").and_then(parse_http_date),
+        };
+        (
+            ResponseDirectives::parse(self.values(b"cache-control")),
+            times,
+        )
+    }
+}
+
 impl Freshening {
     /// Reads a 304's `Cache-Control`, `Date`, `Expires` and `Age`.
     pub fn of(buf: &[u8], headers: &[HeaderSpan], request_time: u64, now: u64) -> Freshening {
-        let values = |name: &'static [u8]| {
-            headers
-                .iter()
-                .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
-                .map(move |h| http::trim_ows(h.value.get(buf)))
-        };
-        let first = |name: &'static [u8]| values(name).next();
-        let directives = ResponseDirectives::parse(values(b"cache-control"));
-        let times = ResponseTimes {
-            date: first(b"date").and_then(parse_http_date),
-            expires: first(b"expires").map(|e| parse_http_date(e).unwrap_or(0)),
-            age: first(b"age").and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()),
-            last_modified: None,
-        };
+        let (directives, times) = Fields { buf, headers }.freshness();
         Freshening {
             lifetime: crate::cache::freshness::lifetime(&directives, &times, now),
             initial_age: crate::cache::freshness::initial_age(&times, request_time, now),
@@ -402,7 +429,7 @@ pub async fn serve(
         .is_ok();
     if ok && with_body && hit.body.len() > INLINE_BODY {
         exchange.sent += hit.body.len() as u64;
-        ok = crate::transport::write_shared(&mut client.stream, hit.body, timeout)
+        ok = crate::transport::write_owned(&mut client.stream, hit.body, timeout)
             .await
             .is_ok();
     }
@@ -482,29 +509,17 @@ pub fn plan_capture(
     skip: impl Fn(&[u8]) -> bool,
     now: u64,
 ) -> Option<Box<Capture>> {
-    let values = |name: &'static [u8]| {
-        headers
-            .iter()
-            .filter(move |h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(move |h| http::trim_ows(h.value.get(buf)))
-    };
-    let first = |name: &'static [u8]| values(name).next();
-    let directives = ResponseDirectives::parse(values(b"cache-control"));
-    let response_vary = vary(values(b"vary"));
-    let etag = first(b"etag").map(Bytes::copy_from_slice);
-    let last_modified = first(b"last-modified").and_then(parse_http_date);
-    let times = ResponseTimes {
-        date: first(b"date").and_then(parse_http_date),
-        expires: first(b"expires").map(|e| parse_http_date(e).unwrap_or(0)),
-        age: first(b"age").and_then(|a| std::str::from_utf8(a).ok()?.parse().ok()),
-        last_modified,
-    };
+    let fields = Fields { buf, headers };
+    let (directives, times) = fields.freshness();
+    let response_vary = vary(fields.values(b"vary"));
+    let etag = fields.first(b"etag").map(Bytes::copy_from_slice);
+    let last_modified = times.last_modified;
     let facts = ResponseFacts {
         status,
         directives,
         times,
         vary: &response_vary,
-        set_cookie: first(b"set-cookie").is_some(),
+        set_cookie: fields.first(b"set-cookie").is_some(),
         has_validator: etag.is_some() || last_modified.is_some(),
     };
     let request_facts = RequestFacts {
