@@ -340,6 +340,8 @@ pub struct Snapshot {
     /// Each worker's cache shard size in bytes (`[cache] memory` split
     /// across workers).
     pub cache_memory_per_worker: usize,
+    /// Stale-while-revalidate refreshes one worker runs at once.
+    pub cache_background_refreshes: usize,
     /// Which rate-limit policy list this is: kept by a reload that leaves
     /// `rate_limits` unchanged, so workers and the aggregator go on
     /// exchanging reports and grants for it without a gap; new when the

@@ -559,6 +559,114 @@ fn a_stale_entry_is_revalidated_and_a_304_freshens_it() {
     assert_eq!(r.status, 304);
 }
 
+#[test]
+fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Every answer: fresh 1 s, then 60 s stale-while-revalidate. The
+    // version is the request's number; /changed's refresh is held until
+    // `go`.
+    let go = Arc::new(AtomicBool::new(false));
+    let held = go.clone();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    let up = Upstream::start("swr", move |r| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n > 1 && r.target == "/changed" {
+            while !held.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let cc = "max-age=1, stale-while-revalidate=60";
+        if r.target == "/confirmed" && r.header("if-none-match") == Some("\"v5\"") {
+            return Reply::Ok(
+                304,
+                vec![("cache-control".into(), "max-age=60".into())],
+                vec![],
+            );
+        }
+        Reply::Ok(
+            200,
+            vec![
+                ("cache-control".into(), cc.into()),
+                ("etag".into(), format!("\"v{n}\"")),
+            ],
+            format!("version {n}").into_bytes(),
+        )
+    });
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[cache]\nmemory = \"8MiB\"\nmax_object = \"256KiB\"\nbackground_refreshes = 1\n\n[upstreams.origin]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\ncache = {{ }}\n",
+            up.addr
+        ),
+    ));
+    assert_eq!(get(gw.addr, "/changed", "").text(), "version 1");
+    assert_eq!(get(gw.addr, "/second", "").text(), "version 2");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Stale: answered from the cache while the refresh is held upstream
+    // (the answer could not arrive if the client waited for it), and a
+    // second stale hit starts no second refresh.
+    for path in ["/changed", "/changed", "/second"] {
+        let r = get(gw.addr, path, "");
+        assert!(r.text().starts_with("version "), "{path}");
+        let status = r.header("cache-status").unwrap();
+        assert!(
+            status.starts_with("ringgate; hit; ttl=-")
+                && status.ends_with("detail=stale-while-revalidate"),
+            "{status}"
+        );
+    }
+    let wait = std::time::Duration::from_secs(10);
+    common::wait_until(wait, "the refresh reaches the upstream", || {
+        up.request_count() == 3
+    });
+    let refresh = &up.requests()[2];
+    assert_eq!(refresh.target, "/changed");
+    assert_eq!(
+        refresh.header("if-none-match"),
+        Some("\"v1\""),
+        "sent with the entry's validator"
+    );
+    go.store(true, Ordering::SeqCst);
+    common::wait_until(wait, "the refreshed answer is served", || {
+        get(gw.addr, "/changed", "").text() == "version 3"
+    });
+    // background_refreshes = 1: /second's stale hit came while /changed's
+    // refresh ran, so it started none; its next one does.
+    assert_eq!(count(&up, "/second"), 1);
+    assert_eq!(get(gw.addr, "/second", "").text(), "version 2");
+    common::wait_until(wait, "the second key is refreshed", || {
+        get(gw.addr, "/second", "").text() == "version 4"
+    });
+    assert_eq!(
+        up.request_count(),
+        4,
+        "served from the cache once refreshed"
+    );
+
+    // A 304 to the refresh freshens the entry it has.
+    assert_eq!(get(gw.addr, "/confirmed", "").text(), "version 5");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(get(gw.addr, "/confirmed", "").text(), "version 5");
+    common::wait_until(wait, "the entry is freshened", || {
+        let r = get(gw.addr, "/confirmed", "");
+        r.header("cache-status")
+            .is_some_and(|s| !s.contains("ttl=-"))
+    });
+    let r = get(gw.addr, "/confirmed", "");
+    assert_eq!(r.text(), "version 5");
+    assert_eq!(up.request_count(), 6);
+    let metrics = common::get(gw.admin.unwrap(), "/metrics").text();
+    for line in [
+        "ringgate_cache_revalidations_total{worker=\"0\",mode=\"background\",result=\"modified\"} 2",
+        "ringgate_cache_revalidations_total{worker=\"0\",mode=\"background\",result=\"not_modified\"} 1",
+        "ringgate_cache_revalidations_total{worker=\"0\",mode=\"foreground\",result=\"not_modified\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}
+
 /// An upstream that sends a 10 MiB body in two halves: the second only
 /// once `go` is set (the test sets it when the client has bytes).
 fn slow_big_upstream(

@@ -65,6 +65,11 @@ pub struct CacheSection {
     /// through.
     #[serde(default)]
     pub max_object: Option<ByteSize>,
+    /// Stale entries each worker refreshes in the background at once
+    /// (stale-while-revalidate; default 16). More stale hits meanwhile are
+    /// served stale and refresh later.
+    #[serde(default)]
+    pub background_refreshes: Option<usize>,
 }
 
 /// `query` in a route's cache key: "all", "none", or parameter names.

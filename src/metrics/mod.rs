@@ -58,6 +58,18 @@ pub const CACHE_BYPASS: usize = 2;
 pub const CACHE_STALE: usize = 3;
 pub const CACHE_COALESCED: usize = 4;
 
+/// How a revalidation of a stale cache entry ended: the upstream confirmed
+/// it (304), replaced it (a full answer), or could not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revalidated {
+    NotModified = 0,
+    Modified = 1,
+    Failed = 2,
+}
+/// `ringgate_cache_revalidations_total`: (foreground, background) ×
+/// (not_modified, modified, failed).
+pub const CACHE_REVALIDATIONS: usize = 6;
+
 /// One endpoint's connection counters, as this worker saw them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EndpointCounts {
@@ -95,6 +107,7 @@ pub struct WorkerMetrics {
     introspection: RefCell<Vec<[u64; INTROSPECTION_RESULTS]>>,
     /// Cache lookups by result (`phase::cache::CACHE_RESULTS`).
     cache: RefCell<[u64; CACHE_RESULTS]>,
+    cache_revalidations: RefCell<[u64; CACHE_REVALIDATIONS]>,
     /// Requests of the heaviest consumers (`admin.top_consumers`).
     consumers: RefCell<consumers::TopConsumers>,
     request_latency: RefCell<Histogram<u64>>,
@@ -136,6 +149,7 @@ impl WorkerMetrics {
             introspection: RefCell::new(Vec::new()),
             consumers: RefCell::new(consumers::TopConsumers::new(0)),
             cache: RefCell::new([0; CACHE_RESULTS]),
+            cache_revalidations: RefCell::new([0; CACHE_REVALIDATIONS]),
             request_latency: RefCell::new(latency_histogram()),
             request_latency_sum_us: Cell::new(0),
             upstream_latency: RefCell::new(latency_histogram()),
@@ -175,6 +189,15 @@ impl WorkerMetrics {
     #[inline]
     pub fn cache(&self, result: usize) {
         if let Some(c) = self.cache.borrow_mut().get_mut(result) {
+            *c += 1;
+        }
+    }
+
+    /// A revalidation of a stale cache entry ended; `background`: a
+    /// stale-while-revalidate refresh rather than a client's request.
+    pub fn cache_revalidation(&self, background: bool, result: Revalidated) {
+        let at = usize::from(background) * 3 + result as usize;
+        if let Some(c) = self.cache_revalidations.borrow_mut().get_mut(at) {
             *c += 1;
         }
     }
@@ -343,6 +366,7 @@ impl WorkerMetrics {
             introspection: self.introspection.borrow().clone(),
             consumers: self.consumers.borrow().snapshot(),
             cache: *self.cache.borrow(),
+            cache_revalidations: *self.cache_revalidations.borrow(),
             cache_store: Default::default(),
             pools,
             request_latency: self.request_latency.borrow().clone(),
@@ -386,6 +410,8 @@ pub struct WorkerReport {
     pub consumers: Vec<(Box<str>, u64)>,
     /// Cache lookups by result.
     pub cache: [u64; CACHE_RESULTS],
+    /// Revalidations by mode and result (`WorkerMetrics::cache_revalidation`).
+    pub cache_revalidations: [u64; CACHE_REVALIDATIONS],
     /// The cache shard: objects, bytes, evictions (filled by the worker).
     pub cache_store: [u64; 3],
     pub pools: Vec<Vec<PoolGauge>>,

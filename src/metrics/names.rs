@@ -28,6 +28,7 @@ pub const RATE_LIMIT_DECISIONS: &str = "ringgate_rate_limit_decisions_total";
 pub const AUTH_DECISIONS: &str = "ringgate_auth_decisions_total";
 pub const CACHE_REQUESTS: &str = "ringgate_cache_requests_total";
 pub const CACHE_COALESCED: &str = "ringgate_cache_coalesced_total";
+pub const CACHE_REVALIDATIONS: &str = "ringgate_cache_revalidations_total";
 pub const CACHE_OBJECTS: &str = "ringgate_cache_objects";
 pub const CACHE_BYTES: &str = "ringgate_cache_bytes";
 pub const CACHE_EVICTIONS: &str = "ringgate_cache_evictions_total";

@@ -281,7 +281,7 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
             &mut out,
             CACHE_REQUESTS,
             "counter",
-            "Response cache lookups by result (hit: answered from the cache; miss: fetched; bypass: a request the cache does not handle; stale: a stale answer served because the upstream failed), per worker.",
+            "Response cache lookups by result (hit: answered from the cache; miss: fetched; bypass: a request the cache does not handle; stale: a stale answer served, because the upstream failed (stale-if-error) or while it is refreshed (stale-while-revalidate)), per worker.",
         );
         for r in reports {
             for (i, result) in ["hit", "miss", "bypass", "stale"].iter().enumerate() {
@@ -304,6 +304,24 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
                 "{CACHE_COALESCED}{{worker=\"{}\"}} {}",
                 r.worker, r.cache[4]
             );
+        }
+        header(
+            &mut out,
+            CACHE_REVALIDATIONS,
+            "counter",
+            "Revalidations of stale cache entries with the upstream, by mode (foreground: for a waiting client; background: stale-while-revalidate) and result (not_modified: 304, entry freshened; modified: replaced by a full answer; failed: no usable answer), per worker.",
+        );
+        for r in reports {
+            for (i, mode) in ["foreground", "background"].iter().enumerate() {
+                for (j, result) in ["not_modified", "modified", "failed"].iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{CACHE_REVALIDATIONS}{{worker=\"{}\",mode=\"{mode}\",result=\"{result}\"}} {}",
+                        r.worker,
+                        r.cache_revalidations[i * 3 + j]
+                    );
+                }
+            }
         }
         for (i, (name, kind, help)) in [
             (

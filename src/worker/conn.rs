@@ -267,7 +267,7 @@ async fn read_head(
 /// stays open.
 async fn handle_request(
     shard: &Rc<Shard>,
-    generation: &Generation,
+    generation: &Rc<Generation>,
     client: &mut Client,
     head: &RequestHead,
     last_allowed: bool,
@@ -345,6 +345,13 @@ async fn handle_request(
                         return phase::cache::serve(&ctx, hit, client, close_after, exchange, true)
                             .await;
                     }
+                    phase::cache::Decision::Stale { hit, refresh } => {
+                        if let Some(fill) = refresh {
+                            super::cache_refresh::start(&ctx, *upstream, client, exchange, fill);
+                        }
+                        return phase::cache::serve(&ctx, hit, client, close_after, exchange, true)
+                            .await;
+                    }
                     phase::cache::Decision::Miss(fill) => {
                         shard.metrics.cache(crate::metrics::CACHE_MISS);
                         Some(fill)
@@ -367,7 +374,7 @@ async fn handle_request(
                 };
             };
             let mut fill = fill;
-            match forward::forward(
+            let outcome = forward::forward(
                 &ctx,
                 *upstream,
                 client,
@@ -375,8 +382,19 @@ async fn handle_request(
                 exchange,
                 fill.as_deref(),
             )
-            .await
-            {
+            .await;
+            if fill.as_ref().is_some_and(|f| f.revalidate.is_some()) {
+                use crate::metrics::Revalidated;
+                shard.metrics.cache_revalidation(
+                    false,
+                    match &outcome {
+                        ProxyOutcome::NotModified(_) => Revalidated::NotModified,
+                        ProxyOutcome::Done { .. } => Revalidated::Modified,
+                        _ => Revalidated::Failed,
+                    },
+                );
+            }
+            match outcome {
                 ProxyOutcome::Done { keep_client } => keep_client,
                 ProxyOutcome::Failed {
                     failure,

@@ -12,44 +12,18 @@
 //! within `grace` is accepted, any other is answered 503.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
-
-use bytes::{Buf, BytesMut};
 
 use super::single_flight::Lookups;
+use super::upstream_call::{self, CallError};
 use crate::auth::Outcome;
 use crate::auth::introspection::{Introspection, Verdict};
 use crate::auth::token_cache::Lookup;
-use crate::http::collect::{CollectError, Collector};
-use crate::http::response::{ResponseFraming, parse_response};
-use crate::transport::{IoFailure, read_more_timed, write_all_keep};
-use crate::upstream::conn::UPSTREAM_BUFFER;
 
-use super::forward::{acquire, pick_endpoint};
+use super::forward::pick_endpoint;
 use super::shard::{Generation, Shard};
 
 /// Largest introspection answer accepted.
 const MAX_ANSWER: usize = 64 * 1024;
-
-/// Why a call to the endpoint failed (for the log).
-#[derive(Debug)]
-enum CallError {
-    Connect(crate::failure::Failure),
-    Io(&'static str),
-    Status(u16),
-    Malformed(&'static str),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Connect(failure) => write!(f, "cannot connect: {}", failure.code()),
-            CallError::Io(why) => f.write_str(why),
-            CallError::Status(status) => write!(f, "status {status}"),
-            CallError::Malformed(why) => write!(f, "malformed answer: {why}"),
-        }
-    }
-}
 
 /// What provider `index` (an introspection provider) makes of `token`.
 pub async fn introspect(
@@ -140,9 +114,7 @@ fn unreachable_outcome(stale: Option<Rc<crate::auth::jwt::TokenFacts>>) -> Outco
     }
 }
 
-/// One introspection call: the body of a 200 answer. A pooled connection
-/// that turns out closed is retried once on a new one (introspection has
-/// no side effects).
+/// One introspection call: the body of a 200 answer.
 async fn call(
     shard: &Shard,
     generation: &Generation,
@@ -154,123 +126,11 @@ async fn call(
     let (endpoint, _in_flight) = pick_endpoint(generation, spec, upstream, None);
     let mut request = Vec::with_capacity(512);
     provider.write_request(&mut request, &spec.endpoints[endpoint].authority, token);
-    let mut out = BytesMut::from(&request[..]);
-    let mut allow_pooled = true;
-    loop {
-        let (mut conn, pooled) = acquire(shard, generation, spec, upstream, endpoint, allow_pooled)
-            .await
-            .map_err(CallError::Connect)?;
-        let deadline = Instant::now() + spec.response_timeout;
-        let sent = write_all_keep(&mut conn.stream, &mut out, spec.response_timeout).await;
-        let answer = match sent {
-            Ok(()) => read_answer(&mut conn, deadline).await,
-            Err(_) => Err(CallError::Io("write failed")),
-        };
-        match answer {
-            // A pooled connection the endpoint had closed: nothing was
-            // answered, ask again on a new one.
-            Err(CallError::Io("write failed" | "closed")) if pooled && conn.buf.is_empty() => {
-                allow_pooled = false;
-                continue;
-            }
-            Err(e) => return Err(e),
-            Ok((status, body, reusable)) => {
-                if reusable && !shard.draining.get() {
-                    generation.upstreams.borrow_mut()[upstream].pools[endpoint]
-                        .checkin(conn, Instant::now());
-                }
-                return if status == 200 {
-                    Ok(body)
-                } else {
-                    Err(CallError::Status(status))
-                };
-            }
-        }
-    }
-}
-
-/// Reads one response: status, body, and whether the connection can be
-/// pooled after it.
-async fn read_answer(
-    conn: &mut crate::upstream::UpstreamConn,
-    deadline: Instant,
-) -> Result<(u16, Vec<u8>, bool), CallError> {
-    let head = loop {
-        if !conn.buf.is_empty() {
-            match parse_response(&conn.buf, 16 * 1024, 64, false, &mut conn.headers) {
-                Ok(Some(head)) if head.is_interim() => {
-                    conn.buf.advance(head.len);
-                    continue;
-                }
-                Ok(Some(head)) => break head,
-                Ok(None) => {}
-                Err(_) => return Err(CallError::Malformed("bad response head")),
-            }
-        }
-        fill(conn, deadline).await?;
-    };
-    conn.buf.advance(head.len);
-    let mut body = Collector::new(head.framing, MAX_ANSWER).map_err(collect_error)?;
-    loop {
-        let used = body.feed(&conn.buf).map_err(collect_error)?;
-        conn.buf.advance(used);
-        if body.is_done() {
-            break;
-        }
-        match fill(conn, deadline).await {
-            Ok(()) => {}
-            Err(CallError::Io("closed")) => {
-                body.closed().map_err(collect_error)?;
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    // A body ended by closing leaves nothing to reuse.
-    let reusable =
-        head.keep_alive && head.framing != ResponseFraming::UntilClose && conn.buf.is_empty();
-    Ok((head.status, body.into_body(), reusable))
-}
-
-fn collect_error(e: CollectError) -> CallError {
-    match e {
-        CollectError::TooLarge => CallError::Malformed("answer too large"),
-        CollectError::Malformed(why) => CallError::Malformed(why),
-    }
-}
-
-/// Reads more of the answer before `deadline`.
-async fn fill(
-    conn: &mut crate::upstream::UpstreamConn,
-    deadline: Instant,
-) -> Result<(), CallError> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left == Duration::ZERO {
-        return Err(CallError::Io("timed out"));
-    }
-    match read_more_timed(&mut conn.stream, &mut conn.buf, UPSTREAM_BUFFER, left).await {
-        Ok(_) => Ok(()),
-        Err(IoFailure::TimedOut) => Err(CallError::Io("timed out")),
-        Err(IoFailure::Closed) => Err(CallError::Io("closed")),
-        Err(_) => Err(CallError::Io("read failed")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn call_errors_say_what_went_wrong() {
-        assert_eq!(CallError::Io("timed out").to_string(), "timed out");
-        assert_eq!(CallError::Status(401).to_string(), "status 401");
-        assert_eq!(
-            CallError::Malformed("answer too large").to_string(),
-            "malformed answer: answer too large"
-        );
-        assert_eq!(
-            CallError::Connect(crate::failure::Failure::UpstreamConnect).to_string(),
-            "cannot connect: upstream_connect_failed"
-        );
+    let answer =
+        upstream_call::call(shard, generation, upstream, endpoint, &request, MAX_ANSWER).await?;
+    if answer.status == 200 {
+        Ok(answer.body)
+    } else {
+        Err(CallError::Status(answer.status))
     }
 }

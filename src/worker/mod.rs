@@ -6,6 +6,7 @@
 //! `Command`s, polled without blocking on a short timer, and report back
 //! through `Event`s.
 
+mod cache_refresh;
 mod catch;
 pub mod client;
 pub mod conn;
@@ -17,6 +18,7 @@ pub mod request_id;
 pub mod shard;
 pub mod single_flight;
 pub mod tls;
+pub mod upstream_call;
 
 use std::cell::RefCell;
 use std::rc::Rc;

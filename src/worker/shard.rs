@@ -193,6 +193,8 @@ pub struct Shard {
     pub cache: RefCell<crate::cache::store::Store>,
     /// Cache misses being fetched: one fetch per key at a time.
     pub cache_fetches: super::single_flight::Lookups,
+    /// Background refreshes (stale-while-revalidate) running now.
+    pub cache_refreshes: Cell<usize>,
     /// Scratch buffers for cache keys (primary, secondary): building a
     /// key allocates nothing once they have grown.
     pub cache_keys: RefCell<(Vec<u8>, Vec<u8>)>,
@@ -219,6 +221,7 @@ impl Shard {
             jwks: Default::default(),
             cache: RefCell::new(crate::cache::store::Store::new(cache_memory)),
             cache_fetches: Default::default(),
+            cache_refreshes: Cell::new(0),
             cache_keys: RefCell::new((Vec::with_capacity(256), Vec::with_capacity(64))),
         }
     }

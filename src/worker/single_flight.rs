@@ -17,10 +17,15 @@ use std::task::{Context, Poll, Waker};
 /// Fetches under way on this worker, by (kind or provider, key hash).
 #[derive(Default)]
 pub struct Lookups {
-    pending: RefCell<HashMap<(u16, u64), Rc<Pending>>>,
+    /// Shared with the leaders' guards, which outlive any borrow of the
+    /// shard (a background refresh is its own task).
+    pending: Rc<PendingMap>,
     /// Random per worker: nobody can aim a token at another's lookup.
     hasher: ahash::RandomState,
 }
+
+/// Flights under way, by key.
+type PendingMap = RefCell<HashMap<(u16, u64), Rc<Pending>>>;
 
 #[derive(Default)]
 struct Pending {
@@ -34,8 +39,8 @@ struct Pending {
 pub struct Wait(Rc<Pending>);
 
 /// The leader's side of a lookup; dropping it ends the lookup.
-pub struct Lead<'a> {
-    lookups: &'a Lookups,
+pub struct Lead {
+    lookups: Rc<PendingMap>,
     key: (u16, u64),
     pending: Rc<Pending>,
 }
@@ -54,11 +59,11 @@ impl Lookups {
     }
 
     /// Starts a lookup for `key`.
-    pub fn lead(&self, key: (u16, u64)) -> Lead<'_> {
+    pub fn lead(&self, key: (u16, u64)) -> Lead {
         let pending = Rc::new(Pending::default());
         self.pending.borrow_mut().insert(key, pending.clone());
         Lead {
-            lookups: self,
+            lookups: self.pending.clone(),
             key,
             pending,
         }
@@ -81,7 +86,7 @@ impl Wait {
     }
 }
 
-impl Lead<'_> {
+impl Lead {
     /// The call could not be made or answered.
     pub fn failed(&self) {
         self.pending.failed.set(true);
@@ -93,7 +98,7 @@ impl Lead<'_> {
         if self.pending.done.replace(true) {
             return;
         }
-        let mut pending = self.lookups.pending.borrow_mut();
+        let mut pending = self.lookups.borrow_mut();
         if pending
             .get(&self.key)
             .is_some_and(|p| Rc::ptr_eq(p, &self.pending))
@@ -107,7 +112,7 @@ impl Lead<'_> {
     }
 }
 
-impl Drop for Lead<'_> {
+impl Drop for Lead {
     fn drop(&mut self) {
         self.release();
     }

@@ -400,6 +400,11 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         admin_access,
         top_consumers,
         cache_memory_per_worker: (cache_memory / workers.max(1) as u64) as usize,
+        cache_background_refreshes: cfg
+            .cache
+            .as_ref()
+            .and_then(|c| c.get_ref().background_refreshes)
+            .unwrap_or(16),
         access_log,
         // Every value that can carry a secret was replaced above.
         redacted_config: toml::to_string_pretty(&cfg).unwrap_or_default(),

@@ -28,9 +28,10 @@ use super::phase::RequestCtx;
 use super::shard::{Generation, Shard};
 use crate::transport::{IoFailure, write_all_keep};
 use relay::{Relay, send_request_body};
+pub(in crate::worker) use request_head::build_request_head;
+pub(in crate::worker) use response_head::withheld_from;
 use response_head::{HeadError, OutFraming, build_response_head, read_response_head};
-use upstream::consistent_hash_key;
-pub(in crate::worker) use upstream::{acquire, pick_endpoint};
+pub(in crate::worker) use upstream::{acquire, consistent_hash_key, pick_endpoint};
 
 /// Request bodies up to this size that already sit in the read buffer are
 /// sent with the head in one write, and can be replayed on a safe retry.
@@ -92,7 +93,7 @@ pub async fn forward(
     client: &mut Client,
     close_after: bool,
     exchange: &mut Exchange,
-    fill: Option<&crate::worker::phase::cache::Fill<'_>>,
+    fill: Option<&crate::worker::phase::cache::Fill>,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
     let (endpoint, _in_flight) = pick_endpoint(
@@ -241,7 +242,7 @@ impl Trip<'_> {
         client: &mut Client,
         close_after: bool,
         exchange: &mut Exchange,
-        fill: Option<&crate::worker::phase::cache::Fill<'_>>,
+        fill: Option<&crate::worker::phase::cache::Fill>,
     ) -> ProxyOutcome {
         let Answered {
             mut conn,

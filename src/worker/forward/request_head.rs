@@ -136,7 +136,7 @@ fn write_forwarded(out: &mut BytesMut, client: &Client, head: &RequestHead, mode
 
 /// Writes the request line and headers sent upstream.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn build_request_head(
+pub(in crate::worker) fn build_request_head(
     out: &mut BytesMut,
     client: &Client,
     head: &RequestHead,

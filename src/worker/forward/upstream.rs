@@ -54,7 +54,7 @@ pub(in crate::worker) fn pick_endpoint(
 }
 
 /// The client request's consistent-hash key, if `spec` balances by one.
-pub(super) fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
+pub(in crate::worker) fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
     if spec.balance != Balance::ConsistentHash {
         return None;
     }

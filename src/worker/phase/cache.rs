@@ -22,7 +22,7 @@ use crate::cache::key::{KeyFacts, Vary, primary_key, secondary_key, vary};
 use crate::cache::policy::{self, RequestFacts, ResponseFacts, RouteCache, Serve};
 use crate::cache::store::Variant;
 use crate::http::date::parse_http_date;
-use crate::http::{self, HeaderSpan, Method, RequestHead};
+use crate::http::{self, BodyFraming, HeaderSpan, Method, RequestHead};
 
 use super::super::client::{Client, Exchange, RequestView};
 use super::super::shard::Shard;
@@ -30,14 +30,21 @@ use super::super::single_flight::{Lead, Wait};
 use super::RequestCtx;
 
 /// What the cache made of a request.
-pub enum Decision<'a> {
+pub enum Decision {
     /// The cache has nothing to do with it (a method it does not cache, a
     /// `Range` request): forward.
     Bypass,
     /// A stored response answers it.
     Hit(Hit),
+    /// A stale stored response answers it (stale-while-revalidate); with
+    /// `refresh`, this request starts the entry's background refresh (no
+    /// other fetch of the key is under way).
+    Stale {
+        hit: Hit,
+        refresh: Option<Box<Fill>>,
+    },
     /// Forward, and store the answer if the rules allow.
-    Miss(Box<Fill<'a>>),
+    Miss(Box<Fill>),
     /// Another request on this worker is fetching this key: wait for it,
     /// then look again (coalescing).
     Wait(Wait),
@@ -56,6 +63,8 @@ pub struct Hit {
     instead_of_error: bool,
     /// Served after the upstream confirmed it (a 304 to revalidation).
     revalidated: bool,
+    /// Served stale while it is refreshed (stale-while-revalidate).
+    while_revalidating: bool,
 }
 
 /// A stale stored response's validators, sent upstream to revalidate it.
@@ -150,12 +159,13 @@ impl Hit {
             not_modified: policy::not_modified(variant, request),
             instead_of_error: false,
             revalidated: false,
+            while_revalidating: false,
         }
     }
 }
 
 /// What storing a fetched response needs to know about its request.
-pub struct Fill<'a> {
+pub struct Fill {
     pub key: Vec<u8>,
     pub authorized: bool,
     pub request: RequestDirectives,
@@ -172,7 +182,7 @@ pub struct Fill<'a> {
     pub fallback: Option<Hit>,
     /// This request leads the fetch of its key: others wait until it is
     /// stored or known not to be (`release`).
-    pub lead: Option<Lead<'a>>,
+    pub lead: Option<Lead>,
     /// The stale variant to revalidate with these validators.
     pub revalidate: Option<Revalidation>,
     /// The client's own conditional request, applied to a revalidated
@@ -180,7 +190,7 @@ pub struct Fill<'a> {
     client_conditional: (Option<Box<[u8]>>, Option<u64>),
 }
 
-impl Fill<'_> {
+impl Fill {
     /// Freshens the revalidated variant after a 304 and returns it to
     /// serve (`None` if it was evicted meanwhile).
     pub fn freshen(&self, shard: &Shard, fresh: Freshening) -> Option<Hit> {
@@ -280,15 +290,15 @@ impl KeyFacts for Facts<'_, '_> {
 /// Looks the request up (GET, HEAD) or invalidates its URL (unsafe
 /// methods). `now`: Unix seconds. `may_wait`: a miss whose key another
 /// request is fetching waits for it (false once it has waited).
-pub fn lookup<'s>(
-    shard: &'s Shard,
+pub fn lookup(
+    shard: &Shard,
     rc: &RouteCache,
     route: &str,
     request: &RequestView<'_>,
     head: &RequestHead,
     now: u64,
     may_wait: bool,
-) -> Decision<'s> {
+) -> Decision {
     let facts = Facts {
         view: request,
         head,
@@ -331,7 +341,37 @@ pub fn lookup<'s>(
         {
             match policy::serve(variant, &request_facts, rc.honour_client_no_cache, now) {
                 Serve::Fresh => return Decision::Hit(Hit::of(variant, &request_facts, now)),
-                Serve::Revalidate | Serve::StaleWhileRevalidate if head.method == Method::Get => {
+                Serve::StaleWhileRevalidate => {
+                    let mut hit = Hit::of(variant, &request_facts, now);
+                    hit.while_revalidating = true;
+                    let revalidation = Revalidation {
+                        etag: variant.etag.clone(),
+                        last_modified: variant.last_modified,
+                        secondary: variant.secondary.clone(),
+                    };
+                    drop(store);
+                    // A GET without a body can be sent again as it came;
+                    // a HEAD or a key already being fetched just serves.
+                    let refreshable = head.method == Method::Get
+                        && head.framing == BodyFraming::None
+                        && shard
+                            .cache_fetches
+                            .waiting(shard.cache_fetches.key(0, key))
+                            .is_none();
+                    let refresh = refreshable.then(|| {
+                        Box::new(fill(
+                            key,
+                            &request_facts,
+                            request,
+                            head,
+                            now,
+                            None,
+                            Some(revalidation),
+                        ))
+                    });
+                    return Decision::Stale { hit, refresh };
+                }
+                Serve::Revalidate if head.method == Method::Get => {
                     revalidate = Some(Revalidation {
                         etag: variant.etag.clone(),
                         last_modified: variant.last_modified,
@@ -355,14 +395,37 @@ pub fn lookup<'s>(
             None => lead = Some(shard.cache_fetches.lead(flight)),
         }
     }
-    Decision::Miss(Box::new(Fill {
-        lead,
+    let mut fill = fill(
+        key,
+        &request_facts,
+        request,
+        head,
+        now,
+        fallback,
+        revalidate,
+    );
+    fill.lead = lead;
+    Decision::Miss(Box::new(fill))
+}
+
+/// What storing the answer to this request will need.
+fn fill(
+    key: &[u8],
+    request_facts: &RequestFacts,
+    request: &RequestView<'_>,
+    head: &RequestHead,
+    now: u64,
+    fallback: Option<Hit>,
+    revalidate: Option<Revalidation>,
+) -> Fill {
+    Fill {
+        lead: None,
         revalidate: revalidate.filter(|r| r.etag.is_some() || r.last_modified.is_some()),
         client_conditional: (
             request_facts.if_none_match.map(Into::into),
             request_facts.if_modified_since,
         ),
-        key: key.clone(),
+        key: key.to_vec(),
         authorized: request_facts.authorized,
         request: request_facts.directives,
         request_time: now,
@@ -372,7 +435,7 @@ pub fn lookup<'s>(
             headers: request.headers.to_vec(),
         },
         fallback,
-    }))
+    }
 }
 
 /// Answers from the cache; returns whether the connection stays open.
@@ -386,7 +449,7 @@ pub async fn serve(
     exchange: &mut Exchange,
     head_in_buffer: bool,
 ) -> bool {
-    let stale = hit.instead_of_error;
+    let stale = hit.instead_of_error || hit.while_revalidating;
     let out = &mut client.out;
     out.clear();
     let status = if hit.not_modified {
@@ -409,6 +472,8 @@ pub async fn serve(
     http::write::decimal(out, hit.ttl.unsigned_abs());
     if hit.instead_of_error {
         out.put_slice(b"; detail=stale-if-error");
+    } else if hit.while_revalidating {
+        out.put_slice(b"; detail=stale-while-revalidate");
     } else if hit.revalidated {
         out.put_slice(b"; fwd=stale; fwd-status=304");
     }

@@ -52,7 +52,7 @@ pub struct RequestCtx<'a> {
     pub shard: &'a Rc<Shard>,
     /// The generation current when the head arrived; the request uses it
     /// to the end.
-    pub generation: &'a Generation,
+    pub generation: &'a Rc<Generation>,
     pub head: &'a RequestHead,
     pub route: &'a Route,
 }
