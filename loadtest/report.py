@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "nginx", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -109,6 +109,9 @@ def load_runs(raw_dir):
             parsed["admitted"] = admitted
             parsed["allowed"] = allowed
             parsed["admitted_of_allowed"] = admitted / allowed if allowed else None
+        if meta.get("cache_hits") is not None and meta.get("cache_misses") is not None:
+            hits, misses = int(meta["cache_hits"]), int(meta["cache_misses"])
+            parsed["cache_hit_ratio"] = hits / (hits + misses) if hits + misses else None
         idle = int(meta.get("idle_connections") or 0)
         if idle and meta.get("rss_before_kib") and meta.get("rss_after_kib"):
             delta = int(meta["rss_after_kib"]) - int(meta["rss_before_kib"])
@@ -142,6 +145,9 @@ def summarise(runs):
                 "requests": sum(r["requests"] for r in rs),
                 "latency": {p: stats([r["latency"].get(p) for r in rs]) for p in PERCENTILES + ["p75"]},
             }
+            hit_ratio = stats([r.get("cache_hit_ratio") for r in rs])
+            if hit_ratio:
+                t["cache_hit_ratio"] = hit_ratio
             admitted = stats([r.get("admitted_of_allowed") for r in rs])
             if admitted:
                 t["admitted_of_allowed"] = admitted
@@ -180,6 +186,16 @@ def summarise(runs):
             ratios["auth_throughput_cost"] = 1 - auth["rps"]["median"] / open_route["rps"]["median"]
             if open_route["cpu_us_per_request"] and auth["cpu_us_per_request"]:
                 ratios["auth_cpu_per_request_vs_unprotected"] = auth["cpu_us_per_request"]["median"] / open_route["cpu_us_per_request"]["median"]
+        cached = entry["targets"].get("ringgate-cache")
+        if cached and cached["rps"]:
+            for twin, name in (("ringgate-proxied", "proxied"), ("ringgate-direct", "direct_response"), ("nginx-cache", "nginx_cache")):
+                t = entry["targets"].get(twin)
+                if t and t["rps"] and t["rps"]["median"]:
+                    ratios[f"cache_throughput_vs_{name}"] = cached["rps"]["median"] / t["rps"]["median"]
+                if t and t["cpu_us_per_request"] and cached["cpu_us_per_request"] and t["cpu_us_per_request"]["median"]:
+                    ratios[f"cache_cpu_per_request_vs_{name}"] = cached["cpu_us_per_request"]["median"] / t["cpu_us_per_request"]["median"]
+            if cached.get("cache_hit_ratio"):
+                ratios["cache_hit_ratio_share"] = cached["cache_hit_ratio"]["median"]
         capped = entry["targets"].get("ringgate-capped")
         if capped and capped.get("admitted_of_allowed"):
             ratios["admitted_of_allowed_share"] = capped["admitted_of_allowed"]["median"]
@@ -261,7 +277,7 @@ def svg_latency(summary):
     hi = 10 ** math.ceil(math.log10(max(flat)))
     width, height, left, bottom, top = 760, 380, 70, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top
-    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "ringgate-open": "#9775fa", "nginx": "#2b8a3e", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
+    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "ringgate-open": "#9775fa", "ringgate-cache": "#e67700", "ringgate-proxied": "#ffa94d", "ringgate-direct": "#ffd8a8", "nginx": "#2b8a3e", "nginx-cache": "#69db7c", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
 
     def y(v):
         return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h

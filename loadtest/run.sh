@@ -74,6 +74,8 @@ TLS_WANTED=0
 [[ ",$SCENARIOS," == *",https-"* ]] && TLS_WANTED=1
 AUTH_WANTED=0
 [[ ",$SCENARIOS," == *",auth-"* ]] && AUTH_WANTED=1
+CACHE_WANTED=0
+[[ ",$SCENARIOS," == *",cache-"* ]] && CACHE_WANTED=1
 [ "$AUTH_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 [ "$TLS_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -175,13 +177,16 @@ wait_port() { # port
 
 STUB_PORT=19000
 declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008
-    [ringgate-auth]=19015 [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
+    [ringgate-auth]=19015 [ringgate-cache]=19016 [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
     [nginx-tls-ecdsa]=19012 [nginx-tls-ecdsa-full]=19013 [nginx-tls-rsa-full]=19014)
 # The node-wide limit of the ratelimit-admitted scenario (requests/s), well
 # under what one worker serves here, and its burst.
 CAP_RATE=20000
 CAP_BURST=2000
 declare -A TPID=()
+# ringgate-cache's admin listener: the cache-zipf scenario reads its hit
+# ratio from the metrics.
+CACHE_ADMIN_PORT=19017
 
 start_targets() {
     layout "$WORKERS"
@@ -221,6 +226,7 @@ start_targets() {
     wait_port "${PORT[ringgate-capped]}"
     [ "$TLS_WANTED" = 1 ] && start_tls_targets
     [ "$AUTH_WANTED" = 1 ] && start_auth_target
+    [ "$CACHE_WANTED" = 1 ] && start_cache_target
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
@@ -317,6 +323,56 @@ TOML
     wait_port "${PORT[ringgate-auth]}"
 }
 
+# The same gateway with the response cache: /c/... is cached (the prefix
+# stripped, so /c/api/items is the stub's /api/items, cached for an hour
+# since the stub says nothing about caching), the plain routes proxy the
+# same requests uncached, and /respond/... answers the stub's bodies
+# directly. One process, so the cache-* scenarios' ratios isolate the
+# cache. 8 MiB for the process, as nginx's proxy_cache gets.
+start_cache_target() {
+    render "$HERE/gateway.toml" "${PORT[ringgate-cache]}" "$RUN/ringgate-cache.toml"
+    local sixteen_k
+    sixteen_k=$(head -c 16384 /dev/zero | tr '\0' x)
+    cat >> "$RUN/ringgate-cache.toml" <<TOML
+
+[admin]
+bind = "127.0.0.1:$CACHE_ADMIN_PORT"
+
+[cache]
+memory = "8MiB"
+max_object = "1MiB"
+
+[[routes]]
+name = "cached"
+path_prefix = "/c"
+strip_prefix = true
+upstream = "stub"
+cache = { default_ttl = "1h" }
+
+[[routes]]
+name = "respond-small"
+path = "/respond/small"
+respond = { status = 200, content_type = "text/plain", body = "hello world\n" }
+
+[[routes]]
+name = "respond-16k"
+path = "/respond/16k"
+respond = { status = 200, content_type = "application/octet-stream", body = "$sixteen_k" }
+TOML
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-cache.toml" > "$RUN/ringgate-cache.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-cache]=$!
+    wait_port "${PORT[ringgate-cache]}"
+}
+
+# ringgate-cache's lookups so far: "HITS MISSES" over all workers.
+cache_counts() {
+    local reply
+    reply=$(exec 3<>"/dev/tcp/127.0.0.1/$CACHE_ADMIN_PORT" && printf 'GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n' >&3 && cat <&3) || true
+    awk '/^ringgate_cache_requests_total/ && /result="hit"/ {h += $2}
+         /^ringgate_cache_requests_total/ && /result="miss"/ {m += $2}
+         END {print h + 0, m + 0}' <<< "$reply"
+}
+
 # Self-signed ECDSA P-256 and RSA-2048 certificates for 127.0.0.1, shared by
 # ringgate's and nginx's TLS listeners.
 make_certs() {
@@ -384,7 +440,7 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OPEN_PATH=/open/items
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OPEN_PATH=/open/items PROXIED_PATH=/ DIRECT_PATH=/
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
     # HTTPS scenarios: "ringgate" and "nginx" name their TLS processes
@@ -393,7 +449,14 @@ run_one() { # scenario target round
     if [ -n "$TLS" ]; then process="$target-tls-$TLS"; scheme=https; fi
     # The auth scenarios' baseline: the same gateway process, an
     # unprotected twin route (so the ratio isolates authentication).
-    if [ "$target" = ringgate-open ]; then process=ringgate-auth; REQUEST_PATH=$OPEN_PATH; fi
+    # The cache scenarios' twins: the cached route's process, proxying
+    # uncached or answering directly; nginx with its proxy_cache location.
+    case $target in
+        ringgate-open) process=ringgate-auth; REQUEST_PATH=$OPEN_PATH ;;
+        ringgate-proxied) process=ringgate-cache; REQUEST_PATH=$PROXIED_PATH ;;
+        ringgate-direct) process=ringgate-cache; REQUEST_PATH=$DIRECT_PATH ;;
+        nginx-cache) process=nginx ;;
+    esac
     local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"
     local pid=${TPID[$process]}
@@ -411,7 +474,8 @@ run_one() { # scenario target round
         sleep 0.5
         rss_after=$(rss_kib "$pid")
     fi
-    local ticks_before ticks_after
+    local ticks_before ticks_after counts_before="" counts_after=""
+    [ "$target" = ringgate-cache ] && counts_before=$(cache_counts)
     ticks_before=$(cpu_ticks "$pid")
     if [ "$TOOL" = oha ]; then
         local rate_args=()
@@ -425,6 +489,7 @@ run_one() { # scenario target round
         taskset -c "$GEN_CPUS" wrk "${args[@]}" "$url" > "$raw.txt" 2> "$raw.err" || true
     fi
     ticks_after=$(cpu_ticks "$pid")
+    [ "$target" = ringgate-cache ] && counts_after=$(cache_counts)
     if [ -n "$holder" ]; then
         exec {HOLDFD}>&-
         wait "$holder" 2>/dev/null || true
@@ -436,6 +501,10 @@ run_one() { # scenario target round
         echo "workers=$WORKERS"; echo "idle_connections=$([ "$HOLD_IDLE" = 1 ] && echo "$IDLE" || echo 0)"
         echo "rss_before_kib=$rss_before"; echo "rss_after_kib=$rss_after"
         [ "$LIMITED" = 1 ] && { echo "limit_rate=$CAP_RATE"; echo "limit_burst=$CAP_BURST"; }
+        if [ -n "$counts_after" ]; then
+            read -r hb mb <<< "$counts_before"; read -r ha ma <<< "$counts_after"
+            echo "cache_hits=$((ha - hb))"; echo "cache_misses=$((ma - mb))"
+        fi
         echo "description=$DESCRIPTION"
     } > "$raw.meta"
     # Keep the results folder small: the log's content is not the point.
@@ -453,6 +522,7 @@ scenario_targets() { # scenario → the targets it runs against
         for t in $TARGETS_ONLY; do
             case $t in
                 nginx|haproxy|l4|direct) [[ " ${TARGETS[*]} " == *" $t "* ]] || continue ;;
+                nginx-*) [[ " ${TARGETS[*]} " == *" nginx "* ]] || continue ;;
             esac
             echo "$t"
         done

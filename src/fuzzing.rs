@@ -148,5 +148,5 @@ pub fn config(data: &[u8]) {
 /// The Redis reply parser.
 pub fn redis_reply(data: &[u8]) {
     let mut input = data;
-    let _ = crate::ratelimit::redis::read_reply(&mut input);
+    let _ = crate::redis::read_reply(&mut input);
 }

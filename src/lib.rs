@@ -23,6 +23,7 @@ pub mod http;
 pub mod ipnet;
 pub mod metrics;
 pub mod ratelimit;
+pub mod redis;
 pub mod router;
 pub mod snapshot;
 pub mod tls;

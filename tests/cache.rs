@@ -389,6 +389,81 @@ fn a_purge_reaches_every_worker_before_the_admin_answers() {
     assert!(r.text().contains("path is required"));
 }
 
+fn purge_on(admin: std::net::SocketAddr, query: &str) -> common::Response {
+    request(
+        admin,
+        format!(
+            "POST /cache/purge?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn a_purge_reaches_the_other_nodes_through_redis() {
+    let Some(redis) = common::redis::Redis::start() else {
+        return;
+    };
+    let up = origin();
+    let node = || {
+        Gateway::start(&config(
+            "epoll",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\n\n[redis]\naddress = \"127.0.0.1:{}\"\ntimeout = \"1s\"\n\n[cache]\nmemory = \"8MiB\"\nmax_object = \"256KiB\"\n\n[upstreams.origin]\nendpoints = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"origin\"\ncache = {{ }}\n",
+                redis.port, up.addr
+            ),
+        ))
+    };
+    let (a, b) = (node(), node());
+    let wait = std::time::Duration::from_secs(10);
+    // Both nodes' purge threads subscribed: a purge reaches two nodes.
+    common::wait_until(wait, "both nodes subscribed", || {
+        purge_on(a.admin.unwrap(), "path=/nothing")
+            .text()
+            .contains("\"nodes\":2")
+    });
+    for gw in [&a, &b, &a, &b] {
+        assert_eq!(get(gw.addr, "/fresh", "").status, 200);
+    }
+    assert_eq!(count(&up, "/fresh"), 2, "one copy per node");
+    let r = purge_on(a.admin.unwrap(), "path=/fresh");
+    assert_eq!(
+        (r.status, r.text()),
+        (
+            200,
+            "{\"purged\":1,\"workers\":1,\"of\":1,\"nodes\":2}\n".to_string()
+        )
+    );
+    // Node A purged before answering; node B as soon as the message is in.
+    assert_eq!(
+        get(a.addr, "/fresh", "").header("cache-status"),
+        Some("ringgate; fwd=miss; stored")
+    );
+    common::wait_until(wait, "node B applies the purge", || {
+        get(b.addr, "/fresh", "")
+            .header("cache-status")
+            .is_some_and(|s| s.contains("fwd=miss"))
+    });
+    assert_eq!(count(&up, "/fresh"), 4);
+    // Redis gone: the local purge still happens, and the answer says the
+    // other nodes were not told.
+    drop(redis);
+    let r = purge_on(a.admin.unwrap(), "path=/fresh");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text()
+            .starts_with("{\"purged\":1,\"workers\":1,\"of\":1,\"redis_error\":\""),
+        "{}",
+        r.text()
+    );
+    assert!(
+        get(a.addr, "/fresh", "")
+            .header("cache-status")
+            .unwrap()
+            .contains("fwd=miss")
+    );
+}
+
 #[test]
 fn stale_if_error_serves_a_stale_answer_when_the_upstream_fails() {
     use std::sync::Arc;

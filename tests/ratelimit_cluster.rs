@@ -8,83 +8,13 @@
 //! RINGGATE_REQUIRE_REDIS is set (as in CI).
 
 mod common;
+use common::redis::Redis;
 use common::*;
-use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-/// A redis-server bound to 127.0.0.1 that keeps nothing on disk, with
-/// `args` for its ports (and TLS).
-fn spawn_redis(args: &[&str]) -> Child {
-    Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server")
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = spawn_redis(&["--port", &port.to_string()]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-                let _ = s.write_all(b"PING\r\n");
-                let mut buf = [0u8; 16];
-                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-                if matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG")) {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn start() -> Option<Redis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            assert!(
-                std::env::var_os("RINGGATE_REQUIRE_REDIS").is_none(),
-                "redis-server is required (apt-get install redis-server)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Some(Redis::start_on(port))
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn gateway(redis: u16, up: &Upstream, workers: usize, policies: &str, routes: &str) -> Gateway {
     let text = config(

@@ -1,6 +1,9 @@
 //! [cold] Purging: which stored responses a `POST /cache/purge` names.
 //! A purge is sent to every worker (and applied before the admin answers);
 //! each shard drops, or with `soft` marks stale, the objects it matches.
+//! Where `[redis]` is configured it is also published to the other nodes
+//! as a `message` (the purge as a query string, after the sending node's
+//! name, so a node skips its own).
 
 /// What to purge: a path (exact, or every path under it), on one host or
 /// on all, across every cached route.
@@ -81,6 +84,51 @@ impl Purge {
     }
 }
 
+impl Purge {
+    /// The purge as the query string `from_query` reads back.
+    pub fn to_query(&self) -> String {
+        let mut out = String::from("path=");
+        percent_encode(&mut out, &self.path);
+        if let Some(host) = &self.host {
+            out.push_str("&host=");
+            percent_encode(&mut out, host);
+        }
+        if self.prefix {
+            out.push_str("&prefix=true");
+        }
+        if self.soft {
+            out.push_str("&soft=true");
+        }
+        out
+    }
+
+    /// What a node publishes for the others: its name, a space, the purge.
+    pub fn message(&self, node: &str) -> Vec<u8> {
+        format!("{node} {}", self.to_query()).into_bytes()
+    }
+
+    /// A published purge and the node that sent it.
+    pub fn from_message(message: &[u8]) -> Result<(&str, Purge), &'static str> {
+        let at = message
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("no node name")?;
+        let node = std::str::from_utf8(&message[..at]).map_err(|_| "node name not UTF-8")?;
+        Ok((node, Purge::from_query(&message[at + 1..])?))
+    }
+}
+
+/// Everything but unreserved characters and `/` escaped.
+fn percent_encode(out: &mut String, bytes: &[u8]) {
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
 fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -136,6 +184,31 @@ mod tests {
         assert!(all.matches(&key("r", "anything/at/all", "")));
         assert!(!all.matches(b"no-separators"));
         assert!(Purge::from_query(b"path=/x&soft=1").unwrap().soft);
+    }
+
+    #[test]
+    fn a_published_purge_reads_back_as_it_was_sent() {
+        for query in [
+            &b"path=/a/b"[..],
+            b"path=/a%20b%2B%26c%3D%0A%FF&host=Shop.Test&prefix=true",
+            b"path=/&prefix=true&soft=true",
+            b"path=/x&soft=1",
+        ] {
+            let purge = Purge::from_query(query).unwrap();
+            let message = purge.message("host:42:beef");
+            let (node, back) = Purge::from_message(&message).unwrap();
+            assert_eq!(node, "host:42:beef");
+            assert_eq!(back, purge, "{}", String::from_utf8_lossy(&message));
+        }
+        assert_eq!(
+            Purge::from_query(b"path=/a%20b&prefix=1")
+                .unwrap()
+                .to_query(),
+            "path=/a%20b&prefix=true"
+        );
+        assert!(Purge::from_message(b"no-space").is_err());
+        assert!(Purge::from_message(b"node path=x").is_err());
+        assert!(Purge::from_message(b"\xff path=/x").is_err());
     }
 
     #[test]

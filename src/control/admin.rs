@@ -109,30 +109,6 @@ pub fn collect_reports(workers: &[Sender<Command>]) -> Vec<Option<WorkerReport>>
     reports
 }
 
-/// Sends `purge` to every worker and waits (as for reports) until each
-/// has applied it: returns the objects matched and the workers that
-/// answered.
-fn purge_all(workers: &[Sender<Command>], purge: crate::cache::purge::Purge) -> (usize, usize) {
-    let purge = Arc::new(purge);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    for w in workers {
-        let _ = w.send(Command::CachePurge(purge.clone(), tx.clone()));
-    }
-    drop(tx);
-    let deadline = Instant::now() + REPORT_WAIT;
-    let (mut purged, mut answered) = (0, 0);
-    while answered < workers.len() {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(n) => {
-                purged += n;
-                answered += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    (purged, answered)
-}
-
 impl Admin {
     fn snapshot(&self) -> Option<Arc<Snapshot>> {
         self.reloader.lock().ok().map(|r| r.current())
@@ -359,20 +335,33 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             match crate::cache::purge::Purge::from_query(query) {
                 Err(why) => respond(&mut stream, 400, "text/plain", &format!("{why}\n")),
                 Ok(purge) => {
-                    let (purged, answered) = purge_all(&admin.workers, purge);
-                    respond(
-                        &mut stream,
-                        if answered == admin.workers.len() {
-                            200
-                        } else {
-                            504
-                        },
-                        "application/json",
-                        &format!(
-                            "{{\"purged\":{purged},\"workers\":{answered},\"of\":{}}}\n",
-                            admin.workers.len()
-                        ),
-                    )
+                    let (purged, answered) =
+                        super::cache_purge::purge_all(&admin.workers, purge.clone());
+                    let mut status = if answered == admin.workers.len() {
+                        200
+                    } else {
+                        504
+                    };
+                    let mut json = format!(
+                        "{{\"purged\":{purged},\"workers\":{answered},\"of\":{}",
+                        admin.workers.len()
+                    );
+                    // Other nodes: through Redis, where it is configured.
+                    if let Some(redis) = admin.snapshot().and_then(|s| s.redis.clone()) {
+                        match super::cache_purge::publish(&redis, &purge) {
+                            Ok(nodes) => json.push_str(&format!(",\"nodes\":{nodes}")),
+                            Err(error) => {
+                                tracing::warn!(%error, "cache purge not published to other nodes");
+                                status = 502;
+                                json.push_str(",\"redis_error\":");
+                                json.push_str(
+                                    &serde_json::to_string(&error.to_string()).unwrap_or_default(),
+                                );
+                            }
+                        }
+                    }
+                    json.push_str("}\n");
+                    respond(&mut stream, status, "application/json", &json)
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! a graceful drain on SIGTERM/SIGINT. Nothing here is on the request path.
 
 pub mod admin;
+mod cache_purge;
 mod listeners;
 pub mod reload;
 pub mod signals;
@@ -175,6 +176,12 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         jwks.reloads(),
         &bound,
     )));
+    // Other nodes' cache purges, through Redis. For the process's life:
+    // a [redis] change takes a restart.
+    if let Some(redis) = &snapshot.redis {
+        cache_purge::spawn_subscriber(redis.clone(), command_txs.clone())
+            .map_err(|e| format!("cannot start the cache purge thread: {e}"))?;
+    }
     let admin_addr = match snapshot.admin {
         None => None,
         Some(addr) => Some(admin::spawn(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::redis::{Connection, RedisError, Reply, Script};
+use crate::redis::{Connection, RedisError, Reply, Script};
 use crate::snapshot::{LimitKind, RedisSpec};
 
 /// Claims (and gives back) tokens for many keys, and registers this node,
@@ -114,17 +114,17 @@ pub fn spawn(spec: RedisSpec) -> std::io::Result<ClusterThread> {
     std::thread::Builder::new()
         .name("ringgate-redis".into())
         .spawn(move || {
-            let node = node_id();
+            let node = crate::redis::node_id();
             let script = Script::new(CLAIM);
-            let tls = spec.tls.as_ref().map(super::redis::tls_config);
+            let tls = spec.tls.as_ref().map(crate::redis::tls_config);
             let mut conn: Option<Connection> = None;
             for round in rounds_rx.iter() {
                 let result = match &tls {
                     Some(Err(e)) => Err(RedisError::Protocol(e.to_string())),
                     Some(Ok(config)) => {
-                        run_round(&spec, Some(config), &mut conn, &script, &node, &round)
+                        run_round(&spec, Some(config), &mut conn, &script, node, &round)
                     }
-                    None => run_round(&spec, None, &mut conn, &script, &node, &round),
+                    None => run_round(&spec, None, &mut conn, &script, node, &round),
                 };
                 let outcome = result.map_err(|e| {
                     conn = None; // reconnect next round
@@ -143,16 +143,6 @@ pub fn spawn(spec: RedisSpec) -> std::io::Result<ClusterThread> {
             }
         })?;
     Ok(ClusterThread { rounds, answers })
-}
-
-fn node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!(
-        "{}:{}:{:x}",
-        host.trim(),
-        std::process::id(),
-        super::clock::now() & 0xffff_ffff
-    )
 }
 
 fn run_round(

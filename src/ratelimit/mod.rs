@@ -12,7 +12,6 @@ pub mod bucket;
 pub mod clock;
 pub mod cluster;
 pub mod ledger;
-pub mod redis;
 pub mod shared;
 pub mod sync;
 pub mod table;

@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::disallowed_types)]
 
 pub mod jwt;
+pub mod redis;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read, Write};

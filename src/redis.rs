@@ -1,9 +1,12 @@
-//! [cold] A minimal Redis client for cluster-scope limits: RESP2 over one
-//! blocking TCP (or rustls TLS) connection with timeouts, AUTH and SELECT, and scripts run
-//! by EVALSHA (loaded on first NOSCRIPT). Used only by the cluster thread,
-//! never on the request path. Written here rather than taken from a crate
-//! because ringgate needs four commands, blocking I/O with hard deadlines
-//! and no async runtime of its own — the popular clients bring tokio.
+//! [cold] A minimal Redis client for what nodes share through Redis
+//! (cluster-scope limits, cache purges): RESP2 over one blocking TCP (or
+//! rustls TLS) connection with timeouts, AUTH and SELECT, scripts run by
+//! EVALSHA (loaded on first NOSCRIPT), and a subscription's pushed
+//! messages. Used only by the cluster and purge threads and the admin
+//! API, never on the request path. Written here rather than taken from a
+//! crate because ringgate needs a handful of commands, blocking I/O with
+//! hard deadlines and no async runtime of its own — the popular clients
+//! bring tokio.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::ToSocketAddrs;
@@ -55,6 +58,25 @@ impl From<std::io::Error> for RedisError {
     fn from(e: std::io::Error) -> Self {
         RedisError::Io(e)
     }
+}
+
+/// This process's name among the nodes that share a Redis: host, process
+/// id and the start time's low bits (a restarted process is a new node).
+/// The same for every thread of the process.
+pub fn node_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "{}:{}:{:x}",
+            host.trim(),
+            std::process::id(),
+            started & 0xffff_ffff
+        )
+    })
 }
 
 /// Writes one command as a RESP array of bulk strings.
@@ -225,6 +247,59 @@ impl Connection {
         let reply = read_reply(&mut self.io);
         self.io.get_mut().deadline = None;
         reply
+    }
+
+    /// Subscribes to `channel` (the connection then only receives its
+    /// messages: `next_message`).
+    pub fn subscribe(&mut self, channel: &[u8]) -> Result<(), RedisError> {
+        match self.call(&[b"SUBSCRIBE", channel])? {
+            Reply::Array(Some(parts))
+                if parts.first() == Some(&Reply::Bulk(Some(b"subscribe".to_vec()))) =>
+            {
+                Ok(())
+            }
+            Reply::Error(e) => Err(RedisError::Server(e)),
+            other => Err(RedisError::Protocol(format!(
+                "SUBSCRIBE answered {other:?}"
+            ))),
+        }
+    }
+
+    /// The next message published to a subscribed channel, waiting at
+    /// most `wait` for it to start arriving (`None`: nothing yet).
+    pub fn next_message(&mut self, wait: Duration) -> Result<Option<Vec<u8>>, RedisError> {
+        self.io.get_mut().deadline = Some(std::time::Instant::now() + wait);
+        match self.io.fill_buf() {
+            Ok([]) => return Err(RedisError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.io.get_mut().deadline = None;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Started: the rest of it within the usual round trip.
+        self.io.get_mut().deadline = Some(std::time::Instant::now() + self.timeout);
+        let reply = read_reply(&mut self.io);
+        self.io.get_mut().deadline = None;
+        match reply? {
+            Reply::Array(Some(mut parts))
+                if parts.len() == 3 && parts[0] == Reply::Bulk(Some(b"message".to_vec())) =>
+            {
+                match parts.pop() {
+                    Some(Reply::Bulk(Some(payload))) => Ok(Some(payload)),
+                    other => Err(RedisError::Protocol(format!("message payload {other:?}"))),
+                }
+            }
+            other => Err(RedisError::Protocol(format!(
+                "expected a message, got {other:?}"
+            ))),
+        }
     }
 
     /// Runs `script` by its SHA-1, loading it when the server lacks it.
