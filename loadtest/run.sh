@@ -367,7 +367,7 @@ TOML
 # ringgate-cache's lookups so far: "HITS MISSES" over all workers.
 cache_counts() {
     local reply
-    reply=$(exec 3<>"/dev/tcp/127.0.0.1/$CACHE_ADMIN_PORT" && printf 'GET /metrics HTTP/1.1\r\nHost: loadtest\r\nConnection: close\r\n\r\n' >&3 && cat <&3) || true
+    reply=$(exec 3<>"/dev/tcp/127.0.0.1/$CACHE_ADMIN_PORT" && printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3 && cat <&3) || true
     awk '/^ringgate_cache_requests_total/ && /result="hit"/ {h += $2}
          /^ringgate_cache_requests_total/ && /result="miss"/ {m += $2}
          END {print h + 0, m + 0}' <<< "$reply"

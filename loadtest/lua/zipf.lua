@@ -30,7 +30,7 @@ request = function()
     local u = math.random()
     local lo, hi = 1, keys
     while lo < hi do
-        local mid = (lo + hi) // 2
+        local mid = math.floor((lo + hi) / 2)
         if cdf[mid] < u then lo = mid + 1 else hi = mid end
     end
     return wrk.format(nil, wrk.path .. "?k=" .. lo)
