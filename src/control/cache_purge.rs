@@ -57,12 +57,7 @@ pub fn purge_all(workers: &[Sender<Command>], purge: Purge) -> (usize, usize) {
 /// Publishes `purge` to the other nodes; returns how many nodes received
 /// it (this one included).
 pub fn publish(spec: &RedisSpec, purge: &Purge) -> Result<i64, RedisError> {
-    let tls = match spec.tls.as_ref().map(crate::redis::tls_config) {
-        Some(Err(e)) => return Err(RedisError::Protocol(e.to_string())),
-        Some(Ok(config)) => Some(config),
-        None => None,
-    };
-    let mut conn = Connection::open(spec, tls.as_ref())?;
+    let mut conn = connect(spec)?;
     let message = purge.message(crate::redis::node_id());
     match conn.call(&[b"PUBLISH", &channel(spec), &message])? {
         Reply::Integer(n) => Ok(n),
@@ -100,12 +95,7 @@ fn subscribe_and_apply(
     workers: &[Sender<Command>],
     failing: &mut bool,
 ) -> RedisError {
-    let tls = match spec.tls.as_ref().map(crate::redis::tls_config) {
-        Some(Err(e)) => return RedisError::Protocol(e.to_string()),
-        Some(Ok(config)) => Some(config),
-        None => None,
-    };
-    let mut conn = match Connection::open(spec, tls.as_ref()) {
+    let mut conn = match connect(spec) {
         Ok(conn) => conn,
         Err(e) => return e,
     };
@@ -135,4 +125,14 @@ fn subscribe_and_apply(
             Err(why) => tracing::warn!(why, "unreadable cache purge message ignored"),
         }
     }
+}
+
+/// A connection to the configured Redis, over TLS where it says so.
+fn connect(spec: &RedisSpec) -> Result<Connection, RedisError> {
+    let tls = match spec.tls.as_ref().map(crate::redis::tls_config) {
+        Some(Err(e)) => return Err(RedisError::Protocol(e.to_string())),
+        Some(Ok(config)) => Some(config),
+        None => None,
+    };
+    Connection::open(spec, tls.as_ref())
 }
