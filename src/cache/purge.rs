@@ -184,6 +184,8 @@ mod tests {
         assert!(all.matches(&key("r", "anything/at/all", "")));
         assert!(!all.matches(b"no-separators"));
         assert!(Purge::from_query(b"path=/x&soft=1").unwrap().soft);
+        let off = Purge::from_query(b"path=/x&prefix=false&soft=0").unwrap();
+        assert!(!off.prefix && !off.soft);
     }
 
     #[test]
