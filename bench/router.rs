@@ -140,7 +140,7 @@ fn balancing(c: &mut Criterion) {
         let mut balancer = Balancer::new(&spec, 1);
         let key = stable_hash(b"user-12345");
         group.bench_function(name, |b| {
-            b.iter(|| balancer.pick(&spec, black_box(&outstanding), Some(key)))
+            b.iter(|| balancer.pick(&spec, black_box(&outstanding), Some(key), &[]))
         });
     }
     group.finish();

@@ -6,10 +6,15 @@
 //! "Outstanding" is this worker's in-flight count per endpoint; with
 //! SO_REUSEPORT spreading clients across workers, per-worker views converge on
 //! the same choice without cross-core traffic.
+//!
+//! Endpoints marked down (health checks) are never picked; each policy
+//! spreads their share over the others as it would with them gone (a
+//! consistent-hash key whose endpoint is down moves to the next on the
+//! ring, and only those keys move).
 
 use crate::snapshot::{Balance, UpstreamSpec};
 
-use super::hash::ring_lookup;
+use super::hash::ring_lookup_where;
 
 #[derive(Debug)]
 pub struct Balancer {
@@ -43,46 +48,56 @@ impl Balancer {
     /// Picks an endpoint index. `outstanding[i]` is this worker's in-flight
     /// count for endpoint i; `key_hash` is the consistent-hash key, if the
     /// request carried one (otherwise consistent hashing falls back to round
-    /// robin).
+    /// robin); `down[i]` marks endpoint i out of traffic (an empty slice:
+    /// none is). At least one endpoint must be up.
     #[inline]
     pub fn pick(
         &mut self,
         spec: &UpstreamSpec,
         outstanding: &[std::cell::Cell<u32>],
         key_hash: Option<u64>,
+        down: &[bool],
     ) -> usize {
         let n = spec.endpoints.len();
         if n <= 1 {
             return 0;
         }
+        let is_down = |i: usize| down.get(i).copied().unwrap_or(false);
+        let any_down = down.iter().any(|d| *d);
         match spec.balance {
-            Balance::RoundRobin => self.round_robin(n),
+            Balance::RoundRobin if !any_down => self.round_robin(n),
+            Balance::RoundRobin => {
+                for _ in 0..n {
+                    let i = self.round_robin(n);
+                    if !is_down(i) {
+                        return i;
+                    }
+                }
+                0
+            }
             Balance::WeightedRoundRobin => {
                 let mut total = 0i64;
-                let mut best = 0usize;
+                let mut best = None;
                 for (i, e) in spec.endpoints.iter().enumerate() {
+                    if is_down(i) {
+                        continue;
+                    }
                     let w = i64::from(e.weight);
                     self.current[i] += w;
                     total += w;
-                    if self.current[i] > self.current[best] {
-                        best = i;
+                    if best.is_none_or(|b: usize| self.current[i] > self.current[b]) {
+                        best = Some(i);
                     }
                 }
+                let best = best.unwrap_or(0);
                 self.current[best] -= total;
                 best
             }
-            Balance::LeastOutstanding => {
-                // Start the scan at a rotating offset so ties spread evenly.
-                let start = self.round_robin(n);
-                let mut best = start;
-                for k in 1..n {
-                    let i = (start + k) % n;
-                    if outstanding[i].get() < outstanding[best].get() {
-                        best = i;
-                    }
-                }
-                best
-            }
+            Balance::LeastOutstanding => self.least_outstanding(n, outstanding, is_down),
+            // Two random choices among the live endpoints would need them
+            // listed; with some down (rare), the least loaded of all live
+            // ones is as good an answer.
+            Balance::PowerOfTwo if any_down => self.least_outstanding(n, outstanding, is_down),
             Balance::PowerOfTwo => {
                 let a = (self.random() % n as u64) as usize;
                 let mut b = (self.random() % (n as u64 - 1)) as usize;
@@ -95,12 +110,36 @@ impl Balancer {
                     a
                 }
             }
-            Balance::ConsistentHash => match key_hash.and_then(|h| ring_lookup(&spec.hash_ring, h))
+            Balance::ConsistentHash => match key_hash
+                .and_then(|h| ring_lookup_where(&spec.hash_ring, h, |e| !is_down(e as usize)))
             {
                 Some(i) => i as usize,
+                None if any_down => self.least_outstanding(n, outstanding, is_down),
                 None => self.round_robin(n),
             },
         }
+    }
+
+    /// The live endpoint with the fewest requests in flight, the scan
+    /// starting at a rotating offset so that ties spread evenly.
+    fn least_outstanding(
+        &mut self,
+        n: usize,
+        outstanding: &[std::cell::Cell<u32>],
+        is_down: impl Fn(usize) -> bool,
+    ) -> usize {
+        let start = self.round_robin(n);
+        let mut best = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if is_down(i) {
+                continue;
+            }
+            if best.is_none_or(|b: usize| outstanding[i].get() < outstanding[b].get()) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(start)
     }
 
     #[inline]
@@ -153,7 +192,7 @@ mod tests {
         let mut c = vec![0; s.endpoints.len()];
         let outstanding: Vec<std::cell::Cell<u32>> = s.endpoints.iter().map(|_| 0.into()).collect();
         for _ in 0..rounds {
-            c[b.pick(s, &outstanding, None)] += 1;
+            c[b.pick(s, &outstanding, None, &[])] += 1;
         }
         c
     }
@@ -173,7 +212,7 @@ mod tests {
         // nginx's smooth sequence for 5,1,1: a a b a c a a
         let mut b = Balancer::new(&s, 0);
         let seq: Vec<usize> = (0..7)
-            .map(|_| b.pick(&s, &[0, 0, 0].map(std::cell::Cell::new), None))
+            .map(|_| b.pick(&s, &[0, 0, 0].map(std::cell::Cell::new), None, &[]))
             .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
@@ -183,7 +222,10 @@ mod tests {
         let s = spec(Balance::LeastOutstanding, &[1, 1, 1]);
         let mut b = Balancer::new(&s, 0);
         for _ in 0..50 {
-            assert_ne!(b.pick(&s, &[0, 7, 0].map(std::cell::Cell::new), None), 1);
+            assert_ne!(
+                b.pick(&s, &[0, 7, 0].map(std::cell::Cell::new), None, &[]),
+                1
+            );
         }
     }
 
@@ -192,7 +234,7 @@ mod tests {
         let s = spec(Balance::PowerOfTwo, &[1, 1]);
         let mut b = Balancer::new(&s, 9);
         for _ in 0..50 {
-            assert_eq!(b.pick(&s, &[5, 1].map(std::cell::Cell::new), None), 1);
+            assert_eq!(b.pick(&s, &[5, 1].map(std::cell::Cell::new), None, &[]), 1);
         }
         let even = counts(&spec(Balance::PowerOfTwo, &[1, 1, 1, 1]), 4000);
         assert!(even.iter().all(|&c| c > 800), "{even:?}");
@@ -204,13 +246,70 @@ mod tests {
         let mut b = Balancer::new(&s, 1);
         for k in 0..100 {
             let h = stable_hash(format!("user{k}").as_bytes());
-            let first = b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h));
+            let first = b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h), &[]);
             for _ in 0..3 {
                 assert_eq!(
-                    b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h)),
+                    b.pick(&s, &[0u32; 3].map(std::cell::Cell::new), Some(h), &[]),
                     first
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_policy_skips_endpoints_that_are_down() {
+        let down = [false, true, false, false];
+        for balance in [
+            Balance::RoundRobin,
+            Balance::WeightedRoundRobin,
+            Balance::LeastOutstanding,
+            Balance::PowerOfTwo,
+            Balance::ConsistentHash,
+        ] {
+            let s = spec(balance, &[1, 3, 1, 1]);
+            let mut b = Balancer::new(&s, 5);
+            let outstanding: Vec<std::cell::Cell<u32>> = vec![0.into(); 4];
+            let mut c = [0usize; 4];
+            for k in 0..3000u64 {
+                let key = stable_hash(&k.to_le_bytes());
+                c[b.pick(&s, &outstanding, Some(key), &down)] += 1;
+            }
+            assert_eq!(c[1], 0, "{balance:?}: {c:?}");
+            assert!(c[0] > 600 && c[2] > 600 && c[3] > 600, "{balance:?}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn weights_and_sticky_keys_hold_among_the_live_endpoints() {
+        let s = spec(Balance::WeightedRoundRobin, &[5, 1, 1]);
+        let mut b = Balancer::new(&s, 0);
+        let zero = [0, 0, 0].map(std::cell::Cell::new);
+        let mut c = [0usize; 3];
+        for _ in 0..600 {
+            c[b.pick(&s, &zero, None, &[false, false, true])] += 1;
+        }
+        assert_eq!(c, [500, 100, 0]);
+        // Consistent hashing: only the keys of the down endpoint move.
+        let s = spec(Balance::ConsistentHash, &[1, 1, 1]);
+        let mut b = Balancer::new(&s, 1);
+        let zero = [0u32; 3].map(std::cell::Cell::new);
+        for k in 0..300 {
+            let h = stable_hash(format!("user{k}").as_bytes());
+            let before = b.pick(&s, &zero, Some(h), &[]);
+            let after = b.pick(&s, &zero, Some(h), &[false, true, false]);
+            if before == 1 {
+                assert_ne!(after, 1);
+            } else {
+                assert_eq!(after, before, "key {k} moved though its endpoint is up");
+            }
+        }
+        // Round robin over what is left, evenly.
+        let s = spec(Balance::RoundRobin, &[1, 1, 1]);
+        let mut b = Balancer::new(&s, 0);
+        let mut c = [0usize; 3];
+        for _ in 0..300 {
+            c[b.pick(&s, &zero, None, &[true, false, false])] += 1;
+        }
+        assert_eq!(c, [0, 150, 150]);
     }
 }

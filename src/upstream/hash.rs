@@ -47,11 +47,24 @@ pub fn build_ring(endpoints: &[(String, u32)]) -> Vec<(u64, u32)> {
 /// The endpoint owning `hash`: the first ring point at or after it, wrapping.
 #[inline]
 pub fn ring_lookup(ring: &[(u64, u32)], hash: u64) -> Option<u32> {
-    if ring.is_empty() {
-        return None;
-    }
+    ring_lookup_where(ring, hash, |_| true)
+}
+
+/// The first endpoint at or after `hash` on the ring (wrapping) that
+/// `usable` accepts: a key whose endpoint is down moves to the next one on
+/// the ring, and only those keys move.
+pub fn ring_lookup_where(
+    ring: &[(u64, u32)],
+    hash: u64,
+    usable: impl Fn(u32) -> bool,
+) -> Option<u32> {
     let at = ring.partition_point(|&(point, _)| point < hash);
-    Some(ring[if at == ring.len() { 0 } else { at }].1)
+    let (after, before) = ring.split_at(at);
+    before
+        .iter()
+        .chain(after)
+        .map(|&(_, endpoint)| endpoint)
+        .find(|&e| usable(e))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod conn;
 pub mod fetch;
 pub mod hash;
+pub mod health;
 pub mod pool;
 
 use std::cell::Cell;

@@ -41,7 +41,7 @@ pub(in crate::worker) fn pick_endpoint(
 ) -> (usize, Outstanding) {
     let mut ups = generation.upstreams.borrow_mut();
     let state = &mut ups[upstream];
-    let endpoint = state.balancer.pick(spec, &state.outstanding, key_hash);
+    let endpoint = state.balancer.pick(spec, &state.outstanding, key_hash, &[]);
     let slot = &state.outstanding[endpoint];
     slot.set(slot.get() + 1);
     (
