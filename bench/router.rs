@@ -123,6 +123,8 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         pool_max_idle: 64,
         pool_idle_timeout: Duration::from_secs(60),
         tls: None,
+        health_check: None,
+        when_all_down: ringgate::snapshot::WhenAllDown::Refuse,
     }
 }
 

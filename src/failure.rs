@@ -46,6 +46,9 @@ pub enum Failure {
     /// `WWW-Authenticate`, or 403 for a consumer the route does not admit;
     /// RFC 6750 §3). The body is not read.
     Unauthorized(AuthRefusal),
+    /// Every endpoint of the upstream is down (health checks) and the
+    /// upstream refuses rather than failing open (503, Retry-After).
+    NoHealthyEndpoint,
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -57,8 +60,11 @@ pub enum Failure {
 /// `Retry-After` on a 503 for credentials that could not be checked.
 const AUTH_RETRY_AFTER_SECS: u64 = 5;
 
+/// `Retry-After` on a 503 for an upstream with no healthy endpoint.
+const NO_ENDPOINT_RETRY_AFTER_SECS: u64 = 5;
+
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 19;
+pub const FAILURE_KINDS: usize = 20;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -87,6 +93,7 @@ impl Failure {
         Failure::Unauthorized(AuthRefusal::Invalid),
         Failure::Unauthorized(AuthRefusal::Forbidden),
         Failure::Unauthorized(AuthRefusal::Unavailable),
+        Failure::NoHealthyEndpoint,
     ];
 
     pub fn status(self) -> u16 {
@@ -106,7 +113,7 @@ impl Failure {
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
             Failure::Unauthorized(AuthRefusal::Forbidden) => 403,
-            Failure::Unauthorized(AuthRefusal::Unavailable) => 503,
+            Failure::Unauthorized(AuthRefusal::Unavailable) | Failure::NoHealthyEndpoint => 503,
             Failure::Unauthorized(_) => 401,
         }
     }
@@ -133,6 +140,7 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Forbidden) => "forbidden",
             Failure::Unauthorized(AuthRefusal::Unavailable) => "auth_unavailable",
             Failure::Unauthorized(_) => "unauthorized",
+            Failure::NoHealthyEndpoint => "no_healthy_upstream",
         }
     }
 
@@ -157,6 +165,7 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Forbidden) => 17,
             Failure::Unauthorized(AuthRefusal::Unavailable) => 18,
             Failure::Unauthorized(_) => 16,
+            Failure::NoHealthyEndpoint => 19,
         }
     }
 
@@ -190,6 +199,9 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Unavailable) => {
                 "the credentials cannot be checked now; retry after the time in Retry-After"
             }
+            Failure::NoHealthyEndpoint => {
+                "no endpoint of the upstream is healthy; retry after the time in Retry-After"
+            }
         }
     }
 
@@ -207,6 +219,7 @@ impl Failure {
                 | Failure::UpstreamMalformed(_)
                 | Failure::UpstreamConnectTimeout
                 | Failure::UpstreamTimeout
+                | Failure::NoHealthyEndpoint
         )
     }
 
@@ -243,6 +256,11 @@ impl Failure {
                     defer: false,
                 },
             );
+        }
+        if self == Failure::NoHealthyEndpoint {
+            out.put_slice(b"retry-after: ");
+            http::write::decimal(out, NO_ENDPOINT_RETRY_AFTER_SECS);
+            out.put_slice(b"\r\n");
         }
         if self == Failure::Unauthorized(AuthRefusal::Unavailable) {
             out.put_slice(b"retry-after: ");

@@ -118,6 +118,18 @@ pub struct UpstreamSpec {
     pub pool_idle_timeout: Duration,
     /// HTTPS to the endpoints.
     pub tls: Option<std::sync::Arc<crate::tls::upstream::UpstreamTls>>,
+    /// Active health checks (`None`: every endpoint counts as up).
+    pub health_check: Option<crate::upstream::health::HealthCheck>,
+    /// What a request gets when every endpoint is down.
+    pub when_all_down: WhenAllDown,
+}
+
+/// An upstream whose endpoints are all down: refuse (503 with
+/// `Retry-After`) or send traffic to all of them as if none were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllDown {
+    Refuse,
+    FailOpen,
 }
 
 /// (lower-case name, value).

@@ -545,6 +545,8 @@ mod tests {
                 pool_max_idle: 0,
                 pool_idle_timeout: secs(1),
                 tls: None,
+                health_check: None,
+                when_all_down: crate::snapshot::WhenAllDown::Refuse,
             },
             path: "/jwks".into(),
             refresh: REFRESH,

@@ -589,6 +589,51 @@ pub struct UpstreamSection {
     /// HTTPS to the endpoints.
     #[serde(default)]
     pub tls: Option<Spanned<UpstreamTlsSection>>,
+    /// Active health checks (docs/resilience.md).
+    #[serde(default)]
+    pub health_check: Option<Spanned<HealthCheckSection>>,
+    /// "refuse" (503, the default) or "fail_open" when every endpoint is down.
+    #[serde(default)]
+    pub when_all_down: WhenAllDownSetting,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenAllDownSetting {
+    #[default]
+    Refuse,
+    FailOpen,
+}
+
+/// `[upstreams.NAME.health_check]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// "http" (default) or "tcp".
+    #[serde(default, rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    #[serde(default)]
+    pub method: Option<Spanned<String>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+    /// Statuses that pass; any 2xx or 3xx by default.
+    #[serde(default)]
+    pub expected_statuses: Vec<u16>,
+    /// A string the answer's body must contain.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub jitter: Option<HumanDuration>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
 }
 
 /// TLS toward an upstream's endpoints (docs/tls.md).

@@ -41,6 +41,8 @@ pub struct Admin {
     pub access_log_dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub limits: Arc<crate::ratelimit::aggregator::Stats>,
     pub jwks: crate::auth::jwks::Board,
+    /// What the health prober last saw.
+    pub health: super::health::Board,
 }
 
 /// Binds the admin address and serves it on a new thread.
@@ -300,6 +302,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             if let Ok(board) = admin.jwks.lock() {
                 text.push_str(&crate::metrics::render_jwks(&board.sources));
             }
+            text.push_str(&super::health::render_metrics(&admin.health));
             respond(
                 &mut stream,
                 200,
@@ -326,6 +329,15 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             json.push_str("]}\n");
             respond(&mut stream, 200, "application/json", &json)
         }
+        (b"GET", b"/upstreams") => match admin.snapshot() {
+            Some(s) => respond(
+                &mut stream,
+                200,
+                "application/json",
+                &super::health::upstreams_json(&s, &admin.health),
+            ),
+            None => respond(&mut stream, 500, "text/plain", "reload state poisoned\n"),
+        },
         (b"GET", b"/config") => match admin.snapshot() {
             Some(s) => respond(&mut stream, 200, "application/toml", &s.redacted_config),
             None => respond(&mut stream, 500, "text/plain", "reload state poisoned\n"),
@@ -387,7 +399,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             &mut stream,
             404,
             "text/plain",
-            "not found: try GET /metrics, /healthz, /readyz, /config, /workers, POST /reload or POST /cache/purge\n",
+            "not found: try GET /metrics, /healthz, /readyz, /config, /workers, /upstreams, POST /reload or POST /cache/purge\n",
         ),
     }
 }

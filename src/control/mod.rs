@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod cache_purge;
+pub mod health;
 mod listeners;
 pub mod reload;
 pub mod signals;
@@ -82,6 +83,7 @@ pub struct Running {
     limits: crate::ratelimit::aggregator::Handle,
     /// Kept for its channels: the fetcher thread ends when they close.
     _jwks: crate::auth::jwks::Fetcher,
+    _health: health::Prober,
 }
 
 /// Binds listeners and starts every worker; returns once all accept.
@@ -166,6 +168,9 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     } else {
         format!("mixed: {uring} io_uring, {} epoll", workers - uring)
     };
+    // Active health checks: one prober for the process.
+    let prober = health::spawn(snapshot.clone(), command_txs.clone())
+        .map_err(|e| format!("cannot start the health prober: {e}"))?;
     // Shared by the control thread (SIGHUP) and the admin thread (POST
     // /reload); both are cold paths, so a mutex is the simple, right tool.
     #[allow(clippy::disallowed_types)]
@@ -174,6 +179,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         command_txs.clone(),
         limits.control.clone(),
         jwks.reloads(),
+        prober.snapshots.clone(),
         &bound,
     )));
     // Other nodes' cache purges, through Redis. For the process's life:
@@ -193,6 +199,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 access_log_dropped: access_log.as_ref().map(|l| l.dropped.clone()),
                 limits: limits.stats.clone(),
                 jwks: jwks.board.clone(),
+                health: prober.board.clone(),
             },
         )?),
     };
@@ -208,6 +215,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         handles,
         limits,
         _jwks: jwks,
+        _health: prober,
     })
 }
 

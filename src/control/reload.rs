@@ -21,6 +21,8 @@ pub struct Reloader {
     limits: Sender<crate::ratelimit::aggregator::Control>,
     /// The JWKS fetcher's sources.
     jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
+    /// The health prober (it follows the upstreams a reload brings).
+    health: Sender<Arc<Snapshot>>,
     generation: u64,
     /// (configured address, bound address) of every running listener.
     listeners: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
@@ -32,6 +34,7 @@ impl Reloader {
         workers: Vec<Sender<Command>>,
         limits: Sender<crate::ratelimit::aggregator::Control>,
         jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
+        health: Sender<Arc<Snapshot>>,
         bound: &[std::net::SocketAddr],
     ) -> Reloader {
         let path =
@@ -48,6 +51,7 @@ impl Reloader {
             workers,
             limits,
             jwks,
+            health,
             generation: 1,
             listeners,
         }
@@ -166,6 +170,7 @@ impl Reloader {
         }
         self.current = next;
         self.generation += 1;
+        let _ = self.health.send(self.current.clone());
         super::warn_expiring_certificates(&self.current);
         let summary = format!(
             "reloaded {} (generation {}): {} routes, {} upstreams; {switched}/{} workers switched{}",

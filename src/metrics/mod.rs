@@ -368,6 +368,7 @@ impl WorkerMetrics {
             cache: *self.cache.borrow(),
             cache_revalidations: *self.cache_revalidations.borrow(),
             cache_store: Default::default(),
+            endpoints_down: 0,
             pools,
             request_latency: self.request_latency.borrow().clone(),
             request_latency_sum_us: self.request_latency_sum_us.get(),
@@ -414,6 +415,8 @@ pub struct WorkerReport {
     pub cache_revalidations: [u64; CACHE_REVALIDATIONS],
     /// The cache shard: objects, bytes, evictions (filled by the worker).
     pub cache_store: [u64; 3],
+    /// Endpoints this worker holds out of traffic (filled by the worker).
+    pub endpoints_down: u64,
     pub pools: Vec<Vec<PoolGauge>>,
     pub request_latency: Histogram<u64>,
     pub request_latency_sum_us: u64,

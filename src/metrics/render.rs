@@ -137,6 +137,21 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
             r.worker, r.open_connections
         );
     }
+    if snapshot.upstreams.iter().any(|u| u.health_check.is_some()) {
+        header(
+            &mut out,
+            WORKER_ENDPOINTS_DOWN,
+            "gauge",
+            "Endpoints the worker holds out of traffic, as the health prober last told it.",
+        );
+        for r in reports {
+            let _ = writeln!(
+                out,
+                "{WORKER_ENDPOINTS_DOWN}{{worker=\"{}\"}} {}",
+                r.worker, r.endpoints_down
+            );
+        }
+    }
     header(
         &mut out,
         CONNECTIONS_ACCEPTED,

@@ -184,6 +184,8 @@ mod tests {
             pool_max_idle: 1,
             pool_idle_timeout: Duration::from_secs(1),
             tls: None,
+            health_check: None,
+            when_all_down: crate::snapshot::WhenAllDown::Refuse,
         }
     }
 

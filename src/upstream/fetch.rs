@@ -1,5 +1,6 @@
-//! [cold] One blocking HTTP/1.1 GET to an upstream endpoint, for the
-//! threads that fetch documents off the request path (the JWKS fetcher).
+//! [cold] One blocking HTTP/1.1 request to an upstream endpoint, for the
+//! threads that work off the request path: a GET of a document (the JWKS
+//! fetcher), a health probe (any status, a bounded body).
 //! It goes where the upstream's config says, with its TLS settings
 //! (verification, SNI, client certificate) and its timeouts, and holds the
 //! answer to the same strict response parser the proxy uses; the whole
@@ -85,16 +86,65 @@ pub fn get(
     );
     stream.write_all(&request)?;
     stream.flush()?;
-    read_answer(&mut stream, max_body)
+    match read_answer(&mut stream, max_body, false)? {
+        (200, body) => Ok(body),
+        (status, _) => Err(FetchError::Status(status)),
+    }
 }
 
-/// Reads one response from `io` and returns the body of a 200.
-fn read_answer(io: &mut impl Read, max_body: usize) -> Result<Vec<u8>, FetchError> {
+/// One health probe: `method path` to `spec`'s endpoint `endpoint` (over
+/// the upstream's TLS, if it has some), `Host` being `host` or the
+/// endpoint's authority, the whole exchange within `timeout`. Returns the
+/// status and at most `max_body` bytes of body, whatever the status.
+pub fn probe(
+    spec: &UpstreamSpec,
+    endpoint: usize,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<(u16, Vec<u8>), FetchError> {
+    let Some(target) = spec.endpoints.get(endpoint) else {
+        return Err(FetchError::Io(std::io::ErrorKind::NotFound.into()));
+    };
+    let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
+    let tls = spec.tls.as_ref().map(|tls| TlsTo {
+        config: &tls.config,
+        name: tls
+            .names
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::from(target.addr.ip())),
+    });
+    let mut stream = DeadlineStream::connect([target.addr], timeout, tls)?;
+    stream.deadline = Some(deadline);
+    let mut request = Vec::with_capacity(128 + path.len());
+    request.extend_from_slice(method.as_bytes());
+    request.push(b' ');
+    request.extend_from_slice(path.as_bytes());
+    request.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    match host {
+        Some(host) => request.extend_from_slice(host.as_bytes()),
+        None => request.extend_from_slice(&target.authority),
+    }
+    request.extend_from_slice(b"\r\nuser-agent: ringgate-health\r\nconnection: close\r\n\r\n");
+    stream.write_all(&request)?;
+    stream.flush()?;
+    read_answer(&mut stream, max_body, method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// Reads one response from `io`: its status and body (none after a HEAD).
+fn read_answer(
+    io: &mut impl Read,
+    max_body: usize,
+    head_request: bool,
+) -> Result<(u16, Vec<u8>), FetchError> {
     let mut buf = Vec::with_capacity(8192);
     let mut headers = Vec::new();
     let head = loop {
         let got = fill(io, &mut buf, MAX_HEAD + 1)?;
-        let parsed = parse_response(&buf, MAX_HEAD, 64, false, &mut headers)
+        let parsed = parse_response(&buf, MAX_HEAD, 64, head_request, &mut headers)
             .map_err(|_| FetchError::Malformed("bad head"))?;
         match parsed {
             Some(head) if head.is_interim() => {
@@ -105,20 +155,18 @@ fn read_answer(io: &mut impl Read, max_body: usize) -> Result<Vec<u8>, FetchErro
             None => {}
         }
     };
-    if head.status != 200 {
-        return Err(FetchError::Status(head.status));
-    }
+    let status = head.status;
     buf.drain(..head.len);
     let mut body = Collector::new(head.framing, max_body)?;
     loop {
         let used = body.feed(&buf)?;
         buf.drain(..used);
         if body.is_done() {
-            return Ok(body.into_body());
+            return Ok((status, body.into_body()));
         }
         if fill(io, &mut buf, 64 * 1024)? == 0 {
             body.closed()?;
-            return Ok(body.into_body());
+            return Ok((status, body.into_body()));
         }
     }
 }
@@ -168,7 +216,10 @@ mod tests {
                 Ok(1)
             }
         }
-        read_answer(&mut Trickle(bytes), max)
+        match read_answer(&mut Trickle(bytes), max, false)? {
+            (200, body) => Ok(body),
+            (status, _) => Err(FetchError::Status(status)),
+        }
     }
 
     #[test]

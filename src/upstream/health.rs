@@ -5,7 +5,33 @@
 //! HAProxy's `rise` / `fall`. The probing thread feeds it; workers only
 //! ever see the state it settles on.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+/// The endpoints health checks hold out of traffic, by upstream name and
+/// address: what the prober sends every worker whenever it changes (the
+/// whole set, so the latest message is the truth whatever came before).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownEndpoints(HashSet<(String, SocketAddr)>);
+
+impl DownEndpoints {
+    pub fn insert(&mut self, upstream: &str, addr: SocketAddr) {
+        self.0.insert((upstream.to_string(), addr));
+    }
+
+    pub fn contains(&self, upstream: &str, addr: SocketAddr) -> bool {
+        !self.0.is_empty() && self.0.contains(&(upstream.to_string(), addr))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
 
 /// How an upstream's endpoints are probed (`[upstreams.NAME.health_check]`).
 #[derive(Debug, Clone, PartialEq)]

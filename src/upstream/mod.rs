@@ -29,6 +29,8 @@ pub struct UpstreamState<C> {
     /// to the new generation, requests still running under the old one
     /// decrement the counts the balancer now reads.
     pub outstanding: Rc<[Cell<u32>]>,
+    /// Endpoints health checks hold out of traffic (`down[i]`).
+    pub down: Vec<bool>,
 }
 
 impl<C> UpstreamState<C> {
@@ -41,6 +43,15 @@ impl<C> UpstreamState<C> {
                 .map(|_| Pool::new(spec.pool_max_idle, spec.pool_idle_timeout))
                 .collect(),
             outstanding: spec.endpoints.iter().map(|_| Cell::new(0)).collect(),
+            down: vec![false; spec.endpoints.len()],
+        }
+    }
+
+    /// Marks the endpoints `down` names for this upstream out of traffic,
+    /// and every other one in.
+    pub fn apply_health(&mut self, spec: &UpstreamSpec, down: &health::DownEndpoints) {
+        for (flag, endpoint) in self.down.iter_mut().zip(&spec.endpoints) {
+            *flag = down.contains(&spec.name, endpoint.addr);
         }
     }
 

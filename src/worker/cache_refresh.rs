@@ -52,12 +52,15 @@ pub fn start(
             .lead(shard.cache_fetches.key(0, &fill.key)),
     );
     let spec = &snapshot.upstreams[upstream];
-    let (endpoint, in_flight) = pick_endpoint(
+    let Ok((endpoint, in_flight)) = pick_endpoint(
         ctx.generation,
         spec,
         upstream,
         consistent_hash_key(spec, client),
-    );
+    ) else {
+        // No healthy endpoint: the stale entry serves on.
+        return;
+    };
     let mut request = BytesMut::with_capacity(1024);
     build_request_head(
         &mut request,

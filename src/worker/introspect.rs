@@ -123,7 +123,8 @@ async fn call(
 ) -> Result<Vec<u8>, CallError> {
     let upstream = provider.upstream;
     let spec = &generation.snapshot.upstreams[upstream];
-    let (endpoint, _in_flight) = pick_endpoint(generation, spec, upstream, None);
+    let (endpoint, _in_flight) =
+        pick_endpoint(generation, spec, upstream, None).map_err(CallError::Connect)?;
     let mut request = Vec::with_capacity(512);
     provider.write_request(&mut request, &spec.endpoints[endpoint].authority, token);
     let answer =

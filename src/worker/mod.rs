@@ -49,6 +49,8 @@ pub enum Command {
     Reload(Arc<Snapshot>, Sender<usize>),
     /// Purge the cache shard; answer with how many objects matched.
     CachePurge(Arc<crate::cache::purge::Purge>, Sender<usize>),
+    /// The endpoints health checks now hold out of traffic (all of them).
+    EndpointHealth(Arc<crate::upstream::health::DownEndpoints>),
     /// Keys fetched from a JWKS URL (or the last good ones, after a
     /// failed fetch).
     Jwks(Arc<crate::auth::jwks::KeySet>),
@@ -262,6 +264,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                         store.counters.evictions,
                     ];
                     drop(store);
+                    report.endpoints_down = shard.down.borrow().len() as u64;
                     let _ = reply.send(report);
                 }
                 Command::AddListeners(sockets) => {
@@ -276,6 +279,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                 }
                 Command::RemoveListener(addr) => stop_accepting(&shard, addr),
                 Command::Jwks(set) => shard.jwks.install(set),
+                Command::EndpointHealth(down) => shard.set_down(down),
                 Command::CachePurge(purge, reply) => {
                     let _ = reply.send(shard.cache.borrow_mut().purge(&purge));
                 }

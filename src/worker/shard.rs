@@ -78,6 +78,19 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Marks the endpoints `down` names out of traffic in this
+    /// generation's upstreams.
+    pub fn apply_health(&self, down: &crate::upstream::health::DownEndpoints) {
+        for (state, spec) in self
+            .upstreams
+            .borrow_mut()
+            .iter_mut()
+            .zip(&self.snapshot.upstreams)
+        {
+            state.apply_health(spec, down);
+        }
+    }
+
     /// A generation for `snapshot`, taking over the pools and balancer of
     /// every upstream that `previous` ran unchanged (same name, endpoints,
     /// balancing and pool settings); changed and removed ones start fresh
@@ -198,6 +211,9 @@ pub struct Shard {
     /// Scratch buffers for cache keys (primary, secondary): building a
     /// key allocates nothing once they have grown.
     pub cache_keys: RefCell<(Vec<u8>, Vec<u8>)>,
+    /// Endpoints the health checks hold out of traffic, as the prober last
+    /// said; applied to every generation this worker installs.
+    pub down: RefCell<Arc<crate::upstream::health::DownEndpoints>>,
 }
 
 impl Shard {
@@ -223,7 +239,14 @@ impl Shard {
             cache_fetches: Default::default(),
             cache_refreshes: Cell::new(0),
             cache_keys: RefCell::new((Vec::with_capacity(256), Vec::with_capacity(64))),
+            down: Default::default(),
         }
+    }
+
+    /// The prober's latest word on which endpoints are down.
+    pub fn set_down(&self, down: Arc<crate::upstream::health::DownEndpoints>) {
+        *self.down.borrow_mut() = down;
+        self.generation().apply_health(&self.down.borrow());
     }
 
     /// The current generation (snapshot + upstream state).
@@ -236,6 +259,7 @@ impl Shard {
     pub fn reload(&self, snapshot: Arc<Snapshot>) {
         let previous = self.generation();
         let next = Generation::next(snapshot, Some(&previous), self.id);
+        next.apply_health(&self.down.borrow());
         self.metrics
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
         self.metrics

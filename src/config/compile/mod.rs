@@ -442,6 +442,85 @@ fn redact(cfg: &mut FileConfig) {
     }
 }
 
+/// `[upstreams.NAME.health_check]`: defaults, and bounds that keep a
+/// probe inside its interval.
+fn compile_health_check(
+    name: &str,
+    section: &Spanned<file::HealthCheckSection>,
+    errors: &mut Errors,
+) -> Option<crate::upstream::health::HealthCheck> {
+    use crate::upstream::health::{HealthCheck, Probe};
+    use std::time::Duration;
+    let h = section.get_ref();
+    let interval = h.interval.map_or(Duration::from_secs(5), |d| d.0);
+    let timeout = h.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    let jitter = h.jitter.map_or(interval / 10, |d| d.0);
+    if interval < Duration::from_millis(10) || timeout.is_zero() || timeout > interval {
+        errors.at(
+            section,
+            format!("upstream `{name}` health_check: interval must be at least 10ms and timeout between 0 and the interval"),
+        );
+        return None;
+    }
+    let probe = match h.kind.as_ref().map(|k| k.get_ref().as_str()) {
+        None | Some("http") => {
+            let path = h.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                errors.at(section, format!("upstream `{name}` health_check: path must start with / and hold no spaces or controls"));
+                return None;
+            }
+            let method = h.method.as_ref().map_or("GET", |m| m.get_ref().as_str());
+            if !is_token(method.as_bytes()) {
+                errors.at(
+                    section,
+                    format!(
+                        "upstream `{name}` health_check: method must be a token such as GET or HEAD"
+                    ),
+                );
+                return None;
+            }
+            let host = h.host.as_ref().map(|s| s.get_ref().clone());
+            if host
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.bytes().any(|b| b <= b' ' || b == 0x7f))
+            {
+                errors.at(
+                    section,
+                    format!("upstream `{name}` health_check: host must be a host name"),
+                );
+                return None;
+            }
+            if h.expected_statuses.iter().any(|s| !(100..=599).contains(s)) {
+                errors.at(section, format!("upstream `{name}` health_check: expected_statuses must be HTTP statuses (100-599)"));
+                return None;
+            }
+            Probe::Http {
+                method: method.to_string(),
+                path: path.to_string(),
+                host,
+                statuses: h.expected_statuses.clone(),
+                body: h.body_contains.clone(),
+            }
+        }
+        Some("tcp") => Probe::Tcp,
+        Some(_) => {
+            errors.at(
+                section,
+                format!("upstream `{name}` health_check: type must be \"http\" or \"tcp\""),
+            );
+            return None;
+        }
+    };
+    Some(HealthCheck {
+        probe,
+        interval,
+        jitter,
+        timeout,
+        healthy_threshold: h.healthy_threshold.unwrap_or(2).max(1),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3).max(1),
+    })
+}
+
 fn compile_upstream(
     name: &str,
     section: &Spanned<file::UpstreamSection>,
@@ -534,8 +613,17 @@ fn compile_upstream(
             }
         }
     });
+    let health_check = u
+        .health_check
+        .as_ref()
+        .and_then(|h| compile_health_check(name, h, errors));
     UpstreamSpec {
         tls,
+        health_check,
+        when_all_down: match u.when_all_down {
+            file::WhenAllDownSetting::Refuse => crate::snapshot::WhenAllDown::Refuse,
+            file::WhenAllDownSetting::FailOpen => crate::snapshot::WhenAllDown::FailOpen,
+        },
         name: name.to_string(),
         endpoints,
         balance,

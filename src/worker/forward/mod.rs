@@ -96,12 +96,18 @@ pub async fn forward(
     fill: Option<&crate::worker::phase::cache::Fill>,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
-    let (endpoint, _in_flight) = pick_endpoint(
+    let (endpoint, _in_flight) = match pick_endpoint(
         ctx.generation,
         spec,
         upstream,
         consistent_hash_key(spec, client),
-    );
+    ) {
+        Ok(picked) => picked,
+        // Nothing was read of a body: the connection closes if it has one.
+        Err(failure) => {
+            return ProxyOutcome::failed(failure, ctx.head.framing == BodyFraming::None);
+        }
+    };
     let trip = Trip {
         shard: ctx.shard,
         generation: ctx.generation,

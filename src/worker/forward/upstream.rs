@@ -7,7 +7,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use crate::failure::Failure;
-use crate::snapshot::{Balance, HashKey, UpstreamSpec};
+use crate::snapshot::{Balance, HashKey, UpstreamSpec, WhenAllDown};
 use crate::transport::{TlsStream, Transport};
 use crate::upstream::UpstreamConn;
 use crate::upstream::hash::stable_hash;
@@ -31,26 +31,37 @@ impl Drop for Outstanding {
 }
 
 /// Picks the endpoint for a request (`key_hash`: its consistent-hash
-/// key, if the upstream balances by one) and counts it in flight until the
-/// returned guard drops.
+/// key, if the upstream balances by one), never one the health checks
+/// hold down, and counts it in flight until the returned guard drops.
+/// With every endpoint down, `when_all_down` refuses
+/// (`NoHealthyEndpoint`) or picks among all of them.
 pub(in crate::worker) fn pick_endpoint(
     generation: &Generation,
     spec: &UpstreamSpec,
     upstream: usize,
     key_hash: Option<u64>,
-) -> (usize, Outstanding) {
+) -> Result<(usize, Outstanding), Failure> {
     let mut ups = generation.upstreams.borrow_mut();
     let state = &mut ups[upstream];
-    let endpoint = state.balancer.pick(spec, &state.outstanding, key_hash, &[]);
+    // Every endpoint down: the upstream's policy says refuse or fail open.
+    let all_down = state.down.iter().all(|d| *d) && !state.down.is_empty();
+    let down: &[bool] = match (all_down, spec.when_all_down) {
+        (false, _) => &state.down,
+        (true, WhenAllDown::FailOpen) => &[],
+        (true, WhenAllDown::Refuse) => return Err(Failure::NoHealthyEndpoint),
+    };
+    let endpoint = state
+        .balancer
+        .pick(spec, &state.outstanding, key_hash, down);
     let slot = &state.outstanding[endpoint];
     slot.set(slot.get() + 1);
-    (
+    Ok((
         endpoint,
         Outstanding {
             counts: state.outstanding.clone(),
             endpoint,
         },
-    )
+    ))
 }
 
 /// The client request's consistent-hash key, if `spec` balances by one.
