@@ -333,7 +333,7 @@ mod tests {
             ),
             Err(NotStored::Method)
         );
-        for status in [101, 206] {
+        for status in [101, 199, 206, 304, 600] {
             assert_eq!(
                 store_plan(
                     &r,
@@ -347,17 +347,20 @@ mod tests {
             );
         }
         // Explicit freshness makes any final status storable.
-        assert!(
-            store_plan(
-                &r,
-                &req,
-                true,
-                &response(302, "max-age=60", &Vary::Nothing),
-                1000,
-                1000
-            )
-            .is_ok()
-        );
+        for status in [200, 302, 599] {
+            assert!(
+                store_plan(
+                    &r,
+                    &req,
+                    true,
+                    &response(status, "max-age=60", &Vary::Nothing),
+                    1000,
+                    1000
+                )
+                .is_ok(),
+                "{status}"
+            );
+        }
         let mut cookie = response(200, "max-age=60", &Vary::Nothing);
         cookie.set_cookie = true;
         assert_eq!(
