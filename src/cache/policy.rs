@@ -498,6 +498,13 @@ mod tests {
         no_validator.etag = None;
         no_validator.last_modified = None;
         assert_eq!(serve(&no_validator, &req(""), true, 1061), Serve::Miss);
+        // Either validator alone is enough to revalidate.
+        let mut etag_only = variant(60, 0, 0);
+        etag_only.last_modified = None;
+        assert_eq!(serve(&etag_only, &req(""), true, 1061), Serve::Revalidate);
+        let mut date_only = variant(60, 0, 0);
+        date_only.etag = None;
+        assert_eq!(serve(&date_only, &req(""), true, 1061), Serve::Revalidate);
         let mut must = variant(60, 30, 0);
         must.must_revalidate = true;
         assert_eq!(serve(&must, &req(""), true, 1061), Serve::Revalidate);
