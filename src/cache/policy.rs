@@ -547,6 +547,9 @@ mod tests {
         must.must_revalidate = true;
         assert!(!usable_on_error(&must, 1061));
         assert!(!usable_on_error(&variant(60, 0, 0), 1061));
+        // No stale-if-error window: not even at the moment it goes stale.
+        assert!(!usable_on_error(&variant(60, 0, 0), 1060));
+        assert!(!usable_on_error(&variant(60, 0, 0), 1000));
     }
 
     #[test]
@@ -572,5 +575,7 @@ mod tests {
         assert!(!not_modified(&v, &cond(None, Some(899))));
         assert!(!not_modified(&v, &cond(None, None)));
         assert!(!weak_eq(b"v1", b"v1"), "unquoted tags are not tags");
+        assert!(!weak_eq(b"\"v1", b"\"v1"), "a tag needs its closing quote");
+        assert!(!weak_eq(b"v1\"", b"v1\""), "and its opening one");
     }
 }
