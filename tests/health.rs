@@ -49,21 +49,30 @@ fn probes(e: &Endpoint) -> usize {
         .count()
 }
 
-fn gateway(endpoints: &[&Endpoint], extra: &str) -> Gateway {
+/// The gateway's config: `extra` lines under the upstream, and its
+/// health check unless `checked` is false.
+fn gateway_config(endpoints: &[&Endpoint], extra: &str, checked: bool) -> String {
     let list: Vec<String> = endpoints
         .iter()
         .map(|e| format!("\"{}\"", e.upstream.addr))
         .collect();
-    Gateway::start(
-        &config(
-            "epoll",
-            &format!(
-                "[admin]\nbind = \"127.0.0.1:0\"\n\n[upstreams.app]\nendpoints = [{}]\n{extra}\n[upstreams.app.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\njitter = \"0s\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
-                list.join(", ")
-            ),
-        )
-        .replace("workers = 1", "workers = 2"),
+    let check = if checked {
+        "[upstreams.app.health_check]\npath = \"/healthz\"\ninterval = \"200ms\"\njitter = \"0s\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n"
+    } else {
+        ""
+    };
+    config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[upstreams.app]\nendpoints = [{}]\n{extra}\n{check}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            list.join(", ")
+        ),
     )
+    .replace("workers = 1", "workers = 2")
+}
+
+fn gateway(endpoints: &[&Endpoint], extra: &str) -> Gateway {
+    Gateway::start(&gateway_config(endpoints, extra, true))
 }
 
 fn get(gw: &Gateway, path: &str) -> common::Response {
@@ -160,4 +169,29 @@ fn with_every_endpoint_down_the_upstream_refuses_or_fails_open() {
     let open = gateway(&[&a, &b], "when_all_down = \"fail_open\"\n");
     common::wait_until(WAIT, "both down", || workers_hold_down(&open, 2));
     assert_eq!(get(&open, "/x").status, 200);
+}
+
+#[test]
+fn a_reload_that_drops_the_health_check_puts_every_endpoint_back() {
+    let (a, b) = (endpoint("a"), endpoint("b"));
+    b.healthy.store(false, Ordering::SeqCst);
+    let gw = gateway(&[&a, &b], "");
+    common::wait_until(WAIT, "b held down", || workers_hold_down(&gw, 1));
+    let path = gw.log.with_file_name("gateway.toml");
+    std::fs::write(&path, gateway_config(&[&a, &b], "", false)).unwrap();
+    let r = request(
+        gw.admin.unwrap(),
+        b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    common::wait_until(WAIT, "b released", || {
+        let metrics = common::get(gw.admin.unwrap(), "/metrics").text();
+        // Without health checks the gauge is gone: every worker's set is
+        // empty once the prober's word reaches it.
+        !metrics.contains("ringgate_upstream_endpoint_healthy") && state_of(&gw, &b) == "unchecked"
+    });
+    common::wait_until(WAIT, "b gets traffic again", || {
+        get(&gw, "/x");
+        traffic(&b) > 0
+    });
 }

@@ -70,6 +70,8 @@ fn run(
     board: Board,
 ) {
     let mut tracked: HashMap<(String, SocketAddr), Tracked> = HashMap::new();
+    // What the workers were last told.
+    let mut told = DownEndpoints::default();
     let mut rng = seed();
     loop {
         retrack(&snapshot, &mut tracked);
@@ -89,7 +91,6 @@ fn run(
             .collect();
         if !due.is_empty() {
             let results = probe_all(&snapshot, &due);
-            let mut changed = false;
             for ((u, i), result) in due.into_iter().zip(results) {
                 let spec = &snapshot.upstreams[u];
                 let Some(check) = &spec.health_check else {
@@ -104,7 +105,6 @@ fn run(
                     Err(_) => t.report.checks_failed += 1,
                 }
                 if let Some(up) = t.report.health.record(result, check) {
-                    changed = true;
                     t.report.transitions += 1;
                     if up {
                         tracing::info!(upstream = %spec.name, endpoint = %addr, "endpoint healthy again: back in traffic");
@@ -114,9 +114,7 @@ fn run(
                 }
                 t.due = Instant::now() + check.interval + jitter(&mut rng, check.jitter);
             }
-            if changed {
-                broadcast(&tracked, &workers);
-            }
+            tell(&tracked, &mut told, &workers);
             publish(&snapshot, &tracked, &board);
         }
         let next = tracked
@@ -133,11 +131,9 @@ fn run(
                 while let Ok(newer) = updates.try_recv() {
                     snapshot = newer;
                 }
-                let before = tracked.len();
+                // Endpoints no longer checked are no longer held down.
                 retrack(&snapshot, &mut tracked);
-                if tracked.len() != before {
-                    broadcast(&tracked, &workers);
-                }
+                tell(&tracked, &mut told, &workers);
                 publish(&snapshot, &tracked, &board);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -220,12 +216,21 @@ fn probe_one(spec: &UpstreamSpec, i: usize) -> Result<(), String> {
     }
 }
 
-/// Tells every worker which endpoints are down now.
-fn broadcast(tracked: &HashMap<(String, SocketAddr), Tracked>, workers: &[Sender<Command>]) {
+/// Tells every worker which endpoints are down now, if that is not what
+/// they were last told (`told`).
+fn tell(
+    tracked: &HashMap<(String, SocketAddr), Tracked>,
+    told: &mut DownEndpoints,
+    workers: &[Sender<Command>],
+) {
     let mut down = DownEndpoints::default();
     for t in tracked.values().filter(|t| !t.report.health.up) {
         down.insert(&t.report.upstream, t.report.addr);
     }
+    if down == *told {
+        return;
+    }
+    *told = down.clone();
     let down = Arc::new(down);
     for w in workers {
         let _ = w.send(Command::EndpointHealth(down.clone()));
