@@ -653,6 +653,9 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
             }
         }
         let cc = "max-age=1, stale-while-revalidate=60";
+        if r.target == "/failing" && r.header("if-none-match").is_some() {
+            return Reply::Ok(500, vec![], b"boom".to_vec());
+        }
         if r.target == "/confirmed" && r.header("if-none-match") == Some("\"v5\"") {
             return Reply::Ok(
                 304,
@@ -732,6 +735,23 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
     let r = get(gw.addr, "/confirmed", "");
     assert_eq!(r.text(), "version 5");
     assert_eq!(up.request_count(), 6);
+
+    // A refresh answered 5xx leaves the stale entry serving.
+    assert_eq!(get(gw.addr, "/failing", "").text(), "version 7");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(get(gw.addr, "/failing", "").text(), "version 7");
+    common::wait_until(wait, "the failed refresh is counted", || {
+        common::get(gw.admin.unwrap(), "/metrics").text().contains(
+            "ringgate_cache_revalidations_total{worker=\"0\",mode=\"background\",result=\"failed\"} 1\n",
+        )
+    });
+    let r = get(gw.addr, "/failing", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "version 7"));
+    assert!(
+        r.header("cache-status")
+            .unwrap()
+            .ends_with("detail=stale-while-revalidate")
+    );
     let metrics = common::get(gw.admin.unwrap(), "/metrics").text();
     for line in [
         "ringgate_cache_revalidations_total{worker=\"0\",mode=\"background\",result=\"modified\"} 2",
