@@ -63,18 +63,7 @@ pub fn get(
     path: &str,
     max_body: usize,
 ) -> Result<Vec<u8>, FetchError> {
-    let Some(target) = spec.endpoints.get(endpoint) else {
-        return Err(FetchError::Io(std::io::ErrorKind::NotFound.into()));
-    };
-    let tls = spec.tls.as_ref().map(|tls| TlsTo {
-        config: &tls.config,
-        name: tls
-            .names
-            .get(endpoint)
-            .cloned()
-            .unwrap_or_else(|| rustls::pki_types::ServerName::from(target.addr.ip())),
-    });
-    let mut stream = DeadlineStream::connect([target.addr], spec.connect_timeout, tls)?;
+    let (target, mut stream) = connect(spec, endpoint, spec.connect_timeout)?;
     stream.deadline = Some(Instant::now() + spec.response_timeout.max(Duration::from_millis(1)));
     let mut request = Vec::with_capacity(128 + path.len());
     request.extend_from_slice(b"GET ");
@@ -105,19 +94,8 @@ pub fn probe(
     timeout: Duration,
     max_body: usize,
 ) -> Result<(u16, Vec<u8>), FetchError> {
-    let Some(target) = spec.endpoints.get(endpoint) else {
-        return Err(FetchError::Io(std::io::ErrorKind::NotFound.into()));
-    };
     let deadline = Instant::now() + timeout.max(Duration::from_millis(1));
-    let tls = spec.tls.as_ref().map(|tls| TlsTo {
-        config: &tls.config,
-        name: tls
-            .names
-            .get(endpoint)
-            .cloned()
-            .unwrap_or_else(|| rustls::pki_types::ServerName::from(target.addr.ip())),
-    });
-    let mut stream = DeadlineStream::connect([target.addr], timeout, tls)?;
+    let (target, mut stream) = connect(spec, endpoint, timeout)?;
     stream.deadline = Some(deadline);
     let mut request = Vec::with_capacity(128 + path.len());
     request.extend_from_slice(method.as_bytes());
@@ -132,6 +110,30 @@ pub fn probe(
     stream.write_all(&request)?;
     stream.flush()?;
     read_answer(&mut stream, max_body, method.eq_ignore_ascii_case("HEAD"))
+}
+
+/// A connection to `spec`'s endpoint `endpoint` (TLS as the upstream
+/// says), made within `timeout`.
+fn connect(
+    spec: &UpstreamSpec,
+    endpoint: usize,
+    timeout: Duration,
+) -> Result<(&crate::snapshot::EndpointSpec, DeadlineStream), FetchError> {
+    let Some(target) = spec.endpoints.get(endpoint) else {
+        return Err(FetchError::Io(std::io::ErrorKind::NotFound.into()));
+    };
+    let tls = spec.tls.as_ref().map(|tls| TlsTo {
+        config: &tls.config,
+        name: tls
+            .names
+            .get(endpoint)
+            .cloned()
+            .unwrap_or_else(|| rustls::pki_types::ServerName::from(target.addr.ip())),
+    });
+    Ok((
+        target,
+        DeadlineStream::connect([target.addr], timeout, tls)?,
+    ))
 }
 
 /// Reads one response from `io`: its status and body (none after a HEAD).
