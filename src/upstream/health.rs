@@ -179,6 +179,21 @@ mod tests {
     }
 
     #[test]
+    fn the_down_set_is_by_upstream_and_address() {
+        let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let mut down = DownEndpoints::default();
+        assert!(down.is_empty() && !down.contains("api", a));
+        down.insert("api", a);
+        down.insert("api", a);
+        assert_eq!(down.len(), 1);
+        assert!(!down.is_empty());
+        assert!(down.contains("api", a));
+        assert!(!down.contains("api", b), "another address");
+        assert!(!down.contains("web", a), "another upstream");
+    }
+
+    #[test]
     fn a_threshold_of_zero_or_one_moves_at_once() {
         for t in [0, 1] {
             let mut h = EndpointHealth::default();
