@@ -184,6 +184,7 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:9001".parse().unwrap();
         let mut down = DownEndpoints::default();
         assert!(down.is_empty() && !down.contains("api", a));
+        assert_eq!(down.len(), 0);
         down.insert("api", a);
         down.insert("api", a);
         assert_eq!(down.len(), 1);
@@ -191,6 +192,9 @@ mod tests {
         assert!(down.contains("api", a));
         assert!(!down.contains("api", b), "another address");
         assert!(!down.contains("web", a), "another upstream");
+        down.insert("api", b);
+        assert_eq!(down.len(), 2);
+        assert!(down.contains("api", b));
     }
 
     #[test]
