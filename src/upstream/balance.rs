@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn power_of_two_does_not_herd_onto_the_least_loaded_and_keyless_hashing_rotates() {
+        // Two random choices: the idle endpoint wins only when drawn, about
+        // half the time with four endpoints, not every time.
+        let s = spec(Balance::PowerOfTwo, &[1, 1, 1, 1]);
+        let mut b = Balancer::new(&s, 11);
+        let loads = [0, 5, 5, 5].map(std::cell::Cell::new);
+        let idle = (0..1000)
+            .filter(|_| b.pick(&s, &loads, None, &[]) == 0)
+            .count();
+        assert!((350..650).contains(&idle), "{idle}");
+        // Consistent hashing without a key: round robin, busy or not.
+        let s = spec(Balance::ConsistentHash, &[1, 1, 1]);
+        let mut b = Balancer::new(&s, 0);
+        let loads = [5, 0, 0].map(std::cell::Cell::new);
+        let busy = (0..300)
+            .filter(|_| b.pick(&s, &loads, None, &[]) == 0)
+            .count();
+        assert_eq!(busy, 100);
+    }
+
+    #[test]
     fn every_policy_skips_endpoints_that_are_down() {
         let down = [false, true, false, false];
         for balance in [
