@@ -277,6 +277,9 @@ mod tests {
             .filter(|_| b.pick(&s, &loads, None, &[]) == 0)
             .count();
         assert_eq!(busy, 100);
+        // ... but never onto an endpoint that is down.
+        let zero = [0, 0, 0].map(std::cell::Cell::new);
+        assert!((0..300).all(|_| b.pick(&s, &zero, None, &[true, false, false]) != 0));
     }
 
     #[test]
