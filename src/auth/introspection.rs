@@ -163,14 +163,7 @@ fn issuer_and_audience_match(claims: &Map<String, Value>, rules: &ClaimRules) ->
 /// `application/x-www-form-urlencoded` (the unreserved characters as they
 /// are, everything else percent-encoded).
 fn form_encode(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
-    }
+    crate::http::form::percent_encode(out, bytes, b"");
 }
 
 /// Standard base64 with padding (RFC 4648 §4).

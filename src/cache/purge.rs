@@ -87,19 +87,21 @@ impl Purge {
 impl Purge {
     /// The purge as the query string `from_query` reads back.
     pub fn to_query(&self) -> String {
-        let mut out = String::from("path=");
-        percent_encode(&mut out, &self.path);
+        use crate::http::form::percent_encode;
+        let mut out = b"path=".to_vec();
+        percent_encode(&mut out, &self.path, b"/");
         if let Some(host) = &self.host {
-            out.push_str("&host=");
-            percent_encode(&mut out, host);
+            out.extend_from_slice(b"&host=");
+            percent_encode(&mut out, host, b"/");
         }
         if self.prefix {
-            out.push_str("&prefix=true");
+            out.extend_from_slice(b"&prefix=true");
         }
         if self.soft {
-            out.push_str("&soft=true");
+            out.extend_from_slice(b"&soft=true");
         }
-        out
+        // Percent-encoding leaves only ASCII.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// What a node publishes for the others: its name, a space, the purge.
@@ -115,17 +117,6 @@ impl Purge {
             .ok_or("no node name")?;
         let node = std::str::from_utf8(&message[..at]).map_err(|_| "node name not UTF-8")?;
         Ok((node, Purge::from_query(&message[at + 1..])?))
-    }
-}
-
-/// Everything but unreserved characters and `/` escaped.
-fn percent_encode(out: &mut String, bytes: &[u8]) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
 }
 

@@ -112,7 +112,11 @@ fn run(
                         tracing::warn!(upstream = %spec.name, endpoint = %addr, reason = t.report.health.last_failure.as_deref().unwrap_or(""), "endpoint unhealthy: out of traffic");
                     }
                 }
-                t.due = Instant::now() + check.interval + jitter(&mut rng, check.jitter);
+                t.due = next_due(
+                    check
+                        .interval
+                        .saturating_add(jitter(&mut rng, check.jitter)),
+                );
             }
             tell(&tracked, &mut told, &workers);
             publish(&snapshot, &tracked, &board);
@@ -370,7 +374,16 @@ fn jitter(state: &mut u64, max: Duration) -> Duration {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
-    Duration::from_nanos(r % (max.as_nanos() as u64 + 1))
+    let bound = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(r % bound.saturating_add(1))
+}
+
+/// `wait` from now; an interval too long for the clock (a config can say
+/// "100000000d") waits a year instead of overflowing `Instant`.
+fn next_due(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 #[cfg(test)]
@@ -385,5 +398,8 @@ mod tests {
         let draws: Vec<Duration> = (0..1000).map(|_| jitter(&mut s, max)).collect();
         assert!(draws.iter().all(|d| *d <= max));
         assert!(draws.iter().any(|d| *d > max / 2) && draws.iter().any(|d| *d < max / 2));
+        // Bounds a config can reach must not overflow.
+        assert!(jitter(&mut s, Duration::MAX) <= Duration::MAX);
+        assert!(next_due(Duration::MAX) > Instant::now());
     }
 }

@@ -9,6 +9,7 @@
 pub mod chunked;
 pub mod collect;
 pub mod date;
+pub mod form;
 pub mod request;
 pub mod response;
 pub mod target;
