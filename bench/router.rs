@@ -125,6 +125,7 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         tls: None,
         health_check: None,
         when_all_down: ringgate::snapshot::WhenAllDown::Refuse,
+        retry_budget: Default::default(),
     }
 }
 

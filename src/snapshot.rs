@@ -122,6 +122,8 @@ pub struct UpstreamSpec {
     pub health_check: Option<crate::upstream::health::HealthCheck>,
     /// What a request gets when every endpoint is down.
     pub when_all_down: WhenAllDown,
+    /// How many retries routes may make of this upstream's traffic.
+    pub retry_budget: crate::upstream::retry::BudgetRule,
 }
 
 /// An upstream whose endpoints are all down: refuse (503 with
@@ -207,6 +209,9 @@ pub struct Route {
     pub auth: Option<RouteAuth>,
     /// The response cache, when the route uses it.
     pub cache: Option<Box<crate::cache::policy::RouteCache>>,
+    /// Which failed tries are tried again (`None`: only a stale pooled
+    /// connection is).
+    pub retry: Option<Box<crate::upstream::retry::RetryPolicy>>,
 }
 
 /// A route's authentication requirement.

@@ -547,6 +547,7 @@ mod tests {
                 tls: None,
                 health_check: None,
                 when_all_down: crate::snapshot::WhenAllDown::Refuse,
+                retry_budget: Default::default(),
             },
             path: "/jwks".into(),
             refresh: REFRESH,

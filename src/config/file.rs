@@ -595,6 +595,9 @@ pub struct UpstreamSection {
     /// "refuse" (503, the default) or "fail_open" when every endpoint is down.
     #[serde(default)]
     pub when_all_down: WhenAllDownSetting,
+    /// How many retries routes may make of this upstream's traffic.
+    #[serde(default)]
+    pub retry_budget: Option<Spanned<RetryBudgetSection>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -603,6 +606,53 @@ pub enum WhenAllDownSetting {
     #[default]
     Refuse,
     FailOpen,
+}
+
+/// A route's `retry = { ... }`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Tries in all, the first included (default 3).
+    #[serde(default)]
+    pub attempts: Option<Spanned<u32>>,
+    /// "connect-failure", "reset", "timeout", or a status such as "503"
+    /// (default: connect-failure, reset, timeout, 502, 503, 504).
+    #[serde(default)]
+    pub on: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub per_try_timeout: Option<HumanDuration>,
+    /// The whole request's bound to its response head, every try included.
+    #[serde(default)]
+    pub deadline: Option<HumanDuration>,
+    #[serde(default)]
+    pub backoff: Option<BackoffSection>,
+    /// Retry POST and other non-idempotent requests after they were sent.
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Largest request body kept to replay (default 64KiB, at most 1MiB).
+    #[serde(default)]
+    pub max_body: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSection {
+    #[serde(default)]
+    pub base: Option<HumanDuration>,
+    #[serde(default)]
+    pub max: Option<HumanDuration>,
+}
+
+/// `[upstreams.NAME.retry_budget]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    /// Retries at most this percentage of requests (default 20).
+    #[serde(default)]
+    pub percent: Option<Spanned<u32>>,
+    /// Plus this many a second, per worker (default 10).
+    #[serde(default)]
+    pub min_per_second: Option<u32>,
 }
 
 /// `[upstreams.NAME.health_check]`.
@@ -756,6 +806,9 @@ pub struct RouteSection {
     /// Cache this route's responses (docs/cache.md).
     #[serde(default)]
     pub cache: Option<Spanned<RouteCacheSection>>,
+    /// Retry failed tries on another endpoint (docs/resilience.md).
+    #[serde(default)]
+    pub retry: Option<Spanned<RetrySection>>,
     #[serde(default)]
     pub request_headers: HeaderEdits,
     #[serde(default)]

@@ -75,6 +75,10 @@ pub const CACHE_REVALIDATIONS: usize = 6;
 pub struct EndpointCounts {
     pub connects: u64,
     pub connect_failures: u64,
+    /// Failed tries on this endpoint that a route's retry policy retried.
+    pub retried: u64,
+    /// Failed tries on this endpoint not retried for want of retry budget.
+    pub budget_refused: u64,
 }
 
 /// A worker's live metrics. Single writer: the worker's own thread.
@@ -321,6 +325,26 @@ impl WorkerMetrics {
     }
 
     #[inline]
+    /// A route's retry policy wanted to retry a try that failed on this
+    /// endpoint; `granted`: the upstream's retry budget allowed it.
+    pub fn policy_retry(&self, upstream: usize, endpoint: usize, granted: bool) {
+        if granted {
+            bump(&self.upstream_retries);
+        }
+        if let Some(e) = self
+            .endpoints
+            .borrow_mut()
+            .get_mut(upstream)
+            .and_then(|u| u.get_mut(endpoint))
+        {
+            if granted {
+                e.retried += 1;
+            } else {
+                e.budget_refused += 1;
+            }
+        }
+    }
+
     pub fn connect(&self, upstream: usize, endpoint: usize, ok: bool) {
         if let Some(e) = self
             .endpoints

@@ -422,6 +422,24 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     });
     header(
         &mut out,
+        UPSTREAM_ENDPOINT_RETRIES,
+        "counter",
+        "Failed tries on the endpoint that a route's retry policy tried again.",
+    );
+    endpoint_series(&mut out, UPSTREAM_ENDPOINT_RETRIES, &|r, u, e| {
+        r.endpoints.get(u)?.get(e).map(|c| c.retried)
+    });
+    header(
+        &mut out,
+        UPSTREAM_RETRY_BUDGET_EXHAUSTED,
+        "counter",
+        "Failed tries on the endpoint not retried because the upstream's retry budget was spent.",
+    );
+    endpoint_series(&mut out, UPSTREAM_RETRY_BUDGET_EXHAUSTED, &|r, u, e| {
+        r.endpoints.get(u)?.get(e).map(|c| c.budget_refused)
+    });
+    header(
+        &mut out,
         UPSTREAM_IDLE,
         "gauge",
         "Idle pooled upstream connections.",
@@ -449,7 +467,7 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
         &mut out,
         UPSTREAM_RETRIES,
         "counter",
-        "Requests retried once after a stale pooled connection.",
+        "Retries: after a stale pooled connection, or by a route's retry policy.",
     );
     let _ = writeln!(out, "{UPSTREAM_RETRIES} {}", total(|r| r.upstream_retries));
     header(

@@ -35,7 +35,7 @@ impl Balancer {
     }
 
     #[inline]
-    fn random(&mut self) -> u64 {
+    pub fn random(&mut self) -> u64 {
         // xorshift64*: fast and good enough to pick between two endpoints.
         let mut x = self.rng;
         x ^= x >> 12;
@@ -186,6 +186,7 @@ mod tests {
             tls: None,
             health_check: None,
             when_all_down: crate::snapshot::WhenAllDown::Refuse,
+            retry_budget: Default::default(),
         }
     }
 

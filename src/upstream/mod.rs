@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod hash;
 pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -31,6 +32,8 @@ pub struct UpstreamState<C> {
     pub outstanding: Rc<[Cell<u32>]>,
     /// Endpoints health checks hold out of traffic (`down[i]`).
     pub down: Vec<bool>,
+    /// How many retries this worker may still make to this upstream.
+    pub retry_budget: retry::RetryBudget,
 }
 
 impl<C> UpstreamState<C> {
@@ -44,6 +47,7 @@ impl<C> UpstreamState<C> {
                 .collect(),
             outstanding: spec.endpoints.iter().map(|_| Cell::new(0)).collect(),
             down: vec![false; spec.endpoints.len()],
+            retry_budget: retry::RetryBudget::new(spec.retry_budget),
         }
     }
 

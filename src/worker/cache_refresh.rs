@@ -57,6 +57,7 @@ pub fn start(
         spec,
         upstream,
         consistent_hash_key(spec, client),
+        0,
     ) else {
         // No healthy endpoint: the stale entry serves on.
         return;

@@ -124,7 +124,7 @@ async fn call(
     let upstream = provider.upstream;
     let spec = &generation.snapshot.upstreams[upstream];
     let (endpoint, _in_flight) =
-        pick_endpoint(generation, spec, upstream, None).map_err(CallError::Connect)?;
+        pick_endpoint(generation, spec, upstream, None, 0).map_err(CallError::Connect)?;
     let mut request = Vec::with_capacity(512);
     provider.write_request(&mut request, &spec.endpoints[endpoint].authority, token);
     let answer =

@@ -315,6 +315,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             last_sweep = now;
             for u in shard.generation().upstreams.borrow_mut().iter_mut() {
                 u.evict_expired(now);
+                u.retry_budget.second_passed();
             }
         }
     }

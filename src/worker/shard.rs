@@ -164,6 +164,7 @@ impl Generation {
 fn same_upstream(a: &crate::snapshot::UpstreamSpec, b: &crate::snapshot::UpstreamSpec) -> bool {
     a.name == b.name
         && a.balance == b.balance
+        && a.retry_budget == b.retry_budget
         && a.hash_key == b.hash_key
         && a.pool_max_idle == b.pool_max_idle
         && a.pool_idle_timeout == b.pool_idle_timeout

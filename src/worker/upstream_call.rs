@@ -67,9 +67,17 @@ pub async fn call(
     let mut allow_pooled = true;
     loop {
         let mut out = BytesMut::from(request);
-        let (mut conn, pooled) = acquire(shard, generation, spec, upstream, endpoint, allow_pooled)
-            .await
-            .map_err(CallError::Connect)?;
+        let (mut conn, pooled) = acquire(
+            shard,
+            generation,
+            spec,
+            upstream,
+            endpoint,
+            allow_pooled,
+            None,
+        )
+        .await
+        .map_err(CallError::Connect)?;
         let deadline = Instant::now() + spec.response_timeout;
         let sent = write_all_keep(&mut conn.stream, &mut out, spec.response_timeout).await;
         let answer = match sent {

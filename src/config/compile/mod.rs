@@ -17,6 +17,7 @@ use crate::snapshot::{
 use crate::upstream::hash::build_ring;
 
 mod auth;
+mod resilience;
 use auth::{compile_auth, compile_route_auth};
 
 struct Errors<'a> {
@@ -617,9 +618,11 @@ fn compile_upstream(
         .health_check
         .as_ref()
         .and_then(|h| compile_health_check(name, h, errors));
+    let retry_budget = resilience::compile_retry_budget(name, u.retry_budget.as_ref(), errors);
     UpstreamSpec {
         tls,
         health_check,
+        retry_budget,
         when_all_down: match u.when_all_down {
             file::WhenAllDownSetting::Refuse => crate::snapshot::WhenAllDown::Refuse,
             file::WhenAllDownSetting::FailOpen => crate::snapshot::WhenAllDown::FailOpen,
@@ -905,6 +908,12 @@ fn compile_route(
         .cache
         .as_ref()
         .and_then(|c| compile_route_cache(c, &action, named.max_object, errors));
+    let retry = r.retry.as_ref().and_then(|section| {
+        if !matches!(action, RouteAction::Proxy { .. }) {
+            errors.at(section, "retry needs a route with an upstream");
+        }
+        resilience::compile_retry(&name, section, errors).map(Box::new)
+    });
     if let Some(port) = &r.https_port {
         if !r.https_redirect {
             errors.at(port, "https_port needs https_redirect = true");
@@ -932,6 +941,7 @@ fn compile_route(
             .then(|| r.https_port.as_ref().map_or(443, |p| *p.get_ref())),
         auth,
         cache,
+        retry,
     };
     Some((
         route,

@@ -22,6 +22,7 @@ use crate::failure::Failure;
 use crate::http::{BodyFraming, RequestHead, ResponseFraming, ResponseHead, Version};
 use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 use crate::upstream::UpstreamConn;
+use crate::upstream::retry::TryFailure;
 
 use super::client::{Client, Exchange};
 use super::phase::RequestCtx;
@@ -85,8 +86,55 @@ struct Answered {
     sent_at: Instant,
 }
 
+/// The request as staged for one try: how much of the client's buffer it
+/// takes (head, and a body in hand), consumed once, when the exchange is
+/// settled, so a retry can stage it again for another endpoint.
+struct Staged {
+    /// Bytes of `client.buf` still to consume (0 once consumed).
+    unconsumed: usize,
+    /// Body bytes in `unconsumed`.
+    body: u64,
+    /// The whole request is in `client.out` and can be sent again.
+    in_hand: bool,
+}
+
+impl Staged {
+    fn consume(&mut self, client: &mut Client, exchange: &mut Exchange) {
+        if self.unconsumed > 0 {
+            client.buf.advance(self.unconsumed.min(client.buf.len()));
+            exchange.received += self.body;
+            self.unconsumed = 0;
+            self.body = 0;
+        }
+    }
+}
+
+/// A try that got no usable response head.
+struct TryFailed {
+    failure: Failure,
+    /// What a retry policy would call it; `None`: never retried (the
+    /// request or part of the answer is gone).
+    kind: Option<TryFailure>,
+    /// The request body was read to its end.
+    body_consumed: bool,
+}
+
+impl TryFailed {
+    fn final_(failure: Failure, body_consumed: bool) -> TryFailed {
+        TryFailed {
+            failure,
+            kind: None,
+            body_consumed,
+        }
+    }
+}
+
 /// Forwards the request to upstream `upstream` and relays the answer;
 /// with `fill` (a cached route's miss), stores it if the rules allow.
+/// A route's retry policy tries again, on another endpoint where there
+/// is one, until a try answers or the policy, its deadline or the
+/// upstream's retry budget says stop; nothing of the answer has reached
+/// the client before then.
 pub async fn forward(
     ctx: &RequestCtx<'_>,
     upstream: usize,
@@ -96,38 +144,168 @@ pub async fn forward(
     fill: Option<&crate::worker::phase::cache::Fill>,
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
-    let (endpoint, _in_flight) = match pick_endpoint(
-        ctx.generation,
-        spec,
-        upstream,
-        consistent_hash_key(spec, client),
-    ) {
-        Ok(picked) => picked,
-        // Nothing was read of a body: the connection closes if it has one.
-        Err(failure) => {
-            return ProxyOutcome::failed(failure, ctx.head.framing == BodyFraming::None);
-        }
-    };
-    let trip = Trip {
-        shard: ctx.shard,
-        generation: ctx.generation,
-        route: ctx.route,
-        head: ctx.head,
-        spec,
-        upstream,
-        endpoint,
-    };
-    let body_in_hand =
-        trip.stage_request(client, exchange, fill.and_then(|f| f.revalidate.as_ref()));
-    let answered = match trip
-        .send_and_await_head(client, body_in_hand, exchange)
-        .await
+    let policy = ctx.route.retry.as_deref();
+    let key_hash = consistent_hash_key(spec, client);
+    if let Some(policy) = policy
+        && let Err(failure) = keep_body_for_replay(ctx, client, policy.max_body).await
     {
-        Ok(answered) => answered,
-        Err(outcome) => return outcome,
+        client.buf.advance(ctx.head.len.min(client.buf.len()));
+        return ProxyOutcome::failed(failure, false);
+    }
+    let started = Instant::now();
+    let deadline = policy.and_then(|p| p.deadline).map(|d| started + d);
+    let idempotent = ctx.head.method.is_idempotent();
+    let mut avoid = 0u64;
+    let mut tries = 0u32;
+    let mut staged: Option<Staged> = None;
+    let mut last_failure: Option<TryFailed> = None;
+    loop {
+        tries += 1;
+        let (endpoint, in_flight) =
+            match pick_endpoint(ctx.generation, spec, upstream, key_hash, avoid) {
+                Ok(picked) => picked,
+                Err(failure) => {
+                    let failed = last_failure.unwrap_or(TryFailed::final_(
+                        failure,
+                        ctx.head.framing == BodyFraming::None,
+                    ));
+                    return settle_failed(client, exchange, staged, ctx.head, failed);
+                }
+            };
+        let trip = Trip {
+            shard: ctx.shard,
+            generation: ctx.generation,
+            route: ctx.route,
+            head: ctx.head,
+            spec,
+            upstream,
+            endpoint,
+        };
+        let mut this =
+            trip.stage_request(client, exchange, fill.and_then(|f| f.revalidate.as_ref()));
+        if !this.in_hand {
+            // Streamed: the head goes now and the body follows it.
+            this.consume(client, exchange);
+        }
+        let staged_now = staged.insert(this);
+        let try_deadline = match (policy.and_then(|p| p.per_try_timeout), deadline) {
+            (Some(per_try), Some(d)) => Some((Instant::now() + per_try).min(d)),
+            (Some(per_try), None) => Some(Instant::now() + per_try),
+            (None, d) => d,
+        };
+        let result = trip
+            .send_and_await_head(client, staged_now, exchange, try_deadline)
+            .await;
+        let kind = match &result {
+            Ok(answered) => Some(TryFailure::Status(answered.response.status)),
+            Err(failed) => failed.kind,
+        };
+        let retry_policy = policy.filter(|p| {
+            tries < p.attempts
+                && staged_now.in_hand
+                && kind.is_some_and(|k| p.wants(k, idempotent))
+                && deadline.is_none_or(|d| Instant::now() < d)
+        });
+        let retry_policy = retry_policy.filter(|_| {
+            let granted = ctx.generation.upstreams.borrow_mut()[upstream]
+                .retry_budget
+                .withdraw();
+            ctx.shard.metrics.policy_retry(upstream, endpoint, granted);
+            if !granted {
+                tracing::debug!(worker = ctx.shard.id, upstream = %spec.name, "retry budget exhausted");
+            }
+            granted
+        });
+        let Some(policy) = retry_policy else {
+            match result {
+                Ok(answered) => {
+                    staged_now.consume(client, exchange);
+                    return trip
+                        .relay_response(answered, client, close_after, exchange, fill)
+                        .await;
+                }
+                Err(failed) => return settle_failed(client, exchange, staged, ctx.head, failed),
+            }
+        };
+        // The failed try's connection (and any answer on it) is dropped.
+        if let Err(failed) = result {
+            last_failure = Some(failed);
+        }
+        // (Past 64 endpoints the last bit stands for the rest.)
+        avoid |= 1u64 << endpoint.min(63);
+        drop(in_flight);
+        let random = ctx.generation.upstreams.borrow_mut()[upstream]
+            .balancer
+            .random();
+        let mut wait = policy.backoff(tries, random);
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        if !wait.is_zero() {
+            monoio::time::sleep(wait).await;
+        }
+        tracing::debug!(worker = ctx.shard.id, upstream = %spec.name, try_ = tries + 1, "retrying on another endpoint");
+    }
+}
+
+/// The answer for a request whose last try failed: its bytes consumed,
+/// and whether its connection may go on.
+fn settle_failed(
+    client: &mut Client,
+    exchange: &mut Exchange,
+    staged: Option<Staged>,
+    head: &RequestHead,
+    failed: TryFailed,
+) -> ProxyOutcome {
+    match staged {
+        Some(mut staged) => staged.consume(client, exchange),
+        // Never staged: the head is still in the buffer.
+        None => client.buf.advance(head.len.min(client.buf.len())),
+    }
+    ProxyOutcome::failed(failed.failure, failed.body_consumed)
+}
+
+/// Reads the rest of a body of known length up to `max` bytes into the
+/// client's buffer, so that it can be replayed on a retry. Longer bodies,
+/// and bodies of unknown length, stream as usual and are not retried.
+async fn keep_body_for_replay(
+    ctx: &RequestCtx<'_>,
+    client: &mut Client,
+    max: u64,
+) -> Result<(), Failure> {
+    let BodyFraming::Length(n) = ctx.head.framing else {
+        return Ok(());
     };
-    trip.relay_response(answered, client, close_after, exchange, fill)
+    if n > max || ctx.head.expect_continue {
+        return Ok(());
+    }
+    let want = ctx.head.len + n as usize;
+    let limits = &ctx.snapshot().limits;
+    let deadline = Instant::now() + limits.body_timeout;
+    while client.buf.len() < want {
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .min(limits.body_read_timeout);
+        if remaining.is_zero() {
+            return Err(Failure::BadRequestBody("request body timed out"));
+        }
+        let need = want - client.buf.len();
+        match crate::transport::read_more_timed(
+            &mut client.stream,
+            &mut client.buf,
+            need,
+            remaining,
+        )
         .await
+        {
+            Ok(_) => {}
+            Err(IoFailure::TimedOut) => {
+                return Err(Failure::BadRequestBody("request body timed out"));
+            }
+            Err(_) => return Err(Failure::BadRequestBody("client went away")),
+        }
+    }
+    Ok(())
 }
 
 impl Trip<'_> {
@@ -136,15 +314,15 @@ impl Trip<'_> {
     }
 
     /// Writes the upstream request head into the client's output buffer,
-    /// consumes the client's head, and appends a small body that has
-    /// already arrived (so head and body go in one write, and can be
-    /// replayed). Returns whether the whole request is now in hand.
+    /// and after it a body that has fully arrived if it is small (so head
+    /// and body go in one write, and can be replayed). The client's buffer
+    /// is not consumed: the returned `Staged` says how much to consume.
     fn stage_request(
         &self,
         client: &mut Client,
-        exchange: &mut Exchange,
+        exchange: &Exchange,
         revalidation: Option<&crate::worker::phase::cache::Revalidation>,
-    ) -> bool {
+    ) -> Staged {
         let mut out = std::mem::take(&mut client.out);
         out.clear();
         request_head::build_request_head(
@@ -158,28 +336,38 @@ impl Trip<'_> {
             revalidation,
         );
         client.out = out;
-        client.buf.advance(self.head.len);
-        match self.head.framing {
-            BodyFraming::None => true,
-            BodyFraming::Length(n) if n <= INLINE_BODY_MAX && client.buf.len() as u64 >= n => {
-                let n = n as usize;
-                client.out.extend_from_slice(&client.buf[..n]);
-                client.buf.advance(n);
-                exchange.received += n as u64;
-                true
+        let after_head = client.buf.len().saturating_sub(self.head.len) as u64;
+        let (body, in_hand) = match self.head.framing {
+            BodyFraming::None => (0, true),
+            BodyFraming::Length(n)
+                if after_head >= n && (n <= INLINE_BODY_MAX || self.route.retry.is_some()) =>
+            {
+                let at = self.head.len;
+                client
+                    .out
+                    .extend_from_slice(&client.buf[at..at + n as usize]);
+                (n, true)
             }
-            _ => false,
+            _ => (0, false),
+        };
+        Staged {
+            unconsumed: self.head.len + body as usize,
+            body,
+            in_hand,
         }
     }
 
     /// Sends the staged request (and streams a body not in hand), then
-    /// reads the final response head; retries once per the module's rule.
+    /// reads the final response head before `deadline` (if given);
+    /// retries a stale pooled connection once per the module's rule.
     async fn send_and_await_head(
         &self,
         client: &mut Client,
-        body_in_hand: bool,
+        staged: &mut Staged,
         exchange: &mut Exchange,
-    ) -> Result<Answered, ProxyOutcome> {
+        deadline: Option<Instant>,
+    ) -> Result<Answered, TryFailed> {
+        let body_in_hand = staged.in_hand;
         let write_timeout = self.snapshot().limits.idle_timeout;
         let mut attempt = 0;
         loop {
@@ -190,15 +378,24 @@ impl Trip<'_> {
                 self.upstream,
                 self.endpoint,
                 attempt == 0,
+                deadline,
             )
             .await
-            .map_err(|failure| ProxyOutcome::failed(failure, body_in_hand))?;
+            .map_err(|failure| TryFailed {
+                failure,
+                kind: Some(TryFailure::Connect),
+                body_consumed: body_in_hand,
+            })?;
             let may_retry = reused && attempt == 0 && body_in_hand;
             let sent_at = Instant::now();
             match write_all_keep(&mut conn.stream, &mut client.out, write_timeout).await {
                 Ok(()) => {}
                 Err(IoFailure::TimedOut) => {
-                    return Err(ProxyOutcome::failed(Failure::UpstreamTimeout, body_in_hand));
+                    return Err(TryFailed {
+                        failure: Failure::UpstreamTimeout,
+                        kind: Some(TryFailure::Timeout),
+                        body_consumed: body_in_hand,
+                    });
                 }
                 Err(_) if may_retry => {
                     attempt += 1;
@@ -206,7 +403,11 @@ impl Trip<'_> {
                     continue;
                 }
                 Err(_) => {
-                    return Err(ProxyOutcome::failed(Failure::UpstreamReset, body_in_hand));
+                    return Err(TryFailed {
+                        failure: Failure::UpstreamReset,
+                        kind: Some(TryFailure::Reset),
+                        body_consumed: body_in_hand,
+                    });
                 }
             }
             if !body_in_hand {
@@ -216,11 +417,21 @@ impl Trip<'_> {
                     .await
                 {
                     Ok(moved) => exchange.received += moved,
-                    Err(failure) => return Err(ProxyOutcome::failed(failure, false)),
+                    Err(failure) => return Err(TryFailed::final_(failure, false)),
                 }
             }
-            match read_response_head(&mut conn, client, self.head, self.spec, self.snapshot()).await
-            {
+            let mut interim_forwarded = false;
+            let read = read_response_head(
+                &mut conn,
+                client,
+                self.head,
+                self.spec,
+                self.snapshot(),
+                deadline,
+                &mut interim_forwarded,
+            )
+            .await;
+            match read {
                 Ok(response) => {
                     return Ok(Answered {
                         conn,
@@ -229,13 +440,26 @@ impl Trip<'_> {
                     });
                 }
                 Err(HeadError::ClosedBeforeResponse)
-                    if may_retry && self.head.method.is_idempotent() =>
+                    if may_retry && self.head.method.is_idempotent() && !interim_forwarded =>
                 {
                     attempt += 1;
                     self.shard.metrics.retry();
                     tracing::debug!(worker = self.shard.id, upstream = %self.spec.name, "stale pooled connection; retrying once");
                 }
-                Err(e) => return Err(ProxyOutcome::failed(e.failure(), true)),
+                Err(e) => {
+                    let failure = e.failure();
+                    let kind = match failure {
+                        _ if interim_forwarded => None,
+                        Failure::UpstreamTimeout => Some(TryFailure::Timeout),
+                        Failure::UpstreamReset => Some(TryFailure::Reset),
+                        _ => None,
+                    };
+                    return Err(TryFailed {
+                        failure,
+                        kind,
+                        body_consumed: true,
+                    });
+                }
             }
         }
     }

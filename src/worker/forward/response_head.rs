@@ -38,8 +38,11 @@ pub(super) async fn read_response_head(
     head: &RequestHead,
     spec: &UpstreamSpec,
     snapshot: &Snapshot,
+    try_deadline: Option<Instant>,
+    interim_forwarded: &mut bool,
 ) -> Result<ResponseHead, HeadError> {
     let deadline = Instant::now() + spec.response_timeout;
+    let deadline = try_deadline.map_or(deadline, |d| d.min(deadline));
     let mut received_any = false;
     loop {
         if !conn.buf.is_empty() {
@@ -57,6 +60,8 @@ pub(super) async fn read_response_head(
                     // forward Expect); other interim responses (103) go to
                     // HTTP/1.1 clients, and the final response follows.
                     if response.status != 100 && head.version == Version::Http11 {
+                        // Part of the answer reaches the client: no retry now.
+                        *interim_forwarded = true;
                         client.out.clear();
                         write_interim(&mut client.out, conn, &response);
                         write_all_clear(

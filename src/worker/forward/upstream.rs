@@ -35,11 +35,16 @@ impl Drop for Outstanding {
 /// hold down, and counts it in flight until the returned guard drops.
 /// With every endpoint down, `when_all_down` refuses
 /// (`NoHealthyEndpoint`) or picks among all of them.
+///
+/// `avoid` (a retry's earlier endpoints, bit i for endpoint i) are passed
+/// over while any other endpoint is up. A first try (`avoid == 0`) counts
+/// toward the upstream's retry budget.
 pub(in crate::worker) fn pick_endpoint(
     generation: &Generation,
     spec: &UpstreamSpec,
     upstream: usize,
     key_hash: Option<u64>,
+    avoid: u64,
 ) -> Result<(usize, Outstanding), Failure> {
     let mut ups = generation.upstreams.borrow_mut();
     let state = &mut ups[upstream];
@@ -50,9 +55,25 @@ pub(in crate::worker) fn pick_endpoint(
         (true, WhenAllDown::FailOpen) => &[],
         (true, WhenAllDown::Refuse) => return Err(Failure::NoHealthyEndpoint),
     };
-    let endpoint = state
-        .balancer
-        .pick(spec, &state.outstanding, key_hash, down);
+    let endpoint = if avoid == 0 {
+        state.retry_budget.deposit();
+        state
+            .balancer
+            .pick(spec, &state.outstanding, key_hash, down)
+    } else {
+        // A retry: off the hot path, so a mask may be built.
+        let masked: Vec<bool> = (0..spec.endpoints.len())
+            .map(|i| down.get(i).copied().unwrap_or(false) || (i < 64 && avoid & (1 << i) != 0))
+            .collect();
+        let mask = if masked.iter().all(|m| *m) {
+            down
+        } else {
+            &masked
+        };
+        state
+            .balancer
+            .pick(spec, &state.outstanding, key_hash, mask)
+    };
     let slot = &state.outstanding[endpoint];
     slot.set(slot.get() + 1);
     Ok((
@@ -97,7 +118,8 @@ fn is_quiet(stream: &TcpStream) -> bool {
 }
 
 /// A connection to `endpoint`: a quiet pooled one if `allow_pooled`, else
-/// a new one (TLS included) within `connect_timeout`; `true` if pooled.
+/// a new one (TLS included) within `connect_timeout`, and before
+/// `deadline` if one is given; `true` if pooled.
 pub(in crate::worker) async fn acquire(
     shard: &Shard,
     generation: &Generation,
@@ -105,6 +127,7 @@ pub(in crate::worker) async fn acquire(
     upstream: usize,
     endpoint: usize,
     allow_pooled: bool,
+    deadline: Option<Instant>,
 ) -> Result<(UpstreamConn, bool), Failure> {
     if allow_pooled {
         loop {
@@ -121,8 +144,12 @@ pub(in crate::worker) async fn acquire(
     }
     let addr = spec.endpoints[endpoint].addr;
     // connect_timeout covers the TCP connect and, over TLS, the handshake.
-    let deadline = Instant::now() + spec.connect_timeout;
-    match monoio::time::timeout(spec.connect_timeout, TcpStream::connect_addr(addr)).await {
+    let now = Instant::now();
+    let within = deadline.map_or(spec.connect_timeout, |d| {
+        spec.connect_timeout.min(d.saturating_duration_since(now))
+    });
+    let deadline = now + within;
+    match monoio::time::timeout(within, TcpStream::connect_addr(addr)).await {
         Err(_) => {
             shard.metrics.connect(upstream, endpoint, false);
             Err(Failure::UpstreamConnectTimeout)

@@ -1,0 +1,244 @@
+//! [cold] Validation of the resilience settings: a route's `retry`, an
+//! upstream's `retry_budget` (docs/resilience.md).
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Errors;
+use crate::config::file;
+use crate::upstream::retry::{BudgetRule, RetryPolicy};
+
+/// Bodies kept for replay are held in memory per request: at most this.
+const MAX_REPLAY_BODY: u64 = 1024 * 1024;
+const DEFAULT_REPLAY_BODY: u64 = 64 * 1024;
+const DEFAULT_ON: [&str; 6] = ["connect-failure", "reset", "timeout", "502", "503", "504"];
+
+pub(super) fn compile_retry(
+    route: &str,
+    section: &Spanned<file::RetrySection>,
+    errors: &mut Errors,
+) -> Option<RetryPolicy> {
+    let r = section.get_ref();
+    let before = errors.list.len();
+    let attempts = r.attempts.as_ref().map_or(3, |a| *a.get_ref());
+    if let Some(a) = &r.attempts
+        && !(1..=10).contains(a.get_ref())
+    {
+        errors.at(
+            a,
+            format!("route `{route}` retry: attempts must be between 1 and 10 (tries in all)"),
+        );
+    }
+    let mut policy = RetryPolicy {
+        attempts,
+        on_connect_failure: false,
+        on_reset: false,
+        on_timeout: false,
+        on_statuses: Vec::new(),
+        per_try_timeout: r.per_try_timeout.map(|d| d.0),
+        deadline: r.deadline.map(|d| d.0),
+        backoff_base: r
+            .backoff
+            .as_ref()
+            .and_then(|b| b.base)
+            .map_or(Duration::from_millis(25), |d| d.0),
+        backoff_max: r
+            .backoff
+            .as_ref()
+            .and_then(|b| b.max)
+            .map_or(Duration::from_millis(250), |d| d.0),
+        non_idempotent: r.non_idempotent,
+        max_body: r
+            .max_body
+            .as_ref()
+            .map_or(DEFAULT_REPLAY_BODY, |b| b.get_ref().0),
+    };
+    let named: Vec<(&str, Option<std::ops::Range<usize>>)> = match &r.on {
+        None => DEFAULT_ON.iter().map(|s| (*s, None)).collect(),
+        Some(list) => list
+            .iter()
+            .map(|s| (s.get_ref().as_str(), Some(s.span())))
+            .collect(),
+    };
+    for (what, span) in named {
+        match what {
+            "connect-failure" => policy.on_connect_failure = true,
+            "reset" => policy.on_reset = true,
+            "timeout" => policy.on_timeout = true,
+            status => match status.parse::<u16>() {
+                Ok(s) if (400..=599).contains(&s) => policy.on_statuses.push(s),
+                _ => errors.span(
+                    span.or(Some(section.span())),
+                    format!("route `{route}` retry: `on` lists \"connect-failure\", \"reset\", \"timeout\" or statuses 400-599, not `{status}`"),
+                ),
+            },
+        }
+    }
+    policy.on_statuses.sort_unstable();
+    policy.on_statuses.dedup();
+    if let Some(b) = &r.max_body
+        && b.get_ref().0 > MAX_REPLAY_BODY
+    {
+        errors.at(
+            b,
+            format!(
+                "route `{route}` retry: max_body is at most 1MiB (it is held in memory per request)"
+            ),
+        );
+    }
+    if policy.per_try_timeout.is_some_and(|d| d.is_zero())
+        || policy.deadline.is_some_and(|d| d.is_zero())
+    {
+        errors.at(
+            section,
+            format!(
+                "route `{route}` retry: per_try_timeout and deadline must be greater than zero"
+            ),
+        );
+    }
+    if policy.backoff_max < policy.backoff_base {
+        errors.at(
+            section,
+            format!("route `{route}` retry: backoff max must be at least its base"),
+        );
+    }
+    (errors.list.len() == before).then_some(policy)
+}
+
+pub(super) fn compile_retry_budget(
+    upstream: &str,
+    section: Option<&Spanned<file::RetryBudgetSection>>,
+    errors: &mut Errors,
+) -> BudgetRule {
+    let default = BudgetRule::default();
+    let Some(section) = section else {
+        return default;
+    };
+    let b = section.get_ref();
+    if let Some(p) = &b.percent
+        && *p.get_ref() > 100
+    {
+        errors.at(
+            p,
+            format!("upstream `{upstream}` retry_budget: percent must be between 0 and 100"),
+        );
+    }
+    BudgetRule {
+        percent: b.percent.as_ref().map_or(default.percent, |p| *p.get_ref()),
+        min_per_second: b.min_per_second.unwrap_or(default.min_per_second),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::snapshot::{RouteAction, Snapshot};
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+workers = 1
+[[listeners]]
+bind = "127.0.0.1:0"
+[upstreams.api]
+endpoints = ["127.0.0.1:9000"]
+"#;
+
+    fn load(extra: &str) -> Result<Snapshot, Vec<String>> {
+        load_str(&format!("{BASE}{extra}"), "t.toml")
+            .map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn errors_of(extra: &str) -> Vec<String> {
+        load(extra).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn retry_defaults() {
+        let s = load("[[routes]]\nupstream = \"api\"\nretry = {}\n").expect("valid");
+        let p = s.routes[0].retry.as_deref().expect("a policy");
+        assert_eq!(p.attempts, 3);
+        assert!(p.on_connect_failure && p.on_reset && p.on_timeout);
+        assert_eq!(p.on_statuses, vec![502, 503, 504]);
+        assert_eq!(p.per_try_timeout, None);
+        assert_eq!(p.deadline, None);
+        assert_eq!(p.backoff_base, Duration::from_millis(25));
+        assert_eq!(p.backoff_max, Duration::from_millis(250));
+        assert!(!p.non_idempotent);
+        assert_eq!(p.max_body, 64 * 1024);
+        assert_eq!(s.upstreams[0].retry_budget.percent, 20);
+        assert_eq!(s.upstreams[0].retry_budget.min_per_second, 10);
+        let s = load("[[routes]]\nupstream = \"api\"\n").expect("valid");
+        assert!(s.routes[0].retry.is_none());
+        assert!(matches!(s.routes[0].action, RouteAction::Proxy { .. }));
+    }
+
+    #[test]
+    fn retry_settings_are_read() {
+        let s = load(
+            "retry_budget = { percent = 50, min_per_second = 0 }\n[[routes]]\nupstream = \"api\"\nretry = { attempts = 5, on = [\"reset\", \"503\", \"429\", \"503\"], per_try_timeout = \"1s\", deadline = \"3s\", backoff = { base = \"10ms\", max = \"1s\" }, non_idempotent = true, max_body = \"1MiB\" }\n",
+        )
+        .expect("valid");
+        let p = s.routes[0].retry.as_deref().expect("a policy");
+        assert_eq!(p.attempts, 5);
+        assert!(!p.on_connect_failure && p.on_reset && !p.on_timeout);
+        assert_eq!(p.on_statuses, vec![429, 503]);
+        assert_eq!(p.per_try_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(p.deadline, Some(Duration::from_secs(3)));
+        assert_eq!(p.backoff_base, Duration::from_millis(10));
+        assert_eq!(p.backoff_max, Duration::from_secs(1));
+        assert!(p.non_idempotent);
+        assert_eq!(p.max_body, 1024 * 1024);
+        assert_eq!(s.upstreams[0].retry_budget.percent, 50);
+        assert_eq!(s.upstreams[0].retry_budget.min_per_second, 0);
+    }
+
+    #[test]
+    fn bad_retry_settings_are_reported() {
+        for (retry, message) in [
+            ("{ attempts = 0 }", "attempts must be between 1 and 10"),
+            ("{ attempts = 11 }", "attempts must be between 1 and 10"),
+            ("{ on = [\"flaky\"] }", "not `flaky`"),
+            ("{ on = [\"200\"] }", "not `200`"),
+            ("{ on = [\"600\"] }", "not `600`"),
+            ("{ max_body = \"2MiB\" }", "max_body is at most 1MiB"),
+            ("{ per_try_timeout = \"0s\" }", "greater than zero"),
+            ("{ deadline = \"0s\" }", "greater than zero"),
+            (
+                "{ backoff = { base = \"1s\", max = \"10ms\" } }",
+                "at least its base",
+            ),
+        ] {
+            let errs = errors_of(&format!(
+                "[[routes]]\nname = \"r\"\nupstream = \"api\"\nretry = {retry}\n"
+            ));
+            assert_eq!(errs.len(), 1, "{retry}: {errs:?}");
+            assert!(
+                errs[0].contains(message) && errs[0].contains("route `r`"),
+                "{retry}: {errs:?}"
+            );
+        }
+        // The boundaries are accepted.
+        for retry in [
+            "{ attempts = 1 }",
+            "{ attempts = 10, on = [\"400\", \"599\"] }",
+        ] {
+            let errs = errors_of(&format!(
+                "[[routes]]\nupstream = \"api\"\nretry = {retry}\n"
+            ));
+            assert!(errs.is_empty(), "{retry}: {errs:?}");
+        }
+        let errs = errors_of("[[routes]]\nrespond = { status = 200 }\nretry = {}\n");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("retry needs a route with an upstream")),
+            "{errs:?}"
+        );
+        let errs = errors_of("retry_budget = { percent = 101 }\n[[routes]]\nupstream = \"api\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("percent must be between 0 and 100"),
+            "{errs:?}"
+        );
+    }
+}
