@@ -126,6 +126,8 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         health_check: None,
         when_all_down: ringgate::snapshot::WhenAllDown::Refuse,
         retry_budget: Default::default(),
+        outlier_detection: None,
+        slow_start: std::time::Duration::ZERO,
     }
 }
 

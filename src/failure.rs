@@ -205,6 +205,20 @@ impl Failure {
         }
     }
 
+    /// Whether the upstream endpoint is to blame (it refused, broke,
+    /// stalled or spoke something other than HTTP), as outlier detection
+    /// counts failures.
+    pub fn is_upstream_fault(self) -> bool {
+        matches!(
+            self,
+            Failure::UpstreamConnect
+                | Failure::UpstreamReset
+                | Failure::UpstreamMalformed(_)
+                | Failure::UpstreamConnectTimeout
+                | Failure::UpstreamTimeout
+        )
+    }
+
     /// Whether the client connection must close after this answer. Client
     /// errors close (the rest of the stream cannot be trusted); 404 and
     /// upstream failures leave a healthy client connection open.

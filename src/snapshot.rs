@@ -124,6 +124,10 @@ pub struct UpstreamSpec {
     pub when_all_down: WhenAllDown,
     /// How many retries routes may make of this upstream's traffic.
     pub retry_budget: crate::upstream::retry::BudgetRule,
+    /// Passive health checks (`None`: off).
+    pub outlier_detection: Option<crate::upstream::outlier::OutlierDetection>,
+    /// How long an endpoint back in traffic takes to reach its full share.
+    pub slow_start: Duration,
 }
 
 /// An upstream whose endpoints are all down: refuse (503 with

@@ -548,6 +548,8 @@ mod tests {
                 health_check: None,
                 when_all_down: crate::snapshot::WhenAllDown::Refuse,
                 retry_budget: Default::default(),
+                outlier_detection: None,
+                slow_start: std::time::Duration::ZERO,
             },
             path: "/jwks".into(),
             refresh: REFRESH,

@@ -598,6 +598,13 @@ pub struct UpstreamSection {
     /// How many retries routes may make of this upstream's traffic.
     #[serde(default)]
     pub retry_budget: Option<Spanned<RetryBudgetSection>>,
+    /// Passive health: eject endpoints whose answers fail.
+    #[serde(default)]
+    pub outlier_detection: Option<Spanned<OutlierDetectionSection>>,
+    /// An endpoint back in traffic gets its full share only after this
+    /// long, ramping up (default 0s: at once).
+    #[serde(default)]
+    pub slow_start: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -641,6 +648,28 @@ pub struct BackoffSection {
     pub base: Option<HumanDuration>,
     #[serde(default)]
     pub max: Option<HumanDuration>,
+}
+
+/// `[upstreams.NAME.outlier_detection]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionSection {
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    #[serde(default)]
+    pub consecutive_5xx: Option<u32>,
+    #[serde(default)]
+    pub consecutive_gateway_failure: Option<u32>,
+    #[serde(default)]
+    pub failure_percentage: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub failure_percentage_min_requests: Option<u32>,
+    #[serde(default)]
+    pub base_ejection: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_ejection: Option<HumanDuration>,
+    #[serde(default)]
+    pub max_ejection_percent: Option<Spanned<u32>>,
 }
 
 /// `[upstreams.NAME.retry_budget]`.

@@ -43,6 +43,8 @@ pub struct Admin {
     pub jwks: crate::auth::jwks::Board,
     /// What the health prober last saw.
     pub health: super::health::Board,
+    /// What outlier detection last decided.
+    pub outliers: super::outlier::Board,
 }
 
 /// Binds the admin address and serves it on a new thread.
@@ -303,6 +305,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 text.push_str(&crate::metrics::render_jwks(&board.sources));
             }
             text.push_str(&super::health::render_metrics(&admin.health));
+            text.push_str(&super::outlier::render_metrics(&admin.outliers));
             respond(
                 &mut stream,
                 200,
@@ -334,7 +337,7 @@ fn serve(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 &mut stream,
                 200,
                 "application/json",
-                &super::health::upstreams_json(&s, &admin.health),
+                &super::health::upstreams_json(&s, &admin.health, &admin.outliers),
             ),
             None => respond(&mut stream, 500, "text/plain", "reload state poisoned\n"),
         },

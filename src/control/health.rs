@@ -310,9 +310,15 @@ pub fn render_metrics(board: &Board) -> String {
 }
 
 /// `GET /upstreams`: every upstream of `snapshot` and each endpoint's
-/// state, with why it is down.
-pub fn upstreams_json(snapshot: &Snapshot, board: &Board) -> String {
+/// state ("up", "down" by health checks, "ejected" by outlier detection,
+/// or "unchecked"), with why.
+pub fn upstreams_json(
+    snapshot: &Snapshot,
+    board: &Board,
+    outliers: &super::outlier::Board,
+) -> String {
     let reports = board.lock().map(|b| b.clone()).unwrap_or_default();
+    let ejections = outliers.lock().map(|b| b.clone()).unwrap_or_default();
     let upstreams: Vec<serde_json::Value> = snapshot
         .upstreams
         .iter()
@@ -324,7 +330,10 @@ pub fn upstreams_json(snapshot: &Snapshot, board: &Board) -> String {
                     let report = reports
                         .iter()
                         .find(|r| r.upstream == spec.name && r.addr == e.addr);
-                    match report {
+                    let ejection = ejections
+                        .iter()
+                        .find(|r| r.upstream == spec.name && r.addr == e.addr);
+                    let mut json = match report {
                         None => serde_json::json!({
                             "address": e.addr.to_string(),
                             "weight": e.weight,
@@ -339,12 +348,24 @@ pub fn upstreams_json(snapshot: &Snapshot, board: &Board) -> String {
                             "checks_failed": r.checks_failed,
                             "transitions": r.transitions,
                         }),
+                    };
+                    if let Some(o) = ejection {
+                        json["ejected"] = o.ejected.into();
+                        json["ejections"] = o.ejections.into();
+                        json["ejection_reason"] = o.reason.clone().into();
+                        if o.ejected {
+                            json["state"] = "ejected".into();
+                        } else if report.is_none() {
+                            json["state"] = "up".into();
+                        }
                     }
+                    json
                 })
                 .collect();
             serde_json::json!({
                 "name": spec.name,
                 "health_check": spec.health_check.is_some(),
+                "outlier_detection": spec.outlier_detection.is_some(),
                 "when_all_down": match spec.when_all_down {
                     crate::snapshot::WhenAllDown::Refuse => "refuse",
                     crate::snapshot::WhenAllDown::FailOpen => "fail_open",

@@ -6,6 +6,7 @@ pub mod admin;
 mod cache_purge;
 pub mod health;
 mod listeners;
+pub mod outlier;
 pub mod reload;
 pub mod signals;
 
@@ -84,6 +85,7 @@ pub struct Running {
     /// Kept for its channels: the fetcher thread ends when they close.
     _jwks: crate::auth::jwks::Fetcher,
     _health: health::Prober,
+    _outliers: outlier::Detector,
 }
 
 /// Binds listeners and starts every worker; returns once all accept.
@@ -111,6 +113,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     let jwks_sets = jwks.latest();
     let mut handles = Vec::new();
     let limit_channels = crate::ratelimit::aggregator::Channels::new(workers);
+    let (outcome_tx, outcome_rx) = unbounded();
     for (id, rx) in command_rxs.into_iter().enumerate() {
         let setup = WorkerSetup {
             id,
@@ -127,6 +130,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
             limit_sync: crate::ratelimit::aggregator::WorkerChannels::new(&limit_channels, id),
             jwks_sets: jwks_sets.clone(),
             jwks_asks: Some(jwks.asks.clone()),
+            outcome_reports: Some(outcome_tx.clone()),
         };
         handles.push(worker::spawn(setup).map_err(|e| format!("cannot spawn worker {id}: {e}"))?);
     }
@@ -171,6 +175,11 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
     // Active health checks: one prober for the process.
     let prober = health::spawn(snapshot.clone(), command_txs.clone())
         .map_err(|e| format!("cannot start the health prober: {e}"))?;
+    // Passive health: one judge for the process. It ends when every
+    // worker's sender is gone.
+    drop(outcome_tx);
+    let detector = outlier::spawn(snapshot.clone(), outcome_rx, command_txs.clone())
+        .map_err(|e| format!("cannot start outlier detection: {e}"))?;
     // Shared by the control thread (SIGHUP) and the admin thread (POST
     // /reload); both are cold paths, so a mutex is the simple, right tool.
     #[allow(clippy::disallowed_types)]
@@ -179,7 +188,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         command_txs.clone(),
         limits.control.clone(),
         jwks.reloads(),
-        prober.snapshots.clone(),
+        vec![prober.snapshots.clone(), detector.snapshots.clone()],
         &bound,
     )));
     // Other nodes' cache purges, through Redis. For the process's life:
@@ -200,6 +209,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
                 limits: limits.stats.clone(),
                 jwks: jwks.board.clone(),
                 health: prober.board.clone(),
+                outliers: detector.board.clone(),
             },
         )?),
     };
@@ -216,6 +226,7 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         limits,
         _jwks: jwks,
         _health: prober,
+        _outliers: detector,
     })
 }
 

@@ -21,8 +21,9 @@ pub struct Reloader {
     limits: Sender<crate::ratelimit::aggregator::Control>,
     /// The JWKS fetcher's sources.
     jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
-    /// The health prober (it follows the upstreams a reload brings).
-    health: Sender<Arc<Snapshot>>,
+    /// The health prober and outlier detection (they follow the
+    /// upstreams a reload brings).
+    health: Vec<Sender<Arc<Snapshot>>>,
     generation: u64,
     /// (configured address, bound address) of every running listener.
     listeners: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
@@ -34,7 +35,7 @@ impl Reloader {
         workers: Vec<Sender<Command>>,
         limits: Sender<crate::ratelimit::aggregator::Control>,
         jwks: Sender<Vec<crate::auth::jwks::JwksSource>>,
-        health: Sender<Arc<Snapshot>>,
+        health: Vec<Sender<Arc<Snapshot>>>,
         bound: &[std::net::SocketAddr],
     ) -> Reloader {
         let path =
@@ -170,7 +171,9 @@ impl Reloader {
         }
         self.current = next;
         self.generation += 1;
-        let _ = self.health.send(self.current.clone());
+        for watcher in &self.health {
+            let _ = watcher.send(self.current.clone());
+        }
         super::warn_expiring_certificates(&self.current);
         let summary = format!(
             "reloaded {} (generation {}): {} routes, {} upstreams; {switched}/{} workers switched{}",

@@ -33,6 +33,10 @@ use shard::Shard;
 
 /// How often a worker looks at its command channel.
 const COMMAND_POLL: Duration = Duration::from_millis(20);
+/// How often the worker tells outlier detection how each endpoint's tries
+/// went: how late, at most, an ejection can follow the failure that
+/// called for it (plus the judge's own reaction).
+const OUTCOME_REPORT: Duration = Duration::from_millis(100);
 /// How often idle upstream connections past their timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 
@@ -51,6 +55,8 @@ pub enum Command {
     CachePurge(Arc<crate::cache::purge::Purge>, Sender<usize>),
     /// The endpoints health checks now hold out of traffic (all of them).
     EndpointHealth(Arc<crate::upstream::health::DownEndpoints>),
+    /// The endpoints outlier detection has now ejected (all of them).
+    Ejections(Arc<crate::upstream::health::DownEndpoints>),
     /// Keys fetched from a JWKS URL (or the last good ones, after a
     /// failed fetch).
     Jwks(Arc<crate::auth::jwks::KeySet>),
@@ -103,6 +109,8 @@ pub struct WorkerSetup {
     pub jwks_sets: Vec<Arc<crate::auth::jwks::KeySet>>,
     /// To the JWKS fetcher: a token named a key this worker lacks.
     pub jwks_asks: Option<Sender<Arc<str>>>,
+    /// To outlier detection: how each endpoint's tries went.
+    pub outcome_reports: Option<Sender<crate::upstream::outlier::OutcomeReport>>,
 }
 
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -190,6 +198,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
         .access_log
         .map(|log| crate::accesslog::WorkerLog::new(log, setup.id));
     shard.jwks = crate::auth::jwks::WorkerKeys::new(setup.jwks_sets, setup.jwks_asks);
+    shard.outcome_reports = setup.outcome_reports.clone();
     let limit_sync = LimitSync {
         channels: setup.limit_sync,
         report_buffers: RefCell::new(
@@ -223,6 +232,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
 
     let mut drain_deadline: Option<Instant> = None;
     let mut last_sweep = Instant::now();
+    let mut last_outcome_report = Instant::now();
     loop {
         let generation = shard.generation();
         let shared_limits = crate::ratelimit::Limiter::has_shared(&generation.snapshot.rate_limits);
@@ -280,6 +290,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                 Command::RemoveListener(addr) => stop_accepting(&shard, addr),
                 Command::Jwks(set) => shard.jwks.install(set),
                 Command::EndpointHealth(down) => shard.set_down(down),
+                Command::Ejections(ejected) => shard.set_ejected(ejected),
                 Command::CachePurge(purge, reply) => {
                     let _ = reply.send(shard.cache.borrow_mut().purge(&purge));
                 }
@@ -300,6 +311,10 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
             log.flush();
         }
         let now = Instant::now();
+        if now.duration_since(last_outcome_report) >= OUTCOME_REPORT {
+            last_outcome_report = now;
+            shard.report_outcomes();
+        }
         if let Some(deadline) = drain_deadline {
             if shard.active_connections.get() == 0 || now >= deadline {
                 if shard.active_connections.get() > 0 {

@@ -78,16 +78,21 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Marks the endpoints `down` names out of traffic in this
-    /// generation's upstreams.
-    pub fn apply_health(&self, down: &crate::upstream::health::DownEndpoints) {
+    /// Marks the endpoints `down` (health checks) or `ejected` (outlier
+    /// detection) name out of traffic in this generation's upstreams.
+    pub fn apply_health(
+        &self,
+        down: &crate::upstream::health::DownEndpoints,
+        ejected: &crate::upstream::health::DownEndpoints,
+    ) {
+        let now = std::time::Instant::now();
         for (state, spec) in self
             .upstreams
             .borrow_mut()
             .iter_mut()
             .zip(&self.snapshot.upstreams)
         {
-            state.apply_health(spec, down);
+            state.apply_health(spec, down, ejected, now);
         }
     }
 
@@ -215,6 +220,10 @@ pub struct Shard {
     /// Endpoints the health checks hold out of traffic, as the prober last
     /// said; applied to every generation this worker installs.
     pub down: RefCell<Arc<crate::upstream::health::DownEndpoints>>,
+    /// Endpoints outlier detection has ejected, as it last said.
+    pub ejected: RefCell<Arc<crate::upstream::health::DownEndpoints>>,
+    /// To the outlier detection thread: this worker's tries per endpoint.
+    pub outcome_reports: Option<crossbeam_channel::Sender<crate::upstream::outlier::OutcomeReport>>,
 }
 
 impl Shard {
@@ -241,13 +250,49 @@ impl Shard {
             cache_refreshes: Cell::new(0),
             cache_keys: RefCell::new((Vec::with_capacity(256), Vec::with_capacity(64))),
             down: Default::default(),
+            ejected: Default::default(),
+            outcome_reports: None,
         }
     }
 
     /// The prober's latest word on which endpoints are down.
     pub fn set_down(&self, down: Arc<crate::upstream::health::DownEndpoints>) {
         *self.down.borrow_mut() = down;
-        self.generation().apply_health(&self.down.borrow());
+        self.generation()
+            .apply_health(&self.down.borrow(), &self.ejected.borrow());
+    }
+
+    /// Outlier detection's latest word on which endpoints are ejected.
+    pub fn set_ejected(&self, ejected: Arc<crate::upstream::health::DownEndpoints>) {
+        *self.ejected.borrow_mut() = ejected;
+        self.generation()
+            .apply_health(&self.down.borrow(), &self.ejected.borrow());
+    }
+
+    /// Sends outlier detection the tries counted since the last report,
+    /// for the upstreams that have it.
+    pub fn report_outcomes(&self) {
+        let Some(reports) = &self.outcome_reports else {
+            return;
+        };
+        let generation = self.generation();
+        let mut windows = Vec::new();
+        for (state, spec) in generation
+            .upstreams
+            .borrow_mut()
+            .iter_mut()
+            .zip(&generation.snapshot.upstreams)
+        {
+            if spec.outlier_detection.is_none() {
+                continue;
+            }
+            for (i, window) in state.take_outcomes() {
+                windows.push((spec.name.clone(), spec.endpoints[i].addr, window));
+            }
+        }
+        if !windows.is_empty() {
+            let _ = reports.send(crate::upstream::outlier::OutcomeReport { windows });
+        }
     }
 
     /// The current generation (snapshot + upstream state).
@@ -260,7 +305,7 @@ impl Shard {
     pub fn reload(&self, snapshot: Arc<Snapshot>) {
         let previous = self.generation();
         let next = Generation::next(snapshot, Some(&previous), self.id);
-        next.apply_health(&self.down.borrow());
+        next.apply_health(&self.down.borrow(), &self.ejected.borrow());
         self.metrics
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
         self.metrics

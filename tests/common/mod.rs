@@ -514,6 +514,8 @@ struct UpstreamState {
     connections: AtomicUsize,
     stop: AtomicBool,
     handler: Box<Handler>,
+    /// A copy of every open connection, to cut them all at once (`kill`).
+    open: Mutex<Vec<(usize, TcpStream)>>,
 }
 
 impl Upstream {
@@ -539,12 +541,51 @@ impl Upstream {
         Self::start_on(name, Some(config), handler)
     }
 
+    /// An upstream on `addr` (a port an earlier, killed one had: it is
+    /// back).
+    pub fn start_at(
+        name: &str,
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
+        Self::listen(name, TcpListener::bind(addr).unwrap(), None, handler)
+    }
+
     fn start_on(
         name: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
         handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::listen(
+            name,
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            tls,
+            handler,
+        )
+    }
+
+    /// As if its process died: the port refuses connections from now on
+    /// and every open connection is cut.
+    pub fn kill(&self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which then drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.addr).is_ok() {
+            assert!(Instant::now() < deadline, "the listener did not close");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for (_, c) in self.state.open.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn listen(
+        name: &str,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(UpstreamState {
             requests: Mutex::new(Vec::new()),
@@ -552,6 +593,7 @@ impl Upstream {
             connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             handler: Box::new(handler),
+            open: Mutex::new(Vec::new()),
         });
         let s = state.clone();
         std::thread::spawn(move || {
@@ -561,26 +603,16 @@ impl Upstream {
                 }
                 let Ok(stream) = stream else { continue };
                 let id = s.connections.fetch_add(1, Ordering::SeqCst);
+                if let Ok(clone) = stream.try_clone() {
+                    s.open.lock().unwrap().push((id, clone));
+                }
                 let s = s.clone();
                 let tls = tls.clone();
-                std::thread::spawn(move || match tls {
-                    None => serve_upstream(s, stream, id),
-                    Some(config) => {
-                        let mut stream = stream;
-                        let _ = stream.set_nodelay(true);
-                        let mut conn = rustls::ServerConnection::new(config).unwrap();
-                        while conn.is_handshaking() {
-                            if conn.complete_io(&mut stream).is_err() {
-                                return;
-                            }
-                        }
-                        s.tls_seen.lock().unwrap().push(TlsSeen {
-                            sni: conn.server_name().map(str::to_string),
-                            resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
-                            client_cert: conn.peer_certificates().is_some(),
-                        });
-                        serve_upstream_on(s, rustls::StreamOwned::new(conn, stream), id);
-                    }
+                std::thread::spawn(move || {
+                    let open = s.clone();
+                    serve_connection(s, stream, id, tls);
+                    // Its copy for `kill` goes too, so the socket closes now.
+                    open.open.lock().unwrap().retain(|(i, _)| *i != id);
                 });
             }
         });
@@ -614,6 +646,32 @@ impl Drop for Upstream {
         self.state.stop.store(true, Ordering::Relaxed);
         let _ = TcpStream::connect(self.addr);
     }
+}
+
+/// Serves one accepted connection, plain or TLS, to its end.
+fn serve_connection(
+    s: Arc<UpstreamState>,
+    stream: TcpStream,
+    id: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let Some(config) = tls else {
+        return serve_upstream(s, stream, id);
+    };
+    let mut stream = stream;
+    let _ = stream.set_nodelay(true);
+    let mut conn = rustls::ServerConnection::new(config).unwrap();
+    while conn.is_handshaking() {
+        if conn.complete_io(&mut stream).is_err() {
+            return;
+        }
+    }
+    s.tls_seen.lock().unwrap().push(TlsSeen {
+        sni: conn.server_name().map(str::to_string),
+        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+        client_cert: conn.peer_certificates().is_some(),
+    });
+    serve_upstream_on(s, rustls::StreamOwned::new(conn, stream), id);
 }
 
 fn serve_upstream(state: Arc<UpstreamState>, stream: TcpStream, connection: usize) {

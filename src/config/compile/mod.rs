@@ -619,7 +619,13 @@ fn compile_upstream(
         .as_ref()
         .and_then(|h| compile_health_check(name, h, errors));
     let retry_budget = resilience::compile_retry_budget(name, u.retry_budget.as_ref(), errors);
+    let outlier_detection = u
+        .outlier_detection
+        .as_ref()
+        .and_then(|o| resilience::compile_outlier_detection(name, o, errors));
     UpstreamSpec {
+        outlier_detection,
+        slow_start: u.slow_start.map_or(std::time::Duration::ZERO, |d| d.0),
         tls,
         health_check,
         retry_budget,

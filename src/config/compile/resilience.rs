@@ -1,5 +1,5 @@
 //! [cold] Validation of the resilience settings: a route's `retry`, an
-//! upstream's `retry_budget` (docs/resilience.md).
+//! upstream's `retry_budget` and `outlier_detection` (docs/resilience.md).
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::Errors;
 use crate::config::file;
+use crate::upstream::outlier::OutlierDetection;
 use crate::upstream::retry::{BudgetRule, RetryPolicy};
 
 /// Bodies kept for replay are held in memory per request: at most this.
@@ -130,6 +131,53 @@ pub(super) fn compile_retry_budget(
     }
 }
 
+/// `[upstreams.NAME.outlier_detection]`: Envoy's defaults, except that a
+/// failure percentage is judged only when configured.
+pub(super) fn compile_outlier_detection(
+    upstream: &str,
+    section: &Spanned<file::OutlierDetectionSection>,
+    errors: &mut Errors,
+) -> Option<OutlierDetection> {
+    let o = section.get_ref();
+    let before = errors.list.len();
+    let rules = OutlierDetection {
+        interval: o.interval.map_or(Duration::from_secs(1), |d| d.0),
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(5),
+        consecutive_gateway_failure: o.consecutive_gateway_failure.unwrap_or(5),
+        failure_percentage: o.failure_percentage.as_ref().map(|p| *p.get_ref()),
+        failure_percentage_min_requests: o.failure_percentage_min_requests.unwrap_or(20),
+        base_ejection: o.base_ejection.map_or(Duration::from_secs(10), |d| d.0),
+        max_ejection: o.max_ejection.map_or(Duration::from_secs(300), |d| d.0),
+        max_ejection_percent: o.max_ejection_percent.as_ref().map_or(50, |p| *p.get_ref()),
+    };
+    if rules.interval < Duration::from_millis(10) {
+        errors.at(
+            section,
+            format!("upstream `{upstream}` outlier_detection: interval must be at least 10ms"),
+        );
+    }
+    if rules.base_ejection.is_zero() || rules.max_ejection < rules.base_ejection {
+        errors.at(
+            section,
+            format!("upstream `{upstream}` outlier_detection: base_ejection must be greater than zero and max_ejection at least base_ejection"),
+        );
+    }
+    for p in [&o.failure_percentage, &o.max_ejection_percent]
+        .into_iter()
+        .flatten()
+    {
+        if !(1..=100).contains(p.get_ref()) {
+            errors.at(
+                p,
+                format!(
+                    "upstream `{upstream}` outlier_detection: percentages are between 1 and 100"
+                ),
+            );
+        }
+    }
+    (errors.list.len() == before).then_some(rules)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::load_str;
@@ -191,6 +239,76 @@ endpoints = ["127.0.0.1:9000"]
         assert_eq!(p.max_body, 1024 * 1024);
         assert_eq!(s.upstreams[0].retry_budget.percent, 50);
         assert_eq!(s.upstreams[0].retry_budget.min_per_second, 0);
+    }
+
+    #[test]
+    fn outlier_detection_defaults_and_settings() {
+        let s = load("[upstreams.api.outlier_detection]\n[[routes]]\nupstream = \"api\"\n")
+            .expect("valid");
+        let o = s.upstreams[0].outlier_detection.as_ref().expect("on");
+        assert_eq!(o.interval, Duration::from_secs(1));
+        assert_eq!((o.consecutive_5xx, o.consecutive_gateway_failure), (5, 5));
+        assert_eq!(o.failure_percentage, None);
+        assert_eq!(o.failure_percentage_min_requests, 20);
+        assert_eq!(o.base_ejection, Duration::from_secs(10));
+        assert_eq!(o.max_ejection, Duration::from_secs(300));
+        assert_eq!(o.max_ejection_percent, 50);
+        assert_eq!(s.upstreams[0].slow_start, Duration::ZERO);
+        let s = load("slow_start = \"20s\"\n[upstreams.api.outlier_detection]\ninterval = \"500ms\"\nconsecutive_5xx = 0\nconsecutive_gateway_failure = 2\nfailure_percentage = 40\nfailure_percentage_min_requests = 7\nbase_ejection = \"2s\"\nmax_ejection = \"2s\"\nmax_ejection_percent = 100\n[[routes]]\nupstream = \"api\"\n").expect("valid");
+        let o = s.upstreams[0].outlier_detection.as_ref().expect("on");
+        assert_eq!(o.interval, Duration::from_millis(500));
+        assert_eq!((o.consecutive_5xx, o.consecutive_gateway_failure), (0, 2));
+        assert_eq!(o.failure_percentage, Some(40));
+        assert_eq!(o.failure_percentage_min_requests, 7);
+        assert_eq!(
+            (o.base_ejection, o.max_ejection),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert_eq!(o.max_ejection_percent, 100);
+        assert_eq!(s.upstreams[0].slow_start, Duration::from_secs(20));
+        assert!(
+            load("[[routes]]\nupstream = \"api\"\n")
+                .expect("valid")
+                .upstreams[0]
+                .outlier_detection
+                .is_none()
+        );
+        for (setting, message) in [
+            ("interval = \"1ms\"", "interval must be at least 10ms"),
+            (
+                "base_ejection = \"0s\"",
+                "base_ejection must be greater than zero",
+            ),
+            (
+                "base_ejection = \"10s\"\nmax_ejection = \"9s\"",
+                "max_ejection at least base_ejection",
+            ),
+            ("failure_percentage = 0", "between 1 and 100"),
+            ("failure_percentage = 101", "between 1 and 100"),
+            ("max_ejection_percent = 0", "between 1 and 100"),
+            ("max_ejection_percent = 101", "between 1 and 100"),
+        ] {
+            let errs = errors_of(&format!(
+                "[upstreams.api.outlier_detection]\n{setting}\n[[routes]]\nupstream = \"api\"\n"
+            ));
+            assert_eq!(errs.len(), 1, "{setting}: {errs:?}");
+            assert!(
+                errs[0].contains(message) && errs[0].contains("upstream `api`"),
+                "{setting}: {errs:?}"
+            );
+        }
+        for setting in [
+            "interval = \"10ms\"",
+            "failure_percentage = 1",
+            "failure_percentage = 100",
+            "max_ejection_percent = 1",
+            "base_ejection = \"1s\"\nmax_ejection = \"1s\"",
+        ] {
+            let errs = errors_of(&format!(
+                "[upstreams.api.outlier_detection]\n{setting}\n[[routes]]\nupstream = \"api\"\n"
+            ));
+            assert!(errs.is_empty(), "{setting}: {errs:?}");
+        }
     }
 
     #[test]

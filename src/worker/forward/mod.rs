@@ -22,6 +22,7 @@ use crate::failure::Failure;
 use crate::http::{BodyFraming, RequestHead, ResponseFraming, ResponseHead, Version};
 use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 use crate::upstream::UpstreamConn;
+use crate::upstream::outlier::Outcome;
 use crate::upstream::retry::TryFailure;
 
 use super::client::{Client, Exchange};
@@ -200,6 +201,15 @@ pub async fn forward(
             Ok(answered) => Some(TryFailure::Status(answered.response.status)),
             Err(failed) => failed.kind,
         };
+        // What the endpoint did, for outlier detection (a client that
+        // went away says nothing about it).
+        let outcome = match &result {
+            Ok(answered) => Some(Outcome::Status(answered.response.status)),
+            Err(failed) => failed.failure.is_upstream_fault().then_some(Outcome::Local),
+        };
+        if let Some(outcome) = outcome {
+            ctx.generation.upstreams.borrow_mut()[upstream].outcomes[endpoint].record(outcome);
+        }
         let retry_policy = policy.filter(|p| {
             tries < p.attempts
                 && staged_now.in_hand

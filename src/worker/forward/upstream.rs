@@ -9,8 +9,8 @@ use monoio::net::TcpStream;
 use crate::failure::Failure;
 use crate::snapshot::{Balance, HashKey, UpstreamSpec, WhenAllDown};
 use crate::transport::{TlsStream, Transport};
-use crate::upstream::UpstreamConn;
 use crate::upstream::hash::stable_hash;
+use crate::upstream::{UpstreamConn, UpstreamState};
 
 use super::super::client::Client;
 use super::super::shard::{Generation, Shard};
@@ -57,9 +57,14 @@ pub(in crate::worker) fn pick_endpoint(
     };
     let endpoint = if avoid == 0 {
         state.retry_budget.deposit();
-        state
+        let endpoint = state
             .balancer
-            .pick(spec, &state.outstanding, key_hash, down)
+            .pick(spec, &state.outstanding, key_hash, down);
+        if state.ramping && !all_down {
+            slow_start(state, spec, endpoint, key_hash)
+        } else {
+            endpoint
+        }
     } else {
         // A retry: off the hot path, so a mask may be built.
         let masked: Vec<bool> = (0..spec.endpoints.len())
@@ -83,6 +88,31 @@ pub(in crate::worker) fn pick_endpoint(
             endpoint,
         },
     ))
+}
+
+/// `endpoint`, or another if `endpoint` is in its slow start and this
+/// request is not among the share it gets yet.
+fn slow_start(
+    state: &mut UpstreamState<UpstreamConn>,
+    spec: &UpstreamSpec,
+    endpoint: usize,
+    key_hash: Option<u64>,
+) -> usize {
+    let random = state.balancer.random();
+    if !state.slow_start_declines(spec, endpoint, Instant::now(), random) {
+        return endpoint;
+    }
+    // Held out for this one pick, if another endpoint is up.
+    state.down[endpoint] = true;
+    let other = if state.down.iter().all(|d| *d) {
+        endpoint
+    } else {
+        state
+            .balancer
+            .pick(spec, &state.outstanding, key_hash, &state.down)
+    };
+    state.down[endpoint] = false;
+    other
 }
 
 /// The client request's consistent-hash key, if `spec` balances by one.
