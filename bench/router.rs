@@ -127,6 +127,7 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         when_all_down: ringgate::snapshot::WhenAllDown::Refuse,
         retry_budget: Default::default(),
         outlier_detection: None,
+        circuit_breaker: None,
         slow_start: std::time::Duration::ZERO,
     }
 }

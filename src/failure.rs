@@ -49,6 +49,9 @@ pub enum Failure {
     /// Every endpoint of the upstream is down (health checks) and the
     /// upstream refuses rather than failing open (503, Retry-After).
     NoHealthyEndpoint,
+    /// The upstream's circuit breaker is full: its queue was full, or the
+    /// request waited `queue_timeout` for room (503, Retry-After).
+    UpstreamOverloaded,
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -63,8 +66,11 @@ const AUTH_RETRY_AFTER_SECS: u64 = 5;
 /// `Retry-After` on a 503 for an upstream with no healthy endpoint.
 const NO_ENDPOINT_RETRY_AFTER_SECS: u64 = 5;
 
+/// `Retry-After` on a 503 for an upstream at its circuit breaker's limits.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
+
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 20;
+pub const FAILURE_KINDS: usize = 21;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -94,6 +100,7 @@ impl Failure {
         Failure::Unauthorized(AuthRefusal::Forbidden),
         Failure::Unauthorized(AuthRefusal::Unavailable),
         Failure::NoHealthyEndpoint,
+        Failure::UpstreamOverloaded,
     ];
 
     pub fn status(self) -> u16 {
@@ -113,7 +120,9 @@ impl Failure {
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
             Failure::Unauthorized(AuthRefusal::Forbidden) => 403,
-            Failure::Unauthorized(AuthRefusal::Unavailable) | Failure::NoHealthyEndpoint => 503,
+            Failure::Unauthorized(AuthRefusal::Unavailable)
+            | Failure::NoHealthyEndpoint
+            | Failure::UpstreamOverloaded => 503,
             Failure::Unauthorized(_) => 401,
         }
     }
@@ -141,6 +150,7 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Unavailable) => "auth_unavailable",
             Failure::Unauthorized(_) => "unauthorized",
             Failure::NoHealthyEndpoint => "no_healthy_upstream",
+            Failure::UpstreamOverloaded => "upstream_overloaded",
         }
     }
 
@@ -166,6 +176,7 @@ impl Failure {
             Failure::Unauthorized(AuthRefusal::Unavailable) => 18,
             Failure::Unauthorized(_) => 16,
             Failure::NoHealthyEndpoint => 19,
+            Failure::UpstreamOverloaded => 20,
         }
     }
 
@@ -202,6 +213,9 @@ impl Failure {
             Failure::NoHealthyEndpoint => {
                 "no endpoint of the upstream is healthy; retry after the time in Retry-After"
             }
+            Failure::UpstreamOverloaded => {
+                "the upstream is at its limits; retry after the time in Retry-After"
+            }
         }
     }
 
@@ -234,6 +248,7 @@ impl Failure {
                 | Failure::UpstreamConnectTimeout
                 | Failure::UpstreamTimeout
                 | Failure::NoHealthyEndpoint
+                | Failure::UpstreamOverloaded
         )
     }
 
@@ -274,6 +289,11 @@ impl Failure {
         if self == Failure::NoHealthyEndpoint {
             out.put_slice(b"retry-after: ");
             http::write::decimal(out, NO_ENDPOINT_RETRY_AFTER_SECS);
+            out.put_slice(b"\r\n");
+        }
+        if self == Failure::UpstreamOverloaded {
+            out.put_slice(b"retry-after: ");
+            http::write::decimal(out, OVERLOADED_RETRY_AFTER_SECS);
             out.put_slice(b"\r\n");
         }
         if self == Failure::Unauthorized(AuthRefusal::Unavailable) {

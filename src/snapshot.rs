@@ -128,6 +128,8 @@ pub struct UpstreamSpec {
     pub outlier_detection: Option<crate::upstream::outlier::OutlierDetection>,
     /// How long an endpoint back in traffic takes to reach its full share.
     pub slow_start: Duration,
+    /// Limits on what is sent at once (`None`: none).
+    pub circuit_breaker: Option<crate::upstream::breaker::CircuitBreaker>,
 }
 
 /// An upstream whose endpoints are all down: refuse (503 with

@@ -605,6 +605,9 @@ pub struct UpstreamSection {
     /// long, ramping up (default 0s: at once).
     #[serde(default)]
     pub slow_start: Option<HumanDuration>,
+    /// Limits on what the upstream is sent at once, and a bounded queue.
+    #[serde(default)]
+    pub circuit_breaker: Option<Spanned<CircuitBreakerSection>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -648,6 +651,22 @@ pub struct BackoffSection {
     pub base: Option<HumanDuration>,
     #[serde(default)]
     pub max: Option<HumanDuration>,
+}
+
+/// `[upstreams.NAME.circuit_breaker]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSection {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    #[serde(default)]
+    pub max_pending: Option<u32>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub queue_timeout: Option<HumanDuration>,
 }
 
 /// `[upstreams.NAME.outlier_detection]`.

@@ -81,6 +81,25 @@ pub struct EndpointCounts {
     pub budget_refused: u64,
 }
 
+/// One upstream's circuit breaker in one worker.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BreakerCounts {
+    /// Requests that waited in the queue (whatever came of it).
+    pub queued: u64,
+    /// Their waits, summed.
+    pub queue_wait_us: u64,
+    /// Refused: the queue was full.
+    pub refused_queue_full: u64,
+    /// Refused: no room within `queue_timeout`.
+    pub refused_queue_timeout: u64,
+    /// Retries not made: `max_retries` were under way.
+    pub retries_refused: u64,
+    /// Clients that went away while queued.
+    pub abandoned: u64,
+    /// Waiting now (filled at report time).
+    pub queue_length: u64,
+}
+
 /// A worker's live metrics. Single writer: the worker's own thread.
 pub struct WorkerMetrics {
     pub connections_accepted: Cell<u64>,
@@ -102,6 +121,8 @@ pub struct WorkerMetrics {
     by_route: RefCell<Vec<u64>>,
     /// Per upstream, per endpoint.
     endpoints: RefCell<Vec<Vec<EndpointCounts>>>,
+    /// Per upstream.
+    pub breakers: RefCell<Vec<BreakerCounts>>,
     /// Per rate-limit policy: [allowed, limited].
     policies: RefCell<Vec<[u64; 2]>>,
     /// Per auth provider, by `auth::Outcome::index`.
@@ -148,6 +169,7 @@ impl WorkerMetrics {
                     .map(|&n| vec![EndpointCounts::default(); n])
                     .collect(),
             ),
+            breakers: RefCell::new(vec![BreakerCounts::default(); endpoints_per_upstream.len()]),
             policies: RefCell::new(Vec::new()),
             auth: RefCell::new(Vec::new()),
             introspection: RefCell::new(Vec::new()),
@@ -169,6 +191,14 @@ impl WorkerMetrics {
             .iter()
             .map(|&n| vec![EndpointCounts::default(); n])
             .collect();
+        *self.breakers.borrow_mut() = vec![BreakerCounts::default(); endpoints_per_upstream.len()];
+    }
+
+    /// Counts a circuit-breaker event of upstream `upstream`.
+    pub fn breaker(&self, upstream: usize, count: impl FnOnce(&mut BreakerCounts)) {
+        if let Some(b) = self.breakers.borrow_mut().get_mut(upstream) {
+            count(b);
+        }
     }
 
     /// Sizes the per-policy and per-auth-provider counters (at start and
@@ -385,6 +415,7 @@ impl WorkerMetrics {
             tls_handshakes_queued: self.tls_handshakes_queued.get(),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
+            breakers: self.breakers.borrow().clone(),
             policies: self.policies.borrow().clone(),
             auth: self.auth.borrow().clone(),
             introspection: self.introspection.borrow().clone(),
@@ -428,6 +459,8 @@ pub struct WorkerReport {
     pub tls_handshakes_queued: u64,
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
+    /// Per upstream (queue lengths filled by the worker).
+    pub breakers: Vec<BreakerCounts>,
     pub policies: Vec<[u64; 2]>,
     pub auth: Vec<[u64; AUTH_OUTCOMES]>,
     pub introspection: Vec<[u64; INTROSPECTION_RESULTS]>,

@@ -438,6 +438,90 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     endpoint_series(&mut out, UPSTREAM_RETRY_BUDGET_EXHAUSTED, &|r, u, e| {
         r.endpoints.get(u)?.get(e).map(|c| c.budget_refused)
     });
+    // Circuit breakers, for the upstreams that have one.
+    let breaker_series =
+        |out: &mut String,
+         name: &str,
+         extra: &str,
+         value: &dyn Fn(&crate::metrics::BreakerCounts) -> u64| {
+            for (u, spec) in snapshot.upstreams.iter().enumerate() {
+                if spec.circuit_breaker.is_none() {
+                    continue;
+                }
+                let v: u64 = reports
+                    .iter()
+                    .filter_map(|r| r.breakers.get(u).map(value))
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\"{extra}}} {v}",
+                    label(&spec.name)
+                );
+            }
+        };
+    if snapshot
+        .upstreams
+        .iter()
+        .any(|u| u.circuit_breaker.is_some())
+    {
+        header(
+            &mut out,
+            BREAKER_QUEUE_LENGTH,
+            "gauge",
+            "Requests waiting for room under the upstream's circuit breaker.",
+        );
+        breaker_series(&mut out, BREAKER_QUEUE_LENGTH, "", &|b| b.queue_length);
+        header(
+            &mut out,
+            BREAKER_QUEUED,
+            "counter",
+            "Requests that waited in the upstream's queue.",
+        );
+        breaker_series(&mut out, BREAKER_QUEUED, "", &|b| b.queued);
+        header(
+            &mut out,
+            BREAKER_QUEUE_WAIT,
+            "counter",
+            "Time requests spent in the upstream's queue, summed.",
+        );
+        for (u, spec) in snapshot.upstreams.iter().enumerate() {
+            if spec.circuit_breaker.is_none() {
+                continue;
+            }
+            let us: u64 = reports
+                .iter()
+                .filter_map(|r| r.breakers.get(u).map(|b| b.queue_wait_us))
+                .sum();
+            let _ = writeln!(
+                out,
+                "{BREAKER_QUEUE_WAIT}{{upstream=\"{}\"}} {:.6}",
+                label(&spec.name),
+                us as f64 / 1e6
+            );
+        }
+        header(
+            &mut out,
+            BREAKER_TRIPS,
+            "counter",
+            "Requests refused (queue full, queue timeout: 503) and retries not made, by the limit that tripped.",
+        );
+        breaker_series(&mut out, BREAKER_TRIPS, ",limit=\"queue_full\"", &|b| {
+            b.refused_queue_full
+        });
+        breaker_series(&mut out, BREAKER_TRIPS, ",limit=\"queue_timeout\"", &|b| {
+            b.refused_queue_timeout
+        });
+        breaker_series(&mut out, BREAKER_TRIPS, ",limit=\"max_retries\"", &|b| {
+            b.retries_refused
+        });
+        header(
+            &mut out,
+            BREAKER_ABANDONED,
+            "counter",
+            "Clients that went away while their request waited in the queue.",
+        );
+        breaker_series(&mut out, BREAKER_ABANDONED, "", &|b| b.abandoned);
+    }
     header(
         &mut out,
         UPSTREAM_IDLE,

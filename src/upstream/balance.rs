@@ -188,6 +188,7 @@ mod tests {
             when_all_down: crate::snapshot::WhenAllDown::Refuse,
             retry_budget: Default::default(),
             outlier_detection: None,
+            circuit_breaker: None,
             slow_start: std::time::Duration::ZERO,
         }
     }

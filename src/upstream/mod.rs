@@ -3,6 +3,7 @@
 //! `UpstreamSpec`s when a worker starts (or gets a new snapshot).
 
 pub mod balance;
+pub mod breaker;
 pub mod conn;
 pub mod fetch;
 pub mod hash;

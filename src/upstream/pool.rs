@@ -63,6 +63,11 @@ impl<C> Pool<C> {
         before - self.idle.len()
     }
 
+    /// Closes the oldest idle connection; whether there was one.
+    pub fn close_oldest(&mut self) -> bool {
+        self.idle.pop_front().is_some()
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.len()
     }

@@ -11,7 +11,7 @@ mod catch;
 pub mod client;
 pub mod conn;
 pub mod forward;
-pub mod handshake_gate;
+pub mod gate;
 pub mod introspect;
 pub mod phase;
 pub mod request_id;
@@ -275,6 +275,13 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                     ];
                     drop(store);
                     report.endpoints_down = shard.down.borrow().len() as u64;
+                    for (counts, admission) in report
+                        .breakers
+                        .iter_mut()
+                        .zip(&shard.generation().admission)
+                    {
+                        counts.queue_length = admission.gate.queued() as u64;
+                    }
                     let _ = reply.send(report);
                 }
                 Command::AddListeners(sockets) => {

@@ -75,6 +75,17 @@ pub struct Generation {
     pub token_caches: RefCell<Vec<Option<crate::auth::token_cache::TokenCache>>>,
     /// Token introspection calls under way (one per token at a time).
     pub lookups: super::single_flight::Lookups,
+    /// Per upstream: this worker's side of its circuit breaker. Outside
+    /// the `upstreams` RefCell: requests hold places across awaits.
+    pub admission: Vec<Admission>,
+}
+
+/// One upstream's circuit breaker in one worker: the requests let
+/// through (and the queue of those waiting), and the retries under way.
+#[derive(Default)]
+pub struct Admission {
+    pub gate: super::gate::Gate,
+    pub retries: Cell<u32>,
 }
 
 impl Generation {
@@ -156,12 +167,14 @@ impl Generation {
                 crate::auth::ProviderKind::ApiKey(_) => None,
             })
             .collect();
+        let upstream_count = snapshot.upstreams.len();
         Generation {
             snapshot,
             upstreams: RefCell::new(upstreams),
             limiter,
             token_caches: RefCell::new(token_caches),
             lookups: Default::default(),
+            admission: (0..upstream_count).map(|_| Admission::default()).collect(),
         }
     }
 }
@@ -205,7 +218,7 @@ pub struct Shard {
     /// Cancels every idle keep-alive read and pending accept at once (drain).
     idle_canceller: RefCell<Canceller>,
     /// Caps TLS handshakes in flight on this worker.
-    pub handshakes: super::handshake_gate::HandshakeGate,
+    pub handshakes: super::gate::Gate,
     /// Keys fetched from JWKS URLs, as the fetcher last published them.
     pub jwks: crate::auth::jwks::WorkerKeys,
     /// This worker's response cache shard (kept across reloads).

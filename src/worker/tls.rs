@@ -1,5 +1,5 @@
 //! [warm] The TLS phase of a connection: run the handshake under its
-//! deadline, holding a slot of the worker's `handshake_gate` while rustls
+//! deadline, holding a slot of the worker's `gate` while rustls
 //! has work (not while the client is silent), count the
 //! outcome, and keep what requests on the connection will ask about it (the
 //! site the SNI chose, the client certificate).
@@ -16,7 +16,7 @@ use crate::tls::identity::CertFacts;
 use crate::tls::listener::ListenerTls;
 use crate::transport::{TlsStream, Transport};
 
-use super::handshake_gate::Slot;
+use super::gate::Slot;
 use super::shard::Shard;
 
 /// What requests on a TLS connection may ask about it.

@@ -623,7 +623,12 @@ fn compile_upstream(
         .outlier_detection
         .as_ref()
         .and_then(|o| resilience::compile_outlier_detection(name, o, errors));
+    let circuit_breaker = u
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| resilience::compile_circuit_breaker(name, b, errors));
     UpstreamSpec {
+        circuit_breaker,
         outlier_detection,
         slow_start: u.slow_start.map_or(std::time::Duration::ZERO, |d| d.0),
         tls,

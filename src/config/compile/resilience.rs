@@ -7,6 +7,7 @@ use toml::Spanned;
 
 use super::Errors;
 use crate::config::file;
+use crate::upstream::breaker::CircuitBreaker;
 use crate::upstream::outlier::OutlierDetection;
 use crate::upstream::retry::{BudgetRule, RetryPolicy};
 
@@ -129,6 +130,38 @@ pub(super) fn compile_retry_budget(
         percent: b.percent.as_ref().map_or(default.percent, |p| *p.get_ref()),
         min_per_second: b.min_per_second.unwrap_or(default.min_per_second),
     }
+}
+
+/// `[upstreams.NAME.circuit_breaker]`: Envoy's defaults (1024
+/// connections, requests and pending, 3 retries) and a 1 s queue.
+pub(super) fn compile_circuit_breaker(
+    upstream: &str,
+    section: &Spanned<file::CircuitBreakerSection>,
+    errors: &mut Errors,
+) -> Option<CircuitBreaker> {
+    let b = section.get_ref();
+    let breaker = CircuitBreaker {
+        max_connections: b.max_connections.unwrap_or(1024),
+        max_requests: b.max_requests.unwrap_or(1024),
+        max_pending: b.max_pending.unwrap_or(1024),
+        max_retries: b.max_retries.unwrap_or(3),
+        queue_timeout: b.queue_timeout.map_or(Duration::from_secs(1), |d| d.0),
+    };
+    if breaker.max_connections == 0 || breaker.max_requests == 0 {
+        errors.at(
+            section,
+            format!("upstream `{upstream}` circuit_breaker: max_connections and max_requests must be at least 1"),
+        );
+        return None;
+    }
+    if breaker.max_pending > 0 && breaker.queue_timeout.is_zero() {
+        errors.at(
+            section,
+            format!("upstream `{upstream}` circuit_breaker: a queue (max_pending) needs a queue_timeout above zero"),
+        );
+        return None;
+    }
+    Some(breaker)
 }
 
 /// `[upstreams.NAME.outlier_detection]`: Envoy's defaults, except that a
@@ -308,6 +341,55 @@ endpoints = ["127.0.0.1:9000"]
                 "[upstreams.api.outlier_detection]\n{setting}\n[[routes]]\nupstream = \"api\"\n"
             ));
             assert!(errs.is_empty(), "{setting}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn circuit_breaker_defaults_and_settings() {
+        let s = load("[upstreams.api.circuit_breaker]\n[[routes]]\nupstream = \"api\"\n")
+            .expect("valid");
+        let b = s.upstreams[0].circuit_breaker.expect("on");
+        assert_eq!(
+            (
+                b.max_connections,
+                b.max_requests,
+                b.max_pending,
+                b.max_retries
+            ),
+            (1024, 1024, 1024, 3)
+        );
+        assert_eq!(b.queue_timeout, Duration::from_secs(1));
+        let s = load("[upstreams.api.circuit_breaker]\nmax_connections = 7\nmax_requests = 5\nmax_pending = 0\nmax_retries = 0\nqueue_timeout = \"0s\"\n[[routes]]\nupstream = \"api\"\n").expect("valid");
+        let b = s.upstreams[0].circuit_breaker.expect("on");
+        assert_eq!(
+            (
+                b.max_connections,
+                b.max_requests,
+                b.max_pending,
+                b.max_retries
+            ),
+            (7, 5, 0, 0)
+        );
+        assert!(
+            load("[[routes]]\nupstream = \"api\"\n")
+                .expect("valid")
+                .upstreams[0]
+                .circuit_breaker
+                .is_none()
+        );
+        for (setting, message) in [
+            ("max_connections = 0", "at least 1"),
+            ("max_requests = 0", "at least 1"),
+            ("queue_timeout = \"0s\"", "needs a queue_timeout above zero"),
+        ] {
+            let errs = errors_of(&format!(
+                "[upstreams.api.circuit_breaker]\n{setting}\n[[routes]]\nupstream = \"api\"\n"
+            ));
+            assert_eq!(errs.len(), 1, "{setting}: {errs:?}");
+            assert!(
+                errs[0].contains(message) && errs[0].contains("upstream `api`"),
+                "{setting}: {errs:?}"
+            );
         }
     }
 

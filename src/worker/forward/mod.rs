@@ -9,6 +9,7 @@
 //! whole request is still in hand (no streamed body) and either nothing could
 //! have reached the upstream (the write failed) or the method is idempotent.
 
+mod admission;
 mod relay;
 mod request_head;
 mod response_head;
@@ -146,6 +147,18 @@ pub async fn forward(
 ) -> ProxyOutcome {
     let spec = &ctx.snapshot().upstreams[upstream];
     let policy = ctx.route.retry.as_deref();
+    let _admitted = match admission::admit(ctx, spec, upstream, &client.stream).await {
+        Ok(place) => place,
+        Err(refused) => {
+            client.buf.advance(ctx.head.len.min(client.buf.len()));
+            return match refused {
+                admission::Refused::Failure(failure) => {
+                    ProxyOutcome::failed(failure, ctx.head.framing == BodyFraming::None)
+                }
+                admission::Refused::ClientGone => ProxyOutcome::Aborted,
+            };
+        }
+    };
     let key_hash = consistent_hash_key(spec, client);
     if let Some(policy) = policy
         && let Err(failure) = keep_body_for_replay(ctx, client, policy.max_body).await
@@ -160,6 +173,8 @@ pub async fn forward(
     let mut tries = 0u32;
     let mut staged: Option<Staged> = None;
     let mut last_failure: Option<TryFailed> = None;
+    // A place among the retries under way, once this request retries.
+    let mut retrying: Option<Option<admission::RetryPlace<'_>>> = None;
     loop {
         tries += 1;
         let (endpoint, in_flight) =
@@ -215,6 +230,12 @@ pub async fn forward(
                 && staged_now.in_hand
                 && kind.is_some_and(|k| p.wants(k, idempotent))
                 && deadline.is_none_or(|d| Instant::now() < d)
+        });
+        let retry_policy = retry_policy.filter(|_| {
+            if retrying.is_none() {
+                retrying = admission::retry_place(ctx, spec, upstream);
+            }
+            retrying.is_some()
         });
         let retry_policy = retry_policy.filter(|_| {
             let granted = ctx.generation.upstreams.borrow_mut()[upstream]

@@ -115,6 +115,28 @@ fn slow_start(
     other
 }
 
+/// Keeps the upstream's open connections within this worker's share of
+/// `max_connections`: before one more is opened, an idle one (the oldest
+/// of the fullest pool) is closed if that limit would be passed. Each
+/// request let through holds at most one connection, and no more are let
+/// through than the limit, so one is always idle when it is reached.
+fn make_room_for_a_connection(generation: &Generation, spec: &UpstreamSpec, upstream: usize) {
+    let Some(breaker) = &spec.circuit_breaker else {
+        return;
+    };
+    let limit = breaker.share(generation.snapshot.workers).max_connections as usize;
+    // Requests let through, this one included: at most one connection each.
+    let in_use = generation.admission[upstream].gate.in_flight();
+    let mut ups = generation.upstreams.borrow_mut();
+    let pools = &mut ups[upstream].pools;
+    let idle: usize = pools.iter().map(|p| p.idle_count()).sum();
+    if in_use + idle > limit
+        && let Some(fullest) = pools.iter_mut().max_by_key(|p| p.idle_count())
+    {
+        fullest.close_oldest();
+    }
+}
+
 /// The client request's consistent-hash key, if `spec` balances by one.
 pub(in crate::worker) fn consistent_hash_key(spec: &UpstreamSpec, client: &Client) -> Option<u64> {
     if spec.balance != Balance::ConsistentHash {
@@ -172,6 +194,7 @@ pub(in crate::worker) async fn acquire(
             // the next request (they would become its answer). Dropped.
         }
     }
+    make_room_for_a_connection(generation, spec, upstream);
     let addr = spec.endpoints[endpoint].addr;
     // connect_timeout covers the TCP connect and, over TLS, the handshake.
     let now = Instant::now();

@@ -1,13 +1,15 @@
-//! [warm] The per-worker cap on TLS handshakes in flight.
+//! [warm] A per-worker FIFO gate: at most `max` holders at once, the rest
+//! waiting in arrival order (costing nothing), each able to give up (its
+//! timeout, its client gone) without losing the turn for the next.
 //!
-//! A handshake costs a core tens of microseconds of signing (a millisecond
-//! for RSA-2048), and the worker runs tasks cooperatively: a thousand
-//! ClientHellos at once would put established connections' requests behind
-//! all of them. So each worker runs at most `max_handshakes_in_flight`;
-//! later ones wait in FIFO order (costing nothing) within their own
-//! handshake timeout. A handshake holds its slot only while it has work:
-//! one waiting for the client's next flight (or for its ClientHello) has
-//! given it back, so silent or stalling clients cannot use the slots up.
+//! Two uses. TLS handshakes: a handshake costs a core tens of
+//! microseconds of signing (a millisecond for RSA-2048), and the worker
+//! runs tasks cooperatively, so a thousand ClientHellos at once would put
+//! established connections' requests behind all of them; each worker runs
+//! at most `max_handshakes_in_flight`, and a handshake holds its slot only
+//! while it has work. Upstream circuit breaking: requests to an upstream
+//! beyond its `max_requests` share wait here, at most `max_pending` of
+//! them, each for at most `queue_timeout`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -16,9 +18,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-/// Per-worker cap on handshakes in flight.
+/// A cap on holders, with a FIFO queue of waiters.
 #[derive(Default)]
-pub struct HandshakeGate {
+pub struct Gate {
     in_flight: Cell<usize>,
     waiters: RefCell<VecDeque<Waiter>>,
 }
@@ -28,7 +30,7 @@ struct Waiter {
     waker: Waker,
 }
 
-impl HandshakeGate {
+impl Gate {
     /// Waits for a slot (FIFO). The slot is freed when the returned guard
     /// drops.
     pub fn acquire(&self, max: usize) -> Acquire<'_> {
@@ -44,6 +46,11 @@ impl HandshakeGate {
         self.in_flight.get()
     }
 
+    /// Waiters in the queue now.
+    pub fn queued(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
     /// Hands the next waiter its turn.
     fn wake_next(&self) {
         if let Some(next) = self.waiters.borrow_mut().pop_front() {
@@ -54,16 +61,16 @@ impl HandshakeGate {
 }
 
 pub struct Acquire<'a> {
-    gate: &'a HandshakeGate,
+    gate: &'a Gate,
     max: usize,
     /// Set while queued; `true` inside once it is this waiter's turn.
     turn: Option<Rc<Cell<bool>>>,
     done: bool,
 }
 
-/// A handshake slot; dropping it lets the next waiter in.
+/// A place through the gate; dropping it lets the next waiter in.
 pub struct Slot<'a> {
-    gate: &'a HandshakeGate,
+    gate: &'a Gate,
 }
 
 impl Drop for Slot<'_> {
@@ -111,7 +118,7 @@ impl<'a> Future for Acquire<'a> {
 }
 
 impl Drop for Acquire<'_> {
-    /// A waiter that gives up (its handshake timed out, or the task ended)
+    /// A waiter that gives up (it timed out, or its task ended)
     /// leaves the queue; if it had just been given its turn, it passes the
     /// turn on so the free slot is not lost.
     fn drop(&mut self) {
@@ -158,7 +165,7 @@ mod tests {
 
     #[test]
     fn slots_are_capped_and_handed_out_in_arrival_order() {
-        let gate = HandshakeGate::default();
+        let gate = Gate::default();
         let flags: Vec<_> = (0..4)
             .map(|_| Arc::new(Flag(AtomicBool::new(false))))
             .collect();
@@ -200,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_waiter_that_gives_up_passes_its_turn_on() {
-        let gate = HandshakeGate::default();
+        let gate = Gate::default();
         let flags: Vec<_> = (0..3)
             .map(|_| Arc::new(Flag(AtomicBool::new(false))))
             .collect();
