@@ -104,6 +104,7 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
             addr: format!("10.0.0.{i}:80").parse().unwrap(),
             weight: 1 + (i as u32 % 3),
             authority: b"x".as_slice().into(),
+            source: i,
         })
         .collect();
     let ring = build_ring(
@@ -128,6 +129,8 @@ fn upstream(n: usize, balance: Balance) -> UpstreamSpec {
         retry_budget: Default::default(),
         outlier_detection: None,
         circuit_breaker: None,
+        sources: Vec::new(),
+        resolve_interval: std::time::Duration::ZERO,
         slow_start: std::time::Duration::ZERO,
     }
 }

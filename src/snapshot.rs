@@ -6,6 +6,7 @@
 //! parsed addresses, lower-cased header names, consistent-hash rings.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,8 +101,23 @@ pub enum HashKey {
 pub struct EndpointSpec {
     pub addr: SocketAddr,
     pub weight: u32,
-    /// `ip:port` as it appears in a Host header when the route rewrites it.
+    /// `host:port` as the config wrote it: the Host header when the route
+    /// rewrites it to the endpoint's.
     pub authority: Box<[u8]>,
+    /// Which of the upstream's `sources` it came from.
+    pub source: usize,
+}
+
+/// An endpoint as the config wrote it: an address, or a host name that
+/// stands for every address it resolves to (re-resolved in the
+/// background, docs/resilience.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSource {
+    /// `host:port` or `ip:port`.
+    pub text: String,
+    pub weight: u32,
+    /// An address to begin with: never resolved again.
+    pub literal: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +146,68 @@ pub struct UpstreamSpec {
     pub slow_start: Duration,
     /// Limits on what is sent at once (`None`: none).
     pub circuit_breaker: Option<crate::upstream::breaker::CircuitBreaker>,
+    /// The endpoints as configured; `endpoints` is what they resolved to.
+    pub sources: Vec<EndpointSource>,
+    /// How often host names among `sources` are resolved again (zero:
+    /// never).
+    pub resolve_interval: Duration,
+}
+
+impl UpstreamSpec {
+    /// Whether any endpoint is given by a host name.
+    pub fn resolves(&self) -> bool {
+        !self.resolve_interval.is_zero() && self.sources.iter().any(|s| !s.literal)
+    }
+
+    /// This upstream with `endpoints` (fresh resolutions of its sources)
+    /// in place of its own, and the consistent-hash ring to match.
+    pub fn with_endpoints(&self, endpoints: Vec<EndpointSpec>) -> UpstreamSpec {
+        let mut next = self.clone();
+        if self.balance == Balance::ConsistentHash {
+            let identities: Vec<(String, u32)> = endpoints
+                .iter()
+                .map(|e| (e.addr.to_string(), e.weight))
+                .collect();
+            next.hash_ring = crate::upstream::hash::build_ring(&identities);
+        }
+        next.endpoints = endpoints;
+        next
+    }
+}
+
+/// The endpoints `sources` stand for: each address as it is, each host
+/// name as every address `lookup` gives for it (sorted, so an unchanged
+/// answer in another order is no change). A name that does not resolve
+/// is an error naming it.
+pub fn resolve_endpoints(
+    sources: &[EndpointSource],
+    lookup: &dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>>,
+) -> Result<Vec<EndpointSpec>, String> {
+    let mut endpoints = Vec::new();
+    for (source, s) in sources.iter().enumerate() {
+        let mut addrs = match s.text.parse::<SocketAddr>() {
+            Ok(addr) => vec![addr],
+            Err(_) => lookup(&s.text).map_err(|e| format!("`{}`: {e}", s.text))?,
+        };
+        addrs.sort();
+        addrs.dedup();
+        if addrs.is_empty() {
+            return Err(format!("`{}` resolves to no address", s.text));
+        }
+        endpoints.extend(addrs.into_iter().map(|addr| EndpointSpec {
+            addr,
+            weight: s.weight,
+            authority: s.text.as_bytes().into(),
+            source,
+        }));
+    }
+    Ok(endpoints)
+}
+
+/// The system resolver (getaddrinfo), for `resolve_endpoints`.
+pub fn system_lookup(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok(host_port.to_socket_addrs()?.collect())
 }
 
 /// An upstream whose endpoints are all down: refuse (503 with
@@ -332,12 +410,13 @@ pub struct AccessLogSpec {
     pub sample: f64,
 }
 
+#[derive(Clone)]
 pub struct Snapshot {
     /// Unique within the process: tells which snapshot's policy indices a
     /// rate-limit report or view uses.
     pub id: u64,
     /// Authentication providers (`[auth.NAME]`, in name order).
-    pub auth: Vec<crate::auth::Provider>,
+    pub auth: Arc<Vec<crate::auth::Provider>>,
     /// Where this snapshot came from (a path, or "<embedded default>").
     pub source: String,
     pub workers: usize,
@@ -348,7 +427,7 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<Route>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub rate_limits: Vec<RateLimitPolicy>,
     /// Report/aggregate period for node- and cluster-scope limits.
     pub rate_limit_sync: std::time::Duration,

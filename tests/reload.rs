@@ -315,3 +315,43 @@ fn reloads_under_load_never_make_an_unchanged_node_limit_refuse() {
     assert_eq!(limited, 0, "429s during reloads of an unchanged policy");
     assert_eq!(failures.load(Ordering::Relaxed), 0);
 }
+
+/// The path DNS re-resolution takes too: an upstream whose endpoint list
+/// changes keeps its pooled connections to the addresses it still has.
+#[test]
+fn a_changed_endpoint_list_keeps_the_pools_of_unchanged_addresses() {
+    let (a, b, c) = (
+        Upstream::named("a"),
+        Upstream::named("b"),
+        Upstream::named("c"),
+    );
+    let with = |second: &Upstream| {
+        config(
+            "epoll",
+            &format!(
+                "[admin]\nbind = \"127.0.0.1:0\"\n[upstreams.app]\nendpoints = [\"{}\", \"{}\"]\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+                a.addr, second.addr
+            ),
+        )
+    };
+    let gw = Gateway::start(&with(&b));
+    let path = gw.log.with_file_name("gateway.toml");
+    let mut client = Conn::open(gw.addr);
+    let mut get = |n: usize| {
+        for i in 0..n {
+            client.send(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+            assert_eq!(client.read_response(false).status, 200);
+        }
+    };
+    get(10);
+    assert_eq!((a.request_count(), b.request_count()), (5, 5));
+    assert_eq!(a.connections(), 1, "one pooled connection to a");
+    std::fs::write(&path, with(&c)).unwrap();
+    let r = post(gw.admin.unwrap(), "/reload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    get(10);
+    assert_eq!(a.request_count(), 10);
+    assert_eq!(c.request_count(), 5);
+    assert_eq!(b.request_count(), 5, "b is gone");
+    assert_eq!(a.connections(), 1, "a's pooled connection was kept");
+}

@@ -342,3 +342,33 @@ fn every_endpoint_dead_is_a_quick_503_without_pile_up() {
         assert_eq!(metric(&gw, &active), 0, "{active}");
     }
 }
+
+#[test]
+fn endpoints_given_by_name_are_resolved_again_without_disturbing_traffic() {
+    let a = Upstream::named("a");
+    let gw = Gateway::start(&config(
+        "epoll",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[upstreams.app]\nendpoints = [\"localhost:{}\"]\nresolve_interval = \"50ms\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            a.addr.port()
+        ),
+    ));
+    let load = Load::start(&gw, 2);
+    // Many intervals go by under load.
+    let started = Instant::now();
+    load.wait_for(300, "load under way");
+    common::wait_until(WAIT, "several intervals", || {
+        started.elapsed() > Duration::from_millis(500)
+    });
+    load.wait_for(300, "load goes on");
+    let (done, failed, statuses) = load.finish();
+    assert_eq!(failed, 0, "{statuses:?} of {done}");
+    // The same answer each time: nothing was reinstalled.
+    let log = gw.log_text();
+    assert!(!log.contains("endpoint addresses changed"), "{log}");
+    assert!(
+        common::get(gw.admin.unwrap(), "/upstreams")
+            .text()
+            .contains(&format!("127.0.0.1:{}", a.addr.port()))
+    );
+}

@@ -550,6 +550,8 @@ mod tests {
                 retry_budget: Default::default(),
                 outlier_detection: None,
                 circuit_breaker: None,
+                sources: Vec::new(),
+                resolve_interval: std::time::Duration::ZERO,
                 slow_start: std::time::Duration::ZERO,
             },
             path: "/jwks".into(),
@@ -628,6 +630,7 @@ mod tests {
             addr: closed,
             weight: 1,
             authority: closed.to_string().into_bytes().into(),
+            source: 0,
         }];
         let mut t = Tracked::new(src, Instant::now());
         let good = crate::auth::jwt::jwks_keys(

@@ -605,6 +605,10 @@ pub struct UpstreamSection {
     /// long, ramping up (default 0s: at once).
     #[serde(default)]
     pub slow_start: Option<HumanDuration>,
+    /// How often endpoints given as host names are resolved again
+    /// (default 30s; "0s": never).
+    #[serde(default)]
+    pub resolve_interval: Option<HumanDuration>,
     /// Limits on what the upstream is sent at once, and a bounded queue.
     #[serde(default)]
     pub circuit_breaker: Option<Spanned<CircuitBreakerSection>>,

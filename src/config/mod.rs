@@ -8,6 +8,8 @@ mod compile;
 pub mod file;
 pub mod units;
 
+pub use compile::next_snapshot_id;
+
 use std::fmt;
 use std::path::Path;
 

@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod cache_purge;
+mod dns;
 pub mod health;
 mod listeners;
 pub mod outlier;
@@ -191,6 +192,8 @@ pub fn start(snapshot: Snapshot) -> Result<Running, String> {
         vec![prober.snapshots.clone(), detector.snapshots.clone()],
         &bound,
     )));
+    // Endpoints given as host names follow their DNS records.
+    dns::spawn(reloader.clone()).map_err(|e| format!("cannot start the DNS thread: {e}"))?;
     // Other nodes' cache purges, through Redis. For the process's life:
     // a [redis] change takes a restart.
     if let Some(redis) = &snapshot.redis {

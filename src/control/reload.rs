@@ -104,6 +104,82 @@ impl Reloader {
         self.current.clone()
     }
 
+    /// Makes `next` the running snapshot everywhere: the rate-limit
+    /// aggregator, every worker (waiting up to 5 s for each to switch),
+    /// the JWKS fetcher, the health prober and outlier detection. Returns
+    /// how many workers switched.
+    fn install(&mut self, next: Arc<Snapshot>) -> usize {
+        // The aggregator first, so it knows the new policy indices by the
+        // time workers report with them.
+        let _ = self
+            .limits
+            .send(crate::ratelimit::aggregator::Control::Reload(next.clone()));
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
+        for w in &self.workers {
+            let _ = w.send(Command::Reload(next.clone(), ack_tx.clone()));
+        }
+        drop(ack_tx);
+        let _ = self.jwks.send(crate::auth::jwks::sources(&next.auth));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut switched = 0;
+        while switched < self.workers.len() {
+            match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(_) => switched += 1,
+                Err(_) => break,
+            }
+        }
+        self.current = next;
+        self.generation += 1;
+        for watcher in &self.health {
+            let _ = watcher.send(self.current.clone());
+        }
+        switched
+    }
+
+    /// Installs fresh resolutions of upstreams' host names: `(upstream,
+    /// the sources resolved, what they resolved to)`. One whose sources
+    /// are no longer the running ones (a reload came in between) is
+    /// skipped. Everything else stays as it is; workers keep the pools
+    /// of addresses that did not change. Returns the upstreams changed.
+    pub fn apply_resolved(
+        &mut self,
+        resolved: Vec<(
+            String,
+            Vec<crate::snapshot::EndpointSource>,
+            Vec<crate::snapshot::EndpointSpec>,
+        )>,
+    ) -> Vec<String> {
+        let mut next = (*self.current).clone();
+        let mut changed = Vec::new();
+        for (name, sources, endpoints) in resolved {
+            let Some(spec) = next
+                .upstreams
+                .iter_mut()
+                .find(|u| u.name == name && u.sources == sources)
+            else {
+                continue;
+            };
+            let before: Vec<_> = spec.endpoints.iter().map(|e| (e.addr, e.source)).collect();
+            let after: Vec<_> = endpoints.iter().map(|e| (e.addr, e.source)).collect();
+            if before == after {
+                continue;
+            }
+            tracing::info!(
+                upstream = %name,
+                before = ?before.iter().map(|e| e.0).collect::<Vec<_>>(),
+                after = ?after.iter().map(|e| e.0).collect::<Vec<_>>(),
+                "endpoint addresses changed (DNS)"
+            );
+            *spec = spec.with_endpoints(endpoints);
+            changed.push(name);
+        }
+        if !changed.is_empty() {
+            next.id = crate::config::next_snapshot_id();
+            self.install(Arc::new(next));
+        }
+        changed
+    }
+
     /// Reloads the config file. `Ok` carries a one-line summary; `Err`
     /// carries every problem, and the running config is unchanged.
     pub fn reload(&mut self) -> Result<String, Vec<String>> {
@@ -149,31 +225,7 @@ impl Reloader {
         for n in &listener_notes {
             tracing::info!("{n}");
         }
-        let next = Arc::new(next);
-        // The aggregator first, so it knows the new policy indices by the
-        // time workers report with them.
-        let _ = self
-            .limits
-            .send(crate::ratelimit::aggregator::Control::Reload(next.clone()));
-        let (ack_tx, ack_rx) = crossbeam_channel::unbounded();
-        for w in &self.workers {
-            let _ = w.send(Command::Reload(next.clone(), ack_tx.clone()));
-        }
-        drop(ack_tx);
-        let _ = self.jwks.send(crate::auth::jwks::sources(&next.auth));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut switched = 0;
-        while switched < self.workers.len() {
-            match ack_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(_) => switched += 1,
-                Err(_) => break,
-            }
-        }
-        self.current = next;
-        self.generation += 1;
-        for watcher in &self.health {
-            let _ = watcher.send(self.current.clone());
-        }
+        let switched = self.install(Arc::new(next));
         super::warn_expiring_certificates(&self.current);
         let summary = format!(
             "reloaded {} (generation {}): {} routes, {} upstreams; {switched}/{} workers switched{}",
@@ -191,5 +243,107 @@ impl Reloader {
         );
         tracing::info!("{summary}");
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::EndpointSpec;
+
+    fn reloader(balance: &str) -> (Reloader, crossbeam_channel::Receiver<Command>) {
+        let current = crate::config::load_str(
+            &format!("workers = 1\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.named]\nendpoints = [\"localhost:9000\", \"127.0.0.1:9001\"]\nbalance = \"{balance}\"\nhash_on = \"client_ip\"\n[[routes]]\nupstream = \"named\"\n"),
+            "t.toml",
+        )
+        .expect("valid");
+        let (worker_tx, worker_rx) = crossbeam_channel::unbounded();
+        let (limits, _) = crossbeam_channel::unbounded();
+        let (jwks, _) = crossbeam_channel::unbounded();
+        let r = Reloader::new(
+            Arc::new(current),
+            vec![worker_tx],
+            limits,
+            jwks,
+            vec![],
+            &[],
+        );
+        (r, worker_rx)
+    }
+
+    fn endpoint(addr: &str, source: usize) -> EndpointSpec {
+        EndpointSpec {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            authority: b"localhost:9000".as_slice().into(),
+            source,
+        }
+    }
+
+    /// Answers the worker's Reload (as a worker would), returning it.
+    fn take_reload(rx: &crossbeam_channel::Receiver<Command>) -> Option<Arc<Snapshot>> {
+        match rx.try_recv() {
+            Ok(Command::Reload(s, ack)) => {
+                let _ = ack.send(0);
+                Some(s)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_changed_address_set_is_installed_for_that_upstream_alone() {
+        let (mut r, rx) = reloader("consistent_hash");
+        let before = r.current();
+        let sources = before.upstreams[0].sources.clone();
+        let fresh = vec![
+            endpoint("10.0.0.1:9000", 0),
+            endpoint("10.0.0.2:9000", 0),
+            endpoint("127.0.0.1:9001", 1),
+        ];
+        // The worker answers from its own thread, as install waits for it.
+        let answer = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(s) = take_reload(&rx) {
+                    return (s, rx);
+                }
+                assert!(Instant::now() < deadline, "no reload reached the worker");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let changed = r.apply_resolved(vec![("named".into(), sources.clone(), fresh.clone())]);
+        assert_eq!(changed, vec!["named".to_string()]);
+        let (sent, rx) = answer.join().unwrap();
+        let now = r.current();
+        assert!(Arc::ptr_eq(&sent, &now), "the worker got the new snapshot");
+        let addrs: Vec<_> = now.upstreams[0].endpoints.iter().map(|e| e.addr).collect();
+        assert_eq!(addrs, fresh.iter().map(|e| e.addr).collect::<Vec<_>>());
+        assert_ne!(now.id, before.id);
+        assert_eq!(now.limits_id, before.limits_id, "rate limits untouched");
+        assert_ne!(now.upstreams[0].hash_ring, before.upstreams[0].hash_ring);
+        assert!(
+            now.upstreams[0]
+                .hash_ring
+                .iter()
+                .all(|(_, i)| (*i as usize) < 3),
+            "the ring is of the new endpoints"
+        );
+        assert_eq!(now.routes.len(), before.routes.len());
+        // The same answer again changes nothing and tells nobody.
+        let changed = r.apply_resolved(vec![("named".into(), sources, fresh.clone())]);
+        assert!(changed.is_empty());
+        assert!(take_reload(&rx).is_none());
+        // An answer for sources a reload has since replaced is dropped.
+        let mut old_sources = now.upstreams[0].sources.clone();
+        old_sources[0].text = "elsewhere:9000".into();
+        let changed = r.apply_resolved(vec![(
+            "named".into(),
+            old_sources,
+            vec![endpoint("10.9.9.9:9000", 0)],
+        )]);
+        assert!(changed.is_empty());
+        assert!(take_reload(&rx).is_none());
+        assert!(Arc::ptr_eq(&r.current(), &now));
     }
 }

@@ -15,7 +15,8 @@ use crate::config::file::UpstreamTlsSection;
 /// An upstream's TLS settings, compiled.
 pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
-    /// Per endpoint, in the upstream's order: SNI and the name verified.
+    /// Per endpoint source (`UpstreamSpec::sources`), in the upstream's
+    /// order: SNI and the name verified.
     pub names: Vec<ServerName<'static>>,
     /// Everything the settings were made from (file contents included):
     /// equal settings keep their pooled connections across a reload.

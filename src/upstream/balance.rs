@@ -165,6 +165,7 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 weight,
                 authority: b"x".as_slice().into(),
+                source: i,
             })
             .collect();
         let ring = build_ring(
@@ -189,6 +190,8 @@ mod tests {
             retry_budget: Default::default(),
             outlier_detection: None,
             circuit_breaker: None,
+            sources: Vec::new(),
+            resolve_interval: std::time::Duration::ZERO,
             slow_start: std::time::Duration::ZERO,
         }
     }

@@ -126,7 +126,7 @@ fn connect(
         config: &tls.config,
         name: tls
             .names
-            .get(endpoint)
+            .get(target.source)
             .cloned()
             .unwrap_or_else(|| rustls::pki_types::ServerName::from(target.addr.ip())),
     });

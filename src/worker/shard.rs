@@ -134,7 +134,13 @@ impl Generation {
                         UpstreamState::new(spec, worker),
                     ))
                 });
-                reusable.unwrap_or_else(|| UpstreamState::new(spec, worker))
+                reusable.unwrap_or_else(|| {
+                    let mut fresh = UpstreamState::new(spec, worker);
+                    if let Some(prev) = previous {
+                        keep_pools_of_unchanged_addresses(prev, spec, &mut fresh);
+                    }
+                    fresh
+                })
             })
             .collect();
         let limiter = RefCell::new(match previous {
@@ -175,6 +181,36 @@ impl Generation {
             token_caches: RefCell::new(token_caches),
             lookups: Default::default(),
             admission: (0..upstream_count).map(|_| Admission::default()).collect(),
+        }
+    }
+}
+
+/// An upstream whose endpoints changed (a reload, a DNS answer) keeps
+/// the idle connections of the addresses it still has, if they were made
+/// with the same TLS and pool settings.
+fn keep_pools_of_unchanged_addresses(
+    prev: &Generation,
+    spec: &crate::snapshot::UpstreamSpec,
+    fresh: &mut UpstreamState<UpstreamConn>,
+) {
+    let Some(index) = prev.snapshot.upstreams.iter().position(|old| {
+        old.name == spec.name
+            && old.tls == spec.tls
+            && old.pool_max_idle == spec.pool_max_idle
+            && old.pool_idle_timeout == spec.pool_idle_timeout
+    }) else {
+        return;
+    };
+    let old_spec = &prev.snapshot.upstreams[index];
+    let mut states = prev.upstreams.borrow_mut();
+    let old = &mut states[index];
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        if let Some(j) = old_spec
+            .endpoints
+            .iter()
+            .position(|e| e.addr == endpoint.addr)
+        {
+            std::mem::swap(&mut fresh.pools[i], &mut old.pools[j]);
         }
     }
 }

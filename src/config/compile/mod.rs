@@ -2,7 +2,7 @@
 //! position; on success everything the hot path needs is precomputed.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use toml::Spanned;
@@ -11,8 +11,9 @@ use super::file::{self, FileConfig, IoDriverSetting, WorkersSetting};
 use super::{ConfigError, ConfigErrors, SourceMap};
 use crate::router::{HostMatch, PathMatch, RouteMatcher, Router};
 use crate::snapshot::{
-    AccessLogSpec, Balance, EndpointSpec, HashKey, HeaderEdits, HostRewrite, IoDriver,
+    AccessLogSpec, Balance, EndpointSource, HashKey, HeaderEdits, HostRewrite, IoDriver,
     ListenerSpec, LogTarget, PathRewrite, Route, RouteAction, ServerLimits, Snapshot, UpstreamSpec,
+    resolve_endpoints, system_lookup,
 };
 use crate::upstream::hash::build_ring;
 
@@ -36,6 +37,12 @@ impl Errors<'_> {
     fn nowhere(&mut self, message: impl Into<String>) {
         self.list.push(self.map.error(None, message));
     }
+}
+
+/// A new snapshot id, unique within the process.
+pub fn next_snapshot_id() -> u64 {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The number of CPUs this process may run on (its affinity mask), which is
@@ -378,10 +385,9 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     }
     let mut cfg = cfg;
     redact(&mut cfg);
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = next_snapshot_id();
     Ok(Snapshot {
-        auth,
+        auth: auth.into(),
         id,
         limits_id: id,
         source: map.name.to_string(),
@@ -393,7 +399,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         listeners,
         upstreams,
         routes,
-        router: Router::new(matchers),
+        router: Router::new(matchers).into(),
         rate_limits,
         rate_limit_sync: sync_interval,
         redis,
@@ -529,6 +535,7 @@ fn compile_upstream(
 ) -> UpstreamSpec {
     let u = section.get_ref();
     let mut endpoints = Vec::new();
+    let mut sources = Vec::new();
     if u.endpoints.is_empty() {
         errors.at(
             section,
@@ -543,18 +550,24 @@ fn compile_upstream(
         if !(1..=10_000).contains(&weight) {
             errors.at(e, "endpoint weight must be between 1 and 10000");
         }
-        // Host names are resolved once, here, on the control thread.
-        match addr_text.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(addr)) => endpoints.push(EndpointSpec {
-                addr,
-                weight: weight.max(1),
-                authority: addr_text.as_bytes().into(),
-            }),
-            _ => errors.at(
+        let source = EndpointSource {
+            text: addr_text.to_string(),
+            weight: weight.max(1),
+            literal: addr_text.parse::<SocketAddr>().is_ok(),
+        };
+        // A host name stands for every address it resolves to, now and
+        // at each `resolve_interval` (control::dns).
+        match resolve_endpoints(std::slice::from_ref(&source), &system_lookup) {
+            Ok(resolved) => endpoints.extend(resolved.into_iter().map(|mut endpoint| {
+                endpoint.source = sources.len();
+                endpoint
+            })),
+            Err(_) => errors.at(
                 e,
                 format!("endpoint `{addr_text}` is not an address like \"127.0.0.1:9000\" or a resolvable \"host:port\""),
             ),
         }
+        sources.push(source);
     }
     let balance = match u.balance {
         file::BalanceSetting::RoundRobin => Balance::RoundRobin,
@@ -597,10 +610,7 @@ fn compile_upstream(
         );
     }
     let tls = u.tls.as_ref().and_then(|section| {
-        let authorities: Vec<&str> = endpoints
-            .iter()
-            .map(|e| std::str::from_utf8(&e.authority).unwrap_or(""))
-            .collect();
+        let authorities: Vec<&str> = sources.iter().map(|s| s.text.as_str()).collect();
         match crate::tls::upstream::compile(section, &authorities) {
             Ok(tls) => Some(std::sync::Arc::new(tls)),
             Err(list) => {
@@ -628,6 +638,10 @@ fn compile_upstream(
         .as_ref()
         .and_then(|b| resilience::compile_circuit_breaker(name, b, errors));
     UpstreamSpec {
+        sources,
+        resolve_interval: u
+            .resolve_interval
+            .map_or(std::time::Duration::from_secs(30), |d| d.0),
         circuit_breaker,
         outlier_detection,
         slow_start: u.slow_start.map_or(std::time::Duration::ZERO, |d| d.0),

@@ -218,7 +218,7 @@ pub(in crate::worker) async fn acquire(
                 shard.metrics.connect(upstream, endpoint, true);
                 return Ok((UpstreamConn::new(Transport::Plain(stream)), false));
             };
-            let name = tls.names[endpoint].clone();
+            let name = tls.names[spec.endpoints[endpoint].source].clone();
             // Boxed, like the server side: the handshake's state would
             // otherwise size every request's task.
             let shaken = monoio::time::timeout_at(
