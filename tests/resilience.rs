@@ -233,7 +233,8 @@ fn an_endpoint_answering_503_is_ejected_then_slowly_back() {
         "retry = { attempts = 2, on = [\"503\"] }",
     );
     let load = Load::start(&gw, 3);
-    load.wait_for(300, "load under way");
+    // Long enough for the retry budget to hold a share of recent traffic.
+    load.wait_for(3000, "load under way");
     sick.store(true, Ordering::SeqCst);
     common::wait_until(WAIT, "b ejected", || state_of(&gw, &b) == "ejected");
     let during = served(&b);

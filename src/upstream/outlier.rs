@@ -103,6 +103,17 @@ impl Window {
     pub fn is_empty(&self) -> bool {
         self.requests == 0
     }
+
+    /// Whether this window alone ends with a streak as long as a
+    /// consecutive-failure threshold of `rules`: the worker then reports
+    /// at once rather than at its next tick, so an ejection follows the
+    /// failures within milliseconds.
+    #[inline]
+    pub fn streak_reached(&self, rules: &OutlierDetection) -> bool {
+        (rules.consecutive_gateway_failure > 0
+            && self.tail_gateway_failures == rules.consecutive_gateway_failure)
+            || (rules.consecutive_5xx > 0 && self.tail_errors == rules.consecutive_5xx)
+    }
 }
 
 /// One worker's windows since its last report, by upstream name and
@@ -406,6 +417,31 @@ mod tests {
         let w = window(&[Outcome::Status(502), Outcome::Status(504)]);
         assert_eq!(w.gateway_failures, 2);
         assert!(Window::default().is_empty() && !w.is_empty());
+    }
+
+    #[test]
+    fn a_window_calls_for_an_early_report_once_a_streak_reaches_a_threshold() {
+        let r = rules();
+        assert!(!window(&[LOCAL, LOCAL]).streak_reached(&r));
+        assert!(
+            window(&[LOCAL, LOCAL, LOCAL]).streak_reached(&r),
+            "3 gateway failures"
+        );
+        assert!(
+            !window(&[LOCAL, LOCAL, LOCAL, LOCAL]).streak_reached(&r),
+            "once"
+        );
+        assert!(!window(&[LOCAL, LOCAL, OK, LOCAL]).streak_reached(&r));
+        assert!(
+            window(&[E500, E500, E500, E500, E500]).streak_reached(&r),
+            "5 errors"
+        );
+        assert!(!window(&[E500, E500, E500, E500]).streak_reached(&r));
+        let mut off = r.clone();
+        off.consecutive_5xx = 0;
+        off.consecutive_gateway_failure = 0;
+        assert!(!window(&[]).streak_reached(&off));
+        assert!(!window(&[E503; 5]).streak_reached(&off));
     }
 
     #[test]

@@ -460,7 +460,10 @@ fn compile_health_check(
     use std::time::Duration;
     let h = section.get_ref();
     let interval = h.interval.map_or(Duration::from_secs(5), |d| d.0);
-    let timeout = h.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    // Unset, the timeout fits in a short interval rather than refusing it.
+    let timeout = h
+        .timeout
+        .map_or(Duration::from_secs(2).min(interval), |d| d.0);
     let jitter = h.jitter.map_or(interval / 10, |d| d.0);
     if interval < Duration::from_millis(10) || timeout.is_zero() || timeout > interval {
         errors.at(

@@ -223,7 +223,17 @@ pub async fn forward(
             Err(failed) => failed.failure.is_upstream_fault().then_some(Outcome::Local),
         };
         if let Some(outcome) = outcome {
-            ctx.generation.upstreams.borrow_mut()[upstream].outcomes[endpoint].record(outcome);
+            let urgent = {
+                let mut ups = ctx.generation.upstreams.borrow_mut();
+                let window = &mut ups[upstream].outcomes[endpoint];
+                window.record(outcome);
+                spec.outlier_detection
+                    .as_ref()
+                    .is_some_and(|rules| window.streak_reached(rules))
+            };
+            if urgent {
+                ctx.shard.report_outcomes();
+            }
         }
         let retry_policy = policy.filter(|p| {
             tries < p.attempts
@@ -265,10 +275,21 @@ pub async fn forward(
         // (Past 64 endpoints the last bit stands for the rest.)
         avoid |= 1u64 << endpoint.min(63);
         drop(in_flight);
-        let random = ctx.generation.upstreams.borrow_mut()[upstream]
-            .balancer
-            .random();
-        let mut wait = policy.backoff(tries, random);
+        // The first retry goes at once if another endpoint is there to
+        // take it (what failed was that endpoint); later retries, and any
+        // back to an endpoint already tried, wait their backoff.
+        let (random, fresh_endpoint_left) = {
+            let mut ups = ctx.generation.upstreams.borrow_mut();
+            let state = &mut ups[upstream];
+            let left = (0..spec.endpoints.len())
+                .any(|i| !state.down[i] && avoid & (1u64 << i.min(63)) == 0);
+            (state.balancer.random(), left)
+        };
+        let mut wait = if tries == 1 && fresh_endpoint_left {
+            std::time::Duration::ZERO
+        } else {
+            policy.backoff(tries, random)
+        };
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
