@@ -35,6 +35,7 @@ log() { echo "[failover] $*" >&2; }
 
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v python3 >/dev/null || need_apt+=(python3)
 command -v taskset >/dev/null || need_apt+=(util-linux)
 [[ ",$PEERS," == *",nginx,"* ]] && ! command -v nginx >/dev/null && need_apt+=(nginx-light)
 [[ ",$PEERS," == *",haproxy,"* ]] && ! command -v haproxy >/dev/null && need_apt+=(haproxy)
