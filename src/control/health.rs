@@ -260,6 +260,7 @@ fn publish(snapshot: &Snapshot, tracked: &HashMap<(String, SocketAddr), Tracked>
 /// by result and state changes.
 pub fn render_metrics(board: &Board) -> String {
     use crate::metrics::names::{ENDPOINT_HEALTHY, HEALTH_CHECKS, HEALTH_TRANSITIONS};
+    use crate::metrics::render::endpoint_series;
     use std::fmt::Write;
     let Ok(reports) = board.lock() else {
         return String::new();
@@ -268,19 +269,15 @@ pub fn render_metrics(board: &Board) -> String {
     if reports.is_empty() {
         return out;
     }
-    let _ = writeln!(
-        out,
-        "# HELP {ENDPOINT_HEALTHY} 1 while health checks keep the endpoint in traffic, 0 while they hold it out.\n# TYPE {ENDPOINT_HEALTHY} gauge"
+    endpoint_series(
+        &mut out,
+        ENDPOINT_HEALTHY,
+        "gauge",
+        "1 while health checks keep the endpoint in traffic, 0 while they hold it out.",
+        reports
+            .iter()
+            .map(|r| (r.upstream.clone(), r.addr, u64::from(r.health.up))),
     );
-    for r in reports.iter() {
-        let _ = writeln!(
-            out,
-            "{ENDPOINT_HEALTHY}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
-            r.upstream,
-            r.addr,
-            u8::from(r.health.up)
-        );
-    }
     let _ = writeln!(
         out,
         "# HELP {HEALTH_CHECKS} Health probes by endpoint and result (one prober per process).\n# TYPE {HEALTH_CHECKS} counter"
@@ -295,17 +292,15 @@ pub fn render_metrics(board: &Board) -> String {
             a = r.addr
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP {HEALTH_TRANSITIONS} Times health checks moved the endpoint in or out of traffic.\n# TYPE {HEALTH_TRANSITIONS} counter"
+    endpoint_series(
+        &mut out,
+        HEALTH_TRANSITIONS,
+        "counter",
+        "Times health checks moved the endpoint in or out of traffic.",
+        reports
+            .iter()
+            .map(|r| (r.upstream.clone(), r.addr, r.transitions)),
     );
-    for r in reports.iter() {
-        let _ = writeln!(
-            out,
-            "{HEALTH_TRANSITIONS}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
-            r.upstream, r.addr, r.transitions
-        );
-    }
     out
 }
 

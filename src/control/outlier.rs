@@ -243,37 +243,28 @@ fn publish(snapshot: &Snapshot, judged: &HashMap<String, Judged>, board: &Board)
 /// The board as Prometheus text.
 pub fn render_metrics(board: &Board) -> String {
     use crate::metrics::names::{ENDPOINT_EJECTED, ENDPOINT_EJECTIONS};
-    use std::fmt::Write;
+    use crate::metrics::render::endpoint_series;
     let Ok(reports) = board.lock() else {
         return String::new();
     };
     let mut out = String::new();
-    if reports.is_empty() {
-        return out;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {ENDPOINT_EJECTED} 1 while outlier detection holds the endpoint out of traffic.\n# TYPE {ENDPOINT_EJECTED} gauge"
+    endpoint_series(
+        &mut out,
+        ENDPOINT_EJECTED,
+        "gauge",
+        "1 while outlier detection holds the endpoint out of traffic.",
+        reports
+            .iter()
+            .map(|r| (r.upstream.clone(), r.addr, u64::from(r.ejected))),
     );
-    for r in reports.iter() {
-        let _ = writeln!(
-            out,
-            "{ENDPOINT_EJECTED}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
-            r.upstream,
-            r.addr,
-            u8::from(r.ejected)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {ENDPOINT_EJECTIONS} Times outlier detection ejected the endpoint.\n# TYPE {ENDPOINT_EJECTIONS} counter"
+    endpoint_series(
+        &mut out,
+        ENDPOINT_EJECTIONS,
+        "counter",
+        "Times outlier detection ejected the endpoint.",
+        reports
+            .iter()
+            .map(|r| (r.upstream.clone(), r.addr, r.ejections)),
     );
-    for r in reports.iter() {
-        let _ = writeln!(
-            out,
-            "{ENDPOINT_EJECTIONS}{{upstream=\"{}\",endpoint=\"{}\"}} {}",
-            r.upstream, r.addr, r.ejections
-        );
-    }
     out
 }

@@ -9,7 +9,7 @@
 
 pub mod consumers;
 pub mod names;
-mod render;
+pub mod render;
 
 use std::cell::{Cell, RefCell};
 

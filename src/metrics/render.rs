@@ -22,6 +22,30 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One series per endpoint, `name{upstream,endpoint} value`, under its
+/// HELP and TYPE lines; nothing for no rows. For the health and outlier
+/// boards, which keep their own per-endpoint rows.
+pub fn endpoint_series(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    rows: impl IntoIterator<Item = (String, std::net::SocketAddr, u64)>,
+) {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return;
+    }
+    header(out, name, kind, help);
+    for (upstream, endpoint, value) in rows {
+        let _ = writeln!(
+            out,
+            "{name}{{upstream=\"{}\",endpoint=\"{endpoint}\"}} {value}",
+            label(&upstream)
+        );
+    }
+}
+
 fn histogram(out: &mut String, name: &str, help: &str, hist: &Histogram<u64>, sum_us: u64) {
     header(out, name, "histogram", help);
     for le in LATENCY_BUCKETS {
