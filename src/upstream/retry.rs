@@ -294,6 +294,24 @@ mod tests {
         b.deposit();
         b.deposit();
         assert!(b.withdraw(), "0.72 + 0.3");
+        // The fraction of a retry fades with the rest: 1.99 → 1.800.
+        let mut b = RetryBudget::new(BudgetRule {
+            percent: 1,
+            min_per_second: 0,
+        });
+        for _ in 0..199 {
+            b.deposit();
+        }
+        b.second_passed();
+        assert!(b.withdraw());
+        for _ in 0..11 {
+            b.deposit();
+        }
+        assert!(!b.withdraw(), "0.800 + 0.110");
+        for _ in 0..9 {
+            b.deposit();
+        }
+        assert!(b.withdraw(), "0.800 + 0.200");
     }
 
     #[test]
