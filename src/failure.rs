@@ -52,6 +52,12 @@ pub enum Failure {
     /// The upstream's circuit breaker is full: its queue was full, or the
     /// request waited `queue_timeout` for room (503, Retry-After).
     UpstreamOverloaded,
+    /// The client's address is refused by an IP rule (403; the
+    /// connection stays open: it may be a proxy's, carrying others).
+    IpForbidden,
+    /// A CORS preflight from an origin, or for a method or header, the
+    /// route's policy does not allow (403).
+    CorsRefused,
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -70,7 +76,7 @@ const NO_ENDPOINT_RETRY_AFTER_SECS: u64 = 5;
 const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 21;
+pub const FAILURE_KINDS: usize = 23;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -101,6 +107,8 @@ impl Failure {
         Failure::Unauthorized(AuthRefusal::Unavailable),
         Failure::NoHealthyEndpoint,
         Failure::UpstreamOverloaded,
+        Failure::IpForbidden,
+        Failure::CorsRefused,
     ];
 
     pub fn status(self) -> u16 {
@@ -119,7 +127,9 @@ impl Failure {
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
-            Failure::Unauthorized(AuthRefusal::Forbidden) => 403,
+            Failure::Unauthorized(AuthRefusal::Forbidden)
+            | Failure::IpForbidden
+            | Failure::CorsRefused => 403,
             Failure::Unauthorized(AuthRefusal::Unavailable)
             | Failure::NoHealthyEndpoint
             | Failure::UpstreamOverloaded => 503,
@@ -151,6 +161,8 @@ impl Failure {
             Failure::Unauthorized(_) => "unauthorized",
             Failure::NoHealthyEndpoint => "no_healthy_upstream",
             Failure::UpstreamOverloaded => "upstream_overloaded",
+            Failure::IpForbidden => "ip_forbidden",
+            Failure::CorsRefused => "cors_forbidden",
         }
     }
 
@@ -177,6 +189,8 @@ impl Failure {
             Failure::Unauthorized(_) => 16,
             Failure::NoHealthyEndpoint => 19,
             Failure::UpstreamOverloaded => 20,
+            Failure::IpForbidden => 21,
+            Failure::CorsRefused => 22,
         }
     }
 
@@ -216,6 +230,10 @@ impl Failure {
             Failure::UpstreamOverloaded => {
                 "the upstream is at its limits; retry after the time in Retry-After"
             }
+            Failure::IpForbidden => "requests from this address are not allowed here",
+            Failure::CorsRefused => {
+                "this origin, method or header is not allowed by the route's CORS policy"
+            }
         }
     }
 
@@ -249,12 +267,26 @@ impl Failure {
                 | Failure::UpstreamTimeout
                 | Failure::NoHealthyEndpoint
                 | Failure::UpstreamOverloaded
+                | Failure::IpForbidden
+                | Failure::CorsRefused
         )
     }
 
     /// Appends the complete response. `close` adds `Connection: close`;
     /// a non-empty `request_id` is echoed in `x-request-id`.
     pub fn write_response(self, out: &mut BytesMut, close: bool, request_id: &[u8]) {
+        self.write_response_with(out, close, request_id, |_| {});
+    }
+
+    /// `write_response`, with `extra` writing more header lines (a route's
+    /// CORS headers) before the head ends.
+    pub fn write_response_with(
+        self,
+        out: &mut BytesMut,
+        close: bool,
+        request_id: &[u8],
+        extra: impl FnOnce(&mut BytesMut),
+    ) {
         let message = self.message();
         let code = self.code();
         let body_len =
@@ -314,6 +346,7 @@ impl Failure {
                 AuthRefusal::Unavailable => b"",
             });
         }
+        extra(out);
         if close {
             out.put_slice(b"connection: close\r\n");
         }

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod ipnet;
 pub mod metrics;
+pub mod policy;
 pub mod ratelimit;
 pub mod redis;
 pub mod router;

@@ -79,6 +79,8 @@ pub struct ListenerSpec {
     pub backlog: u32,
     /// HTTPS: certificates, policies and handshake limits.
     pub tls: Option<std::sync::Arc<crate::tls::listener::ListenerTls>>,
+    /// Index into `Snapshot::ip_rules` every request must pass.
+    pub ip_rule: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,6 +298,10 @@ pub struct Route {
     /// Which failed tries are tried again (`None`: only a stale pooled
     /// connection is).
     pub retry: Option<Box<crate::upstream::retry::RetryPolicy>>,
+    /// Index into `Snapshot::ip_rules` the route's requests must pass.
+    pub ip_rule: Option<usize>,
+    /// Index into `Snapshot::cors`.
+    pub cors: Option<usize>,
 }
 
 /// A route's authentication requirement.
@@ -429,6 +435,12 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     pub router: Arc<Router>,
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// `[ip_rules.NAME]`, in name order.
+    pub ip_rules: Vec<crate::policy::ip_access::IpRule>,
+    /// `[cors.NAME]`, in name order.
+    pub cors: Vec<crate::policy::cors::CorsPolicy>,
+    /// The CORS policy whose headers go on answers no route matched.
+    pub no_route_cors: Option<usize>,
     /// Report/aggregate period for node- and cluster-scope limits.
     pub rate_limit_sync: std::time::Duration,
     pub redis: Option<RedisSpec>,

@@ -51,6 +51,76 @@ pub struct FileConfig {
     /// The response cache (routes opt in with `cache = { ... }`).
     #[serde(default)]
     pub cache: Option<Spanned<CacheSection>>,
+    /// IP allow/deny rules, attached to listeners and routes by name
+    /// (docs/policies.md).
+    #[serde(default)]
+    pub ip_rules: BTreeMap<String, Spanned<IpRuleSection>>,
+    /// CORS policies, attached to routes by name (docs/policies.md).
+    #[serde(default)]
+    pub cors: BTreeMap<String, Spanned<CorsSection>>,
+}
+
+/// `[ip_rules.NAME]`: which client addresses may pass.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpRuleSection {
+    /// Networks (CIDR or bare addresses, IPv4 or IPv6) admitted.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// Networks refused.
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// A file of networks admitted, one per line (`#` comments).
+    #[serde(default)]
+    pub allow_file: Option<Spanned<String>>,
+    /// A file of networks refused, one per line.
+    #[serde(default)]
+    pub deny_file: Option<Spanned<String>>,
+    /// "deny-first" (default: deny wins over allow) or "allow-first".
+    #[serde(default)]
+    pub order: Option<Spanned<String>>,
+    /// An address on neither list: "deny" (the default when `allow` has
+    /// networks) or "allow" (the default otherwise).
+    #[serde(default)]
+    pub default: Option<Spanned<String>>,
+    /// A refused client gets "forbid" (403, default) or "close" (the
+    /// connection closed without an answer).
+    #[serde(default)]
+    pub action: Option<Spanned<String>>,
+    /// Peers whose X-Forwarded-For is believed (as for rate limits).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// `[cors.NAME]`: what browsers of other origins may do with a route.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Exact origins (`https://app.example.com`), subdomain patterns
+    /// (`https://*.example.com`) or `*`.
+    pub origins: Vec<Spanned<String>>,
+    /// Methods a preflight may ask for (default GET, HEAD, POST, PUT,
+    /// PATCH, DELETE; `*`: any).
+    #[serde(default)]
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Request headers a preflight may ask for (default: any it asks).
+    #[serde(default)]
+    pub headers: Option<Vec<Spanned<String>>>,
+    /// Response headers scripts may read (`Access-Control-Expose-Headers`).
+    #[serde(default)]
+    pub expose_headers: Vec<Spanned<String>>,
+    /// Requests with cookies or HTTP auth may read answers.
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long browsers may cache a preflight's answer.
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+    /// Allow Private Network Access preflights.
+    #[serde(default)]
+    pub private_network: bool,
+    /// Send preflights on to the upstream instead of answering them here.
+    #[serde(default)]
+    pub forward_preflight: bool,
 }
 
 /// The response cache's process-wide settings.
@@ -406,6 +476,9 @@ pub struct ServerSection {
     /// Forwarded-identity headers toward upstreams: "append" (default),
     /// "replace" or "strip".
     pub forwarded_headers: String,
+    /// A `[cors.NAME]` policy whose headers go on answers no route
+    /// matched (so a browser sees the 404).
+    pub cors: Option<String>,
 }
 
 impl Default for ServerSection {
@@ -426,6 +499,7 @@ impl Default for ServerSection {
             merge_slashes: true,
             encoded_slash: "reject".into(),
             forwarded_headers: "append".into(),
+            cors: None,
         }
     }
 }
@@ -474,6 +548,9 @@ pub struct ListenerSection {
     /// HTTPS on this listener.
     #[serde(default)]
     pub tls: Option<Spanned<ListenerTlsSection>>,
+    /// An `[ip_rules.NAME]` every request on this listener must pass.
+    #[serde(default)]
+    pub ip_rule: Option<Spanned<String>>,
 }
 
 /// TLS termination on a listener (docs/tls.md).
@@ -872,6 +949,12 @@ pub struct RouteSection {
     /// The HTTPS port the redirect names (default 443, left out of the URL).
     #[serde(default)]
     pub https_port: Option<Spanned<u16>>,
+    /// An `[ip_rules.NAME]` the route's requests must pass.
+    #[serde(default)]
+    pub ip_rule: Option<Spanned<String>>,
+    /// A `[cors.NAME]` policy for the route.
+    #[serde(default)]
+    pub cors: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

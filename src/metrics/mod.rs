@@ -70,6 +70,19 @@ pub enum Revalidated {
 /// (not_modified, modified, failed).
 pub const CACHE_REVALIDATIONS: usize = 6;
 
+/// What a CORS policy made of requests with an `Origin`:
+/// `ringgate_cors_requests_total{outcome}`.
+pub const CORS_OUTCOMES: [&str; 4] = [
+    "preflight_allowed",
+    "preflight_refused",
+    "allowed",
+    "disallowed",
+];
+pub const CORS_PREFLIGHT_ALLOWED: usize = 0;
+pub const CORS_PREFLIGHT_REFUSED: usize = 1;
+pub const CORS_ALLOWED: usize = 2;
+pub const CORS_DISALLOWED: usize = 3;
+
 /// One endpoint's connection counters, as this worker saw them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct EndpointCounts {
@@ -127,6 +140,10 @@ pub struct WorkerMetrics {
     policies: RefCell<Vec<[u64; 2]>>,
     /// Per auth provider, by `auth::Outcome::index`.
     auth: RefCell<Vec<[u64; AUTH_OUTCOMES]>>,
+    /// Per IP rule: [admitted, refused].
+    ip_rules: RefCell<Vec<[u64; 2]>>,
+    /// Per CORS policy, by `CORS_OUTCOMES` index.
+    cors: RefCell<Vec<[u64; CORS_OUTCOMES.len()]>>,
     /// Per auth provider, introspection calls by
     /// `auth::introspection::CALL_RESULTS` index.
     introspection: RefCell<Vec<[u64; INTROSPECTION_RESULTS]>>,
@@ -172,6 +189,8 @@ impl WorkerMetrics {
             breakers: RefCell::new(vec![BreakerCounts::default(); endpoints_per_upstream.len()]),
             policies: RefCell::new(Vec::new()),
             auth: RefCell::new(Vec::new()),
+            ip_rules: RefCell::new(Vec::new()),
+            cors: RefCell::new(Vec::new()),
             introspection: RefCell::new(Vec::new()),
             consumers: RefCell::new(consumers::TopConsumers::new(0)),
             cache: RefCell::new([0; CACHE_RESULTS]),
@@ -203,8 +222,11 @@ impl WorkerMetrics {
 
     /// Sizes the per-policy and per-auth-provider counters (at start and
     /// after a reload).
-    pub fn resize_policies(&self, policies: usize, auth_providers: usize) {
+    pub fn resize_policies(&self, snapshot: &crate::snapshot::Snapshot) {
+        let (policies, auth_providers) = (snapshot.rate_limits.len(), snapshot.auth.len());
         *self.policies.borrow_mut() = vec![[0, 0]; policies];
+        *self.ip_rules.borrow_mut() = vec![[0, 0]; snapshot.ip_rules.len()];
+        *self.cors.borrow_mut() = vec![[0; CORS_OUTCOMES.len()]; snapshot.cors.len()];
         *self.auth.borrow_mut() = vec![[0; AUTH_OUTCOMES]; auth_providers];
         *self.introspection.borrow_mut() = vec![[0; INTROSPECTION_RESULTS]; auth_providers];
     }
@@ -262,6 +284,27 @@ impl WorkerMetrics {
             .and_then(|counts| counts.get_mut(outcome))
         {
             *count += 1;
+        }
+    }
+
+    /// An IP rule admitted or refused a request.
+    #[inline]
+    pub fn ip_rule(&self, rule: usize, admitted: bool) {
+        if let Some(counts) = self.ip_rules.borrow_mut().get_mut(rule) {
+            counts[usize::from(!admitted)] += 1;
+        }
+    }
+
+    /// A CORS policy judged a request (`CORS_*` outcome).
+    #[inline]
+    pub fn cors(&self, policy: usize, outcome: usize) {
+        if let Some(c) = self
+            .cors
+            .borrow_mut()
+            .get_mut(policy)
+            .and_then(|counts| counts.get_mut(outcome))
+        {
+            *c += 1;
         }
     }
 
@@ -418,6 +461,8 @@ impl WorkerMetrics {
             breakers: self.breakers.borrow().clone(),
             policies: self.policies.borrow().clone(),
             auth: self.auth.borrow().clone(),
+            ip_rules: self.ip_rules.borrow().clone(),
+            cors: self.cors.borrow().clone(),
             introspection: self.introspection.borrow().clone(),
             consumers: self.consumers.borrow().snapshot(),
             cache: *self.cache.borrow(),
@@ -463,6 +508,8 @@ pub struct WorkerReport {
     pub breakers: Vec<BreakerCounts>,
     pub policies: Vec<[u64; 2]>,
     pub auth: Vec<[u64; AUTH_OUTCOMES]>,
+    pub ip_rules: Vec<[u64; 2]>,
+    pub cors: Vec<[u64; CORS_OUTCOMES.len()]>,
     pub introspection: Vec<[u64; INTROSPECTION_RESULTS]>,
     /// The consumers this worker counts, with their counts.
     pub consumers: Vec<(Box<str>, u64)>,

@@ -266,6 +266,46 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     }
     header(
         &mut out,
+        IP_RULE_DECISIONS,
+        "counter",
+        "Requests an IP rule judged, by rule and decision.",
+    );
+    for (i, rule) in snapshot.ip_rules.iter().enumerate() {
+        for (d, decision) in ["admitted", "refused"].iter().enumerate() {
+            let v: u64 = reports
+                .iter()
+                .filter_map(|r| r.ip_rules.get(i))
+                .map(|c| c[d])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{IP_RULE_DECISIONS}{{rule=\"{}\",decision=\"{decision}\"}} {v}",
+                label(&rule.name)
+            );
+        }
+    }
+    header(
+        &mut out,
+        CORS_REQUESTS,
+        "counter",
+        "Requests with an Origin a CORS policy judged, by policy and outcome.",
+    );
+    for (i, policy) in snapshot.cors.iter().enumerate() {
+        for (o, outcome) in crate::metrics::CORS_OUTCOMES.iter().enumerate() {
+            let v: u64 = reports
+                .iter()
+                .filter_map(|r| r.cors.get(i))
+                .map(|c| c[o])
+                .sum();
+            let _ = writeln!(
+                out,
+                "{CORS_REQUESTS}{{policy=\"{}\",outcome=\"{outcome}\"}} {v}",
+                label(&policy.name)
+            );
+        }
+    }
+    header(
+        &mut out,
         AUTH_DECISIONS,
         "counter",
         "What authentication providers made of requests, by provider and outcome.",

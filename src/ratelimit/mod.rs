@@ -629,25 +629,7 @@ pub fn client_ip_key<'a>(
     trusted: &[IpNet],
     xff: impl DoubleEndedIterator<Item = &'a [u8]>,
 ) -> &'a [u8] {
-    if trusted.is_empty() || !trusted.iter().any(|n| n.contains(peer)) {
-        return peer_text;
-    }
-    for value in xff.rev() {
-        for entry in value.rsplit(|&b| b == b',') {
-            let entry = crate::http::trim_ows(entry);
-            let Some(ip) = std::str::from_utf8(entry)
-                .ok()
-                .and_then(|s| s.parse::<std::net::IpAddr>().ok())
-            else {
-                // Not an address: stop trusting the chain here.
-                return peer_text;
-            };
-            if !trusted.iter().any(|n| n.contains(ip)) {
-                return entry;
-            }
-        }
-    }
-    peer_text
+    crate::ipnet::behind_trusted_proxies(peer, trusted, xff).map_or(peer_text, |(text, _)| text)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use crate::transport::{IoVecPair, Transport};
 pub struct Client {
     pub stream: Transport,
     pub peer: SocketAddr,
+    /// The configured address of the listener that accepted it.
+    pub listener: SocketAddr,
     /// The peer IP as text, computed once for X-Forwarded-For.
     pub peer_ip: PeerIp,
     pub buf: BytesMut,
@@ -120,6 +122,9 @@ pub struct Exchange {
     pub ratelimit: Option<crate::ratelimit::Decision>,
     /// Who the request was from, if it authenticated.
     pub identity: Option<crate::auth::Identity>,
+    /// What the route's CORS policy made of the request's `Origin`: the
+    /// answer, whatever it is, carries the policy's headers.
+    pub cors: Option<crate::policy::cors::CorsMatch>,
 }
 
 impl Exchange {
@@ -134,6 +139,7 @@ impl Exchange {
             upstream_us: None,
             ratelimit: None,
             identity: None,
+            cors: None,
         }
     }
 }

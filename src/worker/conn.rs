@@ -59,6 +59,7 @@ pub async fn serve(
     shard: Rc<Shard>,
     socket: TcpStream,
     peer: SocketAddr,
+    listener: SocketAddr,
     tls: Option<Arc<ListenerTls>>,
 ) {
     let _guard = ConnectionGuard::new(shard.clone());
@@ -83,6 +84,7 @@ pub async fn serve(
     let mut client = Client {
         stream,
         peer,
+        listener,
         peer_ip: PeerIp::new(&peer),
         buf,
         // Lent from the worker's pool for each exchange (see BufferPool).
@@ -277,11 +279,32 @@ async fn handle_request(
     if let Some(failure) = decide(|| phase::tls_host::check(&client.view(), head)).await {
         return refuse(shard, snapshot, client, head, failure, exchange).await;
     }
+    if let Some(rule) = phase::ip_access::listener_rule(snapshot, client.listener)
+        && let Some(refusal) = phase::ip_access::check(shard, snapshot, rule, &client.view())
+    {
+        return refuse_ip(shard, snapshot, client, head, refusal, exchange).await;
+    }
     let Some(route_index) = phase::route::find(snapshot, &client.view(), head) else {
+        if let Some(policy) = snapshot.no_route_cors {
+            let view = client.view();
+            phase::cors::judge(shard, snapshot, policy, head, &view, exchange, false);
+        }
         return refuse(shard, snapshot, client, head, Failure::NotFound, exchange).await;
     };
     exchange.route = Some(route_index);
     let route = &snapshot.routes[route_index];
+    let cors = match route.cors {
+        Some(policy) => {
+            let view = client.view();
+            phase::cors::judge(shard, snapshot, policy, head, &view, exchange, true)
+        }
+        None => phase::cors::Step::Continue,
+    };
+    if let Some(rule) = route.ip_rule
+        && let Some(refusal) = phase::ip_access::check(shard, snapshot, rule, &client.view())
+    {
+        return refuse_ip(shard, snapshot, client, head, refusal, exchange).await;
+    }
     let ctx = RequestCtx {
         shard,
         generation,
@@ -289,6 +312,23 @@ async fn handle_request(
         route,
     };
     let close_after = !head.keep_alive || last_allowed || shard.draining.get();
+    match cors {
+        phase::cors::Step::Continue => {}
+        phase::cors::Step::AnswerPreflight => {
+            return phase::cors::answer_preflight(&ctx, client, close_after, exchange).await;
+        }
+        phase::cors::Step::Refuse => {
+            return refuse(
+                shard,
+                snapshot,
+                client,
+                head,
+                Failure::CorsRefused,
+                exchange,
+            )
+            .await;
+        }
+    }
     if let Some(port) = phase::https_redirect::applies(&ctx, client) {
         return phase::https_redirect::redirect(&ctx, port, client, close_after, exchange).await;
     }
@@ -475,6 +515,36 @@ async fn refuse(
     !close
 }
 
+/// Refuses a request an IP rule does not admit: a 403, or the connection
+/// closed without an answer.
+async fn refuse_ip(
+    shard: &Shard,
+    snapshot: &Snapshot,
+    client: &mut Client,
+    head: &RequestHead,
+    refusal: crate::policy::ip_access::Refusal,
+    exchange: &mut Exchange,
+) -> bool {
+    match refusal {
+        crate::policy::ip_access::Refusal::Forbid => {
+            refuse(
+                shard,
+                snapshot,
+                client,
+                head,
+                Failure::IpForbidden,
+                exchange,
+            )
+            .await
+        }
+        crate::policy::ip_access::Refusal::Close => {
+            shard.metrics.failure(Failure::IpForbidden);
+            client.buf.advance(head.len);
+            false
+        }
+    }
+}
+
 /// During a drain, how long a new connection that has sent nothing yet may
 /// take to send its first request.
 const FIRST_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -517,7 +587,12 @@ pub async fn answer_failure(
     exchange.status = failure.status();
     tracing::debug!(worker = shard.id, peer = %client.peer, code = failure.code(), "request failed");
     client.out.clear();
-    failure.write_response(&mut client.out, close, exchange.request_id.as_bytes());
+    failure.write_response_with(
+        &mut client.out,
+        close,
+        exchange.request_id.as_bytes(),
+        |out| phase::response_headers::write_cors(out, snapshot, exchange),
+    );
     exchange.sent += client.out.len() as u64;
     let _ = write_all_clear(
         &mut client.stream,

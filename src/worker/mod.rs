@@ -473,9 +473,11 @@ async fn accept_loop(
                 let conn_shard = shard.clone();
                 monoio::spawn(async move {
                     let stats_shard = conn_shard.clone();
-                    if catch::CatchUnwind::new(conn::serve(conn_shard, stream, peer, tls))
-                        .await
-                        .is_err()
+                    if catch::CatchUnwind::new(conn::serve(
+                        conn_shard, stream, peer, configured, tls,
+                    ))
+                    .await
+                    .is_err()
                     {
                         stats_shard.metrics.panic();
                         tracing::error!(worker = stats_shard.id, %peer, "connection task panicked; connection dropped");

@@ -279,7 +279,7 @@ impl Shard {
     pub fn new(id: usize, snapshot: Arc<Snapshot>) -> Shard {
         let cache_memory = snapshot.cache_memory_per_worker;
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
-        metrics.resize_policies(snapshot.rate_limits.len(), snapshot.auth.len());
+        metrics.resize_policies(&snapshot);
         metrics.set_top_consumers(snapshot.top_consumers);
         Shard {
             id,
@@ -357,8 +357,7 @@ impl Shard {
         next.apply_health(&self.down.borrow(), &self.ejected.borrow());
         self.metrics
             .resize(next.snapshot.routes.len(), &endpoint_counts(&next.snapshot));
-        self.metrics
-            .resize_policies(next.snapshot.rate_limits.len(), next.snapshot.auth.len());
+        self.metrics.resize_policies(&next.snapshot);
         self.metrics.set_top_consumers(next.snapshot.top_consumers);
         self.cache
             .borrow_mut()

@@ -18,6 +18,7 @@ use crate::snapshot::{
 use crate::upstream::hash::build_ring;
 
 mod auth;
+mod policies;
 mod resilience;
 use auth::{compile_auth, compile_route_auth};
 
@@ -166,7 +167,7 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
                         }
                     }
                 });
-                listeners.push(ListenerSpec { addr, backlog: l.backlog.clamp(1, 65535), tls })
+                listeners.push(ListenerSpec { addr, backlog: l.backlog.clamp(1, 65535), tls, ip_rule: None })
             }
             Err(_) => errors.at(
                 &l.bind,
@@ -334,6 +335,40 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         }
     }
 
+    let ip_rule_names: Vec<&String> = cfg.ip_rules.keys().collect();
+    let ip_rules: Vec<crate::policy::ip_access::IpRule> = cfg
+        .ip_rules
+        .iter()
+        .map(|(name, section)| policies::compile_ip_rule(name, section, &mut errors))
+        .collect();
+    let cors_names: Vec<&String> = cfg.cors.keys().collect();
+    let cors: Vec<crate::policy::cors::CorsPolicy> = cfg
+        .cors
+        .iter()
+        .enumerate()
+        .map(|(i, (name, section))| policies::compile_cors(name, i, section, &mut errors))
+        .collect();
+    // Listeners that failed to parse were not compiled: pair by address.
+    for l in &cfg.listeners {
+        if let Some(rule) = &l.ip_rule {
+            let index = policies::resolve(rule, &ip_rule_names, "ip_rules", &mut errors);
+            if let Ok(addr) = l.bind.get_ref().parse::<SocketAddr>()
+                && let Some(spec) = listeners.iter_mut().find(|s| s.addr == addr)
+            {
+                spec.ip_rule = index;
+            }
+        }
+    }
+    let no_route_cors = cfg.server.cors.as_ref().and_then(|name| {
+        let found = cors_names.iter().position(|n| *n == name);
+        if found.is_none() {
+            errors.nowhere(format!(
+                "server.cors: unknown cors policy `{name}`; define it as [cors.{name}]"
+            ));
+        }
+        found
+    });
+
     let cache_memory = cfg
         .cache
         .as_ref()
@@ -358,6 +393,8 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         auth: &auth_names,
         auth_providers: &auth,
         max_object,
+        ip_rules: &ip_rule_names,
+        cors: &cors_names,
     };
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
@@ -401,6 +438,9 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
         routes,
         router: Router::new(matchers).into(),
         rate_limits,
+        ip_rules,
+        cors,
+        no_route_cors,
         rate_limit_sync: sync_interval,
         redis,
         admin,
@@ -675,6 +715,8 @@ struct Named<'a> {
     auth_providers: &'a [crate::auth::Provider],
     /// `[cache] max_object`.
     max_object: usize,
+    ip_rules: &'a [&'a String],
+    cors: &'a [&'a String],
 }
 
 /// A route's `cache = { ... }`.
@@ -949,6 +991,14 @@ fn compile_route(
             errors.at(port, "https_port must be a port number (1-65535)");
         }
     }
+    let ip_rule = r
+        .ip_rule
+        .as_ref()
+        .and_then(|n| policies::resolve(n, named.ip_rules, "ip_rules", errors));
+    let cors = r
+        .cors
+        .as_ref()
+        .and_then(|n| policies::resolve(n, named.cors, "cors", errors));
     let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
     let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
 
@@ -970,6 +1020,8 @@ fn compile_route(
         auth,
         cache,
         retry,
+        ip_rule,
+        cors,
     };
     Some((
         route,

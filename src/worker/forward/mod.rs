@@ -597,8 +597,8 @@ impl Trip<'_> {
             self.route,
             out_framing,
             close,
-            exchange.request_id.as_bytes(),
-            exchange.ratelimit.as_ref(),
+            &self.generation.snapshot,
+            exchange,
             cache_status,
         );
         exchange.status = response.status;

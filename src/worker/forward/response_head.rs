@@ -148,6 +148,7 @@ pub(in crate::worker) fn withheld_from(
         || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
         || (connection_names_others && http::connection_names(buf, headers, name))
         || response_headers::drops(&route.response_headers, name)
+        || response_headers::replaced_by_cors(route, name)
 }
 
 /// Writes the client's response head. `cache_status`: a `Cache-Status`
@@ -161,8 +162,8 @@ pub(super) fn build_response_head(
     route: &Route,
     framing: OutFraming,
     close: bool,
-    request_id: &[u8],
-    ratelimit: Option<&crate::ratelimit::Decision>,
+    snapshot: &crate::snapshot::Snapshot,
+    exchange: &crate::worker::client::Exchange,
     cache_status: &[u8],
 ) {
     let buf = &conn.buf[..];
@@ -175,7 +176,7 @@ pub(super) fn build_response_head(
             http::write::header(out, name, h.value.get(buf));
         }
     }
-    response_headers::write(out, edits, request_id, ratelimit);
+    response_headers::write(out, snapshot, edits, exchange);
     out.put_slice(cache_status);
     match framing {
         OutFraming::None => {

@@ -4,8 +4,9 @@
 //! `Generation`). `conn::handle_request` runs them in this fixed order:
 //!
 //! ```text
-//! [tls handshake] ─▶ read head ─▶ normalize ─▶ tls host ─▶ route
-//!   ─▶ https redirect ─▶ auth ─▶ body size ─▶ rate limits
+//! [tls handshake] ─▶ read head ─▶ normalize ─▶ tls host
+//!   ─▶ ip access (listener) ─▶ route ─▶ cors (judge) ─▶ ip access (route)
+//!   ─▶ cors preflight ─▶ https redirect ─▶ auth ─▶ body size ─▶ rate limits
 //!   ─▶ respond | cache lookup (hit: answer) ─▶ forward
 //!   ─▶ response headers ─▶ log + metrics
 //! ```
@@ -17,7 +18,9 @@
 
 pub mod auth;
 pub mod cache;
+pub mod cors;
 pub mod https_redirect;
+pub mod ip_access;
 pub mod log;
 pub mod normalize;
 pub mod ratelimit;

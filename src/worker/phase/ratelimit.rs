@@ -181,7 +181,7 @@ mod tests {
         );
         let snapshot = Arc::new(crate::config::load_str(&text, "test").expect("valid config"));
         let metrics = WorkerMetrics::new(snapshot.routes.len(), &endpoint_counts(&snapshot));
-        metrics.resize_policies(snapshot.rate_limits.len(), snapshot.auth.len());
+        metrics.resize_policies(&snapshot);
         Fixture {
             generation: Generation::next(snapshot, None, 0),
             metrics,

@@ -46,12 +46,7 @@ pub async fn respond(
 /// Ends a head the gateway writes itself: the route's response headers,
 /// `x-request-id`, rate-limit headers and the connection line.
 pub fn end_head(ctx: &RequestCtx<'_>, out: &mut BytesMut, close: bool, exchange: &Exchange) {
-    response_headers::write(
-        out,
-        &ctx.route.response_headers,
-        exchange.request_id.as_bytes(),
-        exchange.ratelimit.as_ref(),
-    );
+    response_headers::write(out, ctx.snapshot(), &ctx.route.response_headers, exchange);
     out.put_slice(if close {
         &b"connection: close\r\n\r\n"[..]
     } else {

@@ -1,12 +1,13 @@
 //! [hot] Phase: response headers the gateway adds to every answer from a
 //! route (direct or relayed): the route's `response_headers` edits,
-//! `x-request-id`, and the tightest rate-limit decision. Compiled part:
+//! `x-request-id`, the tightest rate-limit decision and the CORS headers. Compiled part:
 //! `Route::response_headers`. No per-worker part.
 
 use bytes::BytesMut;
 
 use crate::http;
-use crate::snapshot::HeaderEdits;
+use crate::snapshot::{HeaderEdits, Snapshot};
+use crate::worker::client::Exchange;
 
 /// Whether a relayed header of this name gives way to the route's edits
 /// (removed, or replaced by a `set`).
@@ -15,18 +16,33 @@ pub fn drops(edits: &HeaderEdits, name: &[u8]) -> bool {
     !edits.is_empty() && edits.drops(name)
 }
 
-/// Writes the headers the gateway adds, in a fixed order.
-pub fn write(
-    out: &mut BytesMut,
-    edits: &HeaderEdits,
-    request_id: &[u8],
-    ratelimit: Option<&crate::ratelimit::Decision>,
-) {
+/// Writes the headers the gateway adds, in a fixed order: the route's
+/// edits, `x-request-id`, rate-limit headers, the CORS policy's headers.
+pub fn write(out: &mut BytesMut, snapshot: &Snapshot, edits: &HeaderEdits, exchange: &Exchange) {
     for (name, value) in edits.set.iter().chain(&edits.add) {
         http::write::header(out, name, value);
     }
-    http::write::header(out, b"x-request-id", request_id);
-    if let Some(d) = ratelimit {
+    http::write::header(out, b"x-request-id", exchange.request_id.as_bytes());
+    if let Some(d) = &exchange.ratelimit {
         crate::ratelimit::write_headers(out, d);
     }
+    write_cors(out, snapshot, exchange);
+}
+
+/// The CORS headers of an actual answer, when the exchange was judged by a
+/// policy (on every answer: proxied, direct, cached, an error).
+#[inline]
+pub fn write_cors(out: &mut BytesMut, snapshot: &Snapshot, exchange: &Exchange) {
+    if let Some(m) = &exchange.cors
+        && let Some(policy) = snapshot.cors.get(m.policy)
+    {
+        policy.write_actual(out, m);
+    }
+}
+
+/// Whether a relayed header is the gateway's to write instead: with a
+/// CORS policy on the route, the upstream's `Access-Control-*` headers.
+#[inline]
+pub fn replaced_by_cors(route: &crate::snapshot::Route, name: &[u8]) -> bool {
+    route.cors.is_some() && name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-")
 }

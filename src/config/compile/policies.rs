@@ -1,0 +1,295 @@
+//! [cold] Validation of the edge policies: `[ip_rules.NAME]` and
+//! `[cors.NAME]` (docs/policies.md), and resolving the names listeners and
+//! routes give them.
+
+use toml::Spanned;
+
+use super::Errors;
+use crate::config::file;
+use crate::ipnet::{IpNet, IpSet};
+use crate::policy::cors::CorsPolicy;
+use crate::policy::ip_access::{IpRule, Order, Refusal};
+
+/// Methods a CORS policy allows when it names none.
+const DEFAULT_CORS_METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The index of the policy `name` refers to, or an error naming the
+/// section to define.
+pub(super) fn resolve(
+    name: &Spanned<String>,
+    names: &[&String],
+    section: &str,
+    errors: &mut Errors,
+) -> Option<usize> {
+    let found = names.iter().position(|n| *n == name.get_ref());
+    if found.is_none() {
+        errors.at(
+            name,
+            format!(
+                "unknown {section} `{0}`; define it as [{section}.{0}]",
+                name.get_ref()
+            ),
+        );
+    }
+    found
+}
+
+/// Networks listed inline and in a file (one per line, `#` comments).
+fn networks(
+    rule: &str,
+    list_name: &str,
+    inline: &[Spanned<String>],
+    file: Option<&Spanned<String>>,
+    errors: &mut Errors,
+) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for n in inline {
+        match IpNet::parse(n.get_ref().trim()) {
+            Some(net) => nets.push(net),
+            None => errors.at(
+                n,
+                format!("ip_rules.{rule}: {list_name} entry `{}` is not an address or CIDR network like \"10.0.0.0/8\" or \"2001:db8::/32\"", n.get_ref()),
+            ),
+        }
+    }
+    if let Some(path) = file {
+        match std::fs::read_to_string(path.get_ref()) {
+            Ok(text) => {
+                for (line_no, line) in text.lines().enumerate() {
+                    let entry = line.split('#').next().unwrap_or("").trim();
+                    if entry.is_empty() {
+                        continue;
+                    }
+                    match IpNet::parse(entry) {
+                        Some(net) => nets.push(net),
+                        None => errors.at(
+                            path,
+                            format!(
+                                "ip_rules.{rule}: {} line {}: `{entry}` is not an address or CIDR network",
+                                path.get_ref(),
+                                line_no + 1
+                            ),
+                        ),
+                    }
+                }
+            }
+            Err(e) => errors.at(
+                path,
+                format!("ip_rules.{rule}: cannot read {}: {e}", path.get_ref()),
+            ),
+        }
+    }
+    nets
+}
+
+pub(super) fn compile_ip_rule(
+    name: &str,
+    section: &Spanned<file::IpRuleSection>,
+    errors: &mut Errors,
+) -> IpRule {
+    let r = section.get_ref();
+    let allow = networks(name, "allow", &r.allow, r.allow_file.as_ref(), errors);
+    let deny = networks(name, "deny", &r.deny, r.deny_file.as_ref(), errors);
+    if allow.is_empty() && deny.is_empty() && r.default.is_none() {
+        errors.at(
+            section,
+            format!("ip_rules.{name}: needs networks in allow or deny (or allow_file, deny_file)"),
+        );
+    }
+    let order = match r.order.as_ref().map(|o| (o, o.get_ref().as_str())) {
+        None | Some((_, "deny-first")) => Order::DenyFirst,
+        Some((_, "allow-first")) => Order::AllowFirst,
+        Some((o, other)) => {
+            errors.at(
+                o,
+                format!("ip_rules.{name}: order must be \"deny-first\" or \"allow-first\", not `{other}`"),
+            );
+            Order::DenyFirst
+        }
+    };
+    let admit_unlisted = match r.default.as_ref().map(|d| (d, d.get_ref().as_str())) {
+        None => allow.is_empty(),
+        Some((_, "allow")) => true,
+        Some((_, "deny")) => false,
+        Some((d, other)) => {
+            errors.at(
+                d,
+                format!("ip_rules.{name}: default must be \"allow\" or \"deny\", not `{other}`"),
+            );
+            false
+        }
+    };
+    let refusal = match r.action.as_ref().map(|a| (a, a.get_ref().as_str())) {
+        None | Some((_, "forbid")) => Refusal::Forbid,
+        Some((_, "close")) => Refusal::Close,
+        Some((a, other)) => {
+            errors.at(
+                a,
+                format!(
+                    "ip_rules.{name}: action must be \"forbid\" (403) or \"close\", not `{other}`"
+                ),
+            );
+            Refusal::Forbid
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for t in &r.trusted_proxies {
+        match IpNet::parse(t) {
+            Some(net) => trusted_proxies.push(net),
+            None => errors.at(
+                section,
+                format!(
+                    "ip_rules.{name}: trusted_proxies entry `{t}` is not an address or CIDR network"
+                ),
+            ),
+        }
+    }
+    IpRule {
+        name: name.to_string(),
+        allow: IpSet::new(&allow),
+        deny: IpSet::new(&deny),
+        order,
+        admit_unlisted,
+        refusal,
+        trusted_proxies,
+    }
+}
+
+/// An origin as a browser sends it: `scheme://host[:port]`, nothing more.
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// `a, b, c` from a list.
+fn line(items: &[Box<[u8]>]) -> Box<[u8]> {
+    items.join(&b", "[..]).into_boxed_slice()
+}
+
+pub(super) fn compile_cors(
+    name: &str,
+    index: usize,
+    section: &Spanned<file::CorsSection>,
+    errors: &mut Errors,
+) -> CorsPolicy {
+    let c = section.get_ref();
+    let mut policy = CorsPolicy {
+        name: name.to_string(),
+        index,
+        any_origin: false,
+        exact: Box::default(),
+        patterns: Box::default(),
+        any_method: false,
+        methods: Box::default(),
+        methods_line: Box::default(),
+        any_header: true,
+        headers: Box::default(),
+        headers_line: Box::default(),
+        expose_line: Box::default(),
+        credentials: c.credentials,
+        max_age: c.max_age.map(|d| d.0.as_secs()),
+        private_network: c.private_network,
+        forward_preflight: c.forward_preflight,
+    };
+    if c.origins.is_empty() {
+        errors.at(
+            section,
+            format!("cors.{name}: origins must list at least one origin (or \"*\")"),
+        );
+    }
+    let (mut exact, mut patterns) = (Vec::new(), Vec::new());
+    for o in &c.origins {
+        let text = o.get_ref().trim_end_matches('/').to_ascii_lowercase();
+        if text == "*" {
+            policy.any_origin = true;
+        } else if let Some((scheme, host)) = text.split_once("://*.") {
+            if !is_origin(&format!("{scheme}://{host}")) || host.contains('*') {
+                errors.at(
+                    o,
+                    format!(
+                        "cors.{name}: `{}` is not an origin pattern like \"https://*.example.com\"",
+                        o.get_ref()
+                    ),
+                );
+            }
+            patterns.push((
+                format!("{scheme}://").into_bytes().into_boxed_slice(),
+                format!(".{host}").into_bytes().into_boxed_slice(),
+            ));
+        } else if is_origin(&text) {
+            exact.push(text.into_bytes().into_boxed_slice());
+        } else {
+            errors.at(o, format!("cors.{name}: `{}` is not an origin like \"https://app.example.com\" (scheme, host, optional port; no path)", o.get_ref()));
+        }
+    }
+    policy.exact = exact.into_boxed_slice();
+    policy.patterns = patterns.into_boxed_slice();
+
+    let methods: Vec<(String, Option<&Spanned<String>>)> = match &c.methods {
+        None => DEFAULT_CORS_METHODS
+            .iter()
+            .map(|m| (m.to_string(), None))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|m| (m.get_ref().clone(), Some(m)))
+            .collect(),
+    };
+    let mut allowed = Vec::new();
+    for (m, at) in methods {
+        if m == "*" {
+            policy.any_method = true;
+        } else if super::is_token(m.as_bytes()) {
+            allowed.push(m.into_bytes().into_boxed_slice());
+        } else if let Some(at) = at {
+            errors.at(at, format!("cors.{name}: `{m}` is not a method"));
+        }
+    }
+    policy.methods_line = line(&allowed);
+    policy.methods = allowed.into_boxed_slice();
+
+    if let Some(list) = &c.headers {
+        policy.any_header = list.iter().any(|h| h.get_ref() == "*");
+        let mut names = Vec::new();
+        for h in list.iter().filter(|h| h.get_ref() != "*") {
+            if !super::is_token(h.get_ref().as_bytes()) {
+                errors.at(
+                    h,
+                    format!("cors.{name}: `{}` is not a header name", h.get_ref()),
+                );
+            }
+            names.push(
+                h.get_ref()
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice(),
+            );
+        }
+        policy.headers_line = line(&names);
+        policy.headers = names.into_boxed_slice();
+    }
+    let mut exposed = Vec::new();
+    for h in &c.expose_headers {
+        if !super::is_token(h.get_ref().as_bytes()) {
+            errors.at(
+                h,
+                format!(
+                    "cors.{name}: expose_headers: `{}` is not a header name",
+                    h.get_ref()
+                ),
+            );
+        }
+        exposed.push(h.get_ref().as_bytes().into());
+    }
+    policy.expose_line = line(&exposed);
+    policy
+}
