@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "ringgate-plain", "ringgate-cors", "ringgate-iprule", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -196,6 +196,13 @@ def summarise(runs):
                     ratios[f"cache_cpu_per_request_vs_{name}"] = cached["cpu_us_per_request"]["median"] / t["cpu_us_per_request"]["median"]
             if cached.get("cache_hit_ratio"):
                 ratios["cache_hit_ratio_share"] = cached["cache_hit_ratio"]["median"]
+        plain = entry["targets"].get("ringgate-plain")
+        for twin, name in (("ringgate-cors", "cors"), ("ringgate-iprule", "ip_rule")):
+            t = entry["targets"].get(twin)
+            if plain and plain["rps"] and t and t["rps"]:
+                ratios[f"{name}_throughput_cost"] = 1 - t["rps"]["median"] / plain["rps"]["median"]
+                if plain["cpu_us_per_request"] and t["cpu_us_per_request"]:
+                    ratios[f"{name}_cpu_per_request_vs_plain"] = t["cpu_us_per_request"]["median"] / plain["cpu_us_per_request"]["median"]
         capped = entry["targets"].get("ringgate-capped")
         if capped and capped.get("admitted_of_allowed"):
             ratios["admitted_of_allowed_share"] = capped["admitted_of_allowed"]["median"]
@@ -277,7 +284,7 @@ def svg_latency(summary):
     hi = 10 ** math.ceil(math.log10(max(flat)))
     width, height, left, bottom, top = 760, 380, 70, 50, 40
     plot_w, plot_h = width - left - 20, height - bottom - top
-    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "ringgate-open": "#9775fa", "ringgate-cache": "#e67700", "ringgate-proxied": "#ffa94d", "ringgate-direct": "#ffd8a8", "nginx": "#2b8a3e", "nginx-cache": "#69db7c", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
+    colours = {"ringgate": "#d9480f", "ringgate-log": "#f08c00", "ringgate-limited": "#e8590c", "ringgate-node": "#c2255c", "ringgate-capped": "#862e9c", "ringgate-auth": "#5f3dc4", "ringgate-open": "#9775fa", "ringgate-cache": "#e67700", "ringgate-proxied": "#ffa94d", "ringgate-direct": "#ffd8a8", "ringgate-plain": "#495057", "ringgate-cors": "#0b7285", "ringgate-iprule": "#5c940d", "nginx": "#2b8a3e", "nginx-cache": "#69db7c", "haproxy": "#1864ab", "l4": "#868e96", "direct": "#adb5bd"}
 
     def y(v):
         return top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h

@@ -76,6 +76,8 @@ AUTH_WANTED=0
 [[ ",$SCENARIOS," == *",auth-"* ]] && AUTH_WANTED=1
 CACHE_WANTED=0
 [[ ",$SCENARIOS," == *",cache-"* ]] && CACHE_WANTED=1
+POLICY_WANTED=0
+[[ ",$SCENARIOS," == *",policy-"* ]] && POLICY_WANTED=1
 [ "$AUTH_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 [ "$TLS_WANTED" = 1 ] && ! command -v openssl >/dev/null && need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -177,7 +179,7 @@ wait_port() { # port
 
 STUB_PORT=19000
 declare -A PORT=([direct]=19000 [ringgate]=19001 [nginx]=19002 [haproxy]=19003 [l4]=19004 [ringgate-log]=19005 [ringgate-limited]=19006 [ringgate-node]=19007 [ringgate-capped]=19008
-    [ringgate-auth]=19015 [ringgate-cache]=19016 [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
+    [ringgate-auth]=19015 [ringgate-cache]=19016 [ringgate-policy]=19018 [ringgate-tls-ecdsa]=19009 [ringgate-tls-ecdsa-full]=19010 [ringgate-tls-rsa-full]=19011
     [nginx-tls-ecdsa]=19012 [nginx-tls-ecdsa-full]=19013 [nginx-tls-rsa-full]=19014)
 # The node-wide limit of the ratelimit-admitted scenario (requests/s), well
 # under what one worker serves here, and its burst.
@@ -227,6 +229,7 @@ start_targets() {
     [ "$TLS_WANTED" = 1 ] && start_tls_targets
     [ "$AUTH_WANTED" = 1 ] && start_auth_target
     [ "$CACHE_WANTED" = 1 ] && start_cache_target
+    [ "$POLICY_WANTED" = 1 ] && start_policy_target
     if [[ ",$PEERS," == *",nginx,"* ]]; then
         mkdir -p "$RUN/nginx-body" "$RUN/nginx-proxy"
         render "$HERE/peers/nginx.conf" "${PORT[nginx]}" "$RUN/nginx.conf"
@@ -364,6 +367,57 @@ TOML
     wait_port "${PORT[ringgate-cache]}"
 }
 
+# The same gateway with the edge policies on twin routes of one process:
+# /plain/... proxies as the plain gateway does, /cors/... with a CORS
+# policy (three exact origins and a subdomain pattern), /iprule/... behind
+# an IP rule of 1 000 networks (loopback in the middle of the list). The
+# policy-* scenarios' ratios isolate each policy.
+start_policy_target() {
+    local dir="$RUN/policy"
+    mkdir -p "$dir"
+    python3 -c '
+for i in range(1000):
+    print(f"{11 + i // 250}.{i % 250}.{i % 7}.0/24")
+    if i == 500:
+        print("127.0.0.0/8")
+' > "$dir/allow.txt"
+    render "$HERE/gateway.toml" "${PORT[ringgate-policy]}" "$RUN/ringgate-policy.toml"
+    cat >> "$RUN/ringgate-policy.toml" <<TOML
+
+[cors.web]
+origins = ["https://app.example.com", "https://admin.example.com", "http://localhost:3000", "https://*.example.org"]
+credentials = true
+expose_headers = ["x-request-id"]
+max_age = "10m"
+
+[ip_rules.partners]
+allow_file = "$dir/allow.txt"
+
+[[routes]]
+name = "plain"
+path_prefix = "/plain"
+strip_prefix = true
+upstream = "stub"
+
+[[routes]]
+name = "cors"
+path_prefix = "/cors"
+strip_prefix = true
+upstream = "stub"
+cors = "web"
+
+[[routes]]
+name = "iprule"
+path_prefix = "/iprule"
+strip_prefix = true
+upstream = "stub"
+ip_rule = "partners"
+TOML
+    taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-policy.toml" > "$RUN/ringgate-policy.log" 2>&1 &
+    PIDS+=($!); TPID[ringgate-policy]=$!
+    wait_port "${PORT[ringgate-policy]}"
+}
+
 # ringgate-cache's lookups so far: "HITS MISSES" over all workers.
 cache_counts() {
     local reply
@@ -456,6 +510,7 @@ run_one() { # scenario target round
         ringgate-proxied) process=ringgate-cache; REQUEST_PATH=$PROXIED_PATH ;;
         ringgate-direct) process=ringgate-cache; REQUEST_PATH=$DIRECT_PATH ;;
         nginx-cache) process=nginx ;;
+        ringgate-plain|ringgate-cors|ringgate-iprule) process=ringgate-policy; REQUEST_PATH="/${target#ringgate-}$REQUEST_PATH" ;;
     esac
     local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"

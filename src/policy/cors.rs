@@ -50,6 +50,24 @@ pub struct CorsPolicy {
     pub private_network: bool,
     /// Preflights go to the upstream instead of being answered here.
     pub forward_preflight: bool,
+    /// What follows `Access-Control-Allow-Origin` on an allowed actual
+    /// answer (`prepare`).
+    pub allowed_tail: Box<[u8]>,
+}
+
+/// The header lines that follow `Access-Control-Allow-Origin` on an
+/// actual answer from an allowed origin, rendered once.
+fn actual_tail(credentials: bool, expose_line: &[u8]) -> Vec<u8> {
+    let mut tail = Vec::new();
+    if credentials {
+        tail.extend_from_slice(b"access-control-allow-credentials: true\r\n");
+    }
+    if !expose_line.is_empty() {
+        tail.extend_from_slice(b"access-control-expose-headers: ");
+        tail.extend_from_slice(expose_line);
+        tail.extend_from_slice(b"\r\n");
+    }
+    tail
 }
 
 /// What a policy made of a request's `Origin`: carried by the exchange
@@ -157,15 +175,27 @@ impl CorsPolicy {
         }
     }
 
+    /// Renders what the policy writes the same on every answer; call
+    /// once the fields are set (config load).
+    pub fn prepare(&mut self) {
+        let mut tail = actual_tail(self.credentials, &self.expose_line);
+        if self.varies() {
+            tail.extend_from_slice(b"vary: Origin\r\n");
+        }
+        self.allowed_tail = tail.into_boxed_slice();
+    }
+
     /// The headers of an actual (non-preflight) answer.
+    #[inline]
     pub fn write_actual(&self, out: &mut BytesMut, m: &CorsMatch) {
         if m.allowed() {
-            self.write_origin(out, m);
-            if !self.expose_line.is_empty() {
-                http::write::header(out, b"access-control-expose-headers", &self.expose_line);
+            if self.any_origin && !self.credentials {
+                out.put_slice(b"access-control-allow-origin: *\r\n");
+            } else {
+                http::write::header(out, b"access-control-allow-origin", m.origin());
             }
-        }
-        if self.varies() {
+            out.put_slice(&self.allowed_tail);
+        } else if self.varies() {
             out.put_slice(b"vary: Origin\r\n");
         }
     }
@@ -244,6 +274,15 @@ mod tests {
             max_age: Some(600),
             private_network: true,
             forward_preflight: false,
+            allowed_tail: Box::default(),
+        }
+        .prepared()
+    }
+
+    impl CorsPolicy {
+        fn prepared(mut self) -> CorsPolicy {
+            self.prepare();
+            self
         }
     }
 
@@ -332,7 +371,8 @@ mod tests {
             credentials: false,
             expose_line: Box::default(),
             ..policy()
-        };
+        }
+        .prepared();
         out.clear();
         any.write_actual(&mut out, &any.judge(Some(b"https://x.net")));
         assert_eq!(text(&out), "access-control-allow-origin: *\r\n");
@@ -340,7 +380,8 @@ mod tests {
         let any_cred = CorsPolicy {
             any_origin: true,
             ..policy()
-        };
+        }
+        .prepared();
         out.clear();
         any_cred.write_actual(&mut out, &any_cred.judge(Some(b"https://x.net")));
         assert!(text(&out).starts_with("access-control-allow-origin: https://x.net\r\n"));

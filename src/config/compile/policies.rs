@@ -199,6 +199,7 @@ pub(super) fn compile_cors(
         max_age: c.max_age.map(|d| d.0.as_secs()),
         private_network: c.private_network,
         forward_preflight: c.forward_preflight,
+        allowed_tail: Box::default(),
     };
     if c.origins.is_empty() {
         errors.at(
@@ -291,5 +292,6 @@ pub(super) fn compile_cors(
         exposed.push(h.get_ref().as_bytes().into());
     }
     policy.expose_line = line(&exposed);
+    policy.prepare();
     policy
 }
