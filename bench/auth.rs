@@ -25,6 +25,7 @@ fn rules() -> ClaimRules {
         tier_claim: Some("plan".into()),
         scope_claim: "scope".into(),
         claim_headers: Vec::new(),
+        template_claims: Vec::new(),
     }
 }
 

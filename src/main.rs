@@ -281,18 +281,10 @@ fn explain_route(snapshot: &Snapshot, method: &str, url: &str, header_args: &[St
             println!("  host: {:?}", route.host_rewrite);
             let edits = &route.request_headers;
             for (n, v) in &edits.set {
-                println!(
-                    "  request header set: {}: {}",
-                    String::from_utf8_lossy(n),
-                    String::from_utf8_lossy(v)
-                );
+                println!("  request header set: {}: {v}", String::from_utf8_lossy(n));
             }
             for (n, v) in &edits.add {
-                println!(
-                    "  request header add: {}: {}",
-                    String::from_utf8_lossy(n),
-                    String::from_utf8_lossy(v)
-                );
+                println!("  request header add: {}: {v}", String::from_utf8_lossy(n));
             }
             for n in &edits.remove {
                 println!("  request header remove: {}", String::from_utf8_lossy(n));

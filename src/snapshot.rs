@@ -220,8 +220,8 @@ pub enum WhenAllDown {
     FailOpen,
 }
 
-/// (lower-case name, value).
-pub type HeaderPair = (Box<[u8]>, Box<[u8]>);
+/// (lower-case name, value, possibly with variables).
+pub type HeaderPair = (Box<[u8]>, crate::policy::header_value::HeaderValue);
 
 /// Header edits with names already lower-cased.
 #[derive(Debug, Clone, Default)]

@@ -295,7 +295,7 @@ request_headers = {{ set = {{ "x-gateway" = "ringgate" }} }}
         }
     };
     let request = format!(
-        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\nX-Api-Key: alloc-key\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET {path}?q=1 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: alloc-test\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.9\r\nOrigin: https://shop.example.org\r\nX-Api-Key: alloc-key\r\nAuthorization: Bearer {}\r\n\r\n",
         alloc_token()
     )
     .into_bytes();
@@ -405,6 +405,22 @@ fn proxied_keep_alive_requests_allocate_nothing_in_steady_state() {
             jwt, 0.0,
             "{driver}: a request with a cached token allocates"
         );
+        // The edge policies on a JWT route: an IP rule judging the client
+        // behind a trusted proxy, a CORS policy echoing the Origin, header
+        // templates with the consumer, the route, a claim and the client.
+        let edge = allocations_per_request(
+            driver,
+            upstream,
+            "/edge/items",
+            &format!(
+                "[access_log]\npath = \"/dev/null\"\n[auth.users]\ntype = \"jwt\"\ntier_claim = \"plan\"\nkeys = [{{ alg = \"HS256\", secret_file = \"{}\" }}]\n[cors.web]\norigins = [\"https://app.example.com\", \"https://*.example.org\"]\ncredentials = true\nexpose_headers = [\"x-request-id\"]\n[ip_rules.partners]\nallow = [\"127.0.0.0/8\", \"203.0.113.0/24\"]\ntrusted_proxies = [\"127.0.0.1\"]\n[[routes]]\npath_prefix = \"/edge\"\nupstream = \"app\"\nauth = [\"users\"]\ncors = \"web\"\nip_rule = \"partners\"\nrequest_headers = {{ set = {{ \"x-who\" = \"${{consumer}}@${{route}} ${{jwt.plan}}\", \"x-client\" = \"${{client_ip}}\" }} }}\nresponse_headers = {{ set = {{ \"x-route\" = \"${{route}}\" }} }}\n",
+                secret.display()
+            ),
+        );
+        eprintln!(
+            "{driver}: heap allocations per request through an IP rule, CORS and header templates: {edge:.4}"
+        );
+        assert_eq!(edge, 0.0, "{driver}: the edge policies allocate");
         // A cache hit: the key built in the shard's scratch buffers, the
         // stored head and body shared, Age and Cache-Status written. (The
         // request carries credentials; the upstream's `public` lets its

@@ -207,6 +207,7 @@ mod tests {
                 tier_claim: Some("plan".into()),
                 scope_claim: "scope".into(),
                 claim_headers: Vec::new(),
+                template_claims: Vec::new(),
             },
             Duration::from_secs(60),
             Duration::from_secs(5),

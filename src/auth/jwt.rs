@@ -82,6 +82,9 @@ pub struct ClaimRules {
     pub scope_claim: String,
     /// Claims forwarded as headers: (claim, lower-case header name).
     pub claim_headers: Vec<(String, Box<[u8]>)>,
+    /// Claims the routes' header templates name (`${jwt.NAME}`), kept
+    /// with the token's facts.
+    pub template_claims: Vec<String>,
 }
 
 /// A `type = "jwt"` section compiled: the provider and how its tokens are
@@ -169,7 +172,12 @@ pub struct TokenFacts {
     pub valid_until: u64,
     /// Headers for the upstream (`claims_to_headers`).
     pub headers: Box<[ClaimHeader]>,
+    /// The claims header templates name, as header-safe text.
+    pub claims: Box<[NamedClaim]>,
 }
+
+/// A claim by name, as header-safe text.
+pub type NamedClaim = (Box<str>, Box<[u8]>);
 
 /// A header made from a claim: lower-case name, value.
 pub type ClaimHeader = (Box<[u8]>, Box<[u8]>);
@@ -348,8 +356,17 @@ pub fn check_claims(
             Some((header.clone(), value.into_bytes().into_boxed_slice()))
         })
         .collect();
+    let kept = rules
+        .template_claims
+        .iter()
+        .filter_map(|claim| {
+            let value = claim_text(claims.get(claim)?)?;
+            Some((claim.as_str().into(), value.into_bytes().into_boxed_slice()))
+        })
+        .collect();
     Ok(TokenFacts {
         headers,
+        claims: kept,
         consumer: Consumer {
             name: name.into(),
             tier: tier.map(Into::into),
@@ -492,6 +509,7 @@ mod tests {
                 ("evil".into(), b"x-evil"[..].into()),
                 ("absent".into(), b"x-absent"[..].into()),
             ],
+            template_claims: vec!["email".into(), "absent".into()],
         }
     }
 

@@ -211,6 +211,7 @@ mod tests {
             consumer: consumer("t", &[]),
             valid_until: 0,
             headers: Box::new([]),
+            claims: Box::new([]),
         }));
         let cases = [
             (Outcome::Authenticated(3), None, "authenticated"),
@@ -253,6 +254,7 @@ mod tests {
                 consumer: consumer("tok", &[]),
                 valid_until: 0,
                 headers: Box::new([]),
+                claims: Box::new([]),
             }),
         };
         assert_eq!(&*token.consumer(&providers).unwrap().name, "tok");
@@ -284,6 +286,7 @@ mod tests {
             tier_claim: None,
             scope_claim: "scope".into(),
             claim_headers: Vec::new(),
+            template_claims: Vec::new(),
         };
         let jwt_at = |location| {
             ProviderKind::Jwt(jwt::JwtCompiled {

@@ -173,6 +173,7 @@ mod tests {
             },
             valid_until,
             headers: Box::new([]),
+            claims: Box::new([]),
         })
     }
 

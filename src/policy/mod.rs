@@ -5,4 +5,5 @@
 //! are in `worker::phase`. docs/policies.md describes them for operators.
 
 pub mod cors;
+pub mod header_value;
 pub mod ip_access;

@@ -47,6 +47,26 @@ impl Client {
     }
 }
 
+/// Who is on the other end of the connection, borrowed field by field
+/// from `Client` so that `client.out` can be written meanwhile (header
+/// variables read it).
+#[derive(Clone, Copy)]
+pub struct PeerFacts<'a> {
+    pub ip: &'a [u8],
+    pub tls: Option<&'a super::tls::ConnTls>,
+}
+
+/// `PeerFacts` of a client, usable while its other fields are borrowed.
+#[macro_export]
+macro_rules! peer_facts {
+    ($client:expr) => {
+        $crate::worker::client::PeerFacts {
+            ip: $client.peer_ip.as_bytes(),
+            tls: $client.tls.as_deref(),
+        }
+    };
+}
+
 /// What a phase may read of a request: the head's bytes and header spans,
 /// and who sent it. No socket, so phases are unit-tested without one.
 #[derive(Clone, Copy)]

@@ -11,6 +11,7 @@ pub(super) fn compile_auth(
     name: &str,
     section: &Spanned<file::AuthSection>,
     upstreams: &[crate::snapshot::UpstreamSpec],
+    template_claims: &[String],
     errors: &mut Errors,
 ) -> Option<crate::auth::Provider> {
     use crate::auth::api_key::{ApiKeys, KeyLocation};
@@ -73,20 +74,21 @@ pub(super) fn compile_auth(
                 }
             }
         }
-        "jwt" => compile_jwt(name, section, upstreams, errors).map(|jwt| {
+        "jwt" => compile_jwt(name, section, upstreams, template_claims, errors).map(|jwt| {
             provider(
                 name,
                 crate::auth::ProviderKind::Jwt(jwt),
                 a.forward_credential,
             )
         }),
-        "introspection" => compile_introspection(name, section, upstreams, errors).map(|i| {
-            provider(
-                name,
-                crate::auth::ProviderKind::Introspection(Box::new(i)),
-                a.forward_credential,
-            )
-        }),
+        "introspection" => compile_introspection(name, section, upstreams, template_claims, errors)
+            .map(|i| {
+                provider(
+                    name,
+                    crate::auth::ProviderKind::Introspection(Box::new(i)),
+                    a.forward_credential,
+                )
+            }),
         other => {
             errors.at(
                 &a.kind,
@@ -131,6 +133,7 @@ fn compile_jwt(
     name: &str,
     section: &Spanned<file::AuthSection>,
     upstreams: &[crate::snapshot::UpstreamSpec],
+    template_claims: &[String],
     errors: &mut Errors,
 ) -> Option<crate::auth::jwt::JwtCompiled> {
     use crate::auth::jwt::JwtProvider;
@@ -249,7 +252,7 @@ fn compile_jwt(
     if errors.list.len() != before {
         return None;
     }
-    let rules = claim_rules(a, &["sub"], &["exp"]);
+    let rules = claim_rules(a, &["sub"], &["exp"], template_claims);
     Some(crate::auth::jwt::JwtCompiled {
         provider: JwtProvider::new(location, keys, rules),
         cache_ttl: a
@@ -452,6 +455,7 @@ fn claim_rules(
     a: &file::AuthSection,
     consumers: &[&str],
     required: &[&str],
+    template_claims: &[String],
 ) -> crate::auth::jwt::ClaimRules {
     let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     crate::auth::jwt::ClaimRules {
@@ -476,6 +480,7 @@ fn claim_rules(
                 )
             })
             .collect(),
+        template_claims: template_claims.to_vec(),
     }
 }
 
@@ -486,6 +491,7 @@ fn compile_introspection(
     name: &str,
     section: &Spanned<file::AuthSection>,
     upstreams: &[crate::snapshot::UpstreamSpec],
+    template_claims: &[String],
     errors: &mut Errors,
 ) -> Option<crate::auth::introspection::Introspection> {
     let a = section.get_ref();
@@ -588,7 +594,7 @@ fn compile_introspection(
         path,
         client_id,
         &secret,
-        claim_rules(a, &["sub", "client_id"], &[]),
+        claim_rules(a, &["sub", "client_id"], &[], template_claims),
         a.cache_ttl
             .map_or(std::time::Duration::from_secs(60), |t| t.0),
         a.negative_cache_ttl

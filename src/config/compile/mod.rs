@@ -17,6 +17,8 @@ use crate::snapshot::{
 };
 use crate::upstream::hash::build_ring;
 
+use crate::policy::header_value::{HeaderValue, Variable};
+
 mod auth;
 mod policies;
 mod resilience;
@@ -328,9 +330,12 @@ pub(super) fn compile(cfg: FileConfig, map: &SourceMap<'_>) -> Result<Snapshot, 
     }
 
     let auth_names: Vec<&String> = cfg.auth.keys().collect();
+    let template_claims = claims_in_templates(&cfg.routes);
     let mut auth = Vec::new();
     for (name, section) in &cfg.auth {
-        if let Some(provider) = compile_auth(name, section, &upstreams, &mut errors) {
+        if let Some(provider) =
+            compile_auth(name, section, &upstreams, &template_claims, &mut errors)
+        {
             auth.push(provider);
         }
     }
@@ -1261,27 +1266,75 @@ fn compile_edits(
         }
         lower.into_bytes().into()
     };
-    let value = |n: &str, v: &str, errors: &mut Errors| -> String {
-        secret(v).unwrap_or_else(|e| {
-            errors.at(at, format!("{section}: the value of `{n}`: {e}"));
-            String::new()
-        })
+    // A whole value `${env:…}`/`${file:…}` is a secret, taken as it
+    // is; anything else may use `${variables}`.
+    let value = |n: &str, v: &str, errors: &mut Errors| -> (String, HeaderValue) {
+        let secret_ref = (v.starts_with("${env:") || v.starts_with("${file:"))
+            && v.ends_with('}')
+            && v.matches("${").count() == 1;
+        if secret_ref {
+            let text = secret(v).unwrap_or_else(|e| {
+                errors.at(at, format!("{section}: the value of `{n}`: {e}"));
+                String::new()
+            });
+            let literal = HeaderValue::Static(text.as_bytes().into());
+            return (text, literal);
+        }
+        match HeaderValue::parse(v) {
+            Ok(parsed) => {
+                if section == "response_headers"
+                    && parsed.variables().any(|var| *var == Variable::Host)
+                {
+                    errors.at(at, format!("{section}: the value of `{n}`: ${{host}} is for request_headers (the request is gone when the answer is written)"));
+                }
+                (v.to_string(), parsed)
+            }
+            Err(e) => {
+                errors.at(at, format!("{section}: the value of `{n}`: {e}"));
+                (v.to_string(), HeaderValue::Static(Box::default()))
+            }
+        }
     };
     for (n, v) in &edits.add {
-        let v = value(n, v, errors);
-        let name = check(n, Some(&v), errors);
-        out.add.push((name, v.as_bytes().into()));
+        let (text, v) = value(n, v, errors);
+        let name = check(n, Some(&text), errors);
+        out.add.push((name, v));
     }
     for (n, v) in &edits.set {
-        let v = value(n, v, errors);
-        let name = check(n, Some(&v), errors);
-        out.set.push((name, v.as_bytes().into()));
+        let (text, v) = value(n, v, errors);
+        let name = check(n, Some(&text), errors);
+        out.set.push((name, v));
     }
     for n in &edits.remove {
         let name = check(n, None, errors);
         out.remove.push(name);
     }
     out
+}
+
+/// The claims the routes' header templates name (`${jwt.NAME}`): token
+/// providers keep them with a verified token's facts.
+fn claims_in_templates(routes: &[Spanned<file::RouteSection>]) -> Vec<String> {
+    let mut claims: Vec<String> = routes
+        .iter()
+        .flat_map(|r| {
+            let r = r.get_ref();
+            [&r.request_headers, &r.response_headers]
+        })
+        .flat_map(|e| e.add.values().chain(e.set.values()))
+        .filter_map(|v| HeaderValue::parse(v).ok())
+        .flat_map(|v| {
+            v.variables()
+                .filter_map(|var| match var {
+                    Variable::Claim(c) => Some(c.to_string()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    claims.sort();
+    claims.dedup();
+    claims
 }
 
 /// A config value that may name where a secret lives instead of holding

@@ -599,6 +599,7 @@ impl Trip<'_> {
             close,
             &self.generation.snapshot,
             exchange,
+            crate::peer_facts!(client),
             cache_status,
         );
         exchange.status = response.status;

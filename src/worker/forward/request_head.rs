@@ -217,8 +217,14 @@ pub(in crate::worker) fn build_request_head(
     if let Some(r) = revalidation {
         r.write_headers(out);
     }
-    for (name, value) in edits.set.iter().chain(&edits.add) {
-        http::write::header(out, name, value);
+    if !edits.set.is_empty() || !edits.add.is_empty() {
+        let host = head.host.map(|h| h.get(buf));
+        let peer = crate::peer_facts!(client);
+        let vars =
+            crate::worker::phase::response_headers::vars(snapshot, route, exchange, peer, host);
+        for (name, value) in edits.set.iter().chain(&edits.add) {
+            value.write_header(out, name, &vars);
+        }
     }
     match head.framing {
         BodyFraming::None => {}

@@ -164,19 +164,19 @@ pub(super) fn build_response_head(
     close: bool,
     snapshot: &crate::snapshot::Snapshot,
     exchange: &crate::worker::client::Exchange,
+    peer: crate::worker::client::PeerFacts<'_>,
     cache_status: &[u8],
 ) {
     let buf = &conn.buf[..];
     let client_http10 = head.version == Version::Http10;
     http::write::status_line(out, response.status);
-    let edits = &route.response_headers;
     for h in &conn.headers {
         let name = h.name.get(buf);
         if !withheld(conn, response, route, name) {
             http::write::header(out, name, h.value.get(buf));
         }
     }
-    response_headers::write(out, snapshot, edits, exchange);
+    response_headers::write(out, snapshot, route, exchange, peer);
     out.put_slice(cache_status);
     match framing {
         OutFraming::None => {

@@ -478,7 +478,7 @@ pub async fn serve(
         out.put_slice(b"; fwd=stale; fwd-status=304");
     }
     out.put_slice(b"\r\n");
-    super::respond::end_head(ctx, out, close, exchange);
+    super::respond::end_head(ctx, out, close, exchange, crate::peer_facts!(client));
     let with_body = !hit.not_modified && ctx.head.method != Method::Head;
     if with_body && hit.body.len() <= INLINE_BODY {
         out.put_slice(&hit.body);

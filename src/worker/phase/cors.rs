@@ -139,6 +139,6 @@ pub async fn answer_preflight(
         };
         with_ask(&view, |ask| p.write_preflight(out, m, ask));
     }
-    respond::end_head(ctx, out, close, exchange);
+    respond::end_head(ctx, out, close, exchange, crate::peer_facts!(client));
     respond::send(ctx, client, 204, close, exchange).await
 }

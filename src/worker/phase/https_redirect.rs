@@ -43,6 +43,6 @@ pub async fn redirect(
     out.put_slice(head.query.get(buf));
     out.put_slice(b"\r\n");
     http::write::content_length(out, 0);
-    respond::end_head(ctx, out, close, exchange);
+    respond::end_head(ctx, out, close, exchange, crate::peer_facts!(client));
     respond::send(ctx, client, 308, close, exchange).await
 }

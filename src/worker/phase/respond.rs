@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, BytesMut};
 
 use crate::http::{self, Method};
 
-use super::super::client::{Client, Exchange};
+use super::super::client::{Client, Exchange, PeerFacts};
 use super::{RequestCtx, response_headers};
 use crate::transport::write_all_clear;
 
@@ -36,7 +36,7 @@ pub async fn respond(
         out.put_slice(b"\r\n");
         http::write::content_length(out, answer.body.len() as u64);
     }
-    end_head(ctx, out, close, exchange);
+    end_head(ctx, out, close, exchange, crate::peer_facts!(client));
     if ctx.head.method != Method::Head && !bodiless {
         out.put_slice(answer.body);
     }
@@ -45,8 +45,14 @@ pub async fn respond(
 
 /// Ends a head the gateway writes itself: the route's response headers,
 /// `x-request-id`, rate-limit headers and the connection line.
-pub fn end_head(ctx: &RequestCtx<'_>, out: &mut BytesMut, close: bool, exchange: &Exchange) {
-    response_headers::write(out, ctx.snapshot(), &ctx.route.response_headers, exchange);
+pub fn end_head(
+    ctx: &RequestCtx<'_>,
+    out: &mut BytesMut,
+    close: bool,
+    exchange: &Exchange,
+    peer: PeerFacts<'_>,
+) {
+    response_headers::write(out, ctx.snapshot(), ctx.route, exchange, peer);
     out.put_slice(if close {
         &b"connection: close\r\n\r\n"[..]
     } else {

@@ -6,8 +6,9 @@
 use bytes::BytesMut;
 
 use crate::http;
-use crate::snapshot::{HeaderEdits, Snapshot};
-use crate::worker::client::Exchange;
+use crate::policy::header_value::Vars;
+use crate::snapshot::{HeaderEdits, Route, Snapshot};
+use crate::worker::client::{Exchange, PeerFacts};
 
 /// Whether a relayed header of this name gives way to the route's edits
 /// (removed, or replaced by a `set`).
@@ -18,15 +19,51 @@ pub fn drops(edits: &HeaderEdits, name: &[u8]) -> bool {
 
 /// Writes the headers the gateway adds, in a fixed order: the route's
 /// edits, `x-request-id`, rate-limit headers, the CORS policy's headers.
-pub fn write(out: &mut BytesMut, snapshot: &Snapshot, edits: &HeaderEdits, exchange: &Exchange) {
-    for (name, value) in edits.set.iter().chain(&edits.add) {
-        http::write::header(out, name, value);
+pub fn write(
+    out: &mut BytesMut,
+    snapshot: &Snapshot,
+    route: &Route,
+    exchange: &Exchange,
+    peer: PeerFacts<'_>,
+) {
+    let edits = &route.response_headers;
+    if !edits.set.is_empty() || !edits.add.is_empty() {
+        let vars = vars(snapshot, route, exchange, peer, None);
+        for (name, value) in edits.set.iter().chain(&edits.add) {
+            value.write_header(out, name, &vars);
+        }
     }
     http::write::header(out, b"x-request-id", exchange.request_id.as_bytes());
     if let Some(d) = &exchange.ratelimit {
         crate::ratelimit::write_headers(out, d);
     }
     write_cors(out, snapshot, exchange);
+}
+
+/// What header variables stand for in this exchange; `host` where the
+/// request head is still at hand (request headers).
+pub fn vars<'a>(
+    snapshot: &'a Snapshot,
+    route: &'a Route,
+    exchange: &'a Exchange,
+    peer: PeerFacts<'a>,
+    host: Option<&'a [u8]>,
+) -> Vars<'a> {
+    let identity = exchange.identity.as_ref();
+    Vars {
+        client_ip: peer.ip,
+        request_id: exchange.request_id.as_bytes(),
+        consumer: identity
+            .and_then(|i| i.consumer(&snapshot.auth))
+            .map_or(&[][..], |c| c.name.as_bytes()),
+        route: route.name.as_bytes(),
+        host,
+        claims: match identity {
+            Some(crate::auth::Identity::Token { facts, .. }) => &facts.claims,
+            _ => &[],
+        },
+        cert: peer.tls.and_then(|t| t.client_cert.as_ref()),
+    }
 }
 
 /// The CORS headers of an actual answer, when the exchange was judged by a
