@@ -302,6 +302,8 @@ pub struct Route {
     pub ip_rule: Option<usize>,
     /// Index into `Snapshot::cors`.
     pub cors: Option<usize>,
+    /// Upgrades (WebSocket) the route tunnels (`None`: none).
+    pub tunnel: Option<Box<crate::policy::tunnel::TunnelPolicy>>,
 }
 
 /// A route's authentication requirement.

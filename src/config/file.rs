@@ -955,6 +955,16 @@ pub struct RouteSection {
     /// A `[cors.NAME]` policy for the route.
     #[serde(default)]
     pub cors: Option<Spanned<String>>,
+    /// Protocols a client may upgrade to through this route
+    /// (`["websocket"]`); the connection then becomes a tunnel.
+    #[serde(default)]
+    pub upgrades: Vec<Spanned<String>>,
+    /// A tunnel with no bytes either way for this long is closed.
+    #[serde(default)]
+    pub tunnel_idle_timeout: Option<HumanDuration>,
+    /// A tunnel is closed after this long whatever it carries.
+    #[serde(default)]
+    pub tunnel_max_lifetime: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -17,7 +17,9 @@ pub mod write;
 
 pub use chunked::{ChunkError, ChunkedDecoder, Step};
 pub use request::{BodyFraming, Method, ParseError, RequestHead, parse_request};
-pub use response::{ResponseError, ResponseFraming, ResponseHead, parse_response};
+pub use response::{
+    ResponseError, ResponseFraming, ResponseHead, parse_response, parse_response_upgrading,
+};
 pub use target::{EncodedSlash, NormalizeOptions, TargetError, normalize_path};
 
 /// Most header lines a head may carry; heads with more are refused (431/502).

@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 
 use super::{
     HeaderSpan, MAX_HEADERS, Span, TransferCoding, Version, classify_transfer_encoding,
-    list_elements, parse_content_length,
+    list_elements, parse_content_length, trim_ows,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +52,34 @@ impl ResponseHead {
     }
 }
 
-/// Parses a response head; `Ok(None)` when incomplete.
+/// Parses a response head; `Ok(None)` when incomplete. A 101 is an
+/// error: no upgrade was asked for (see `parse_response_upgrading`).
 pub fn parse_response(
     buf: &[u8],
     max_header_bytes: usize,
     max_headers: usize,
     request_was_head: bool,
+    headers: &mut Vec<HeaderSpan>,
+) -> Result<Option<ResponseHead>, ResponseError> {
+    parse_response_upgrading(
+        buf,
+        max_header_bytes,
+        max_headers,
+        request_was_head,
+        false,
+        headers,
+    )
+}
+
+/// `parse_response` for a request that may have asked to upgrade: with
+/// `upgrade_asked`, a 101 that names its protocol in `Upgrade` is a
+/// final answer with no body (the bytes after it are the new protocol's).
+pub fn parse_response_upgrading(
+    buf: &[u8],
+    max_header_bytes: usize,
+    max_headers: usize,
+    request_was_head: bool,
+    upgrade_asked: bool,
     headers: &mut Vec<HeaderSpan>,
 ) -> Result<Option<ResponseHead>, ResponseError> {
     headers.clear();
@@ -105,6 +127,7 @@ pub fn parse_response(
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut connection_names_others = false;
+    let mut names_upgrade = false;
     for h in res.headers.iter() {
         let name = h.name.as_bytes();
         headers.push(HeaderSpan {
@@ -131,11 +154,28 @@ pub fn parse_response(
                 content_length = Some(n);
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => saw_transfer_encoding = true,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                names_upgrade = !trim_ows(h.value).is_empty();
+            }
             _ => {}
         }
     }
     if status == 101 {
-        return Err(ResponseError::UnexpectedUpgrade);
+        if !upgrade_asked {
+            return Err(ResponseError::UnexpectedUpgrade);
+        }
+        if !names_upgrade {
+            return Err(ResponseError::Malformed("101 without an Upgrade header"));
+        }
+        return Ok(Some(ResponseHead {
+            len,
+            version,
+            status,
+            framing: ResponseFraming::None,
+            keep_alive: false,
+            connection_names_others,
+            content_length: None,
+        }));
     }
 
     let no_body =
@@ -179,6 +219,39 @@ pub fn parse_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_101_is_final_only_when_an_upgrade_was_asked_and_named() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi";
+        let mut headers = Vec::new();
+        assert!(matches!(
+            parse_response(raw, 8192, 64, false, &mut headers),
+            Err(ResponseError::UnexpectedUpgrade)
+        ));
+        let head = parse_response_upgrading(raw, 8192, 64, false, true, &mut headers)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (head.status, head.framing, head.keep_alive),
+            (101, ResponseFraming::None, false)
+        );
+        // The new protocol's bytes are after the head, not part of it.
+        assert_eq!(&raw[head.len..], b"\x81\x02hi");
+        let unnamed = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n";
+        assert!(matches!(
+            parse_response_upgrading(unnamed, 8192, 64, false, true, &mut headers),
+            Err(ResponseError::Malformed(_))
+        ));
+        // Any other answer to an upgrade request is an ordinary response.
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let head = parse_response_upgrading(refused, 8192, 64, false, true, &mut headers)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (head.status, head.framing),
+            (403, ResponseFraming::Length(2))
+        );
+    }
 
     fn parse(raw: &[u8], head: bool) -> Result<Option<ResponseHead>, ResponseError> {
         parse_response(raw, 8192, 64, head, &mut Vec::new())

@@ -70,6 +70,16 @@ pub enum Revalidated {
 /// (not_modified, modified, failed).
 pub const CACHE_REVALIDATIONS: usize = 6;
 
+/// Why an upgrade tunnel ended: `ringgate_tunnels_closed_total{reason}`.
+pub const TUNNEL_ENDS: [&str; 6] = [
+    "client_closed",
+    "upstream_closed",
+    "idle_timeout",
+    "max_lifetime",
+    "drain",
+    "error",
+];
+
 /// What a CORS policy made of requests with an `Origin`:
 /// `ringgate_cors_requests_total{outcome}`.
 pub const CORS_OUTCOMES: [&str; 4] = [
@@ -130,6 +140,10 @@ pub struct WorkerMetrics {
     pub tls_handshake_failures: [Cell<u64>; HANDSHAKE_FAILURES.len()],
     /// Handshakes that had to wait for a free slot (max_handshakes_in_flight).
     pub tls_handshakes_queued: Cell<u64>,
+    /// Upgrade tunnels open now.
+    pub tunnels_open: Cell<u64>,
+    /// Tunnels ended, by `TUNNEL_ENDS` index.
+    pub tunnel_ends: [Cell<u64>; TUNNEL_ENDS.len()],
     /// routes+1 (the last is "no route") × METHODS × CLASSES, flattened.
     by_route: RefCell<Vec<u64>>,
     /// Per upstream, per endpoint.
@@ -179,6 +193,8 @@ impl WorkerMetrics {
             tls_handshakes: Default::default(),
             tls_handshake_failures: Default::default(),
             tls_handshakes_queued: Cell::new(0),
+            tunnels_open: Cell::new(0),
+            tunnel_ends: Default::default(),
             by_route: RefCell::new(vec![0; (routes + 1) * METHODS.len() * CLASSES]),
             endpoints: RefCell::new(
                 endpoints_per_upstream
@@ -456,6 +472,8 @@ impl WorkerMetrics {
             tls_handshakes: std::array::from_fn(|i| self.tls_handshakes[i].get()),
             tls_handshake_failures: std::array::from_fn(|i| self.tls_handshake_failures[i].get()),
             tls_handshakes_queued: self.tls_handshakes_queued.get(),
+            tunnels_open: self.tunnels_open.get(),
+            tunnel_ends: std::array::from_fn(|i| self.tunnel_ends[i].get()),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
             breakers: self.breakers.borrow().clone(),
@@ -502,6 +520,8 @@ pub struct WorkerReport {
     pub tls_handshakes: [u64; 2],
     pub tls_handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub tls_handshakes_queued: u64,
+    pub tunnels_open: u64,
+    pub tunnel_ends: [u64; TUNNEL_ENDS.len()],
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,
     /// Per upstream (queue lengths filled by the worker).

@@ -266,6 +266,29 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     }
     header(
         &mut out,
+        TUNNELS_OPEN,
+        "gauge",
+        "Upgrade (WebSocket) tunnels open, by worker.",
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{TUNNELS_OPEN}{{worker=\"{}\"}} {}",
+            r.worker, r.tunnels_open
+        );
+    }
+    header(
+        &mut out,
+        TUNNELS_CLOSED,
+        "counter",
+        "Upgrade tunnels ended, by why.",
+    );
+    for (i, reason) in crate::metrics::TUNNEL_ENDS.iter().enumerate() {
+        let v: u64 = reports.iter().map(|r| r.tunnel_ends[i]).sum();
+        let _ = writeln!(out, "{TUNNELS_CLOSED}{{reason=\"{reason}\"}} {v}");
+    }
+    header(
+        &mut out,
         IP_RULE_DECISIONS,
         "counter",
         "Requests an IP rule judged, by rule and decision.",

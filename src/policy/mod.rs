@@ -8,3 +8,4 @@
 pub mod cors;
 pub mod header_value;
 pub mod ip_access;
+pub mod tunnel;

@@ -145,6 +145,9 @@ pub struct Exchange {
     /// What the route's CORS policy made of the request's `Origin`: the
     /// answer, whatever it is, carries the policy's headers.
     pub cors: Option<crate::policy::cors::CorsMatch>,
+    /// The request asks for an upgrade its route tunnels (`Upgrade` and
+    /// `Connection: upgrade` go upstream; a 101 opens a tunnel).
+    pub upgrade: bool,
 }
 
 impl Exchange {
@@ -160,6 +163,7 @@ impl Exchange {
             ratelimit: None,
             identity: None,
             cors: None,
+            upgrade: false,
         }
     }
 }

@@ -369,9 +369,13 @@ async fn handle_request(
             phase::respond::respond(&ctx, answer, client, close, exchange).await
         }
         RouteAction::Proxy { upstream } => {
+            exchange.upgrade = super::tunnel::asked(route, head, &client.view());
             let mut waited = false;
             let fill = loop {
-                let Some(rc) = &route.cache else { break None };
+                // An upgrade is never answered from, or stored in, the cache.
+                let Some(rc) = route.cache.as_ref().filter(|_| !exchange.upgrade) else {
+                    break None;
+                };
                 break match phase::cache::lookup(
                     shard,
                     rc,

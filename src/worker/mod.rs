@@ -18,6 +18,7 @@ pub mod request_id;
 pub mod shard;
 pub mod single_flight;
 pub mod tls;
+mod tunnel;
 pub mod upstream_call;
 
 use std::cell::RefCell;
@@ -309,6 +310,7 @@ async fn worker_main(setup: WorkerSetup, driver: &'static str, cpu: Option<usize
                     if drain_deadline.is_none() {
                         drain_deadline =
                             Some(Instant::now() + shard.generation().snapshot.limits.drain_timeout);
+                        shard.drain_deadline.set(drain_deadline);
                         shard.begin_drain();
                     }
                 }

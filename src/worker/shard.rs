@@ -245,6 +245,10 @@ pub struct Shard {
     current: RefCell<Rc<Generation>>,
     pub metrics: WorkerMetrics,
     pub draining: Cell<bool>,
+    /// When a drain ends (set with `draining`): open tunnels close by then.
+    pub drain_deadline: Cell<Option<std::time::Instant>>,
+    /// Tasks of open tunnels, woken when a drain begins.
+    pub tunnel_wakers: RefCell<Vec<std::task::Waker>>,
     pub active_connections: Cell<usize>,
     /// Write buffers for client exchanges.
     pub out_buffers: BufferPool,
@@ -287,6 +291,8 @@ impl Shard {
             listeners: RefCell::new(Vec::new()),
             metrics,
             draining: Cell::new(false),
+            drain_deadline: Cell::new(None),
+            tunnel_wakers: RefCell::new(Vec::new()),
             active_connections: Cell::new(0),
             out_buffers: BufferPool::new(8 * 1024, 4096),
             request_ids: RefCell::new(super::request_id::IdGenerator::new(id)),
@@ -373,6 +379,9 @@ impl Shard {
     pub fn begin_drain(&self) {
         if self.draining.replace(true) {
             return;
+        }
+        for waker in self.tunnel_wakers.borrow_mut().drain(..) {
+            waker.wake();
         }
         let old = std::mem::take(&mut *self.idle_canceller.borrow_mut());
         *self.idle_canceller.borrow_mut() = old.cancel();

@@ -7,6 +7,7 @@
 pub mod jwt;
 pub mod redis;
 pub mod tls;
+pub mod websocket;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -1004,6 +1004,13 @@ fn compile_route(
         .cors
         .as_ref()
         .and_then(|n| policies::resolve(n, named.cors, "cors", errors));
+    let tunnel = policies::compile_tunnel(
+        &name,
+        r,
+        matches!(action, RouteAction::Proxy { .. }),
+        spanned,
+        errors,
+    );
     let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
     let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
 
@@ -1027,6 +1034,7 @@ fn compile_route(
         retry,
         ip_rule,
         cors,
+        tunnel,
     };
     Some((
         route,

@@ -295,3 +295,61 @@ pub(super) fn compile_cors(
     policy.prepare();
     policy
 }
+
+/// Default `tunnel_idle_timeout`: WebSocket clients ping more often than
+/// this, and a tunnel nobody uses should not hold two sockets forever.
+const DEFAULT_TUNNEL_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A route's `upgrades` and tunnel limits.
+pub(super) fn compile_tunnel(
+    route: &str,
+    r: &file::RouteSection,
+    proxies: bool,
+    at: &Spanned<file::RouteSection>,
+    errors: &mut Errors,
+) -> Option<Box<crate::policy::tunnel::TunnelPolicy>> {
+    if r.upgrades.is_empty() {
+        if r.tunnel_idle_timeout.is_some() || r.tunnel_max_lifetime.is_some() {
+            errors.at(
+                at,
+                format!("route `{route}`: tunnel_idle_timeout and tunnel_max_lifetime need upgrades = [\"websocket\", ...]"),
+            );
+        }
+        return None;
+    }
+    if !proxies {
+        errors.at(
+            at,
+            format!("route `{route}`: upgrades need a route with an upstream"),
+        );
+    }
+    let mut protocols = Vec::new();
+    for p in &r.upgrades {
+        let name = p.get_ref().to_ascii_lowercase();
+        if name == "h2c" {
+            errors.at(p, format!("route `{route}`: h2c cannot be tunnelled (ringgate speaks HTTP/1.1 to upstreams; h2c upgrades are refused)"));
+        } else if !super::is_token(name.as_bytes()) {
+            errors.at(
+                p,
+                format!("route `{route}`: `{}` is not a protocol name", p.get_ref()),
+            );
+        }
+        protocols.push(name.into_bytes().into_boxed_slice());
+    }
+    let idle_timeout = r.tunnel_idle_timeout.map_or(DEFAULT_TUNNEL_IDLE, |d| d.0);
+    if idle_timeout.is_zero() {
+        errors.at(
+            at,
+            format!("route `{route}`: tunnel_idle_timeout must be more than 0"),
+        );
+    }
+    let max_lifetime = r.tunnel_max_lifetime.map(|d| d.0);
+    if max_lifetime.is_some_and(|d| d.is_zero()) {
+        errors.at(at, format!("route `{route}`: tunnel_max_lifetime must be more than 0 (leave it out for no limit)"));
+    }
+    Some(Box::new(crate::policy::tunnel::TunnelPolicy {
+        protocols: protocols.into_boxed_slice(),
+        idle_timeout,
+        max_lifetime,
+    }))
+}

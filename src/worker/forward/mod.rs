@@ -480,6 +480,7 @@ impl Trip<'_> {
                 self.spec,
                 self.snapshot(),
                 deadline,
+                exchange.upgrade,
                 &mut interim_forwarded,
             )
             .await;
@@ -531,6 +532,23 @@ impl Trip<'_> {
             response,
             sent_at,
         } = answered;
+        if response.status == 101 {
+            // Only an upgrade the route allows was asked for
+            // (`parse_response_upgrading`): the exchange becomes a tunnel.
+            exchange.upstream_us = Some(sent_at.elapsed().as_micros() as u64);
+            exchange.upstream = Some(self.spec.endpoints[self.endpoint].addr);
+            super::tunnel::open(
+                self.shard,
+                self.generation,
+                self.route,
+                conn,
+                &response,
+                client,
+                exchange,
+            )
+            .await;
+            return ProxyOutcome::Done { keep_client: false };
+        }
         let client_http10 = self.head.version == Version::Http10;
         let (out_framing, close_for_framing) = match response.framing {
             ResponseFraming::None => (OutFraming::None, false),

@@ -214,6 +214,14 @@ pub(in crate::worker) fn build_request_head(
         }
     }
     http::write::header(out, b"x-request-id", request_id);
+    if exchange.upgrade {
+        // Hop-by-hop, so dropped above: an upgrade the route tunnels asks
+        // the upstream again, with the client's offers.
+        out.put_slice(b"connection: upgrade\r\n");
+        for value in client.view().values(b"upgrade") {
+            http::write::header(out, b"upgrade", http::trim_ows(value));
+        }
+    }
     if let Some(r) = revalidation {
         r.write_headers(out);
     }

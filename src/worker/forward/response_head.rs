@@ -8,7 +8,9 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, BytesMut};
 
 use crate::failure::Failure;
-use crate::http::{self, MAX_HEADERS, Method, RequestHead, ResponseHead, Version, parse_response};
+use crate::http::{
+    self, MAX_HEADERS, Method, RequestHead, ResponseHead, Version, parse_response_upgrading,
+};
 use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 
 use super::super::client::Client;
@@ -32,6 +34,7 @@ impl HeadError {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_response_head(
     conn: &mut UpstreamConn,
     client: &mut Client,
@@ -39,6 +42,7 @@ pub(super) async fn read_response_head(
     spec: &UpstreamSpec,
     snapshot: &Snapshot,
     try_deadline: Option<Instant>,
+    upgrade_asked: bool,
     interim_forwarded: &mut bool,
 ) -> Result<ResponseHead, HeadError> {
     let deadline = Instant::now() + spec.response_timeout;
@@ -47,14 +51,17 @@ pub(super) async fn read_response_head(
     loop {
         if !conn.buf.is_empty() {
             received_any = true;
-            let parsed = parse_response(
+            let parsed = parse_response_upgrading(
                 &conn.buf,
                 snapshot.limits.max_header_bytes,
                 MAX_HEADERS,
                 head.method == Method::Head,
+                upgrade_asked,
                 &mut conn.headers,
             );
             match parsed {
+                // The switch an upgrade asked for: final, not interim.
+                Ok(Some(response)) if response.status == 101 => return Ok(response),
                 Ok(Some(response)) if response.is_interim() => {
                     // 100 Continue was already answered by us (we do not
                     // forward Expect); other interim responses (103) go to
