@@ -130,6 +130,10 @@ pub(super) async fn open(
         count_end(shard, End::Error);
         return;
     }
+    // The tunnel writes from the read buffers: the output buffer goes
+    // back to the worker's pool for the tunnel's life (idle tunnels hold
+    // only what they read into).
+    shard.out_buffers.give(std::mem::take(&mut client.out));
     let _open = OpenTunnel::new(shard);
     let ends = Ends {
         client: &mut client.stream,
