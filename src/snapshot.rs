@@ -304,6 +304,8 @@ pub struct Route {
     pub cors: Option<usize>,
     /// Upgrades (WebSocket) the route tunnels (`None`: none).
     pub tunnel: Option<Box<crate::policy::tunnel::TunnelPolicy>>,
+    /// Response compression (`None`: off).
+    pub compress: Option<Box<crate::policy::compress::CompressPolicy>>,
 }
 
 /// A route's authentication requirement.

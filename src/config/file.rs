@@ -965,6 +965,33 @@ pub struct RouteSection {
     /// A tunnel is closed after this long whatever it carries.
     #[serde(default)]
     pub tunnel_max_lifetime: Option<HumanDuration>,
+    /// Compress this route's answers (docs/policies.md).
+    #[serde(default)]
+    pub compress: Option<Spanned<CompressSection>>,
+}
+
+/// A route's `compress = { ... }`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// "br", "gzip", in the server's order of preference (default both,
+    /// brotli first).
+    #[serde(default)]
+    pub encodings: Option<Vec<Spanned<String>>>,
+    /// Content types compressed: `application/json`, `text/*`.
+    #[serde(default)]
+    pub types: Option<Vec<Spanned<String>>>,
+    /// Answers of a known length below this are sent as they are.
+    #[serde(default)]
+    pub min_size: Option<ByteSize>,
+    /// 1 (fastest) to 9 (smallest); default 4.
+    #[serde(default)]
+    pub gzip_level: Option<Spanned<u32>>,
+    /// 0 (fastest) to 11 (smallest); default 4.
+    #[serde(default)]
+    pub brotli_quality: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -142,6 +142,8 @@ pub struct WorkerMetrics {
     pub tls_handshakes_queued: Cell<u64>,
     /// Upgrade tunnels open now.
     pub tunnels_open: Cell<u64>,
+    /// Answers compressed, [gzip, br].
+    pub compressed: [Cell<u64>; 2],
     /// Tunnels ended, by `TUNNEL_ENDS` index.
     pub tunnel_ends: [Cell<u64>; TUNNEL_ENDS.len()],
     /// routes+1 (the last is "no route") × METHODS × CLASSES, flattened.
@@ -195,6 +197,7 @@ impl WorkerMetrics {
             tls_handshakes_queued: Cell::new(0),
             tunnels_open: Cell::new(0),
             tunnel_ends: Default::default(),
+            compressed: Default::default(),
             by_route: RefCell::new(vec![0; (routes + 1) * METHODS.len() * CLASSES]),
             endpoints: RefCell::new(
                 endpoints_per_upstream
@@ -376,6 +379,11 @@ impl WorkerMetrics {
         }
     }
 
+    /// An answer is being compressed with `encoding`.
+    pub fn compressed(&self, encoding: crate::policy::compress::Encoding) {
+        bump(&self.compressed[encoding as usize]);
+    }
+
     pub fn tls_handshake_queued(&self) {
         bump(&self.tls_handshakes_queued);
     }
@@ -473,6 +481,7 @@ impl WorkerMetrics {
             tls_handshake_failures: std::array::from_fn(|i| self.tls_handshake_failures[i].get()),
             tls_handshakes_queued: self.tls_handshakes_queued.get(),
             tunnels_open: self.tunnels_open.get(),
+            compressed: std::array::from_fn(|i| self.compressed[i].get()),
             tunnel_ends: std::array::from_fn(|i| self.tunnel_ends[i].get()),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
@@ -521,6 +530,7 @@ pub struct WorkerReport {
     pub tls_handshake_failures: [u64; HANDSHAKE_FAILURES.len()],
     pub tls_handshakes_queued: u64,
     pub tunnels_open: u64,
+    pub compressed: [u64; 2],
     pub tunnel_ends: [u64; TUNNEL_ENDS.len()],
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,

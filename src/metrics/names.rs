@@ -38,6 +38,7 @@ pub const AUTH_DECISIONS: &str = "ringgate_auth_decisions_total";
 pub const IP_RULE_DECISIONS: &str = "ringgate_ip_rule_decisions_total";
 pub const CORS_REQUESTS: &str = "ringgate_cors_requests_total";
 pub const TUNNELS_OPEN: &str = "ringgate_tunnels_open";
+pub const COMPRESSED: &str = "ringgate_compressed_responses_total";
 pub const TUNNELS_CLOSED: &str = "ringgate_tunnels_closed_total";
 pub const CACHE_REQUESTS: &str = "ringgate_cache_requests_total";
 pub const CACHE_COALESCED: &str = "ringgate_cache_coalesced_total";

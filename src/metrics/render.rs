@@ -266,6 +266,16 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     }
     header(
         &mut out,
+        COMPRESSED,
+        "counter",
+        "Answers compressed by the gateway, by encoding.",
+    );
+    for (i, encoding) in ["gzip", "br"].iter().enumerate() {
+        let v: u64 = reports.iter().map(|r| r.compressed[i]).sum();
+        let _ = writeln!(out, "{COMPRESSED}{{encoding=\"{encoding}\"}} {v}");
+    }
+    header(
+        &mut out,
         TUNNELS_OPEN,
         "gauge",
         "Upgrade (WebSocket) tunnels open, by worker.",

@@ -134,13 +134,52 @@ async fn refresh(
     if answer.status >= 500 || answer.status == 304 {
         return Revalidated::Failed;
     }
+    // The variant refreshed is the one the original request negotiated:
+    // compressed the same way.
+    let (compressible, encoding) = match route.compress.as_deref() {
+        Some(policy) => {
+            let first = |name: &[u8]| {
+                answer
+                    .headers
+                    .iter()
+                    .find(|h| h.name.get(&answer.head).eq_ignore_ascii_case(name))
+                    .map(|h| crate::http::trim_ows(h.value.get(&answer.head)))
+            };
+            let applies = policy.applies(&crate::policy::compress::AnswerFacts {
+                status: answer.status,
+                content_type: first(b"content-type"),
+                content_encoding: first(b"content-encoding"),
+                cache_control: first(b"cache-control"),
+                content_length: Some(answer.body.len() as u64),
+                has_content_range: first(b"content-range").is_some(),
+            });
+            let encoding = policy
+                .negotiate(|| {
+                    crate::cache::key::KeyFacts::header_values(
+                        &fill.request_head,
+                        b"accept-encoding",
+                    )
+                })
+                .filter(|_| applies);
+            (applies, encoding.zip(Some(policy)))
+        }
+        None => (false, None),
+    };
+    let compressed = match encoding {
+        Some((e, policy)) => match policy.compress_whole(e, &answer.body) {
+            Ok(body) => Some(body),
+            Err(_) => return Revalidated::Failed,
+        },
+        None => None,
+    };
+    let body: &[u8] = compressed.as_deref().unwrap_or(&answer.body);
     let capture = plan_capture(
         rc,
         fill,
         answer.status,
         &answer.head,
         &answer.headers,
-        Some(answer.body.len() as u64),
+        Some(body.len() as u64),
         |name| {
             withheld_from(
                 &answer.head,
@@ -151,10 +190,14 @@ async fn refresh(
             )
         },
         now,
+        crate::policy::compress::Shape {
+            encoding: encoding.map(|(e, _)| e),
+            varies_with_encoding: compressible,
+        },
     );
     match capture {
         Some(mut capture) => {
-            capture.take(&answer.body);
+            capture.take(body);
             capture.store(shard);
         }
         // The upstream's answer now may not be stored: neither may the

@@ -148,6 +148,9 @@ pub struct Exchange {
     /// The request asks for an upgrade its route tunnels (`Upgrade` and
     /// `Connection: upgrade` go upstream; a 101 opens a tunnel).
     pub upgrade: bool,
+    /// The encoding the request negotiated with its route's `compress`
+    /// (`None`: no compression on the route, or none the client accepts).
+    pub encoding: Option<crate::policy::compress::Encoding>,
 }
 
 impl Exchange {
@@ -164,6 +167,7 @@ impl Exchange {
             identity: None,
             cors: None,
             upgrade: false,
+            encoding: None,
         }
     }
 }

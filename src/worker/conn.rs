@@ -370,6 +370,11 @@ async fn handle_request(
         }
         RouteAction::Proxy { upstream } => {
             exchange.upgrade = super::tunnel::asked(route, head, &client.view());
+            let view = client.view();
+            exchange.encoding = route
+                .compress
+                .as_ref()
+                .and_then(|c| c.negotiate(|| view.values(b"accept-encoding")));
             let mut waited = false;
             let fill = loop {
                 // An upgrade is never answered from, or stored in, the cache.

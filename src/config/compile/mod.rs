@@ -1011,6 +1011,15 @@ fn compile_route(
         spanned,
         errors,
     );
+    let compress = r.compress.as_ref().and_then(|c| {
+        if !matches!(action, RouteAction::Proxy { .. }) {
+            errors.at(
+                c,
+                format!("route `{name}`: compress needs a route with an upstream"),
+            );
+        }
+        policies::compile_compress(&name, c, errors)
+    });
     let request_headers = compile_edits(&r.request_headers, spanned, "request_headers", errors);
     let response_headers = compile_edits(&r.response_headers, spanned, "response_headers", errors);
 
@@ -1035,6 +1044,7 @@ fn compile_route(
         ip_rule,
         cors,
         tunnel,
+        compress,
     };
     Some((
         route,

@@ -353,3 +353,93 @@ pub(super) fn compile_tunnel(
         max_lifetime,
     }))
 }
+
+/// A route's `compress = { ... }`.
+pub(super) fn compile_compress(
+    route: &str,
+    section: &Spanned<file::CompressSection>,
+    errors: &mut Errors,
+) -> Option<Box<crate::policy::compress::CompressPolicy>> {
+    use crate::policy::compress::{CompressPolicy, DEFAULT_TYPES, Encoding, TypeMatch};
+    let c = section.get_ref();
+    if !c.enabled {
+        return None;
+    }
+    let mut encodings = Vec::new();
+    match &c.encodings {
+        None => encodings.extend([Encoding::Brotli, Encoding::Gzip]),
+        Some(list) => {
+            for e in list {
+                match Encoding::parse(e.get_ref()) {
+                    Some(enc) if !encodings.contains(&enc) => encodings.push(enc),
+                    Some(_) => errors.at(
+                        e,
+                        format!(
+                            "route `{route}` compress: `{}` is listed twice",
+                            e.get_ref()
+                        ),
+                    ),
+                    None => errors.at(
+                        e,
+                        format!(
+                            "route `{route}` compress: encodings are \"br\" and \"gzip\", not `{}`",
+                            e.get_ref()
+                        ),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                errors.at(section, format!("route `{route}` compress: encodings must name at least one of \"br\", \"gzip\""));
+            }
+        }
+    }
+    let names: Vec<(String, Option<&Spanned<String>>)> = match &c.types {
+        None => DEFAULT_TYPES
+            .iter()
+            .map(|t| (t.to_string(), None))
+            .collect(),
+        Some(list) => list
+            .iter()
+            .map(|t| (t.get_ref().to_ascii_lowercase(), Some(t)))
+            .collect(),
+    };
+    let mut types = Vec::new();
+    for (t, at) in names {
+        let valid = t.split_once('/').is_some_and(|(top, sub)| {
+            super::is_token(top.as_bytes()) && (sub == "*" || super::is_token(sub.as_bytes()))
+        });
+        if !valid {
+            errors.span(
+                at.map(|a| a.span()).or(Some(section.span())),
+                format!("route `{route}` compress: `{t}` is not a content type like \"application/json\" or \"text/*\""),
+            );
+            continue;
+        }
+        types.push(match t.strip_suffix("/*") {
+            Some(top) => TypeMatch::Top(top.as_bytes().into()),
+            None => TypeMatch::Exact(t.as_bytes().into()),
+        });
+    }
+    let gzip_level = c.gzip_level.as_ref().map_or(4, |l| *l.get_ref());
+    if let Some(l) = &c.gzip_level
+        && !(1..=9).contains(l.get_ref())
+    {
+        errors.at(l, format!("route `{route}` compress: gzip_level is 1-9"));
+    }
+    let brotli_quality = c.brotli_quality.as_ref().map_or(4, |q| *q.get_ref());
+    if let Some(q) = &c.brotli_quality
+        && *q.get_ref() > 11
+    {
+        errors.at(
+            q,
+            format!("route `{route}` compress: brotli_quality is 0-11"),
+        );
+    }
+    Some(Box::new(CompressPolicy {
+        encodings: encodings.into_boxed_slice(),
+        types: types.into_boxed_slice(),
+        min_size: c.min_size.map_or(1024, |s| s.0),
+        gzip_level,
+        brotli_quality,
+    }))
+}

@@ -17,10 +17,10 @@ mod upstream;
 
 use std::time::Instant;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 
 use crate::failure::Failure;
-use crate::http::{BodyFraming, RequestHead, ResponseFraming, ResponseHead, Version};
+use crate::http::{BodyFraming, Method, RequestHead, ResponseFraming, ResponseHead, Version};
 use crate::snapshot::{Route, Snapshot, UpstreamSpec};
 use crate::upstream::UpstreamConn;
 use crate::upstream::outlier::Outcome;
@@ -550,7 +550,22 @@ impl Trip<'_> {
             return ProxyOutcome::Done { keep_client: false };
         }
         let client_http10 = self.head.version == Version::Http10;
+        // Compression: whether this answer is one the route compresses
+        // (then it varies with Accept-Encoding, whoever asks), and whether
+        // this request gets it compressed.
+        let compressible = self
+            .route
+            .compress
+            .as_deref()
+            .is_some_and(|c| c.applies(&response_head::compress_facts(&conn, &response)));
+        let encoding = exchange.encoding.filter(|_| {
+            compressible
+                && self.head.method != Method::Head
+                && response.framing != ResponseFraming::None
+        });
         let (out_framing, close_for_framing) = match response.framing {
+            _ if encoding.is_some() && client_http10 => (OutFraming::Raw, true),
+            _ if encoding.is_some() => (OutFraming::Chunked, false),
             ResponseFraming::None => (OutFraming::None, false),
             ResponseFraming::Length(n) => (OutFraming::Length(n), false),
             ResponseFraming::Chunked | ResponseFraming::UntilClose if client_http10 => {
@@ -592,6 +607,10 @@ impl Trip<'_> {
                 },
                 |name| response_head::withheld(&conn, &response, self.route, name),
                 crate::worker::phase::cache::unix_now(),
+                crate::policy::compress::Shape {
+                    encoding,
+                    varies_with_encoding: compressible,
+                },
             ),
             _ => None,
         };
@@ -619,6 +638,10 @@ impl Trip<'_> {
             exchange,
             crate::peer_facts!(client),
             cache_status,
+            crate::policy::compress::Shape {
+                encoding,
+                varies_with_encoding: compressible,
+            },
         );
         exchange.status = response.status;
         exchange.sent += client.out.len() as u64;
@@ -639,12 +662,24 @@ impl Trip<'_> {
             write_timeout: self.snapshot().limits.idle_timeout,
             moved: 0,
             capture: capture.as_deref_mut(),
+            encoding: encoding
+                .zip(self.route.compress.as_deref())
+                .map(|(e, policy)| {
+                    self.shard.metrics.compressed(e);
+                    relay::Encoding {
+                        encoder: Some(policy.encoder(e)),
+                        encoded: BytesMut::new(),
+                        chunked: !client_http10,
+                    }
+                }),
         };
+        // Compressing, the relay frames the output itself.
+        let reframe = !client_http10 && encoding.is_none();
         let relayed = match response.framing {
             ResponseFraming::None => relay.flush().await,
             ResponseFraming::Length(n) => relay.length(n).await,
-            ResponseFraming::Chunked => relay.chunked(!client_http10, u64::MAX).await,
-            ResponseFraming::UntilClose => relay.until_close(!client_http10).await,
+            ResponseFraming::Chunked => relay.chunked(reframe, u64::MAX).await,
+            ResponseFraming::UntilClose => relay.until_close(reframe).await,
         };
         exchange.sent += relay.moved;
         if relayed.is_err() {

@@ -51,6 +51,7 @@ pub(super) async fn send_request_body(
         write_timeout: snapshot.limits.idle_timeout,
         moved: 0,
         capture: None,
+        encoding: None,
     };
     let result = match head.framing {
         BodyFraming::None => Ok(()),
@@ -97,8 +98,20 @@ pub(super) struct Relay<'a> {
     /// Body bytes passed to the destination (for byte counters).
     pub(super) moved: u64,
     /// A response being stored in the cache as it streams (body data
-    /// only, after chunked decoding).
+    /// only, after chunked decoding; compressed, when `encoding` is set).
     pub(super) capture: Option<&'a mut crate::worker::phase::cache::Capture>,
+    /// Compressing the body on its way: the destination gets the encoded
+    /// stream, chunked or (HTTP/1.0) until close.
+    pub(super) encoding: Option<Encoding>,
+}
+
+/// A body being compressed as it is relayed.
+pub(super) struct Encoding {
+    pub(super) encoder: Option<crate::policy::compress::Encoder>,
+    /// The encoder's output waiting to be framed.
+    pub(super) encoded: BytesMut,
+    /// Frame the output as chunks (an HTTP/1.1 client).
+    pub(super) chunked: bool,
 }
 
 impl Relay<'_> {
@@ -124,8 +137,84 @@ impl Relay<'_> {
         }
     }
 
-    /// Sends the first `n` bytes of `src_buf`: copied if small, else direct.
+    /// Moves what the encoder produced into `out`, framed.
+    fn frame_encoded(&mut self) {
+        let Some(e) = self.encoding.as_mut() else {
+            return;
+        };
+        if e.encoded.is_empty() {
+            return;
+        }
+        let n = e.encoded.len();
+        self.moved += n as u64;
+        if let Some(capture) = self.capture.as_deref_mut() {
+            capture.take(&e.encoded);
+        }
+        if e.chunked {
+            http::write::chunk_start(self.out, n as u64);
+        }
+        self.out.extend_from_slice(&e.encoded);
+        if e.chunked {
+            self.out.put_slice(http::write::CHUNK_END);
+        }
+        e.encoded.clear();
+    }
+
+    /// Before waiting for more of the body: what was fed so far goes out
+    /// decodable (a sync flush), so a streamed answer is not held back.
+    fn flush_encoder(&mut self) -> Result<(), RelayError> {
+        if let Some(e) = self.encoding.as_mut()
+            && let Some(encoder) = e.encoder.as_mut()
+        {
+            encoder
+                .flush(&mut e.encoded)
+                .map_err(|_| RelayError::Destination)?;
+        }
+        self.frame_encoded();
+        Ok(())
+    }
+
+    /// The body ended: the encoder's last bytes and the last chunk.
+    fn finish_encoder(&mut self) -> Result<(), RelayError> {
+        let Some(e) = self.encoding.as_mut() else {
+            return Ok(());
+        };
+        if let Some(encoder) = e.encoder.take() {
+            encoder
+                .finish(&mut e.encoded)
+                .map_err(|_| RelayError::Destination)?;
+        }
+        let chunked = e.chunked;
+        self.frame_encoded();
+        if chunked {
+            self.out.put_slice(http::write::LAST_CHUNK);
+        }
+        Ok(())
+    }
+
+    /// Waits for more of the body, first sending what is pending.
+    async fn refill(&mut self) -> Result<(), RelayError> {
+        self.flush_encoder()?;
+        self.flush().await?;
+        self.fill().await
+    }
+
+    /// Sends the first `n` bytes of `src_buf`: copied if small, else
+    /// direct; through the encoder when compressing.
     async fn pass(&mut self, n: usize) -> Result<(), RelayError> {
+        if let Some(e) = self.encoding.as_mut() {
+            if let Some(encoder) = e.encoder.as_mut() {
+                encoder
+                    .feed(&self.src_buf[..n], &mut e.encoded)
+                    .map_err(|_| RelayError::Destination)?;
+            }
+            self.src_buf.advance(n);
+            self.frame_encoded();
+            if self.out.len() >= 2 * COPY_MAX {
+                return self.flush().await;
+            }
+            return Ok(());
+        }
         self.moved += n as u64;
         if let Some(capture) = self.capture.as_deref_mut() {
             capture.take(&self.src_buf[..n]);
@@ -161,10 +250,10 @@ impl Relay<'_> {
                 remaining -= n as u64;
             }
             if remaining == 0 {
+                self.finish_encoder()?;
                 return self.flush().await;
             }
-            self.flush().await?;
-            self.fill().await?;
+            self.refill().await?;
         }
     }
 
@@ -201,12 +290,10 @@ impl Relay<'_> {
                     if reframe {
                         self.out.put_slice(http::write::LAST_CHUNK);
                     }
+                    self.finish_encoder()?;
                     return self.flush().await;
                 }
-                Step::NeedMore => {
-                    self.flush().await?;
-                    self.fill().await?;
-                }
+                Step::NeedMore => self.refill().await?,
             }
         }
     }
@@ -224,13 +311,13 @@ impl Relay<'_> {
                     self.out.put_slice(http::write::CHUNK_END);
                 }
             }
-            self.flush().await?;
-            match self.fill().await {
+            match self.refill().await {
                 Ok(()) => {}
                 Err(RelayError::SourceClosed) => {
                     if reframe {
                         self.out.put_slice(http::write::LAST_CHUNK);
                     }
+                    self.finish_encoder()?;
                     return self.flush().await;
                 }
                 Err(e) => return Err(e),

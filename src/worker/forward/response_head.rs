@@ -158,6 +158,28 @@ pub(in crate::worker) fn withheld_from(
         || response_headers::replaced_by_cors(route, name)
 }
 
+/// What an upstream answer says about itself, for the route's compression.
+pub(in crate::worker) fn compress_facts<'a>(
+    conn: &'a UpstreamConn,
+    response: &ResponseHead,
+) -> crate::policy::compress::AnswerFacts<'a> {
+    let buf = &conn.buf[..];
+    let first = |name: &[u8]| {
+        conn.headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+            .map(|h| http::trim_ows(h.value.get(buf)))
+    };
+    crate::policy::compress::AnswerFacts {
+        status: response.status,
+        content_type: first(b"content-type"),
+        content_encoding: first(b"content-encoding"),
+        cache_control: first(b"cache-control"),
+        content_length: response.content_length,
+        has_content_range: first(b"content-range").is_some(),
+    }
+}
+
 /// Writes the client's response head. `cache_status`: a `Cache-Status`
 /// line for a cached route's miss (empty otherwise).
 #[allow(clippy::too_many_arguments)]
@@ -173,16 +195,26 @@ pub(super) fn build_response_head(
     exchange: &crate::worker::client::Exchange,
     peer: crate::worker::client::PeerFacts<'_>,
     cache_status: &[u8],
+    shape: crate::policy::compress::Shape,
 ) {
     let buf = &conn.buf[..];
     let client_http10 = head.version == Version::Http10;
     http::write::status_line(out, response.status);
+    let mut etag = None;
     for h in &conn.headers {
         let name = h.name.get(buf);
-        if !withheld(conn, response, route, name) {
-            http::write::header(out, name, h.value.get(buf));
+        if withheld(conn, response, route, name) {
+            continue;
         }
+        if shape.replaces(name) {
+            if name.eq_ignore_ascii_case(b"etag") {
+                etag = Some(h.value.get(buf));
+            }
+            continue;
+        }
+        http::write::header(out, name, h.value.get(buf));
     }
+    shape.write(out, etag);
     response_headers::write(out, snapshot, route, exchange, peer);
     out.put_slice(cache_status);
     match framing {

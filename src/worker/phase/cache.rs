@@ -573,10 +573,19 @@ pub fn plan_capture(
     content_length: Option<u64>,
     skip: impl Fn(&[u8]) -> bool,
     now: u64,
+    shape: crate::policy::compress::Shape,
 ) -> Option<Box<Capture>> {
     let fields = Fields { buf, headers };
     let (directives, times) = fields.freshness();
-    let response_vary = vary(fields.values(b"vary"));
+    // An answer the route compresses varies with Accept-Encoding: each
+    // encoding's variant is stored apart, compressed.
+    let response_vary = vary(
+        fields.values(b"vary").chain(
+            shape
+                .varies_with_encoding
+                .then_some(&b"accept-encoding"[..]),
+        ),
+    );
     let etag = fields.first(b"etag").map(Bytes::copy_from_slice);
     let last_modified = times.last_modified;
     let facts = ResponseFacts {
@@ -611,13 +620,21 @@ pub fn plan_capture(
     }
     let mut stored = BytesMut::with_capacity(512);
     http::write::status_line(&mut stored, status);
+    let mut stored_etag = None;
     for h in headers {
         let name = h.name.get(buf);
         if skip(name) || name.eq_ignore_ascii_case(b"age") {
             continue;
         }
+        if shape.replaces(name) {
+            if name.eq_ignore_ascii_case(b"etag") {
+                stored_etag = Some(h.value.get(buf));
+            }
+            continue;
+        }
         http::write::header(&mut stored, name, h.value.get(buf));
     }
+    shape.write(&mut stored, stored_etag);
     Some(Box::new(Capture {
         key: fill.key.clone(),
         vary: response_vary,
