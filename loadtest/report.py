@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "ringgate-plain", "ringgate-cors", "ringgate-iprule", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "ringgate-plain", "ringgate-cors", "ringgate-iprule", "ringgate-gzip", "ringgate-br", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -116,7 +116,7 @@ def load_runs(raw_dir):
         if idle and meta.get("rss_before_kib") and meta.get("rss_after_kib"):
             delta = int(meta["rss_after_kib"]) - int(meta["rss_before_kib"])
             parsed["rss_per_idle_connection_bytes"] = delta * 1024 / idle
-        parsed.update({k: meta.get(k) for k in ("scenario", "target", "round", "description")})
+        parsed.update({k: meta.get(k) for k in ("scenario", "target", "round", "description", "body_kib")})
         runs.append(parsed)
     return runs
 
@@ -137,6 +137,9 @@ def summarise(runs):
     summary = {}
     for scenario, targets in grouped.items():
         entry = {"description": descriptions[scenario], "targets": {}}
+        kib = next((r.get("body_kib") for rs in targets.values() for r in rs if r.get("body_kib")), None)
+        if kib:
+            entry["body_kib"] = float(kib)
         for target, rs in targets.items():
             t = {
                 "rps": stats([r["rps"] for r in rs]),
@@ -197,12 +200,18 @@ def summarise(runs):
             if cached.get("cache_hit_ratio"):
                 ratios["cache_hit_ratio_share"] = cached["cache_hit_ratio"]["median"]
         plain = entry["targets"].get("ringgate-plain")
-        for twin, name in (("ringgate-cors", "cors"), ("ringgate-iprule", "ip_rule")):
+        for twin, name in (("ringgate-cors", "cors"), ("ringgate-iprule", "ip_rule"), ("ringgate-gzip", "gzip"), ("ringgate-br", "brotli")):
             t = entry["targets"].get(twin)
             if plain and plain["rps"] and t and t["rps"]:
                 ratios[f"{name}_throughput_cost"] = 1 - t["rps"]["median"] / plain["rps"]["median"]
                 if plain["cpu_us_per_request"] and t["cpu_us_per_request"]:
                     ratios[f"{name}_cpu_per_request_vs_plain"] = t["cpu_us_per_request"]["median"] / plain["cpu_us_per_request"]["median"]
+        # Compression: the CPU it adds per KiB of the uncompressed body.
+        kib = entry.get("body_kib")
+        for twin, name in (("ringgate-gzip", "gzip"), ("ringgate-br", "brotli")):
+            t = entry["targets"].get(twin)
+            if kib and plain and t and plain["cpu_us_per_request"] and t["cpu_us_per_request"]:
+                ratios[f"{name}_cpu_us_per_kib"] = (t["cpu_us_per_request"]["median"] - plain["cpu_us_per_request"]["median"]) / kib
         capped = entry["targets"].get("ringgate-capped")
         if capped and capped.get("admitted_of_allowed"):
             ratios["admitted_of_allowed_share"] = capped["admitted_of_allowed"]["median"]

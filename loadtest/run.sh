@@ -370,8 +370,9 @@ TOML
 # The same gateway with the edge policies on twin routes of one process:
 # /plain/... proxies as the plain gateway does, /cors/... with a CORS
 # policy (three exact origins and a subdomain pattern), /iprule/... behind
-# an IP rule of 1 000 networks (loopback in the middle of the list). The
-# policy-* scenarios' ratios isolate each policy.
+# an IP rule of 1 000 networks (loopback in the middle of the list),
+# /gzip/... and /br/... compress with one encoding each (default levels).
+# The policy-* scenarios' ratios isolate each policy.
 start_policy_target() {
     local dir="$RUN/policy"
     mkdir -p "$dir"
@@ -412,6 +413,20 @@ path_prefix = "/iprule"
 strip_prefix = true
 upstream = "stub"
 ip_rule = "partners"
+
+[[routes]]
+name = "gzip"
+path_prefix = "/gzip"
+strip_prefix = true
+upstream = "stub"
+compress = { encodings = ["gzip"] }
+
+[[routes]]
+name = "br"
+path_prefix = "/br"
+strip_prefix = true
+upstream = "stub"
+compress = { encodings = ["br"] }
 TOML
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-policy.toml" > "$RUN/ringgate-policy.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-policy]=$!
@@ -494,7 +509,7 @@ rss_kib() { sum_over_tree "$1" status '/^VmRSS/ {print $2}'; }
 
 run_one() { # scenario target round
     local scenario=$1 target=$2 round=$3
-    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OPEN_PATH=/open/items PROXIED_PATH=/ DIRECT_PATH=/
+    local DESCRIPTION="" TOOL=wrk REQUEST_PATH=/ CONNECTIONS=64 WRK_SCRIPT="" HEADER="" FIXED_RATE=0 HOLD_IDLE=0 TARGETS_ONLY= LIMITED=0 TLS="" OPEN_PATH=/open/items PROXIED_PATH=/ DIRECT_PATH=/ BODY_KIB=
     # shellcheck disable=SC1090
     source "$HERE/scenarios/$scenario.sh"
     # HTTPS scenarios: "ringgate" and "nginx" name their TLS processes
@@ -510,7 +525,7 @@ run_one() { # scenario target round
         ringgate-proxied) process=ringgate-cache; REQUEST_PATH=$PROXIED_PATH ;;
         ringgate-direct) process=ringgate-cache; REQUEST_PATH=$DIRECT_PATH ;;
         nginx-cache) process=nginx ;;
-        ringgate-plain|ringgate-cors|ringgate-iprule) process=ringgate-policy; REQUEST_PATH="/${target#ringgate-}$REQUEST_PATH" ;;
+        ringgate-plain|ringgate-cors|ringgate-iprule|ringgate-gzip|ringgate-br) process=ringgate-policy; REQUEST_PATH="/${target#ringgate-}$REQUEST_PATH" ;;
     esac
     local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"
@@ -560,6 +575,7 @@ run_one() { # scenario target round
             read -r hb mb <<< "$counts_before"; read -r ha ma <<< "$counts_after"
             echo "cache_hits=$((ha - hb))"; echo "cache_misses=$((ma - mb))"
         fi
+        [ -n "$BODY_KIB" ] && echo "body_kib=$BODY_KIB"
         echo "description=$DESCRIPTION"
     } > "$raw.meta"
     # Keep the results folder small: the log's content is not the point.

@@ -5,6 +5,8 @@
 //! ```text
 //! ringgate-stub [--listen 127.0.0.1:9000] [--threads N] [--driver io_uring|epoll]
 //!   GET /bytes/N   → 200 with an N-byte body (N ≤ 16 MiB), built once per size
+//!   GET /json/N    → 200 with an N-byte JSON array of API-like records
+//!                    (application/json: what compression scenarios compress)
 //!   POST /introspect → an RFC 7662 answer: the token is active, for
 //!                    `loadtest-user` (the auth-introspection scenario)
 //!   POST anything  → the body is read and discarded; 200 "ok\n"
@@ -110,6 +112,34 @@ fn response(size: usize) -> Bytes {
     Bytes::from(r)
 }
 
+/// Marks a `/json/N` body in the per-size cache.
+const JSON_KEY: usize = 1 << 60;
+
+fn json_response(size: usize) -> Bytes {
+    let mut body = b"[".to_vec();
+    let mut i = 0u64;
+    while body.len() + 1 < size {
+        let record = format!(
+            "{{\"id\":{i},\"name\":\"customer {i}\",\"email\":\"user{i}@example.com\",\"plan\":\"{}\",\"active\":{},\"balance\":{}.{:02}}},",
+            ["free", "pro", "team"][(i % 3) as usize],
+            i % 7 != 0,
+            (i * 7919) % 10_000,
+            i % 100
+        );
+        body.extend_from_slice(record.as_bytes());
+        i += 1;
+    }
+    body.truncate(size.saturating_sub(1).max(1));
+    body.push(b']');
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&body);
+    Bytes::from(r)
+}
+
 fn small_response() -> Bytes {
     let mut r = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
@@ -165,6 +195,9 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
             let size = path
                 .strip_prefix(b"/bytes/")
                 .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+            let json_size = path
+                .strip_prefix(b"/json/")
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
             let keep = head.keep_alive;
             buf.advance(head.len);
             match head.framing {
@@ -207,6 +240,12 @@ async fn connection(mut stream: TcpStream, cache: Rc<RefCell<HashMap<usize, Byte
                 introspection_answer.clone()
             } else if post {
                 ok_response.clone()
+            } else if let Some(n) = json_size.filter(|&n| n <= MAX_BODY) {
+                cache
+                    .borrow_mut()
+                    .entry(n | JSON_KEY)
+                    .or_insert_with(|| json_response(n))
+                    .clone()
             } else if let Some(n) = size.filter(|&n| n <= MAX_BODY) {
                 cache
                     .borrow_mut()
