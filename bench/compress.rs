@@ -19,7 +19,7 @@ fn body(n: usize) -> Vec<u8> {
             format!(
                 "{{\"id\":{i},\"name\":\"customer {i}\",\"email\":\"user{i}@example.com\",\"plan\":\"{}\",\"active\":{},\"balance\":{}.{:02}}},",
                 ["free", "pro", "team"][(i % 3) as usize],
-                i % 7 != 0,
+                !i.is_multiple_of(7),
                 (i * 7919) % 10_000,
                 i % 100
             )
