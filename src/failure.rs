@@ -58,6 +58,9 @@ pub enum Failure {
     /// A CORS preflight from an origin, or for a method or header, the
     /// route's policy does not allow (403).
     CorsRefused,
+    /// A backend of an aggregate route failed and the route does not
+    /// answer with part (502).
+    AggregateIncomplete,
     /// A rate limit refused the request (429, Retry-After, RateLimit-*).
     RateLimited {
         limit: u64,
@@ -76,7 +79,7 @@ const NO_ENDPOINT_RETRY_AFTER_SECS: u64 = 5;
 const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// Stable indices for per-worker failure counters.
-pub const FAILURE_KINDS: usize = 23;
+pub const FAILURE_KINDS: usize = 24;
 
 impl Failure {
     /// One of each kind (messages and numbers are placeholders), in index
@@ -109,6 +112,7 @@ impl Failure {
         Failure::UpstreamOverloaded,
         Failure::IpForbidden,
         Failure::CorsRefused,
+        Failure::AggregateIncomplete,
     ];
 
     pub fn status(self) -> u16 {
@@ -121,9 +125,10 @@ impl Failure {
             Failure::NotFound => 404,
             Failure::ExpectationFailed => 417,
             Failure::NotImplemented(_) => 501,
-            Failure::UpstreamConnect | Failure::UpstreamReset | Failure::UpstreamMalformed(_) => {
-                502
-            }
+            Failure::UpstreamConnect
+            | Failure::UpstreamReset
+            | Failure::UpstreamMalformed(_)
+            | Failure::AggregateIncomplete => 502,
             Failure::UpstreamConnectTimeout | Failure::UpstreamTimeout => 504,
             Failure::RateLimited { .. } => 429,
             Failure::Misdirected => 421,
@@ -163,6 +168,7 @@ impl Failure {
             Failure::UpstreamOverloaded => "upstream_overloaded",
             Failure::IpForbidden => "ip_forbidden",
             Failure::CorsRefused => "cors_forbidden",
+            Failure::AggregateIncomplete => "aggregate_incomplete",
         }
     }
 
@@ -191,6 +197,7 @@ impl Failure {
             Failure::UpstreamOverloaded => 20,
             Failure::IpForbidden => 21,
             Failure::CorsRefused => 22,
+            Failure::AggregateIncomplete => 23,
         }
     }
 
@@ -234,6 +241,9 @@ impl Failure {
             Failure::CorsRefused => {
                 "this origin, method or header is not allowed by the route's CORS policy"
             }
+            Failure::AggregateIncomplete => {
+                "a backend of this aggregate route failed; see x-aggregate-missing"
+            }
         }
     }
 
@@ -269,6 +279,7 @@ impl Failure {
                 | Failure::UpstreamOverloaded
                 | Failure::IpForbidden
                 | Failure::CorsRefused
+                | Failure::AggregateIncomplete
         )
     }
 

@@ -250,6 +250,24 @@ fn explain_route(snapshot: &Snapshot, method: &str, url: &str, header_args: &[St
                 body.len()
             );
         }
+        RouteAction::Aggregate(policy) => {
+            println!(
+                "result: route {} aggregates {} backends (deadline {:?}):",
+                route.name,
+                policy.backends.len(),
+                policy.deadline
+            );
+            for b in policy.backends.iter() {
+                println!(
+                    "  backend {} → upstream {}{}",
+                    b.name,
+                    snapshot.upstreams[b.upstream].name,
+                    b.key
+                        .as_deref()
+                        .map_or(String::new(), |k| format!(" under \"{k}\""))
+                );
+            }
+        }
         RouteAction::Proxy { upstream } => {
             let spec = &snapshot.upstreams[*upstream];
             let forwarded = match &route.path_rewrite {

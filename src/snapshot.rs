@@ -276,6 +276,8 @@ pub enum RouteAction {
         content_type: Bytes,
         body: Bytes,
     },
+    /// Several backends called at once, their JSON merged.
+    Aggregate(Box<crate::policy::aggregate::AggregatePolicy>),
 }
 
 #[derive(Debug, Clone)]

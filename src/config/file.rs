@@ -968,6 +968,60 @@ pub struct RouteSection {
     /// Compress this route's answers (docs/policies.md).
     #[serde(default)]
     pub compress: Option<Spanned<CompressSection>>,
+    /// Answer by calling several backends and merging their JSON
+    /// (docs/policies.md); instead of `upstream` or `respond`.
+    #[serde(default)]
+    pub aggregate: Option<Spanned<AggregateSection>>,
+}
+
+/// `[routes.aggregate]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// The whole aggregate's time limit (default 5s).
+    #[serde(default)]
+    pub deadline: Option<HumanDuration>,
+    /// "fail" (default: 502 when a backend fails) or "partial" (what
+    /// arrived, with `x-aggregate-missing`).
+    #[serde(default)]
+    pub on_failure: Option<Spanned<String>>,
+    /// Largest merged body (default 1MiB).
+    #[serde(default)]
+    pub max_result: Option<ByteSize>,
+    /// Client headers passed to every backend.
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    /// `/users/{id}`: named path parameters for the backends' paths.
+    #[serde(default)]
+    pub pattern: Option<Spanned<String>>,
+    pub backends: Vec<Spanned<AggregateBackendSection>>,
+}
+
+/// `[[routes.aggregate.backends]]`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateBackendSection {
+    /// Default: the upstream's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub upstream: Spanned<String>,
+    /// Path and query template: `/users/${id}`, `/feed${rest}?${query}`.
+    pub path: Spanned<String>,
+    /// Put the body under this key (default: merge its fields at the top).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Top-level fields kept.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Top-level fields dropped.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// This backend's time limit (default: the deadline).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Largest body accepted from it (default 256KiB).
+    #[serde(default)]
+    pub max_body: Option<ByteSize>,
 }
 
 /// A route's `compress = { ... }`.

@@ -144,6 +144,10 @@ pub struct WorkerMetrics {
     pub tunnels_open: Cell<u64>,
     /// Answers compressed, [gzip, br].
     pub compressed: [Cell<u64>; 2],
+    /// Aggregate routes' backend calls, by `worker::aggregate::BACKEND_RESULTS`.
+    pub aggregate_backends: [Cell<u64>; 4],
+    /// Aggregate routes' answers, by `worker::aggregate::ANSWERS`.
+    pub aggregate_answers: [Cell<u64>; 3],
     /// Tunnels ended, by `TUNNEL_ENDS` index.
     pub tunnel_ends: [Cell<u64>; TUNNEL_ENDS.len()],
     /// routes+1 (the last is "no route") × METHODS × CLASSES, flattened.
@@ -198,6 +202,8 @@ impl WorkerMetrics {
             tunnels_open: Cell::new(0),
             tunnel_ends: Default::default(),
             compressed: Default::default(),
+            aggregate_backends: Default::default(),
+            aggregate_answers: Default::default(),
             by_route: RefCell::new(vec![0; (routes + 1) * METHODS.len() * CLASSES]),
             endpoints: RefCell::new(
                 endpoints_per_upstream
@@ -379,6 +385,20 @@ impl WorkerMetrics {
         }
     }
 
+    /// An aggregate route's backend call ended (`BACKEND_RESULTS` index).
+    pub fn aggregate_backend(&self, result: usize) {
+        if let Some(c) = self.aggregate_backends.get(result) {
+            bump(c);
+        }
+    }
+
+    /// An aggregate route answered (`ANSWERS` index).
+    pub fn aggregate_answer(&self, outcome: usize) {
+        if let Some(c) = self.aggregate_answers.get(outcome) {
+            bump(c);
+        }
+    }
+
     /// An answer is being compressed with `encoding`.
     pub fn compressed(&self, encoding: crate::policy::compress::Encoding) {
         bump(&self.compressed[encoding as usize]);
@@ -482,6 +502,8 @@ impl WorkerMetrics {
             tls_handshakes_queued: self.tls_handshakes_queued.get(),
             tunnels_open: self.tunnels_open.get(),
             compressed: std::array::from_fn(|i| self.compressed[i].get()),
+            aggregate_backends: std::array::from_fn(|i| self.aggregate_backends[i].get()),
+            aggregate_answers: std::array::from_fn(|i| self.aggregate_answers[i].get()),
             tunnel_ends: std::array::from_fn(|i| self.tunnel_ends[i].get()),
             by_route: self.by_route.borrow().clone(),
             endpoints: self.endpoints.borrow().clone(),
@@ -531,6 +553,8 @@ pub struct WorkerReport {
     pub tls_handshakes_queued: u64,
     pub tunnels_open: u64,
     pub compressed: [u64; 2],
+    pub aggregate_backends: [u64; 4],
+    pub aggregate_answers: [u64; 3],
     pub tunnel_ends: [u64; TUNNEL_ENDS.len()],
     pub by_route: Vec<u64>,
     pub endpoints: Vec<Vec<EndpointCounts>>,

@@ -276,6 +276,26 @@ pub fn render_prometheus(snapshot: &Snapshot, reports: &[WorkerReport]) -> Strin
     }
     header(
         &mut out,
+        AGGREGATE_BACKENDS,
+        "counter",
+        "Backend calls of aggregate routes, by result.",
+    );
+    for (i, result) in crate::worker::aggregate::BACKEND_RESULTS.iter().enumerate() {
+        let v: u64 = reports.iter().map(|r| r.aggregate_backends[i]).sum();
+        let _ = writeln!(out, "{AGGREGATE_BACKENDS}{{result=\"{result}\"}} {v}");
+    }
+    header(
+        &mut out,
+        AGGREGATE_ANSWERS,
+        "counter",
+        "Answers of aggregate routes, by outcome.",
+    );
+    for (i, outcome) in crate::worker::aggregate::ANSWERS.iter().enumerate() {
+        let v: u64 = reports.iter().map(|r| r.aggregate_answers[i]).sum();
+        let _ = writeln!(out, "{AGGREGATE_ANSWERS}{{outcome=\"{outcome}\"}} {v}");
+    }
+    header(
+        &mut out,
         TUNNELS_OPEN,
         "gauge",
         "Upgrade (WebSocket) tunnels open, by worker.",

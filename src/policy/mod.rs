@@ -5,6 +5,7 @@
 //! into a lookup structure here; the request-path phases that apply them
 //! are in `worker::phase`. docs/policies.md describes them for operators.
 
+pub mod aggregate;
 pub mod compress;
 pub mod cors;
 pub mod header_value;

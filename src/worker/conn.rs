@@ -368,6 +368,9 @@ async fn handle_request(
             let close = close_after || head.framing != BodyFraming::None;
             phase::respond::respond(&ctx, answer, client, close, exchange).await
         }
+        RouteAction::Aggregate(policy) => {
+            super::aggregate::answer(&ctx, policy, client, close_after, exchange).await
+        }
         RouteAction::Proxy { upstream } => {
             exchange.upgrade = super::tunnel::asked(route, head, &client.view());
             let view = client.view();

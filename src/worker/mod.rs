@@ -6,6 +6,7 @@
 //! `Command`s, polled without blocking on a short timer, and report back
 //! through `Event`s.
 
+pub mod aggregate;
 mod cache_refresh;
 mod catch;
 pub mod client;

@@ -19,6 +19,7 @@ use crate::upstream::hash::build_ring;
 
 use crate::policy::header_value::{HeaderValue, Variable};
 
+mod aggregate;
 mod auth;
 mod policies;
 mod resilience;
@@ -869,7 +870,30 @@ fn compile_route(
         ));
     }
 
+    let prefix_len = match &path {
+        PathMatch::Prefix(p) => p.len(),
+        _ => 0,
+    };
     let action = match (&r.upstream, &r.respond) {
+        _ if r.aggregate.is_some() => {
+            if r.upstream.is_some() || r.respond.is_some() {
+                errors.at(
+                    spanned,
+                    format!(
+                        "route `{name}`: an aggregate route has no upstream or respond of its own"
+                    ),
+                );
+                return None;
+            }
+            let section = r.aggregate.as_ref()?;
+            RouteAction::Aggregate(Box::new(aggregate::compile_aggregate(
+                &name,
+                section,
+                upstream_names,
+                prefix_len,
+                errors,
+            )?))
+        }
         (Some(u), None) => match upstream_names.iter().position(|n| *n == u.get_ref()) {
             Some(index) => RouteAction::Proxy { upstream: index },
             None => {
@@ -918,7 +942,7 @@ fn compile_route(
         (None, None) => {
             errors.at(
                 spanned,
-                format!("route `{name}` needs upstream = \"NAME\" or a [routes.respond] table"),
+                format!("route `{name}` needs upstream = \"NAME\", a [routes.respond] table or a [routes.aggregate] table"),
             );
             return None;
         }
