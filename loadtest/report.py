@@ -16,7 +16,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "ringgate-plain", "ringgate-cors", "ringgate-iprule", "ringgate-gzip", "ringgate-br", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
+TARGET_ORDER = ["ringgate", "ringgate-log", "ringgate-limited", "ringgate-node", "ringgate-capped", "ringgate-open", "ringgate-auth", "ringgate-cache", "ringgate-proxied", "ringgate-direct", "ringgate-plain", "ringgate-cors", "ringgate-iprule", "ringgate-gzip", "ringgate-br", "ringgate-aggregate", "nginx", "nginx-cache", "haproxy", "l4", "direct"]
 PERCENTILES = ["p50", "p90", "p99", "p99.9"]
 
 
@@ -200,7 +200,7 @@ def summarise(runs):
             if cached.get("cache_hit_ratio"):
                 ratios["cache_hit_ratio_share"] = cached["cache_hit_ratio"]["median"]
         plain = entry["targets"].get("ringgate-plain")
-        for twin, name in (("ringgate-cors", "cors"), ("ringgate-iprule", "ip_rule"), ("ringgate-gzip", "gzip"), ("ringgate-br", "brotli")):
+        for twin, name in (("ringgate-cors", "cors"), ("ringgate-iprule", "ip_rule"), ("ringgate-gzip", "gzip"), ("ringgate-br", "brotli"), ("ringgate-aggregate", "aggregate_of_3")):
             t = entry["targets"].get(twin)
             if plain and plain["rps"] and t and t["rps"]:
                 ratios[f"{name}_throughput_cost"] = 1 - t["rps"]["median"] / plain["rps"]["median"]

@@ -371,7 +371,8 @@ TOML
 # /plain/... proxies as the plain gateway does, /cors/... with a CORS
 # policy (three exact origins and a subdomain pattern), /iprule/... behind
 # an IP rule of 1 000 networks (loopback in the middle of the list),
-# /gzip/... and /br/... compress with one encoding each (default levels).
+# /gzip/... and /br/... compress with one encoding each (default levels),
+# /aggregate/X calls the stub's X three times at once and merges them.
 # The policy-* scenarios' ratios isolate each policy.
 start_policy_target() {
     local dir="$RUN/policy"
@@ -427,6 +428,27 @@ path_prefix = "/br"
 strip_prefix = true
 upstream = "stub"
 compress = { encodings = ["br"] }
+
+[[routes]]
+name = "aggregate"
+path_prefix = "/aggregate"
+[routes.aggregate]
+deadline = "5s"
+[[routes.aggregate.backends]]
+name = "a"
+upstream = "stub"
+path = "\${rest}"
+key = "a"
+[[routes.aggregate.backends]]
+name = "b"
+upstream = "stub"
+path = "\${rest}"
+key = "b"
+[[routes.aggregate.backends]]
+name = "c"
+upstream = "stub"
+path = "\${rest}"
+key = "c"
 TOML
     taskset -c "$GW_CPUS" "$RINGGATE" run -c "$RUN/ringgate-policy.toml" > "$RUN/ringgate-policy.log" 2>&1 &
     PIDS+=($!); TPID[ringgate-policy]=$!
@@ -525,7 +547,7 @@ run_one() { # scenario target round
         ringgate-proxied) process=ringgate-cache; REQUEST_PATH=$PROXIED_PATH ;;
         ringgate-direct) process=ringgate-cache; REQUEST_PATH=$DIRECT_PATH ;;
         nginx-cache) process=nginx ;;
-        ringgate-plain|ringgate-cors|ringgate-iprule|ringgate-gzip|ringgate-br) process=ringgate-policy; REQUEST_PATH="/${target#ringgate-}$REQUEST_PATH" ;;
+        ringgate-plain|ringgate-cors|ringgate-iprule|ringgate-gzip|ringgate-br|ringgate-aggregate) process=ringgate-policy; REQUEST_PATH="/${target#ringgate-}$REQUEST_PATH" ;;
     esac
     local url="$scheme://127.0.0.1:${PORT[$process]}$REQUEST_PATH"
     local raw="$RAW/$scenario.$target.$round"

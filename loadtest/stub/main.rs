@@ -115,21 +115,30 @@ fn response(size: usize) -> Bytes {
 /// Marks a `/json/N` body in the per-size cache.
 const JSON_KEY: usize = 1 << 60;
 
+/// A valid JSON array of records, as close to `size` bytes as whole
+/// records allow (at most `size`, at least `[]`).
 fn json_response(size: usize) -> Bytes {
     let mut body = b"[".to_vec();
     let mut i = 0u64;
-    while body.len() + 1 < size {
+    loop {
         let record = format!(
-            "{{\"id\":{i},\"name\":\"customer {i}\",\"email\":\"user{i}@example.com\",\"plan\":\"{}\",\"active\":{},\"balance\":{}.{:02}}},",
+            "{{\"id\":{i},\"name\":\"customer {i}\",\"email\":\"user{i}@example.com\",\"plan\":\"{}\",\"active\":{},\"balance\":{}.{:02}}}",
             ["free", "pro", "team"][(i % 3) as usize],
             !i.is_multiple_of(7),
             (i * 7919) % 10_000,
             i % 100
         );
+        // A comma before every record but the first, `]` after the last.
+        let extra = usize::from(i > 0) + record.len() + 1;
+        if body.len() + extra > size {
+            break;
+        }
+        if i > 0 {
+            body.push(b',');
+        }
         body.extend_from_slice(record.as_bytes());
         i += 1;
     }
-    body.truncate(size.saturating_sub(1).max(1));
     body.push(b']');
     let mut r = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
