@@ -198,9 +198,7 @@ fn bad_aggregate_routes_are_refused_at_load() {
         let text = format!(
             "[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\n{route}\n"
         );
-        let err = ringgate::config::load_str(&text, "t")
-            .unwrap_err()
-            .to_string();
+        let err = common::config_error(&text);
         assert!(err.contains(wants), "{route}: {err}");
     }
 }

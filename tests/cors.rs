@@ -348,9 +348,7 @@ fn bad_policies_are_refused_at_load_naming_the_problem() {
         let text = format!(
             "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[cors.c]\n{policy}\n\n[[routes]]\ncors = \"c\"\n[routes.respond]\nstatus = 200\n"
         );
-        let err = ringgate::config::load_str(&text, "t")
-            .unwrap_err()
-            .to_string();
+        let err = common::config_error(&text);
         assert!(err.contains(wants), "{policy}: {err}");
     }
     let err = ringgate::config::load_str(

@@ -143,9 +143,7 @@ fn bad_templates_are_refused_at_load() {
         let text = format!(
             "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[[routes]]\n{edits}\n[routes.respond]\nstatus = 200\n"
         );
-        let err = ringgate::config::load_str(&text, "t")
-            .unwrap_err()
-            .to_string();
+        let err = common::config_error(&text);
         assert!(err.contains(wants), "{edits}: {err}");
     }
 }

@@ -9,7 +9,7 @@ mod common;
 use std::io::Read;
 use std::net::SocketAddr;
 
-use common::{Conn, Gateway, Upstream, config, drivers, get, request, temp_path};
+use common::{Conn, Gateway, Upstream, config, drivers, get, metric, request, temp_path};
 
 fn get_from(addr: SocketAddr, path: &str, forwarded_for: &str) -> common::Response {
     request(
@@ -17,15 +17,6 @@ fn get_from(addr: SocketAddr, path: &str, forwarded_for: &str) -> common::Respon
         format!("GET {path} HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: {forwarded_for}\r\n\r\n")
             .as_bytes(),
     )
-}
-
-/// The value of a metric line (`name{labels}`) on `/metrics`.
-fn metric(gw: &Gateway, series: &str) -> u64 {
-    get(gw.admin.expect("admin"), "/metrics")
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("no {series}"))
 }
 
 const ADMIN: &str = "[admin]\nbind = \"127.0.0.1:0\"\n\n";
@@ -267,9 +258,7 @@ fn bad_rules_are_refused_at_load_naming_the_problem() {
         let text = format!(
             "[[listeners]]\nbind = \"127.0.0.1:0\"\n\n{rules}\n[[routes]]\nip_rule = \"r\"\n[routes.respond]\nstatus = 200\n"
         );
-        let err = ringgate::config::load_str(&text, "t")
-            .unwrap_err()
-            .to_string();
+        let err = common::config_error(&text);
         assert!(err.contains(wants), "{rules}: {err}");
     }
     let err = ringgate::config::load_str(

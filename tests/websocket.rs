@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use common::websocket::{BINARY, CLOSE, KEY, PING, PONG, TEXT, WsClient, WsUpstream, accept_key};
-use common::{Conn, Gateway, config, drivers, get, wait_until};
+use common::{Conn, Gateway, config, drivers, metric, wait_until};
 
 const ADMIN: &str = "[admin]\nbind = \"127.0.0.1:0\"\n\n";
 
@@ -24,15 +24,6 @@ fn routes(upstream: &WsUpstream, tunnel: &str) -> String {
          [[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"ws\"\n",
         upstream.addr
     )
-}
-
-fn metric(gw: &Gateway, series: &str) -> u64 {
-    get(gw.admin.expect("admin"), "/metrics")
-        .text()
-        .lines()
-        .filter(|l| l.starts_with(series))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
 }
 
 #[test]
@@ -299,9 +290,7 @@ fn bad_upgrade_settings_are_refused_at_load() {
         let text = format!(
             "[[listeners]]\nbind = \"127.0.0.1:0\"\n[upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\n{route}\n"
         );
-        let err = ringgate::config::load_str(&text, "t")
-            .unwrap_err()
-            .to_string();
+        let err = common::config_error(&text);
         assert!(err.contains(wants), "{route}: {err}");
     }
 }

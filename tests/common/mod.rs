@@ -896,3 +896,25 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// How long a test waits for something the gateway does in the background.
 pub const PATIENCE: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------- config & metrics
+
+/// The error `ringgate::config` gives for `text` (which must not load).
+pub fn config_error(text: &str) -> String {
+    match ringgate::config::load_str(text, "t") {
+        Ok(_) => panic!("the config loaded, but it should not:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The sum of the values of every `/metrics` line that starts with
+/// `series` (a name, or a name and some of its labels).
+pub fn metric(gw: &Gateway, series: &str) -> u64 {
+    let text = get(gw.admin.expect("an [admin] listener"), "/metrics").text();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(series)).collect();
+    assert!(!lines.is_empty(), "no {series} on /metrics");
+    lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
