@@ -346,6 +346,8 @@ mod tests {
         assert_eq!(negotiate(&["GZIP;Q=1.0"]), Some(Encoding::Gzip));
         assert_eq!(negotiate(&["gzip;q=2"]), None);
         assert_eq!(negotiate(&["gzip;q=0.5000"]), None);
+        // An element with no name is no encoding (and no trouble).
+        assert_eq!(negotiate(&[";q=1, gzip;q=0.3"]), Some(Encoding::Gzip));
     }
 
     fn facts(ct: Option<&'static str>) -> AnswerFacts<'static> {

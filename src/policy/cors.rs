@@ -316,6 +316,14 @@ mod tests {
         }
         let long = format!("https://{}.example.org", "a".repeat(MAX_ORIGIN));
         assert!(!p.allows_origin(long.as_bytes()));
+        // The longest origin echoed is allowed, one byte more is not.
+        let longest = format!("https://{}.example.org", "a".repeat(MAX_ORIGIN - 20));
+        assert_eq!(longest.len(), MAX_ORIGIN);
+        assert!(p.allows_origin(longest.as_bytes()));
+        let m = p.judge(Some(longest.as_bytes()));
+        assert_eq!(m.origin(), longest.as_bytes());
+        let over = format!("https://{}.example.org", "a".repeat(MAX_ORIGIN - 19));
+        assert!(!p.allows_origin(over.as_bytes()));
         let any = CorsPolicy {
             any_origin: true,
             ..policy()
