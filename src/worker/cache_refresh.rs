@@ -20,9 +20,10 @@ use bytes::BytesMut;
 use crate::metrics::Revalidated;
 
 use super::client::{Client, Exchange};
-use super::forward::{build_request_head, consistent_hash_key, pick_endpoint, withheld_from};
+use super::forward::{build_request_head, consistent_hash_key, pick_endpoint};
 use super::phase::RequestCtx;
 use super::phase::cache::{Fill, Freshening, plan_capture, unix_now};
+use super::phase::response_headers::withheld_from;
 use super::shard::{Generation, Shard};
 use super::upstream_call;
 

@@ -24,8 +24,7 @@ use crate::transport::{Transport, read_more_cancelable, write_all_clear};
 use crate::upstream::UpstreamConn;
 
 use super::client::{Client, Exchange, RequestView};
-use super::forward::withheld_from;
-use super::phase::response_headers;
+use super::phase::response_headers::{self, withheld_from};
 use super::shard::{Generation, Shard};
 
 /// Whether the request asks for an upgrade its route tunnels: an HTTP/1.1

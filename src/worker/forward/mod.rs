@@ -32,7 +32,6 @@ use super::shard::{Generation, Shard};
 use crate::transport::{IoFailure, write_all_keep};
 use relay::{Relay, send_request_body};
 pub(in crate::worker) use request_head::build_request_head;
-pub(in crate::worker) use response_head::withheld_from;
 use response_head::{HeadError, OutFraming, build_response_head, read_response_head};
 pub(in crate::worker) use upstream::{acquire, consistent_hash_key, pick_endpoint};
 

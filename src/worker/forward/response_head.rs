@@ -134,28 +134,13 @@ pub(super) fn withheld(
     route: &Route,
     name: &[u8],
 ) -> bool {
-    withheld_from(
+    response_headers::withheld_from(
         &conn.buf,
         &conn.headers,
         response.connection_names_others,
         route,
         name,
     )
-}
-
-/// `withheld`, for a response head in `buf` with `headers` spans into it.
-pub(in crate::worker) fn withheld_from(
-    buf: &[u8],
-    headers: &[http::HeaderSpan],
-    connection_names_others: bool,
-    route: &Route,
-    name: &[u8],
-) -> bool {
-    http::is_hop_by_hop_or_framing(name)
-        || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
-        || (connection_names_others && http::connection_names(buf, headers, name))
-        || response_headers::drops(&route.response_headers, name)
-        || response_headers::replaced_by_cors(route, name)
 }
 
 /// What an upstream answer says about itself, for the route's compression.

@@ -83,3 +83,21 @@ pub fn write_cors(out: &mut BytesMut, snapshot: &Snapshot, exchange: &Exchange) 
 pub fn replaced_by_cors(route: &crate::snapshot::Route, name: &[u8]) -> bool {
     route.cors.is_some() && name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-")
 }
+
+/// Whether an upstream response header stays with the gateway (hop-by-hop
+/// or framing, the upstream's `x-request-id`, a header its `Connection`
+/// names, one the route's edits remove or replace, or CORS headers the
+/// route's policy writes) instead of going to the client or the cache.
+pub fn withheld_from(
+    buf: &[u8],
+    headers: &[http::HeaderSpan],
+    connection_names_others: bool,
+    route: &Route,
+    name: &[u8],
+) -> bool {
+    http::is_hop_by_hop_or_framing(name)
+        || (name.len() == 12 && name.eq_ignore_ascii_case(b"x-request-id"))
+        || (connection_names_others && http::connection_names(buf, headers, name))
+        || drops(&route.response_headers, name)
+        || replaced_by_cors(route, name)
+}
