@@ -93,7 +93,7 @@ impl IpSet {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
-    /// Disjoint ranges after merging (for the admin view and tests).
+    /// Disjoint ranges after merging (tests check the merge by it).
     pub fn ranges(&self) -> usize {
         self.v4.len() + self.v6.len()
     }

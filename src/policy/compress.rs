@@ -81,6 +81,32 @@ pub struct AnswerFacts<'a> {
     pub has_content_range: bool,
 }
 
+impl<'a> AnswerFacts<'a> {
+    /// The facts of an answer whose head is in `buf`, with `headers`
+    /// spans into it.
+    pub fn read(
+        status: u16,
+        buf: &'a [u8],
+        headers: &[http::HeaderSpan],
+        content_length: Option<u64>,
+    ) -> AnswerFacts<'a> {
+        let first = |name: &[u8]| {
+            headers
+                .iter()
+                .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+                .map(|h| http::trim_ows(h.value.get(buf)))
+        };
+        AnswerFacts {
+            status,
+            content_type: first(b"content-type"),
+            content_encoding: first(b"content-encoding"),
+            cache_control: first(b"cache-control"),
+            content_length,
+            has_content_range: first(b"content-range").is_some(),
+        }
+    }
+}
+
 /// The `q` of one `Accept-Encoding` element (`gzip;q=0.5`), in thousandths.
 fn quality(params: &[u8]) -> u16 {
     for p in params.split(|&b| b == b';') {

@@ -139,21 +139,12 @@ async fn refresh(
     // compressed the same way.
     let (compressible, encoding) = match route.compress.as_deref() {
         Some(policy) => {
-            let first = |name: &[u8]| {
-                answer
-                    .headers
-                    .iter()
-                    .find(|h| h.name.get(&answer.head).eq_ignore_ascii_case(name))
-                    .map(|h| crate::http::trim_ows(h.value.get(&answer.head)))
-            };
-            let applies = policy.applies(&crate::policy::compress::AnswerFacts {
-                status: answer.status,
-                content_type: first(b"content-type"),
-                content_encoding: first(b"content-encoding"),
-                cache_control: first(b"cache-control"),
-                content_length: Some(answer.body.len() as u64),
-                has_content_range: first(b"content-range").is_some(),
-            });
+            let applies = policy.applies(&crate::policy::compress::AnswerFacts::read(
+                answer.status,
+                &answer.head,
+                &answer.headers,
+                Some(answer.body.len() as u64),
+            ));
             let encoding = policy
                 .negotiate(|| {
                     crate::cache::key::KeyFacts::header_values(

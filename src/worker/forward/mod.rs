@@ -552,11 +552,14 @@ impl Trip<'_> {
         // Compression: whether this answer is one the route compresses
         // (then it varies with Accept-Encoding, whoever asks), and whether
         // this request gets it compressed.
-        let compressible = self
-            .route
-            .compress
-            .as_deref()
-            .is_some_and(|c| c.applies(&response_head::compress_facts(&conn, &response)));
+        let compressible = self.route.compress.as_deref().is_some_and(|c| {
+            c.applies(&crate::policy::compress::AnswerFacts::read(
+                response.status,
+                &conn.buf,
+                &conn.headers,
+                response.content_length,
+            ))
+        });
         let encoding = exchange.encoding.filter(|_| {
             compressible
                 && self.head.method != Method::Head

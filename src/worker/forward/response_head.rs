@@ -143,28 +143,6 @@ pub(super) fn withheld(
     )
 }
 
-/// What an upstream answer says about itself, for the route's compression.
-pub(in crate::worker) fn compress_facts<'a>(
-    conn: &'a UpstreamConn,
-    response: &ResponseHead,
-) -> crate::policy::compress::AnswerFacts<'a> {
-    let buf = &conn.buf[..];
-    let first = |name: &[u8]| {
-        conn.headers
-            .iter()
-            .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
-            .map(|h| http::trim_ows(h.value.get(buf)))
-    };
-    crate::policy::compress::AnswerFacts {
-        status: response.status,
-        content_type: first(b"content-type"),
-        content_encoding: first(b"content-encoding"),
-        cache_control: first(b"cache-control"),
-        content_length: response.content_length,
-        has_content_range: first(b"content-range").is_some(),
-    }
-}
-
 /// Writes the client's response head. `cache_status`: a `Cache-Status`
 /// line for a cached route's miss (empty otherwise).
 #[allow(clippy::too_many_arguments)]
